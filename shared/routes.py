@@ -1,0 +1,77 @@
+"""The routing table: (method, path template) -> function target, declared once.
+
+The local router, each function's own path check, the OpenAPI document and the cluster's
+HTTPRoute are all derived from ROUTES.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.errors import MethodNotAllowed, NotFound
+
+Auth = Literal["admin", "none", "admin_or_key"]
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    target: str
+    summary: str
+    auth: Auth = "admin"
+    success_status: int = 200
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regex = _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", self.path)
+        object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(_PARAM.findall(self.path))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        found = self.pattern.match(path)
+        return found.groupdict() if found else None
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", "health", "Liveness and store reachability", auth="none"),
+    Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 document", auth="none"),
+    Route("POST", "/teams", "create_team", "Create a team", success_status=201),
+    Route("GET", "/teams", "list_teams", "List teams"),
+    Route("GET", "/teams/{team_id}", "get_team", "Get a team with its keys and users"),
+    Route("PATCH", "/teams/{team_id}", "update_team", "Update a team (partial, atomic)"),
+    Route("DELETE", "/teams/{team_id}", "delete_team", "Delete a team and its keys"),
+    Route("POST", "/teams/{team_id}/keys", "create_key", "Issue an API key", success_status=201),
+    Route("GET", "/teams/{team_id}/keys", "list_team_keys", "List a team's keys and users"),
+    Route("GET", "/users/{user_id}/keys", "list_user_keys", "List a user's keys across teams"),
+    Route("DELETE", "/keys/{secret_name}", "delete_key", "Delete a key by its handle"),
+    Route("DELETE", "/delete_key", "delete_key_legacy", "Delete a key given the key itself"),
+)
+
+
+def resolve(method: str, path: str, routes: tuple[Route, ...] = ROUTES) -> tuple[Route, dict[str, str]]:
+    """Find the route for a request; NotFound or MethodNotAllowed otherwise."""
+    path_known = False
+    for route in routes:
+        params = route.match(path)
+        if params is None:
+            continue
+        if route.method == method.upper():
+            return route, params
+        path_known = True
+    if path_known:
+        raise MethodNotAllowed(f"method {method.upper()} is not allowed on {path}")
+    raise NotFound(f"no such endpoint: {path}")
+
+
+def route_for(target: str, routes: tuple[Route, ...] = ROUTES) -> Route:
+    for route in routes:
+        if route.target == target:
+            return route
+    raise KeyError(target)

@@ -1,0 +1,70 @@
+"""Every setting of the product, read from the environment here and nowhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Built once by `Settings()` (from the environment) and passed down."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    admin_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="ADMIN_KEY",
+        description="The admin credential. Unset means no admin access (fail closed).",
+    )
+    store: Literal["embedded", "kubernetes"] = Field(
+        default="embedded",
+        validation_alias="MAAS_STORE",
+        description="Where teams and keys live: SQLite (embedded) or Kubernetes Secrets.",
+    )
+    data_dir: Path = Field(
+        default=Path(".maas"),
+        validation_alias="MAAS_DATA_DIR",
+        description="Embedded deployment's state: SQLite files, the generated admin key, TLS files.",
+    )
+    namespace: str = Field(
+        default="llm",
+        validation_alias=AliasChoices("MAAS_NAMESPACE", "NAMESPACE"),
+        description="Kubernetes namespace holding the team and key Secrets.",
+    )
+    key_selector: str = Field(
+        default="maas-api-key",
+        validation_alias="MAAS_KEY_SELECTOR",
+        description="Value of the `app` label that the AuthPolicy selects API-key Secrets by.",
+    )
+    host: str = Field(default="127.0.0.1", validation_alias="MAAS_HOST")
+    admin_port: int = Field(default=8443, validation_alias="MAAS_ADMIN_PORT", ge=0, le=65535)
+    gateway_port: int = Field(default=8000, validation_alias="MAAS_GATEWAY_PORT", ge=0, le=65535)
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        validation_alias="MAAS_MAX_BODY_BYTES",
+        ge=1024,
+        description="Largest admin request body accepted; larger ones get 413.",
+    )
+    models_file: Path | None = Field(
+        default=None,
+        validation_alias="MAAS_MODELS_FILE",
+        description="YAML list of model backends for the local gateway; default: the simulator.",
+    )
+    usage: Literal["embedded", "prometheus"] = Field(
+        default="embedded",
+        validation_alias="MAAS_USAGE",
+        description="Where usage numbers come from: the gateway's ledger or Prometheus.",
+    )
+    prometheus_url: str = Field(
+        default="http://127.0.0.1:9090", validation_alias="PROMETHEUS_URL"
+    )
+    prometheus_timeout_s: float = Field(
+        default=5.0, validation_alias="MAAS_PROMETHEUS_TIMEOUT", gt=0
+    )
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "maas.db"

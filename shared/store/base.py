@@ -1,0 +1,116 @@
+"""The Store protocol: where teams and API keys live. One contract, several backends.
+
+Records are frozen dataclasses: the store returns them, the core turns them into schemas.
+The API key itself is never part of a record; a store sees it once, at `create_key`, and keeps
+only what its deployment needs (a SHA-256 in SQLite; the plaintext in the Secret that Authorino
+compares against in a cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+LimitScope = Literal["user", "team"]
+KeyStatus = Literal["active", "revoked", "expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    team_id: str
+    team_name: str
+    description: str
+    policy: str
+    token_limit: int
+    time_window: str
+    limit_scope: LimitScope
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    secret_name: str
+    key_sha256: str
+    team_id: str
+    user_id: str
+    user_email: str
+    role: str
+    status: KeyStatus
+    created_at: datetime
+    models_allowed: tuple[str, ...] = ()
+    alias: str = ""
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TeamChanges:
+    """A partial update; None means "leave as is"."""
+
+    team_name: str | None = None
+    description: str | None = None
+    policy: str | None = None
+    token_limit: int | None = None
+    time_window: str | None = None
+    limit_scope: LimitScope | None = None
+
+    def apply(self, team: Team) -> Team:
+        from dataclasses import replace
+
+        changed = {k: v for k, v in self.as_dict().items() if v is not None}
+        return replace(team, **changed)
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the gateway needs to authenticate and limit, read in one consistent view."""
+
+    teams: dict[str, Team] = field(default_factory=dict)
+    keys_by_sha256: dict[str, ApiKey] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Teams and keys. Every method is one atomic operation on the backend.
+
+    Errors: NotFound for an unknown team or key, Conflict for a duplicate,
+    BackendUnavailable when the backend cannot be reached.
+    """
+
+    def create_team(self, *, team: Team) -> Team: ...
+
+    def get_team(self, *, team_id: str) -> Team: ...
+
+    def list_teams(self) -> list[Team]: ...
+
+    def update_team(self, *, team_id: str, changes: TeamChanges) -> Team: ...
+
+    def delete_team(self, *, team_id: str) -> list[ApiKey]:
+        """Delete the team and, in the same operation, its keys; return the keys removed."""
+        ...
+
+    def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
+        """Store a key for an existing team (NotFound otherwise)."""
+        ...
+
+    def get_key(self, *, secret_name: str) -> ApiKey: ...
+
+    def find_key(self, *, key_sha256: str) -> ApiKey | None: ...
+
+    def list_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> list[ApiKey]: ...
+
+    def delete_key(self, *, secret_name: str) -> ApiKey: ...
+
+    def set_key_status(self, *, secret_name: str, status: KeyStatus) -> ApiKey: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def generation(self) -> int:
+        """A number that changes after every committed write, cheap enough for every request."""
+        ...
+
+    def close(self) -> None: ...

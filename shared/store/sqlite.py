@@ -1,0 +1,328 @@
+"""The embedded Store: one SQLite file in WAL mode, one transaction per operation.
+
+API keys are kept as SHA-256 only. Unique constraints (team_id, secret_name, key_sha256) decide
+racing creates, so two concurrent creates of one team cannot both win. Each thread gets its own
+connection; writes take the write lock up front (BEGIN IMMEDIATE) so a read never has to be
+upgraded mid-transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shared.errors import BackendUnavailable, Conflict, NotFound
+from shared.store.base import ApiKey, KeyStatus, Snapshot, Team, TeamChanges
+from shared.store.generation import GenerationFile
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS teams (
+    team_id      TEXT PRIMARY KEY,
+    team_name    TEXT NOT NULL,
+    description  TEXT NOT NULL,
+    policy       TEXT NOT NULL,
+    token_limit  INTEGER NOT NULL CHECK (token_limit >= 1),
+    time_window  TEXT NOT NULL,
+    limit_scope  TEXT NOT NULL CHECK (limit_scope IN ('user', 'team')),
+    created_at   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    secret_name    TEXT PRIMARY KEY,
+    key_sha256     TEXT NOT NULL UNIQUE,
+    team_id        TEXT NOT NULL REFERENCES teams(team_id) ON DELETE CASCADE,
+    user_id        TEXT NOT NULL,
+    user_email     TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    models_allowed TEXT NOT NULL,
+    alias          TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    expires_at     TEXT,
+    last_used_at   TEXT
+);
+CREATE INDEX IF NOT EXISTS api_keys_team ON api_keys(team_id);
+CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user_id);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', 0);
+"""
+
+_KEY_COLUMNS = (
+    "secret_name, key_sha256, team_id, user_id, user_email, role, status, models_allowed, "
+    "alias, created_at, expires_at, last_used_at"
+)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(timezone.utc).isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _team(row: sqlite3.Row) -> Team:
+    return Team(
+        team_id=row["team_id"],
+        team_name=row["team_name"],
+        description=row["description"],
+        policy=row["policy"],
+        token_limit=row["token_limit"],
+        time_window=row["time_window"],
+        limit_scope=row["limit_scope"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+    )
+
+
+def _key(row: sqlite3.Row) -> ApiKey:
+    models = row["models_allowed"]
+    return ApiKey(
+        secret_name=row["secret_name"],
+        key_sha256=row["key_sha256"],
+        team_id=row["team_id"],
+        user_id=row["user_id"],
+        user_email=row["user_email"],
+        role=row["role"],
+        status=row["status"],
+        models_allowed=tuple(models.split(",")) if models else (),
+        alias=row["alias"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        expires_at=_dt(row["expires_at"]),
+        last_used_at=_dt(row["last_used_at"]),
+    )
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._generation = GenerationFile(path.with_suffix(".generation"))
+        try:
+            self._connection().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"SQLite store at {path} cannot be initialised: {exc}") from exc
+
+    # -- connection and transaction plumbing --------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(f"SQLite store at {self._path} cannot be opened: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+        try:
+            yield conn
+            generation = conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE name = 'generation' RETURNING value"
+            ).fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._generation.publish(generation)
+
+    # -- teams ---------------------------------------------------------------------------
+
+    def create_team(self, *, team: Team) -> Team:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO teams VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        team.team_id,
+                        team.team_name,
+                        team.description,
+                        team.policy,
+                        team.token_limit,
+                        team.time_window,
+                        team.limit_scope,
+                        _ts(team.created_at),
+                    ),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"team '{team.team_id}' already exists") from exc
+        return team
+
+    def get_team(self, *, team_id: str) -> Team:
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM teams WHERE team_id = ?", (team_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"team '{team_id}' not found")
+        return _team(row)
+
+    def list_teams(self) -> list[Team]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT * FROM teams ORDER BY team_id").fetchall()
+        return [_team(row) for row in rows]
+
+    def update_team(self, *, team_id: str, changes: TeamChanges) -> Team:
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM teams WHERE team_id = ?", (team_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"team '{team_id}' not found")
+            updated = changes.apply(_team(row))
+            conn.execute(
+                "UPDATE teams SET team_name = ?, description = ?, policy = ?, token_limit = ?, "
+                "time_window = ?, limit_scope = ? WHERE team_id = ?",
+                (
+                    updated.team_name,
+                    updated.description,
+                    updated.policy,
+                    updated.token_limit,
+                    updated.time_window,
+                    updated.limit_scope,
+                    team_id,
+                ),
+            )
+        return updated
+
+    def delete_team(self, *, team_id: str) -> list[ApiKey]:
+        with self._write() as conn:
+            keys = [
+                _key(row)
+                for row in conn.execute(
+                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE team_id = ? ORDER BY secret_name",
+                    (team_id,),
+                )
+            ]
+            conn.execute("DELETE FROM api_keys WHERE team_id = ?", (team_id,))
+            if conn.execute("DELETE FROM teams WHERE team_id = ?", (team_id,)).rowcount == 0:
+                raise NotFound(f"team '{team_id}' not found")
+        return keys
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
+        del api_key  # the embedded store keeps only the SHA-256
+        try:
+            with self._write() as conn:
+                if conn.execute("SELECT 1 FROM teams WHERE team_id = ?", (key.team_id,)).fetchone() is None:
+                    raise NotFound(f"team '{key.team_id}' not found")
+                conn.execute(
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.secret_name,
+                        key.key_sha256,
+                        key.team_id,
+                        key.user_id,
+                        key.user_email,
+                        key.role,
+                        key.status,
+                        ",".join(key.models_allowed),
+                        key.alias,
+                        _ts(key.created_at),
+                        _ts(key.expires_at),
+                        _ts(key.last_used_at),
+                    ),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"key '{key.secret_name}' already exists") from exc
+        return key
+
+    def get_key(self, *, secret_name: str) -> ApiKey:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_name = ?", (secret_name,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"key '{secret_name}' not found")
+        return _key(row)
+
+    def find_key(self, *, key_sha256: str) -> ApiKey | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_sha256 = ?", (key_sha256,)
+            ).fetchone()
+        return None if row is None else _key(row)
+
+    def list_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> list[ApiKey]:
+        clauses, args = [], []
+        if team_id is not None:
+            clauses.append("team_id = ?")
+            args.append(team_id)
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            args.append(user_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY secret_name", args
+            ).fetchall()
+        return [_key(row) for row in rows]
+
+    def delete_key(self, *, secret_name: str) -> ApiKey:
+        with self._write() as conn:
+            row = conn.execute(
+                f"DELETE FROM api_keys WHERE secret_name = ? RETURNING {_KEY_COLUMNS}", (secret_name,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"key '{secret_name}' not found")
+        return _key(row)
+
+    def set_key_status(self, *, secret_name: str, status: KeyStatus) -> ApiKey:
+        with self._write() as conn:
+            row = conn.execute(
+                f"UPDATE api_keys SET status = ? WHERE secret_name = ? RETURNING {_KEY_COLUMNS}",
+                (status, secret_name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"key '{secret_name}' not found")
+        return _key(row)
+
+    # -- gateway support -----------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        with self._read() as conn:
+            teams = {row["team_id"]: _team(row) for row in conn.execute("SELECT * FROM teams")}
+            keys = {
+                row["key_sha256"]: _key(row)
+                for row in conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys")
+            }
+        return Snapshot(teams=teams, keys_by_sha256=keys)
+
+    def generation(self) -> int:
+        return self._generation.read()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+        self._generation.close()
