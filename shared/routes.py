@@ -55,6 +55,10 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# CloudEvent targets: deployed as functions like the HTTP ones, fed by Knative Eventing.
+EVENT_TARGETS: tuple[str, ...] = ("cleanup",)
+
+
 def resolve(method: str, path: str, routes: tuple[Route, ...] = ROUTES) -> tuple[Route, dict[str, str]]:
     """Find the route for a request; NotFound or MethodNotAllowed otherwise."""
     path_known = False

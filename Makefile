@@ -1,0 +1,34 @@
+# The two commands a new user needs: `make run` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test bench manifests clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing pinned requirements into $(VENV) ..."
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP) ## Create the virtualenv from the pinned requirements
+
+run: $(STAMP) ## Serve every function, the gateway and the model simulator on this machine
+	@$(BIN)/python -m local serve
+
+test: $(STAMP) ## Run the test suite
+	@$(BIN)/python -m pytest
+
+bench: $(STAMP) ## Benchmark the gateway against a direct backend
+	@$(BIN)/python -m bench
+
+manifests: $(STAMP) ## Render the deployable Kubernetes set to dist/manifests.yaml
+	@$(BIN)/python -m tools.manifests --out dist/manifests.yaml
+
+clean: ## Remove the virtualenv and local state
+	rm -rf $(VENV) .maas dist
