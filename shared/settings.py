@@ -53,6 +53,25 @@ class Settings(BaseSettings):
         validation_alias="MAAS_MODELS_FILE",
         description="YAML list of model backends for the local gateway; default: the simulator.",
     )
+    simulator_port: int = Field(
+        default=8001,
+        validation_alias="MAAS_SIMULATOR_PORT",
+        ge=0,
+        le=65535,
+        description="Port of the built-in model simulator; the default models file points at it.",
+    )
+    upstream_timeout_s: float = Field(
+        default=300.0,
+        validation_alias="MAAS_UPSTREAM_TIMEOUT",
+        gt=0,
+        description="Gateway: longest wait for a model backend's headers or next stream chunk (504 after).",
+    )
+    gateway_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        validation_alias="MAAS_GATEWAY_MAX_BODY_BYTES",
+        ge=1024,
+        description="Gateway: largest model-call request body accepted; larger ones get 413.",
+    )
     usage: Literal["embedded", "prometheus"] = Field(
         default="embedded",
         validation_alias="MAAS_USAGE",
