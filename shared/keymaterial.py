@@ -29,3 +29,7 @@ def secret_name_for(user_id: str, team_id: str) -> str:
 
 def same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def generate_admin_key() -> str:
+    return "maas_admin_" + _secrets.token_urlsafe(_KEY_BYTES)

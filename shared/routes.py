@@ -10,6 +10,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pydantic import BaseModel
+
+from shared import schemas
 from shared.errors import MethodNotAllowed, NotFound
 
 Auth = Literal["admin", "none", "admin_or_key"]
@@ -24,6 +27,9 @@ class Route:
     summary: str
     auth: Auth = "admin"
     success_status: int = 200
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -40,18 +46,22 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", "health", "Liveness and store reachability", auth="none"),
+    Route("GET", "/health", "health", "Liveness and store reachability", auth="none", response=schemas.Health),
     Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 document", auth="none"),
-    Route("POST", "/teams", "create_team", "Create a team", success_status=201),
-    Route("GET", "/teams", "list_teams", "List teams"),
-    Route("GET", "/teams/{team_id}", "get_team", "Get a team with its keys and users"),
-    Route("PATCH", "/teams/{team_id}", "update_team", "Update a team (partial, atomic)"),
-    Route("DELETE", "/teams/{team_id}", "delete_team", "Delete a team and its keys"),
-    Route("POST", "/teams/{team_id}/keys", "create_key", "Issue an API key", success_status=201),
-    Route("GET", "/teams/{team_id}/keys", "list_team_keys", "List a team's keys and users"),
-    Route("GET", "/users/{user_id}/keys", "list_user_keys", "List a user's keys across teams"),
-    Route("DELETE", "/keys/{secret_name}", "delete_key", "Delete a key by its handle"),
-    Route("DELETE", "/delete_key", "delete_key_legacy", "Delete a key given the key itself"),
+    Route("POST", "/teams", "create_team", "Create a team", success_status=201,
+          request=schemas.TeamCreate, response=schemas.TeamPublic),
+    Route("GET", "/teams", "list_teams", "List teams", response=schemas.TeamList),
+    Route("GET", "/teams/{team_id}", "get_team", "Get a team with its keys and users", response=schemas.TeamDetail),
+    Route("PATCH", "/teams/{team_id}", "update_team", "Update a team (partial, atomic)",
+          request=schemas.TeamUpdate, response=schemas.TeamPublic),
+    Route("DELETE", "/teams/{team_id}", "delete_team", "Delete a team and its keys", response=schemas.TeamDeleted),
+    Route("POST", "/teams/{team_id}/keys", "create_key", "Issue an API key", success_status=201,
+          request=schemas.KeyCreate, response=schemas.KeyCreated),
+    Route("GET", "/teams/{team_id}/keys", "list_team_keys", "List a team's keys and users", response=schemas.TeamKeys),
+    Route("GET", "/users/{user_id}/keys", "list_user_keys", "List a user's keys across teams", response=schemas.UserKeys),
+    Route("DELETE", "/keys/{secret_name}", "delete_key", "Delete a key by its handle", response=schemas.KeyDeleted),
+    Route("DELETE", "/delete_key", "delete_key_legacy", "Delete a key given the key itself",
+          request=schemas.KeyDeleteByValue, response=schemas.KeyDeleted),
 )
 
 

@@ -39,9 +39,17 @@ class Settings(BaseSettings):
         validation_alias="MAAS_KEY_SELECTOR",
         description="Value of the `app` label that the AuthPolicy selects API-key Secrets by.",
     )
-    host: str = Field(default="127.0.0.1", validation_alias="MAAS_HOST")
-    admin_port: int = Field(default=8443, validation_alias="MAAS_ADMIN_PORT", ge=0, le=65535)
-    gateway_port: int = Field(default=8000, validation_alias="MAAS_GATEWAY_PORT", ge=0, le=65535)
+    host: str = Field(
+        default="127.0.0.1", validation_alias="MAAS_HOST", description="Address the local runtime binds."
+    )
+    admin_port: int = Field(
+        default=8443, validation_alias="MAAS_ADMIN_PORT", ge=0, le=65535,
+        description="Port of the local admin API (TLS); 0 picks a free one.",
+    )
+    gateway_port: int = Field(
+        default=8000, validation_alias="MAAS_GATEWAY_PORT", ge=0, le=65535,
+        description="Port of the local model gateway; 0 picks a free one.",
+    )
     max_body_bytes: int = Field(
         default=64 * 1024,
         validation_alias="MAAS_MAX_BODY_BYTES",
@@ -78,10 +86,12 @@ class Settings(BaseSettings):
         description="Where usage numbers come from: the gateway's ledger or Prometheus.",
     )
     prometheus_url: str = Field(
-        default="http://127.0.0.1:9090", validation_alias="PROMETHEUS_URL"
+        default="http://127.0.0.1:9090", validation_alias="PROMETHEUS_URL",
+        description="Prometheus holding Limitador's (or the gateway's) usage metrics.",
     )
     prometheus_timeout_s: float = Field(
-        default=5.0, validation_alias="MAAS_PROMETHEUS_TIMEOUT", gt=0
+        default=5.0, validation_alias="MAAS_PROMETHEUS_TIMEOUT", gt=0,
+        description="Seconds before a Prometheus query gives up with 503.",
     )
 
     @property

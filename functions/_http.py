@@ -1,0 +1,156 @@
+"""The one adapter between Flask requests and the core: parse, authorize, call, answer.
+
+Every HTTP target is `endpoint("<target>")(handler)`: the decorator checks the route of
+shared/routes.py (method and path, so a misrouted request gets 404/405, not a wrong answer),
+enforces the route's auth, hands the handler a `Call`, and renders the result or the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import flask
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from functions._context import context
+from shared.auth import require_admin
+from shared.context import Context
+from shared.errors import (
+    InvalidRequest,
+    MaasError,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    admin_body,
+)
+from shared.routes import Route, route_for
+from shared.schemas import DnsLabel, SecretName, UserId
+
+log = logging.getLogger("maas.functions")
+Model = TypeVar("Model", bound=BaseModel)
+
+# Path parameters are validated like body fields, so a bad id is a 422 naming it.
+_PARAM_TYPES: dict[str, TypeAdapter[Any]] = {
+    "team_id": TypeAdapter(DnsLabel),
+    "user_id": TypeAdapter(UserId),
+    "secret_name": TypeAdapter(SecretName),
+}
+
+
+def _field_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    details = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in (*prefix, *error["loc"])) or "body"
+        details.append({"field": location, "message": error["msg"]})
+    return details
+
+
+def _invalid(details: list[dict[str, str]]) -> InvalidRequest:
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return InvalidRequest(f"invalid request: {summary}", details=details)
+
+
+@dataclass
+class Call:
+    request: flask.Request
+    ctx: Context
+    params: dict[str, str]
+
+    def body(self, model: type[Model]) -> Model:
+        limit = self.ctx.settings.max_body_bytes
+        if self.request.content_length is not None and self.request.content_length > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        raw = self.request.stream.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        try:
+            data = json.loads(raw) if raw.strip() else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise MalformedRequest("request body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise _invalid(_field_errors(exc)) from None
+
+    def query(self, model: type[Model]) -> Model:
+        args = {name: self.request.args.get(name) for name in self.request.args}
+        try:
+            return model.model_validate(args)
+        except ValidationError as exc:
+            raise _invalid(_field_errors(exc)) from None
+
+
+def _validated_params(params: dict[str, str]) -> dict[str, str]:
+    details = []
+    for name, value in params.items():
+        adapter = _PARAM_TYPES.get(name)
+        if adapter is None:
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            details.extend(_field_errors(exc, (name,)))
+    if details:
+        raise _invalid([{**d, "field": d["field"].split(".")[0]} for d in details])
+    return params
+
+
+def json_response(payload: BaseModel | dict[str, Any], status: int = 200,
+                  headers: dict[str, str] | None = None) -> flask.Response:
+    text = (
+        payload.model_dump_json()
+        if isinstance(payload, BaseModel)
+        else json.dumps(payload, separators=(",", ":"))
+    )
+    return flask.Response(text, status=status, mimetype="application/json", headers=headers)
+
+
+def error_response(error: MaasError) -> flask.Response:
+    return json_response(admin_body(error), error.status, error.headers)
+
+
+def _check_route(route: Route, request: flask.Request) -> dict[str, str]:
+    params = route.match(request.path)
+    if params is None:
+        raise NotFound(f"no such endpoint: {request.path}")
+    if request.method != route.method:
+        raise MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+    return params
+
+
+Handler = Callable[[Call], BaseModel | dict[str, Any] | flask.Response]
+
+
+def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+    route = route_for(target)
+
+    def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
+        def function(request: flask.Request) -> flask.Response:
+            try:
+                params = _check_route(route, request)
+                ctx = context()
+                if route.auth == "admin":
+                    require_admin(ctx.settings, request.headers.get("Authorization"))
+                result = handler(Call(request=request, ctx=ctx, params=_validated_params(params)))
+                if isinstance(result, flask.Response):
+                    return result
+                return json_response(result, route.success_status)
+            except MaasError as error:
+                return error_response(error)
+            except Exception:  # noqa: BLE001 - the one place an unexpected error becomes a 500
+                log.exception("unhandled error in %s", target)
+                return error_response(MaasError("internal error"))
+
+        function.__name__ = target
+        function.__qualname__ = target
+        function.__doc__ = handler.__doc__ or route.summary
+        return function
+
+    return decorate

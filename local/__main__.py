@@ -1,0 +1,49 @@
+"""`python -m local serve`: the one-machine runtime's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from shared.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    env_help = "\n".join(
+        f"  {field.validation_alias if isinstance(field.validation_alias, str) else field.validation_alias.choices[0]:<24}"
+        f" {field.description or ''}"
+        for field in Settings.model_fields.values()
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m local",
+        description="MaaS key manager on one machine.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"configuration (environment variables):\n{env_help}",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve",
+        help="serve the admin API (TLS), the gateway and the model simulator in the foreground",
+        description="Serve every function, the gateway and the model simulator until Ctrl-C or SIGTERM.",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        from local.serve import serve
+
+        return serve(settings)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

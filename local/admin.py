@@ -1,0 +1,66 @@
+"""The admin API on one machine: one Flask app routing ROUTES to the same function targets
+that run as separate Knative Services in a cluster, served over TLS by werkzeug's threaded
+server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import flask
+from werkzeug.serving import BaseWSGIServer, make_server
+
+import main
+from functions._http import error_response
+from local.tls import server_context
+from shared.errors import MaasError
+from shared.routes import resolve
+
+Target = Callable[[flask.Request], flask.Response]
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def function_targets() -> dict[str, Target]:
+    return {name: getattr(main, name) for name in main.__all__}
+
+
+def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask:
+    table = dict(targets or function_targets())
+    app = flask.Flask("maas-admin")
+
+    @app.route("/", defaults={"path": ""}, methods=_METHODS)
+    @app.route("/<path:path>", methods=_METHODS)
+    def dispatch(path: str) -> flask.Response:
+        request = flask.request._get_current_object()  # type: ignore[attr-defined]
+        try:
+            route, _ = resolve(request.method, request.path)
+        except MaasError as error:
+            return error_response(error)
+        return table[route.target](request)
+
+    return app
+
+
+class AdminServer:
+    """The admin API in a background thread; `stop()` returns once it has stopped."""
+
+    def __init__(self, *, host: str, port: int, tls_dir: Path | None) -> None:
+        ssl_context = server_context(tls_dir) if tls_dir is not None else None
+        self._server: BaseWSGIServer = make_server(
+            host, port, create_admin_app(), threaded=True, ssl_context=ssl_context
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api", daemon=True)
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://{host}:{self._server.server_port}"
+
+    def start(self) -> None:
+        # werkzeug logs one line per request (method, path, status): no headers, no bodies.
+        logging.getLogger("werkzeug").setLevel(logging.INFO)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)

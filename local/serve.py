@@ -1,0 +1,73 @@
+"""`make run`: every function, the gateway and the model simulator on one machine."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Protocol
+
+from functions._context import install_context, reset_context
+from local.admin import AdminServer
+from local.adminkey import ensure_admin_key
+from shared.context import build_context
+from shared.settings import Settings
+from shared.version import VERSION
+
+
+class Service(Protocol):
+    url: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings, key_file, generated = ensure_admin_key(settings)
+    ctx = build_context(settings)
+    install_context(ctx)
+    services: list[tuple[str, Service]] = [
+        ("admin API", AdminServer(host=settings.host, port=settings.admin_port, tls_dir=settings.data_dir / "tls")),
+    ]
+    started: list[Service] = []
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        for _, service in services:
+            service.start()
+            started.append(service)
+        _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
+        for label, service in services:
+            _say(f"  {label:<11} {service.url}")
+        if generated:
+            _say(f"  admin key   {ctx.settings.admin_key.get_secret_value()}  (generated; shown once, kept 0600 in {key_file})")
+        elif key_file is not None:
+            _say(f"  admin key   in {key_file}   (export ADMIN_KEY=$(cat {key_file}))")
+        else:
+            _say("  admin key   from ADMIN_KEY")
+        _say("Press Ctrl-C to stop.")
+        stop.wait()
+        _say("stopping ...")
+    finally:
+        for service in reversed(started):
+            service.stop()
+        reset_context()
+    _say("stopped.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    del argv
+    return serve(Settings())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Team operations: what the team endpoints do, independent of any web framework."""
+
+from __future__ import annotations
+
+from shared.context import Context
+from shared.members import members_of
+from shared.schemas import TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
+from shared.store import ApiKey, Team, TeamChanges
+
+
+def _public(team: Team, keys: list[ApiKey]) -> TeamPublic:
+    return TeamPublic(
+        team_id=team.team_id,
+        team_name=team.team_name,
+        description=team.description,
+        policy=team.policy,
+        token_limit=team.token_limit,
+        time_window=team.time_window,
+        limit_scope=team.limit_scope,
+        created_at=team.created_at,
+        key_count=len(keys),
+        user_count=len({key.user_id for key in keys}),
+    )
+
+
+def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
+    team = Team(
+        team_id=request.team_id,
+        team_name=request.team_name or request.team_id,
+        description=request.description,
+        policy=request.policy or request.team_id,
+        token_limit=request.token_limit,
+        time_window=request.time_window,
+        limit_scope=request.limit_scope,
+        created_at=ctx.clock(),
+    )
+    created = ctx.store.create_team(team=team)
+    ctx.teams_changed()
+    return _public(created, [])
+
+
+def list_teams(ctx: Context) -> TeamList:
+    keys_by_team: dict[str, list[ApiKey]] = {}
+    for key in ctx.store.list_keys():
+        keys_by_team.setdefault(key.team_id, []).append(key)
+    teams = [_public(team, keys_by_team.get(team.team_id, [])) for team in ctx.store.list_teams()]
+    return TeamList(teams=teams, total_teams=len(teams))
+
+
+def get_team(ctx: Context, team_id: str) -> TeamDetail:
+    team = ctx.store.get_team(team_id=team_id)
+    keys = ctx.store.list_keys(team_id=team_id)
+    return TeamDetail(
+        **_public(team, keys).model_dump(),
+        keys=[key.secret_name for key in keys],
+        users=members_of(team, keys),
+    )
+
+
+def update_team(ctx: Context, team_id: str, request: TeamUpdate) -> TeamPublic:
+    changes = TeamChanges(**request.model_dump(exclude_unset=True))
+    team = ctx.store.update_team(team_id=team_id, changes=changes)
+    ctx.teams_changed()
+    return _public(team, ctx.store.list_keys(team_id=team_id))
+
+
+def delete_team(ctx: Context, team_id: str) -> TeamDeleted:
+    removed = ctx.store.delete_team(team_id=team_id)
+    ctx.teams_changed()
+    return TeamDeleted(
+        message=f"team '{team_id}' deleted with {len(removed)} key(s)",
+        team_id=team_id,
+        keys_deleted=len(removed),
+        deleted_keys=[key.secret_name for key in removed],
+    )
