@@ -1,0 +1,277 @@
+"""The Prometheus UsageSource: PromQL over Limitador's counters (or the local gateway's /metrics).
+
+Series: `authorized_hits` (tokens), `authorized_calls`, `limited_calls`, labelled `team`, `user`,
+`model` by the TelemetryPolicy (the local gateway exposes the same names and labels).
+
+What the numbers mean:
+- All-time totals are exact integers: per series, the last value seen within the look-back
+  (`last_over_time`, so a gateway that stopped being scraped still counts), plus, for the rare
+  series whose counter reset (a gateway or Limitador restart starts again from 0), the value it
+  had reached before each reset, read from the raw samples. A plain `sum(authorized_hits)` would
+  forget everything counted before a restart; `increase` would be an estimate.
+- A range (`start`/`end`) is `increase(...[end - start])` evaluated at `end`: Prometheus
+  extrapolates at the range's edges, so those numbers are estimates (rounded to integers),
+  close to but not always equal to the exact counts of the embedded ledger.
+- Time series use `increase(...[step])` at each step's end, estimates likewise.
+
+The three metrics are read in one query (joined with `or`, tagged by `label_replace`) so one
+answer is one consistent evaluation. Every call is bounded by `timeout_s` in total (no HTTP
+retries, the remaining budget passed to each request and to Prometheus' own `timeout`);
+unreachable, slow or failing Prometheus is a BackendUnavailable naming it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from shared.errors import BackendUnavailable
+from shared.settings import Settings
+from shared.usage.base import UsagePoint, UsageRow
+
+# Prometheus metric name -> UsageRow field.
+METRICS: Mapping[str, str] = {
+    "authorized_hits": "tokens",
+    "authorized_calls": "authorized_calls",
+    "limited_calls": "limited_calls",
+}
+GROUP = "team, user, model"
+_TAG = "maas_metric"
+# How far back "all time" looks: longer than any sane retention (Prometheus' default is 15d).
+ALL_TIME = "400d"
+
+
+def label_value(value: str) -> str:
+    """A PromQL double-quoted string literal holding `value` exactly."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def selector(*, team_id: str | None = None, user_id: str | None = None,
+             extra: Mapping[str, str] | None = None) -> str:
+    """`{team="…",user="…"}` with exact (never regex) matchers; "" when there is nothing to match."""
+    matchers = {"team": team_id, "user": user_id, **(extra or {})}
+    parts = [f"{name}={label_value(v)}" for name, v in matchers.items() if v is not None]
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def duration(seconds: float) -> str:
+    """A PromQL duration in whole seconds (at least 1s)."""
+    return f"{max(1, int(round(seconds)))}s"
+
+
+def tagged(expression_for: Mapping[str, str]) -> str:
+    """One query returning every metric's expression, each result tagged with its metric name."""
+    return " or ".join(
+        f'label_replace({expr}, "{_TAG}", "{metric}", "", "")' for metric, expr in expression_for.items()
+    )
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _number(text: str) -> int:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):  # NaN / Inf from a bad scrape
+        return 0
+    return int(round(value))
+
+
+def _unix(value: datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
+
+
+class PrometheusUsage:
+    def __init__(self, url: str, *, timeout_s: float, lookback: str = ALL_TIME) -> None:
+        self._url = url.rstrip("/")
+        self._shown_url = _redacted(self._url)
+        self._timeout_s = timeout_s
+        self._lookback = lookback
+        # No HTTP-level retries: they would break the time bound (the client's default retries
+        # three times with back-off). Callers get a fast, clear 503 instead.
+        session = requests.Session()
+        session.trust_env = False  # straight to Prometheus, never through an environment proxy
+        self._prom = PrometheusConnect(url=self._url, retry=Retry(total=0, raise_on_status=False),
+                                       timeout=timeout_s, session=session)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PrometheusUsage:
+        return cls(settings.prometheus_url, timeout_s=settings.prometheus_timeout_s)
+
+    # -- UsageSource -------------------------------------------------------------------------
+
+    def totals(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        team_id: str | None = None,
+        user_id: str | None = None,
+    ) -> list[UsageRow]:
+        deadline = _Deadline(self._timeout_s)
+        sel = selector(team_id=team_id, user_id=user_id)
+        at = time.time() if end is None else _unix(end)
+        if start is None:
+            return self._all_time(sel, at, deadline)
+        span = duration(at - _unix(start))
+        query = tagged({m: f"sum by ({GROUP}) (increase({m}{sel}[{span}]))" for m in METRICS})
+        return _rows(self._query(query, at, deadline))
+
+    def series(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        step_s: int,
+        team_id: str | None = None,
+        user_id: str | None = None,
+    ) -> list[UsagePoint]:
+        deadline = _Deadline(self._timeout_s)
+        sel = selector(team_id=team_id, user_id=user_id)
+        step = duration(step_s)
+        query = tagged({m: f"sum by ({GROUP}) (increase({m}{sel}[{step}]))" for m in METRICS})
+        # Evaluated at each bucket's end: the value at t covers (t - step, t].
+        first_end = _unix(start) + step_s
+        result = self._call(
+            lambda timeout: self._prom.custom_query_range(
+                query,
+                start_time=datetime.fromtimestamp(first_end, timezone.utc),
+                end_time=datetime.fromtimestamp(max(first_end, _unix(end)), timezone.utc),
+                step=step,
+                params={"timeout": duration(timeout)},
+                timeout=timeout,
+            ),
+            deadline,
+        )
+        buckets: dict[tuple[float, str, str, str], dict[str, int]] = defaultdict(dict)
+        for item in result:
+            labels = item.get("metric", {})
+            key_labels = (labels.get("team", ""), labels.get("user", ""), labels.get("model", ""))
+            field = METRICS[labels[_TAG]]
+            for stamp, value in item.get("values", []):
+                buckets[(float(stamp) - step_s, *key_labels)][field] = _number(value)
+        points = [
+            UsagePoint(
+                start=datetime.fromtimestamp(stamp, timezone.utc),
+                row=_row(team, user, model, counts),
+            )
+            for (stamp, team, user, model), counts in buckets.items()
+            if any(counts.values())
+        ]
+        return sorted(points, key=lambda p: (p.start, p.row.team_id, p.row.user_id, p.row.model))
+
+    def close(self) -> None:
+        self._prom.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _all_time(self, sel: str, at: float, deadline: _Deadline) -> list[UsageRow]:
+        lookback = self._lookback
+        last = tagged({m: f"sum by ({GROUP}) (last_over_time({m}{sel}[{lookback}]))" for m in METRICS})
+        rows = _counts(self._query(last, at, deadline))
+        # Series whose counter went back to 0 (a restart): add what they had before each reset.
+        reset = tagged({m: f"resets({m}{sel}[{lookback}]) > 0" for m in METRICS})
+        for item in self._query(reset, at, deadline):
+            labels = dict(item.get("metric", {}))
+            metric = labels.pop(_TAG)
+            raw = self._query(f"{metric}{selector(extra=labels)}[{lookback}]", at, deadline)
+            lost = sum(_lost_to_resets(float(v) for _, v in series.get("values", [])) for series in raw)
+            key = (labels.get("team", ""), labels.get("user", ""), labels.get("model", ""))
+            counts = rows.setdefault(key, {})
+            counts[METRICS[metric]] = counts.get(METRICS[metric], 0) + int(round(lost))
+        return sorted(
+            (_row(*key, counts) for key, counts in rows.items() if any(counts.values())),
+            key=lambda r: (r.team_id, r.user_id, r.model),
+        )
+
+    def _query(self, query: str, at: float, deadline: _Deadline) -> list[dict[str, Any]]:
+        return self._call(
+            lambda timeout: self._prom.custom_query(
+                query, params={"time": f"{at:.3f}", "timeout": duration(timeout)}, timeout=timeout
+            ),
+            deadline,
+        )
+
+    def _call(self, request: Any, deadline: _Deadline) -> list[dict[str, Any]]:
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise BackendUnavailable(
+                f"Prometheus at {self._shown_url} unreachable: no answer within {deadline.seconds:g}s"
+            )
+        try:
+            result = request(remaining)
+        except requests.Timeout as exc:
+            raise BackendUnavailable(
+                f"Prometheus at {self._shown_url} unreachable: no answer within {deadline.seconds:g}s"
+            ) from exc
+        except requests.RequestException as exc:
+            raise BackendUnavailable(
+                f"Prometheus at {self._shown_url} unreachable: {type(exc).__name__}"
+            ) from exc
+        except PrometheusApiClientException as exc:
+            raise BackendUnavailable(f"Prometheus at {self._shown_url} failed the query: {exc}") from exc
+        except ValueError as exc:  # a body that is not Prometheus' JSON
+            raise BackendUnavailable(f"Prometheus at {self._shown_url} answered garbage: {exc}") from exc
+        return list(result or [])
+
+
+def _lost_to_resets(values: Iterable[float]) -> float:
+    """What a counter had reached before each of its resets (a drop in value)."""
+    lost = 0.0
+    previous: float | None = None
+    for value in values:
+        if previous is not None and value < previous:
+            lost += previous
+        previous = value
+    return lost
+
+
+def _counts(result: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, int]]:
+    rows: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
+    for item in result:
+        labels = item.get("metric", {})
+        key = (labels.get("team", ""), labels.get("user", ""), labels.get("model", ""))
+        _, value = item["value"]
+        rows[key][METRICS[labels[_TAG]]] = _number(value)
+    return rows
+
+
+def _rows(result: list[dict[str, Any]]) -> list[UsageRow]:
+    return sorted(
+        (_row(*key, counts) for key, counts in _counts(result).items() if any(counts.values())),
+        key=lambda r: (r.team_id, r.user_id, r.model),
+    )
+
+
+def _row(team: str, user: str, model: str, counts: Mapping[str, int]) -> UsageRow:
+    return UsageRow(
+        team_id=team,
+        user_id=user,
+        model=model,
+        tokens=counts.get("tokens", 0),
+        authorized_calls=counts.get("authorized_calls", 0),
+        limited_calls=counts.get("limited_calls", 0),
+    )

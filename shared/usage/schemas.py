@@ -1,0 +1,104 @@
+"""The usage endpoints' query and response models (the admin ones live in shared/schemas.py).
+
+Field names follow the quickstart (steps 11 and 12); `model_breakdown`, `start`/`end` and the
+team's `series` are additions. Timestamps render as RFC 3339 UTC with microseconds and `Z`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+
+
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Instant = Annotated[datetime, PlainSerializer(_utc_text, return_type=str)]
+Duration = Annotated[str, StringConstraints(min_length=1, max_length=32, strip_whitespace=True)]
+
+
+class UsageQuery(BaseModel):
+    """`start`/`end` (RFC 3339) or `window` (`24h`, `7d`), any two of the three; none: all time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: AwareDatetime | None = Field(default=None, description="RFC 3339, e.g. 2025-08-25T00:00:00Z")
+    end: AwareDatetime | None = Field(default=None, description="RFC 3339; default now")
+    window: Duration | None = Field(default=None, description="Range length such as '24h' or '7d'")
+
+
+class TeamUsageQuery(UsageQuery):
+    step: Duration | None = Field(
+        default=None, description="Adds a time series per user with buckets of this length, e.g. '1h'"
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelUsage(_Model):
+    model: str
+    token_usage: int
+    authorized_calls: int
+    limited_calls: int
+
+
+class TeamUsageOfUser(_Model):
+    team_id: str
+    team_name: str
+    policy: str
+    token_usage: int
+    authorized_calls: int
+    limited_calls: int
+
+
+class UserUsage(_Model):
+    user_id: str
+    total_token_usage: int
+    total_authorized_calls: int
+    total_limited_calls: int
+    team_breakdown: list[TeamUsageOfUser]
+    model_breakdown: list[ModelUsage]
+    start: Instant | None = None
+    end: Instant | None = None
+    last_updated: Instant
+
+
+class UserUsageInTeam(_Model):
+    user_id: str
+    user_email: str
+    token_usage: int
+    authorized_calls: int
+    limited_calls: int
+
+
+class SeriesPoint(_Model):
+    start: Instant
+    token_usage: int
+    authorized_calls: int
+    limited_calls: int
+
+
+class UserSeries(_Model):
+    user_id: str
+    points: list[SeriesPoint]
+
+
+class TeamUsage(_Model):
+    team_id: str
+    team_name: str
+    policy: str
+    total_token_usage: int
+    total_authorized_calls: int
+    total_limited_calls: int
+    user_breakdown: list[UserUsageInTeam]
+    model_breakdown: list[ModelUsage]
+    start: Instant | None = None
+    end: Instant | None = None
+    step_seconds: int | None = None
+    series: list[UserSeries] | None = None
+    last_updated: Instant

@@ -1,0 +1,224 @@
+"""User and team usage bodies (quickstart steps 11 and 12) from a UsageSource and the Store.
+
+Counts come from the UsageSource; names, emails and policies from the Store. A breakdown lists
+what had traffic in the range, sorted by id: a user with no traffic gets zeros and an empty
+breakdown. Traffic of a team deleted since keeps its team_id with an empty name and policy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from shared.durations import normalize_window, window_ms
+from shared.errors import InvalidRequest, NotFound
+from shared.store import Store, Team
+from shared.usage.base import UsagePoint, UsageRow, UsageSource
+from shared.usage.schemas import (
+    ModelUsage,
+    SeriesPoint,
+    TeamUsage,
+    TeamUsageOfUser,
+    TeamUsageQuery,
+    UsageQuery,
+    UserSeries,
+    UserUsage,
+    UserUsageInTeam,
+)
+
+# A dashboard needs a few hundred points; more would only load the backend (Prometheus
+# refuses over 11,000 per series anyway).
+MAX_POINTS = 1000
+MIN_STEP_S = 60
+
+
+def invalid(field: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"invalid request: {field}: {message}", details=[{"field": field, "message": message}])
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRange:
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    tokens: int = 0
+    authorized_calls: int = 0
+    limited_calls: int = 0
+
+    def __add__(self, other: _Counts) -> _Counts:
+        return _Counts(
+            self.tokens + other.tokens,
+            self.authorized_calls + other.authorized_calls,
+            self.limited_calls + other.limited_calls,
+        )
+
+    @classmethod
+    def of(cls, row: UsageRow) -> _Counts:
+        return cls(row.tokens, row.authorized_calls, row.limited_calls)
+
+
+def _duration(field: str, value: str) -> timedelta:
+    try:
+        return timedelta(milliseconds=window_ms(normalize_window(value)))
+    except ValueError as exc:
+        raise invalid(field, str(exc)) from None
+
+
+def resolve_range(query: UsageQuery, now: datetime) -> UsageRange:
+    """Turn start/end/window into a range; all time (both None) when none is given."""
+    start, end = query.start, query.end
+    if query.window is not None:
+        length = _duration("window", query.window)
+        if start is not None and end is not None:
+            raise invalid("window", "give at most two of start, end and window")
+        if start is not None:
+            end = start + length
+        else:
+            end = end or now
+            start = end - length
+    elif start is not None and end is None:
+        end = now
+    if start is not None and end is not None and start >= end:
+        raise invalid("start", "must be before end")
+    return UsageRange(start=start, end=end)
+
+
+def resolve_step(step: str | None, span: UsageRange) -> int | None:
+    if step is None:
+        return None
+    length = _duration("step", step)
+    # The embedded ledger counts in one-minute buckets; both backends take the same steps.
+    if length.total_seconds() < MIN_STEP_S or length.total_seconds() != int(length.total_seconds()):
+        raise invalid("step", f"must be whole seconds, at least {MIN_STEP_S}s (e.g. '1m', '1h')")
+    if span.start is None or span.end is None:
+        raise invalid("step", "needs a range: give window (e.g. window=24h) or start")
+    points = (span.end - span.start) / length
+    if points > MAX_POINTS:
+        raise invalid("step", f"gives {int(points)} points over the range; at most {MAX_POINTS}")
+    return int(length.total_seconds())
+
+
+def _sum(rows: Iterable[UsageRow], key: Callable[[UsageRow], str]) -> dict[str, _Counts]:
+    grouped: dict[str, _Counts] = defaultdict(_Counts)
+    for row in rows:
+        grouped[key(row)] += _Counts.of(row)
+    return dict(sorted(grouped.items()))
+
+
+def _models(rows: list[UsageRow]) -> list[ModelUsage]:
+    return [
+        ModelUsage(model=model, token_usage=c.tokens, authorized_calls=c.authorized_calls,
+                   limited_calls=c.limited_calls)
+        for model, c in _sum(rows, lambda r: r.model).items()
+    ]
+
+
+def _team_or_none(store: Store, team_id: str) -> Team | None:
+    try:
+        return store.get_team(team_id=team_id)
+    except NotFound:
+        return None
+
+
+def user_usage(*, store: Store, source: UsageSource, user_id: str, query: UsageQuery,
+               now: datetime) -> UserUsage:
+    span = resolve_range(query, now)
+    rows = source.totals(start=span.start, end=span.end, user_id=user_id)
+    total = sum((_Counts.of(r) for r in rows), _Counts())
+    breakdown = []
+    for team_id, counts in _sum(rows, lambda r: r.team_id).items():
+        team = _team_or_none(store, team_id)
+        breakdown.append(
+            TeamUsageOfUser(
+                team_id=team_id,
+                team_name=team.team_name if team else "",
+                policy=team.policy if team else "",
+                token_usage=counts.tokens,
+                authorized_calls=counts.authorized_calls,
+                limited_calls=counts.limited_calls,
+            )
+        )
+    return UserUsage(
+        user_id=user_id,
+        total_token_usage=total.tokens,
+        total_authorized_calls=total.authorized_calls,
+        total_limited_calls=total.limited_calls,
+        team_breakdown=breakdown,
+        model_breakdown=_models(rows),
+        start=span.start,
+        end=span.end,
+        last_updated=now,
+    )
+
+
+def team_usage(*, store: Store, source: UsageSource, team_id: str, query: TeamUsageQuery,
+               now: datetime) -> TeamUsage:
+    team = store.get_team(team_id=team_id)  # NotFound for an unknown team, before any query
+    span = resolve_range(query, now)
+    step_s = resolve_step(query.step, span)
+    rows = source.totals(start=span.start, end=span.end, team_id=team_id)
+    emails: dict[str, str] = {}
+    for key in sorted(store.list_keys(team_id=team_id), key=lambda k: k.created_at):
+        emails[key.user_id] = key.user_email or emails.get(key.user_id, "")
+    total = sum((_Counts.of(r) for r in rows), _Counts())
+    users = [
+        UserUsageInTeam(
+            user_id=user_id,
+            user_email=emails.get(user_id, ""),
+            token_usage=counts.tokens,
+            authorized_calls=counts.authorized_calls,
+            limited_calls=counts.limited_calls,
+        )
+        for user_id, counts in _sum(rows, lambda r: r.user_id).items()
+    ]
+    series = None
+    if step_s is not None and span.start is not None and span.end is not None:
+        points = source.series(start=span.start, end=span.end, step_s=step_s, team_id=team_id)
+        series = _user_series(points, span.start, span.end, step_s)
+    return TeamUsage(
+        team_id=team.team_id,
+        team_name=team.team_name,
+        policy=team.policy,
+        total_token_usage=total.tokens,
+        total_authorized_calls=total.authorized_calls,
+        total_limited_calls=total.limited_calls,
+        user_breakdown=users,
+        model_breakdown=_models(rows),
+        start=span.start,
+        end=span.end,
+        step_seconds=step_s,
+        series=series,
+        last_updated=now,
+    )
+
+
+def _user_series(points: list[UsagePoint], start: datetime, end: datetime, step_s: int) -> list[UserSeries]:
+    """Dense per-user series (zeros where a bucket had no traffic), models summed."""
+    step = timedelta(seconds=step_s)
+    buckets: list[datetime] = []
+    at = start
+    while at < end and len(buckets) < MAX_POINTS:
+        buckets.append(at)
+        at += step
+    per_user: dict[str, dict[int, _Counts]] = defaultdict(lambda: defaultdict(_Counts))
+    for point in points:
+        index = round((point.start - start) / step)
+        if 0 <= index < len(buckets):
+            per_user[point.row.user_id][index] += _Counts.of(point.row)
+    return [
+        UserSeries(
+            user_id=user_id,
+            points=[
+                SeriesPoint(start=bucket, token_usage=c.tokens, authorized_calls=c.authorized_calls,
+                            limited_calls=c.limited_calls)
+                for i, bucket in enumerate(buckets)
+                for c in (per_user[user_id].get(i, _Counts()),)
+            ],
+        )
+        for user_id in sorted(per_user)
+    ]

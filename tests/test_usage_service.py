@@ -1,0 +1,156 @@
+"""The usage bodies from the embedded ledger: shapes, sums, names from the store, ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from shared.errors import InvalidRequest, NotFound
+from shared.ledger import UsageLedger
+from shared.store.base import ApiKey, Team
+from shared.store.sqlite import SqliteStore
+from shared.usage.embedded import EmbeddedUsage
+from shared.usage.schemas import TeamUsageQuery, UsageQuery
+from shared.usage.service import resolve_range, team_usage, user_usage
+
+NOW = datetime(2025, 8, 25, 12, 0, tzinfo=timezone.utc)
+T0 = NOW.timestamp()
+
+
+def _team(team_id: str, name: str, policy: str) -> Team:
+    return Team(team_id=team_id, team_name=name, description="", policy=policy, token_limit=1000,
+                time_window="1h", limit_scope="user", created_at=NOW)
+
+
+def _key(team_id: str, user_id: str, n: int) -> ApiKey:
+    return ApiKey(secret_name=f"apikey-{user_id}-{team_id}-0000000{n}", key_sha256=f"{n:064x}",
+                  team_id=team_id, user_id=user_id, user_email=f"{user_id}@test.com", role="member",
+                  status="active", created_at=NOW)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "maas.db")
+    s.create_team(team=_team("test-team", "Test Team", "test-tokens"))
+    s.create_team(team=_team("premium", "Premium", "premium-tokens"))
+    s.create_key(key=_key("test-team", "testuser", 1), api_key="k1")
+    s.create_key(key=_key("test-team", "mittens", 2), api_key="k2")
+    s.create_key(key=_key("premium", "testuser", 3), api_key="k3")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[UsageLedger]:
+    led = UsageLedger(tmp_path / "usage.db")
+    # Two hours ago and now: the 1h window sees only the recent traffic.
+    led.record(team_id="test-team", user_id="testuser", model="qwen3-0-6b-instruct", tokens=100,
+               authorized_calls=4, at=T0 - 7200)
+    led.record(team_id="test-team", user_id="testuser", model="vllm-simulator", tokens=50,
+               authorized_calls=2, limited_calls=1, at=T0 - 60)
+    led.record(team_id="test-team", user_id="mittens", model="qwen3-0-6b-instruct", tokens=7,
+               authorized_calls=1, at=T0 - 60)
+    led.record(team_id="premium", user_id="testuser", model="qwen3-0-6b-instruct", tokens=30,
+               authorized_calls=3, limited_calls=2, at=T0 - 60)
+    # Traffic of a team that no longer exists keeps its id.
+    led.record(team_id="gone", user_id="testuser", model="vllm-simulator", tokens=1,
+               authorized_calls=1, at=T0 - 60)
+    led.flush()
+    yield led
+    led.close()
+
+
+def test_user_usage_all_time_has_the_quickstart_shape(store: SqliteStore, ledger: UsageLedger) -> None:
+    body = user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser",
+                      query=UsageQuery(), now=NOW).model_dump(mode="json")
+    assert body["user_id"] == "testuser"
+    assert (body["total_token_usage"], body["total_authorized_calls"], body["total_limited_calls"]) == (181, 10, 3)
+    assert body["team_breakdown"] == [
+        {"team_id": "gone", "team_name": "", "policy": "", "token_usage": 1, "authorized_calls": 1,
+         "limited_calls": 0},
+        {"team_id": "premium", "team_name": "Premium", "policy": "premium-tokens", "token_usage": 30,
+         "authorized_calls": 3, "limited_calls": 2},
+        {"team_id": "test-team", "team_name": "Test Team", "policy": "test-tokens", "token_usage": 150,
+         "authorized_calls": 6, "limited_calls": 1},
+    ]
+    assert [m["model"] for m in body["model_breakdown"]] == ["qwen3-0-6b-instruct", "vllm-simulator"]
+    assert body["model_breakdown"][0]["token_usage"] == 130
+    assert body["last_updated"] == "2025-08-25T12:00:00.000000Z"
+    assert body["start"] is None and body["end"] is None
+
+
+def test_team_usage_has_emails_and_sorted_users(store: SqliteStore, ledger: UsageLedger) -> None:
+    body = team_usage(store=store, source=EmbeddedUsage(ledger), team_id="test-team",
+                      query=TeamUsageQuery(), now=NOW).model_dump(mode="json")
+    assert (body["team_name"], body["policy"]) == ("Test Team", "test-tokens")
+    assert (body["total_token_usage"], body["total_authorized_calls"], body["total_limited_calls"]) == (157, 7, 1)
+    assert body["user_breakdown"] == [
+        {"user_id": "mittens", "user_email": "mittens@test.com", "token_usage": 7, "authorized_calls": 1,
+         "limited_calls": 0},
+        {"user_id": "testuser", "user_email": "testuser@test.com", "token_usage": 150,
+         "authorized_calls": 6, "limited_calls": 1},
+    ]
+    assert body["series"] is None
+
+
+def test_window_limits_the_range(store: SqliteStore, ledger: UsageLedger) -> None:
+    body = user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser",
+                      query=UsageQuery(window="1h"), now=NOW)
+    assert body.total_token_usage == 81
+    assert body.start == NOW - timedelta(hours=1) and body.end == NOW
+
+
+def test_user_without_traffic_gets_zeros(store: SqliteStore, ledger: UsageLedger) -> None:
+    body = user_usage(store=store, source=EmbeddedUsage(ledger), user_id="nobody",
+                      query=UsageQuery(), now=NOW)
+    assert (body.total_token_usage, body.total_authorized_calls, body.total_limited_calls) == (0, 0, 0)
+    assert body.team_breakdown == [] and body.model_breakdown == []
+
+
+def test_unknown_team_is_not_found(store: SqliteStore, ledger: UsageLedger) -> None:
+    with pytest.raises(NotFound):
+        team_usage(store=store, source=EmbeddedUsage(ledger), team_id="nope", query=TeamUsageQuery(), now=NOW)
+
+
+def test_team_series_is_dense_per_user(store: SqliteStore, ledger: UsageLedger) -> None:
+    body = team_usage(store=store, source=EmbeddedUsage(ledger), team_id="test-team",
+                      query=TeamUsageQuery(window="3h", step="1h"), now=NOW)
+    assert body.step_seconds == 3600 and body.series is not None
+    assert [s.user_id for s in body.series] == ["mittens", "testuser"]
+    testuser = body.series[1]
+    assert len(testuser.points) == 3
+    assert [p.token_usage for p in testuser.points] == [0, 100, 50]  # 09-10, 10-11, 11-12
+    assert [p.limited_calls for p in testuser.points] == [0, 0, 1]
+    assert sum(p.token_usage for p in body.series[0].points) == 7
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"window": "soon"}, "window"),
+        ({"window": "1h", "start": "2025-08-25T00:00:00Z", "end": "2025-08-25T02:00:00Z"}, "window"),
+        ({"start": "2025-08-25T02:00:00Z", "end": "2025-08-25T01:00:00Z"}, "start"),
+        ({"step": "1h"}, "step"),
+        ({"window": "1h", "step": "10s"}, "step"),
+        ({"window": "7d", "step": "1m"}, "step"),
+        ({"window": "1h", "step": "x"}, "step"),
+    ],
+)
+def test_bad_ranges_name_the_parameter(store: SqliteStore, ledger: UsageLedger, query: dict[str, str],
+                                       field: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        team_usage(store=store, source=EmbeddedUsage(ledger), team_id="test-team",
+                   query=TeamUsageQuery.model_validate(query), now=NOW)
+    assert caught.value.details[0]["field"] == field
+    assert field in caught.value.message
+
+
+def test_start_alone_runs_to_now_and_end_alone_from_the_beginning() -> None:
+    start = NOW - timedelta(hours=2)
+    assert resolve_range(UsageQuery(start=start), NOW).end == NOW
+    only_end = resolve_range(UsageQuery(end=start), NOW)
+    assert only_end.start is None and only_end.end == start
+    assert resolve_range(UsageQuery(start=start, window="1h"), NOW).end == start + timedelta(hours=1)
