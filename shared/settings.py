@@ -39,6 +39,21 @@ class Settings(BaseSettings):
         validation_alias="MAAS_KEY_SELECTOR",
         description="Value of the `app` label that the AuthPolicy selects API-key Secrets by.",
     )
+    gateway_name: str = Field(
+        default="maas-gateway",
+        validation_alias="MAAS_GATEWAY_NAME",
+        description="Gateway API Gateway that serves the models; the Kuadrant policies target it.",
+    )
+    gateway_namespace: str | None = Field(
+        default=None,
+        validation_alias="MAAS_GATEWAY_NAMESPACE",
+        description="Namespace of that Gateway (and so of the policies); default: MAAS_NAMESPACE.",
+    )
+    api_hostname: str | None = Field(
+        default=None,
+        validation_alias="MAAS_API_HOSTNAME",
+        description="Host name of the key manager's HTTPRoute in a cluster; unset: every host.",
+    )
     host: str = Field(
         default="127.0.0.1", validation_alias="MAAS_HOST", description="Address the local runtime binds."
     )
@@ -93,6 +108,11 @@ class Settings(BaseSettings):
         default=5.0, validation_alias="MAAS_PROMETHEUS_TIMEOUT", gt=0,
         description="Seconds before a Prometheus query gives up with 503.",
     )
+
+    @property
+    def policy_namespace(self) -> str:
+        """Kuadrant policies live beside the Gateway they target."""
+        return self.gateway_namespace or self.namespace
 
     @property
     def database_path(self) -> Path:

@@ -1,0 +1,182 @@
+"""The Kuadrant policies of a cluster deployment, generated as whole objects from all teams.
+
+Pure functions returning plain dicts: no Kubernetes client here (the policy-apply module sends
+them). The team Secrets are the source of truth; a policy is never read back for a limit.
+
+- AuthPolicy: API keys are Secrets labelled `kuadrant.io/auth-secret: "true"` and
+  `app: <key selector>`, sent as `Authorization: APIKEY <key>` or `Bearer <key>` (one
+  authentication entry per prefix, since an entry carries one prefix). Success exposes
+  `auth.identity.{userid,team,groups}` from the Secret's annotations to the rate limiter and the
+  metrics; a key whose `maas/status` is not `active`, or whose `maas/expires-at` has passed, is
+  refused with 401.
+- TokenRateLimitPolicy: one limit per team, named after it, active when
+  `auth.identity.team == "<team_id>"`; counted per user (`auth.identity.userid`) or, with
+  `limit_scope: team`, once for the whole team. Omitted when there is no team, because the CRD
+  requires at least one limit: the caller deletes it then (see `managed_policies`).
+- TelemetryPolicy: `user`, `team` and `model` labels on Limitador's metrics, which the usage
+  queries group by.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.durations import normalize_window
+from shared.errors import Unauthorized, openai_body
+from shared.settings import Settings
+from shared.store.base import Team
+
+AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
+TOKEN_RATE_LIMIT_POLICY = ("kuadrant.io/v1alpha1", "TokenRateLimitPolicy", "maas-team-token-limits")
+TELEMETRY_POLICY = ("extensions.kuadrant.io/v1alpha1", "TelemetryPolicy", "maas-usage-labels")
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "maas-key-manager", "app.kubernetes.io/part-of": "maas"}
+
+# Authorization prefixes accepted on model calls, by authentication entry name.
+KEY_PREFIXES = {"api-key": "APIKEY", "bearer": "Bearer"}
+
+# Secret annotations (DESIGN.md "Kubernetes shapes") and the identity fields built from them.
+IDENTITY_ANNOTATIONS = {
+    "userid": "secret.kuadrant.io/user-id",
+    "team": "maas/team-id",
+    "groups": "kuadrant.io/groups",
+}
+STATUS_ANNOTATION = "maas/status"
+EXPIRES_ANNOTATION = "maas/expires-at"
+
+# CEL over the request body: Kuadrant's wasm shim parses the JSON body of model calls.
+MODEL_EXPRESSION = 'requestBodyJSON("/model")'
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """Identifies one managed policy object, whether or not the teams currently produce it."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+
+
+def managed_policies(settings: Settings) -> list[PolicyRef]:
+    """Every policy this module can produce; one absent from `generate_policies` must be deleted."""
+    return [
+        PolicyRef(api_version, kind, name, settings.policy_namespace)
+        for api_version, kind, name in (AUTH_POLICY, TOKEN_RATE_LIMIT_POLICY, TELEMETRY_POLICY)
+    ]
+
+
+def generate_policies(teams: Iterable[Team], settings: Settings) -> list[dict[str, Any]]:
+    """All the policies for these teams, in a stable order and with stable content."""
+    ordered = sorted(teams, key=lambda team: team.team_id)
+    policies = [auth_policy(settings)]
+    if ordered:
+        policies.append(token_rate_limit_policy(ordered, settings))
+    policies.append(telemetry_policy(settings))
+    return policies
+
+
+def auth_policy(settings: Settings) -> dict[str, Any]:
+    selector = {"matchLabels": {"kuadrant.io/auth-secret": "true", "app": settings.key_selector}}
+    api_key: dict[str, Any] = {"selector": selector}
+    if settings.namespace != settings.policy_namespace:
+        # Authorino looks for key Secrets in the policy's namespace only, unless told otherwise;
+        # widen it only when the keys live elsewhere, since any labelled Secret then counts.
+        api_key["allNamespaces"] = True
+    authentication = {
+        name: {"apiKey": api_key, "credentials": {"authorizationHeader": {"prefix": prefix}}}
+        for name, prefix in KEY_PREFIXES.items()
+    }
+    annotations = "auth.identity.metadata.annotations"
+    authorization = {
+        "key-active": {
+            "patternMatching": {
+                "patterns": [{"predicate": f'{annotations}["{STATUS_ANNOTATION}"] == "active"'}]
+            }
+        },
+        "key-not-expired": {
+            "patternMatching": {
+                "patterns": [
+                    {
+                        "predicate": (
+                            f'!("{EXPIRES_ANNOTATION}" in {annotations}) || '
+                            f'timestamp({annotations}["{EXPIRES_ANNOTATION}"]) > request.time'
+                        )
+                    }
+                ]
+            }
+        },
+    }
+    identity = {
+        field: {"selector": f"{annotations}.{_escape_selector(annotation)}"}
+        for field, annotation in IDENTITY_ANNOTATIONS.items()
+    }
+    return _policy(
+        AUTH_POLICY,
+        settings,
+        {
+            "targetRef": _gateway_ref(settings),
+            "rules": {
+                "authentication": authentication,
+                "authorization": authorization,
+                "response": {
+                    "unauthenticated": _denial("missing or invalid API key"),
+                    "unauthorized": _denial("API key is revoked or expired"),
+                    "success": {"filters": {"identity": {"json": {"properties": identity}}}},
+                },
+            },
+        },
+    )
+
+
+def token_rate_limit_policy(teams: Iterable[Team], settings: Settings) -> dict[str, Any]:
+    limits: dict[str, Any] = {}
+    for team in sorted(teams, key=lambda t: t.team_id):
+        limit: dict[str, Any] = {
+            "rates": [{"limit": team.token_limit, "window": normalize_window(team.time_window)}],
+            "when": [{"predicate": f"auth.identity.team == {json.dumps(team.team_id)}"}],
+        }
+        if team.limit_scope == "user":
+            limit["counters"] = [{"expression": "auth.identity.userid"}]
+        limits[team.team_id] = limit
+    return _policy(TOKEN_RATE_LIMIT_POLICY, settings, {"targetRef": _gateway_ref(settings), "limits": limits})
+
+
+def telemetry_policy(settings: Settings) -> dict[str, Any]:
+    labels = {"user": "auth.identity.userid", "team": "auth.identity.team", "model": MODEL_EXPRESSION}
+    return _policy(
+        TELEMETRY_POLICY,
+        settings,
+        {"targetRef": _gateway_ref(settings), "metrics": {"default": {"labels": labels}}},
+    )
+
+
+def _policy(ref: tuple[str, str, str], settings: Settings, spec: dict[str, Any]) -> dict[str, Any]:
+    api_version, kind, name = ref
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": settings.policy_namespace, "labels": dict(MANAGED_BY)},
+        "spec": spec,
+    }
+
+
+def _gateway_ref(settings: Settings) -> dict[str, str]:
+    return {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": settings.gateway_name}
+
+
+def _denial(message: str) -> dict[str, Any]:
+    """A 401 in the OpenAI error shape, the same body the local gateway answers with."""
+    return {
+        "code": 401,
+        "headers": {"content-type": {"value": "application/json"}},
+        "body": {"value": json.dumps(openai_body(Unauthorized(message)), separators=(",", ":"))},
+    }
+
+
+def _escape_selector(annotation: str) -> str:
+    # Authorino selectors are JSON paths: a literal dot in a key is written `\.`.
+    return annotation.replace(".", r"\.")
