@@ -1,0 +1,45 @@
+"""Shared fixtures. Every test starts from an environment without MAAS_* settings and with no
+installed Context, so no test sees another's configuration or store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from functions._context import install_context, reset_context
+from shared.context import Context, build_context
+from shared.keymaterial import generate_admin_key
+from shared.settings import Settings
+
+_OWN_VARIABLES = ("ADMIN_KEY", "PROMETHEUS_URL", "NAMESPACE", "FUNCTION_TARGET")
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("MAAS_") or name in _OWN_VARIABLES:
+            monkeypatch.delenv(name)
+    yield
+    reset_context()
+
+
+@pytest.fixture
+def admin_key() -> str:
+    return generate_admin_key()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, admin_key: str) -> Settings:
+    return Settings(admin_key=SecretStr(admin_key), data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Iterator[Context]:
+    """An embedded Context installed for the functions, on a fresh SQLite file."""
+    context = build_context(settings)
+    install_context(context)
+    yield context

@@ -1,0 +1,79 @@
+"""Each function target as its Knative Service runs it: alone, under the functions-framework CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+import main
+from shared.routes import EVENT_TARGETS, ROUTES
+from tests.runtime import ROOT
+
+_SAMPLE = {"team_id": "some-team", "user_id": "some-user", "secret_name": "apikey-a-b-0011aabb"}
+
+
+def test_routing_table_and_exported_targets_agree() -> None:
+    route_targets = {route.target for route in ROUTES}
+    assert len(route_targets) == len(ROUTES), "one target per route"
+    assert route_targets <= set(main.__all__)
+    assert set(main.__all__) <= route_targets | set(EVENT_TARGETS)
+    for name in main.__all__:
+        assert callable(getattr(main, name))
+
+
+def test_routing_table_has_no_ambiguous_routes() -> None:
+    from shared.routes import resolve
+
+    for route in ROUTES:
+        path = route.path.format(**_SAMPLE)
+        assert resolve(route.method, path)[0] is route
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_every_target_starts_alone_and_answers_its_route(tmp_path: Path) -> None:
+    cli = Path(sys.executable).parent / "functions-framework"
+    env = {**os.environ, "MAAS_DATA_DIR": str(tmp_path), "ADMIN_KEY": "k" * 40}
+    env = {k: v for k, v in env.items() if k != "FUNCTION_TARGET"}
+    started = {}
+    for route in ROUTES:
+        port = _free_port()
+        process = subprocess.Popen(
+            [str(cli), "--source", "main.py", "--target", route.target, "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        started[route.target] = (route, port, process)
+    try:
+        for route, port, process in started.values():
+            path = route.path.format(**_SAMPLE)
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    reply = httpx.request(route.method, base + path, timeout=5)
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                    assert time.monotonic() < deadline, f"{route.target} did not start"
+                    time.sleep(0.2)
+            expected = 200 if route.auth == "none" else 401
+            assert reply.status_code == expected, (route.target, reply.text)
+            assert "error" in reply.json() or expected == 200
+            # A request meant for another function is refused, not answered wrongly.
+            assert httpx.get(base + "/not-my-route", timeout=5).status_code == 404
+    finally:
+        for _, _, process in started.values():
+            process.terminate()
+        for _, _, process in started.values():
+            process.wait(timeout=20)

@@ -1,0 +1,109 @@
+"""The local runtime as a user runs it: a real process, real HTTPS, real SQLite on disk."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.keymaterial import generate_admin_key
+from tests.runtime import start_runtime
+
+
+def client(url: str, admin_key: str) -> httpx.Client:
+    return httpx.Client(base_url=url, verify=False, timeout=30,
+                        headers={"Authorization": f"ADMIN {admin_key}"})
+
+
+def test_twenty_racing_creates_of_one_team_have_one_winner(tmp_path: Path) -> None:
+    admin_key = generate_admin_key()
+    runtime = start_runtime(tmp_path, env={"ADMIN_KEY": admin_key})
+    try:
+        statuses: list[int] = []
+        barrier = threading.Barrier(20)
+
+        def create() -> None:
+            with client(runtime.admin_url, admin_key) as http:
+                barrier.wait()
+                statuses.append(http.post("/teams", json={"team_id": "racing"}).status_code)
+
+        threads = [threading.Thread(target=create) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(statuses) == [201] + [409] * 19
+    finally:
+        assert runtime.stop() == 0
+
+
+def test_a_restart_on_the_same_data_dir_loses_nothing(tmp_path: Path) -> None:
+    admin_key = generate_admin_key()
+    first = start_runtime(tmp_path, env={"ADMIN_KEY": admin_key})
+    with client(first.admin_url, admin_key) as http:
+        assert http.post("/teams", json={"team_id": "kept", "token_limit": 7}).status_code == 201
+        key = http.post("/teams/kept/keys", json={"user_id": "alice"}).json()
+        before = http.get("/teams/kept").json()
+    assert first.stop() == 0
+    assert "stopped." in first.text
+
+    second = start_runtime(tmp_path, env={"ADMIN_KEY": admin_key})
+    try:
+        with client(second.admin_url, admin_key) as http:
+            assert http.get("/teams/kept").json() == before
+            reply = http.request("DELETE", "/delete_key", json={"key": key["api_key"]})
+            assert reply.status_code == 200
+            assert reply.json()["secret_name"] == key["secret_name"]
+    finally:
+        assert second.stop() == 0
+
+
+def test_generated_admin_key_is_printed_once_and_kept_private(tmp_path: Path) -> None:
+    first = start_runtime(tmp_path)
+    key_file = tmp_path / "admin-key"
+    admin_key = key_file.read_text().strip()
+    try:
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+        assert first.text.count(admin_key) == 1
+        with client(first.admin_url, admin_key) as http:
+            assert http.get("/teams").status_code == 200
+            assert http.get("/teams", headers={"Authorization": "ADMIN nope"}).status_code == 401
+    finally:
+        assert first.stop() == 0
+    second = start_runtime(tmp_path)
+    try:
+        assert admin_key not in second.text
+        assert str(key_file) in second.text
+    finally:
+        assert second.stop() == 0
+
+
+def test_admin_api_is_tls_with_a_certificate_for_loopback(tmp_path: Path) -> None:
+    runtime = start_runtime(tmp_path, env={"ADMIN_KEY": generate_admin_key()})
+    try:
+        assert runtime.admin_url.startswith("https://127.0.0.1:")
+        cert = tmp_path / "tls" / "cert.pem"
+        with httpx.Client(verify=str(cert)) as http:
+            assert http.get(runtime.admin_url + "/health").status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(runtime.admin_url + "/health")  # default trust store: self-signed refused
+    finally:
+        assert runtime.stop() == 0
+
+
+def test_bad_configuration_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.runtime import ROOT
+
+    env = {**os.environ, "MAAS_ADMIN_PORT": "not-a-port", "MAAS_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "local", "serve"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "MAAS_ADMIN_PORT" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,211 @@
+"""One contract for every Store backend (tests/store_backends.py lists them)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from shared.errors import Conflict, NotFound
+from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
+from shared.store import ApiKey, Store, Team, TeamChanges
+from tests.store_backends import BACKENDS
+
+T0 = datetime(2025, 8, 25, 6, 17, 35, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=sorted(BACKENDS), ids=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with BACKENDS[request.param](tmp_path) as backend:
+        yield backend
+
+
+def team(team_id: str = "test-team", **overrides: object) -> Team:
+    fields: dict[str, object] = {
+        "team_id": team_id,
+        "team_name": "Test Team",
+        "description": "",
+        "policy": "test-tokens",
+        "token_limit": 100_000,
+        "time_window": "1h",
+        "limit_scope": "user",
+        "created_at": T0,
+    }
+    fields.update(overrides)
+    return Team(**fields)  # type: ignore[arg-type]
+
+
+def new_key(team_id: str = "test-team", user_id: str = "alice", **overrides: object) -> tuple[ApiKey, str]:
+    api_key = generate_api_key()
+    fields: dict[str, object] = {
+        "secret_name": secret_name_for(user_id, team_id),
+        "key_sha256": key_sha256(api_key),
+        "team_id": team_id,
+        "user_id": user_id,
+        "user_email": f"{user_id}@test.com",
+        "role": "member",
+        "status": "active",
+        "created_at": T0,
+    }
+    fields.update(overrides)
+    return ApiKey(**fields), api_key  # type: ignore[arg-type]
+
+
+def test_team_round_trip(store: Store) -> None:
+    created = store.create_team(team=team(description="d", limit_scope="team", time_window="168h"))
+    assert store.get_team(team_id="test-team") == created
+    assert store.list_teams() == [created]
+
+
+def test_duplicate_team_conflicts(store: Store) -> None:
+    store.create_team(team=team())
+    with pytest.raises(Conflict):
+        store.create_team(team=team(team_name="other"))
+    assert store.get_team(team_id="test-team").team_name == "Test Team"
+
+
+def test_unknown_team_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.get_team(team_id="nope")
+    with pytest.raises(NotFound):
+        store.update_team(team_id="nope", changes=TeamChanges(token_limit=5))
+    with pytest.raises(NotFound):
+        store.delete_team(team_id="nope")
+
+
+def test_teams_are_listed_by_id(store: Store) -> None:
+    for team_id in ("b-team", "a-team", "c-team"):
+        store.create_team(team=team(team_id))
+    assert [t.team_id for t in store.list_teams()] == ["a-team", "b-team", "c-team"]
+
+
+def test_update_changes_only_given_fields(store: Store) -> None:
+    store.create_team(team=team())
+    updated = store.update_team(team_id="test-team", changes=TeamChanges(token_limit=20, time_window="1m"))
+    assert updated == team(token_limit=20, time_window="1m")
+    assert store.get_team(team_id="test-team") == updated
+
+
+def test_key_round_trip_and_lookup_by_hash(store: Store) -> None:
+    store.create_team(team=team())
+    key, api_key = new_key(models_allowed=("qwen3-0-6b-instruct",), alias="laptop")
+    assert store.create_key(key=key, api_key=api_key) == key
+    assert store.get_key(secret_name=key.secret_name) == key
+    assert store.find_key(key_sha256=key_sha256(api_key)) == key
+    assert store.find_key(key_sha256=key_sha256(generate_api_key())) is None
+
+
+def test_key_for_unknown_team_is_not_found(store: Store) -> None:
+    key, api_key = new_key(team_id="ghost")
+    with pytest.raises(NotFound):
+        store.create_key(key=key, api_key=api_key)
+    assert store.list_keys() == []
+
+
+def test_duplicate_key_name_conflicts(store: Store) -> None:
+    store.create_team(team=team())
+    key, api_key = new_key()
+    store.create_key(key=key, api_key=api_key)
+    other, other_key = new_key()
+    with pytest.raises(Conflict):
+        store.create_key(key=replace(other, secret_name=key.secret_name), api_key=other_key)
+
+
+def test_keys_filter_by_team_and_user(store: Store) -> None:
+    store.create_team(team=team("team-a"))
+    store.create_team(team=team("team-b"))
+    made = {}
+    for team_id, user_id in (("team-a", "alice"), ("team-a", "bob"), ("team-b", "alice")):
+        key, api_key = new_key(team_id, user_id)
+        made[(team_id, user_id)] = store.create_key(key=key, api_key=api_key)
+    assert {k.user_id for k in store.list_keys(team_id="team-a")} == {"alice", "bob"}
+    assert {k.team_id for k in store.list_keys(user_id="alice")} == {"team-a", "team-b"}
+    assert store.list_keys(team_id="team-b", user_id="bob") == []
+    assert len(store.list_keys()) == 3
+    names = [k.secret_name for k in store.list_keys()]
+    assert names == sorted(names)
+
+
+def test_delete_team_removes_its_keys_and_only_its_keys(store: Store) -> None:
+    store.create_team(team=team("team-a"))
+    store.create_team(team=team("team-b"))
+    a1, k1 = new_key("team-a", "alice")
+    a2, k2 = new_key("team-a", "bob")
+    b1, k3 = new_key("team-b", "alice")
+    for key, api_key in ((a1, k1), (a2, k2), (b1, k3)):
+        store.create_key(key=key, api_key=api_key)
+    removed = store.delete_team(team_id="team-a")
+    assert sorted(k.secret_name for k in removed) == sorted([a1.secret_name, a2.secret_name])
+    assert store.list_keys() == [b1]
+    assert store.find_key(key_sha256=key_sha256(k1)) is None
+    with pytest.raises(NotFound):
+        store.get_team(team_id="team-a")
+
+
+def test_delete_key(store: Store) -> None:
+    store.create_team(team=team())
+    key, api_key = new_key()
+    store.create_key(key=key, api_key=api_key)
+    assert store.delete_key(secret_name=key.secret_name) == key
+    with pytest.raises(NotFound):
+        store.delete_key(secret_name=key.secret_name)
+    assert store.find_key(key_sha256=key.key_sha256) is None
+
+
+def test_key_status_changes(store: Store) -> None:
+    store.create_team(team=team())
+    key, api_key = new_key(expires_at=T0 + timedelta(days=30))
+    store.create_key(key=key, api_key=api_key)
+    revoked = store.set_key_status(secret_name=key.secret_name, status="revoked")
+    assert revoked == replace(key, status="revoked")
+    assert store.get_key(secret_name=key.secret_name).status == "revoked"
+    with pytest.raises(NotFound):
+        store.set_key_status(secret_name="apikey-nobody-test-team-00000000", status="revoked")
+
+
+def test_snapshot_is_consistent_with_the_store(store: Store) -> None:
+    store.create_team(team=team())
+    key, api_key = new_key()
+    store.create_key(key=key, api_key=api_key)
+    snapshot = store.snapshot()
+    assert snapshot.teams == {"test-team": team()}
+    assert snapshot.keys_by_sha256 == {key.key_sha256: key}
+
+
+def test_generation_moves_on_every_write_and_not_on_reads(store: Store) -> None:
+    seen = [store.generation()]
+    store.create_team(team=team())
+    seen.append(store.generation())
+    store.list_teams()
+    store.snapshot()
+    assert store.generation() == seen[-1]
+    key, api_key = new_key()
+    store.create_key(key=key, api_key=api_key)
+    seen.append(store.generation())
+    store.delete_key(secret_name=key.secret_name)
+    seen.append(store.generation())
+    assert len(set(seen)) == len(seen), seen
+
+
+def test_racing_creates_have_one_winner(store: Store) -> None:
+    outcomes: list[str] = []
+    barrier = threading.Barrier(10)
+
+    def create(n: int) -> None:
+        barrier.wait()
+        try:
+            store.create_team(team=team(team_name=f"racer {n}"))
+            outcomes.append("created")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict"] * 9 + ["created"]
