@@ -1,0 +1,83 @@
+"""GatewayService: the local gateway on settings.host:settings.gateway_port, run from sync code."""
+
+from __future__ import annotations
+
+import asyncio
+
+from local.gateway.auth import KeyCache
+from local.gateway.limiter import TokenLimiter
+from local.gateway.loopthread import LoopThread
+from local.gateway.metrics import UsageMeter
+from local.gateway.proxy import Gateway
+from local.gateway.server import serve
+from shared.ledger import UsageLedger
+from shared.modelsfile import load_models_file
+from shared.settings import Settings
+from shared.store import Store, open_store
+
+LEDGER_FILE = "usage.db"
+
+
+class GatewayService:
+    """start() returns once listening; stop() closes the listener and flushes the ledger.
+
+    Without a `store`, the service opens (and closes) the one the settings name.
+    """
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self._settings = settings
+        self._own_store = store is None
+        self._store = store if store is not None else open_store(settings)
+        self.backends = load_models_file(settings.models_file, simulator_port=settings.simulator_port)
+        self.ledger = UsageLedger(settings.data_dir / LEDGER_FILE)
+        self.limiter = TokenLimiter()
+        self._gateway = Gateway(
+            keys=KeyCache(self._store),
+            limiter=self.limiter,
+            meter=UsageMeter(self.ledger),
+            backends=self.backends,
+            upstream_timeout_s=settings.upstream_timeout_s,
+        )
+        self._thread = LoopThread("maas-gateway")
+        self._server: asyncio.AbstractServer | None = None
+        self._port: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the gateway is not running")
+        return f"http://{self._settings.host}:{self._port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        try:
+            self._port = self._thread.call(self._listen)
+        except BaseException:
+            self._thread.stop()
+            raise
+
+    async def _listen(self) -> int:
+        self._server = await serve(
+            self._gateway.handle,
+            self._gateway.reject,
+            host=self._settings.host,
+            port=self._settings.gateway_port,
+            max_body=self._settings.gateway_max_body_bytes,
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self._gateway.close()
+
+    def stop(self) -> None:
+        try:
+            self._thread.stop(self._shutdown)
+        finally:
+            self._port = None
+            self.ledger.close()
+            if self._own_store:
+                self._store.close()

@@ -1,0 +1,238 @@
+"""A minimal HTTP/1.1 client for model backends: one keep-alive connection pool per backend.
+
+Built on asyncio protocols and httptools (the parser uvicorn uses) because a general client
+costs more per request than everything else the gateway does; see bench/ for the numbers.
+Only what a proxy needs: POST/GET with a body, Content-Length or chunked responses, streaming
+chunk by chunk, a read timeout per wait, abort on cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from typing import cast
+
+import httptools
+
+
+class UpstreamConnectError(Exception):
+    """The backend could not be reached (refused, reset before answering, DNS...)."""
+
+
+class UpstreamReadTimeout(Exception):
+    """The backend did not answer (or send the next chunk) in time."""
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers_ready: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.complete = False
+        self.status = 0
+        self.keep_alive = False
+        self.got_bytes = False
+
+    # -- protocol callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        if self._parser is None:
+            self._fail(UpstreamConnectError("unexpected data from the backend"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamConnectError(f"malformed response from the backend: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete:
+            self._fail(UpstreamConnectError("the backend closed the connection"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        self.status = self._parser.get_status_code()
+        if self._headers_ready is not None and not self._headers_ready.done():
+            self._headers_ready.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        for future in (self._headers_ready, self._waiter):
+            if future is not None and not future.done():
+                future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    # -- used by Pool / Response ---------------------------------------------------------
+
+    def send(self, request: bytes) -> asyncio.Future[None]:
+        assert self.transport is not None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._chunks.clear()
+        self.complete = False
+        self.got_bytes = False
+        self._headers_ready = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self._headers_ready
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        """The next body piece, or None at the end of the body."""
+        while not self._chunks:
+            if self.complete:
+                return None
+            if self.closed:
+                raise UpstreamConnectError("the backend closed the connection")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except asyncio.TimeoutError as exc:
+                raise UpstreamReadTimeout() from exc
+            finally:
+                self._waiter = None
+        return self._chunks.popleft()
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return self._headers
+
+
+class Response:
+    def __init__(self, pool: Pool, conn: _Connection, timeout: float) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._timeout = timeout
+        self.status = conn.status
+        self.headers = conn.headers
+        self._done = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self._conn.next_chunk(self._timeout)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        """Give the connection back when the body was read whole; abort the call otherwise."""
+        if self._done:
+            return
+        self._done = True
+        self._pool.release(self._conn)
+
+
+class Pool:
+    """Keep-alive connections to one backend (scheme, host, port)."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float = 5.0, max_idle: int = 256) -> None:
+        parts = urlsplit(base_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.base_path = parts.path.rstrip("/")
+        self.host_header = parts.netloc
+        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle
+        self._idle: list[_Connection] = []
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None,
+                ),
+                self._connect_timeout,
+            )
+        except asyncio.TimeoutError as exc:
+            raise UpstreamConnectError(f"connecting to {self.host}:{self.port} timed out") from exc
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        return conn
+
+    async def request(self, request: bytes, *, timeout: float) -> Response:
+        """Send a whole request; return once the response headers are in."""
+        for _ in range(2):
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await self._connect()
+            if conn.closed:
+                continue
+            headers_ready = conn.send(request)
+            try:
+                await asyncio.wait_for(asyncio.shield(headers_ready), timeout)
+            except asyncio.TimeoutError as exc:
+                conn._fail(UpstreamReadTimeout())
+                _consume(headers_ready)
+                raise UpstreamReadTimeout() from exc
+            except UpstreamConnectError:
+                # A kept-alive connection the backend closed meanwhile: try once on a new one.
+                if reused and not conn.got_bytes:
+                    continue
+                raise
+            except BaseException:
+                conn._fail(UpstreamConnectError("request cancelled"))
+                _consume(headers_ready)
+                raise
+            return Response(self, conn, timeout)
+        raise UpstreamConnectError(f"cannot reach {self.host}:{self.port}")
+
+    def release(self, conn: _Connection) -> None:
+        if conn.complete and conn.keep_alive and not conn.closed and len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        elif not conn.closed:
+            conn.closed = True
+            assert conn.transport is not None
+            conn.transport.abort()  # cancels the backend's work on an unfinished response
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Mark a failed future's exception as seen, so asyncio does not log it."""
+    if future.done() and not future.cancelled():
+        future.exception()
