@@ -1,0 +1,819 @@
+"""An in-process Kubernetes API server double that the real `kubernetes` client talks to.
+
+It is a real HTTP server on 127.0.0.1 (a thread, port 0) keeping the API server's semantics
+that our adapters rely on:
+
+- namespaced core/v1 Secrets: create, get, list, replace, patch (JSON merge, strategic merge
+  treated as JSON merge, RFC 6902 JSON patch), delete, deletecollection;
+- generic custom objects under /apis/{group}/{version}[/namespaces/{ns}]/{plural}[/{name}[/status]],
+  with a status subresource (writes to the main resource keep the stored status, as for every
+  CRD we use) and metadata.generation bumped on spec changes;
+- label selectors (=, ==, !=, in, notin, exists, !exists) and simple field selectors,
+  limit/continue paging;
+- a monotonic resourceVersion; replace/patch/delete with a stale resourceVersion or uid
+  precondition -> 409 Conflict; replace of a custom object without resourceVersion -> 422;
+- Status bodies like the API server's (kind Status, apiVersion v1, status Failure, reason, code);
+- generateName, uid, creationTimestamp, stringData folded into base64 data, validation of names,
+  labels, annotations and Secret data (-> 422 Invalid);
+- ownerReferences with garbage collection of dependents when their last owner is deleted
+  (background propagation done synchronously; Orphan strips the references), including
+  dependents created with an owner that no longer exists.
+
+Fault hooks: `inject_conflicts(n)` (the next n replace/patch requests lose to a simulated
+concurrent writer: the target's resourceVersion moves on and the request gets 409),
+`unreachable()` (connections are dropped without an answer), `forbid()` (403 like missing RBAC).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import random
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+from kubernetes.client import ApiClient, Configuration
+
+JSON = dict[str, Any]
+
+CORE = ("", "v1", "secrets")  # the only core resource the product stores
+_SECRET_KINDS = {"secrets": "Secret"}
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_MAX_SECRET_BYTES = 1024 * 1024
+_MAX_ANNOTATION_BYTES = 256 * 1024
+
+
+class ApiError(Exception):
+    """An API server failure answer, rendered as a Status body."""
+
+    def __init__(self, code: int, reason: str, message: str, details: JSON | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+
+    def body(self) -> JSON:
+        status: JSON = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            status["details"] = self.details
+        return status
+
+
+def _details(res: tuple[str, str, str], name: str) -> JSON:
+    group, _, plural = res
+    details: JSON = {"name": name, "kind": plural}
+    if group:
+        details["group"] = group
+    return details
+
+
+def _qualified(res: tuple[str, str, str]) -> str:
+    group, _, plural = res
+    return f"{plural}.{group}" if group else plural
+
+
+def not_found(res: tuple[str, str, str], name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{_qualified(res)} "{name}" not found', _details(res, name))
+
+
+def already_exists(res: tuple[str, str, str], name: str) -> ApiError:
+    return ApiError(409, "AlreadyExists", f'{_qualified(res)} "{name}" already exists', _details(res, name))
+
+
+def conflict(res: tuple[str, str, str], name: str, why: str | None = None) -> ApiError:
+    message = why or "the object has been modified; please apply your changes to the latest version and try again"
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {_qualified(res)} "{name}": {message}',
+        _details(res, name),
+    )
+
+
+def invalid(kind: str, res: tuple[str, str, str], name: str, causes: list[tuple[str, str]]) -> ApiError:
+    text = ", ".join(f"{path}: {why}" for path, why in causes)
+    details = _details(res, name) | {"kind": kind}
+    details["causes"] = [{"reason": "FieldValueInvalid", "message": why, "field": path} for path, why in causes]
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}', details)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+# -- selectors -------------------------------------------------------------------------------
+
+_REQUIREMENT = re.compile(
+    r"""\s*(?:
+        (?P<not>!)\s*(?P<nkey>[^\s,!=()]+)                                  # !key
+      | (?P<skey>[^\s,!=()]+)\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\)  # key in (a,b)
+      | (?P<ekey>[^\s,!=()<>]+)\s*(?P<op>==|=|!=|<|>)\s*(?P<value>[^\s,()]*) # key=value
+      | (?P<key>[^\s,!=()]+)                                                 # key
+    )\s*(?:,|$)""",
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    op: str  # exists, !exists, =, !=, in, notin, <, >
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        present = self.key in labels
+        value = labels.get(self.key)
+        if self.op == "exists":
+            return present
+        if self.op == "!exists":
+            return not present
+        if self.op in ("=", "in"):
+            return present and value in self.values
+        if self.op in ("!=", "notin"):
+            return not present or value not in self.values
+        if not present or value is None:
+            return False
+        try:
+            number, bound = int(value), int(self.values[0])
+        except ValueError:
+            return False
+        return number < bound if self.op == "<" else number > bound
+
+
+def parse_label_selector(text: str) -> list[Requirement]:
+    requirements: list[Requirement] = []
+    position = 0
+    text = text.strip()
+    while position < len(text):
+        match = _REQUIREMENT.match(text, position)
+        if match is None or match.end() == position:
+            raise bad_request(f"unable to parse requirement: found '{text[position:]}', expected: identifier")
+        position = match.end()
+        if match["nkey"]:
+            requirements.append(Requirement(match["nkey"], "!exists"))
+        elif match["skey"]:
+            values = tuple(v.strip() for v in match["values"].split(",") if v.strip())
+            if not values:
+                raise bad_request(f"unable to parse requirement: for '{match['setop']}' operator, values set can't be empty")
+            requirements.append(Requirement(match["skey"], match["setop"], values))
+        elif match["ekey"]:
+            op = "=" if match["op"] == "==" else match["op"]
+            requirements.append(Requirement(match["ekey"], op, (match["value"],)))
+        else:
+            requirements.append(Requirement(match["key"], "exists"))
+    for requirement in requirements:
+        if not _valid_label_key(requirement.key):
+            raise bad_request(f"unable to parse requirement: invalid label key \"{requirement.key}\"")
+    return requirements
+
+
+def _field_value(obj: JSON, path: str) -> str | None:
+    current: Any = obj
+    for part in path.split("."):
+        if not isinstance(current, dict) or part not in current:
+            return None
+        current = current[part]
+    return None if current is None else str(current)
+
+
+def field_selector_matches(obj: JSON, text: str) -> bool:
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        match = re.fullmatch(r"([A-Za-z.]+)\s*(==|=|!=)\s*(.*)", term)
+        if match is None:
+            raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
+        path, op, wanted = match.groups()
+        if path not in ("metadata.name", "metadata.namespace", "type"):
+            raise bad_request(f'"{path}" is not a known field selector: only "metadata.name", "metadata.namespace"')
+        equal = (_field_value(obj, path) or "") == wanted
+        if equal != (op != "!="):
+            return False
+    return True
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _valid_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(_LABEL_NAME.match(name))
+
+
+def _validate_meta(meta: JSON) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    name = meta.get("name", "")
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        causes.append(("metadata.name", f"Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"))
+    for key, value in (meta.get("labels") or {}).items():
+        if not _valid_label_key(key):
+            causes.append((f"metadata.labels", f"Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.'"))
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            causes.append((f"metadata.labels", f"Invalid value: \"{value}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+    annotations = meta.get("annotations") or {}
+    for key, value in annotations.items():
+        if not _valid_label_key(key.lower()):
+            causes.append(("metadata.annotations", f"Invalid value: \"{key}\": name part must consist of alphanumeric characters"))
+        if not isinstance(value, str):
+            causes.append(("metadata.annotations", f"Invalid value: annotation \"{key}\" must be a string"))
+    if sum(len(k) + len(str(v)) for k, v in annotations.items()) > _MAX_ANNOTATION_BYTES:
+        causes.append(("metadata.annotations", "Too long: must have at most 262144 bytes"))
+    for index, ref in enumerate(meta.get("ownerReferences") or []):
+        for required in ("apiVersion", "kind", "name", "uid"):
+            if not ref.get(required):
+                causes.append((f"metadata.ownerReferences[{index}].{required}", "Required value"))
+    return causes
+
+
+def _fold_secret(obj: JSON) -> list[tuple[str, str]]:
+    """Fold stringData into base64 data as the API server does; validate data."""
+    causes: list[tuple[str, str]] = []
+    data = dict(obj.get("data") or {})
+    for key, value in (obj.pop("stringData", None) or {}).items():
+        data[key] = base64.b64encode(str(value).encode("utf-8")).decode("ascii")
+    total = 0
+    for key, value in data.items():
+        if not _SECRET_KEY.match(key):
+            causes.append((f"data[{key}]", "Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"))
+        try:
+            total += len(base64.b64decode(value, validate=True))
+        except (binascii.Error, TypeError, ValueError):
+            causes.append((f"data[{key}]", "Invalid value: illegal base64 data"))
+    if total > _MAX_SECRET_BYTES:
+        causes.append(("data", "Too long: must have at most 1048576 bytes"))
+    if data:
+        obj["data"] = data
+    else:
+        obj.pop("data", None)
+    obj.setdefault("type", "Opaque")
+    return causes
+
+
+# -- patches ---------------------------------------------------------------------------------
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise bad_request(f"invalid JSON pointer {path!r}")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def json_patch(doc: Any, operations: list[JSON]) -> Any:
+    """RFC 6902 JSON patch (add, remove, replace, test, copy, move)."""
+    doc = copy.deepcopy(doc)
+
+    def parent(path: str) -> tuple[Any, str]:
+        parts = _pointer(path)
+        if not parts:
+            raise bad_request("the root cannot be patched")
+        node = doc
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        return node, parts[-1]
+
+    def get(path: str) -> Any:
+        node = doc
+        for part in _pointer(path):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        return node
+
+    try:
+        for op in operations:
+            kind, path = op["op"], op["path"]
+            if kind == "test":
+                if get(path) != op.get("value"):
+                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: testing value {path} failed")
+                continue
+            if kind in ("copy", "move"):
+                value = copy.deepcopy(get(op["from"]))
+                if kind == "move":
+                    holder, last = parent(op["from"])
+                    del holder[int(last) if isinstance(holder, list) else last]
+                kind, op = "add", {"value": value}
+            holder, last = parent(path)
+            if kind == "remove":
+                del holder[int(last) if isinstance(holder, list) else last]
+            elif kind in ("add", "replace"):
+                if isinstance(holder, list):
+                    index = len(holder) if last == "-" else int(last)
+                    if kind == "add":
+                        holder.insert(index, op["value"])
+                    else:
+                        holder[index] = op["value"]
+                else:
+                    if kind == "replace" and last not in holder:
+                        raise KeyError(last)
+                    holder[last] = op["value"]
+            else:
+                raise bad_request(f"unknown patch operation {kind!r}")
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {exc}") from exc
+    return doc
+
+
+# -- the state -------------------------------------------------------------------------------
+
+Key = tuple[str, str, str, str, str]  # group, version, plural, namespace, name
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Cluster:
+    """The API server's storage: objects by (group, version, plural, namespace, name)."""
+
+    objects: dict[Key, JSON] = field(default_factory=dict)
+    kinds: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    revision: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def next_version(self) -> str:
+        self.revision += 1
+        return str(self.revision)
+
+    def uids(self) -> set[str]:
+        return {obj["metadata"]["uid"] for obj in self.objects.values()}
+
+    def delete(self, key: Key, propagation: str = "Background") -> JSON:
+        obj = self.objects.pop(key)
+        self.revision += 1
+        self.collect(obj["metadata"]["uid"], key[3], propagation)
+        return obj
+
+    def collect(self, owner_uid: str, namespace: str, propagation: str = "Background") -> None:
+        """The garbage collector, run synchronously: dependents whose owners are all gone go."""
+        alive = self.uids()
+        for key, obj in list(self.objects.items()):
+            if key not in self.objects or key[3] != namespace:
+                continue
+            refs = obj["metadata"].get("ownerReferences") or []
+            if not any(ref.get("uid") == owner_uid for ref in refs):
+                continue
+            remaining = [ref for ref in refs if ref.get("uid") != owner_uid]
+            if propagation == "Orphan" or any(ref.get("uid") in alive for ref in remaining):
+                obj["metadata"]["ownerReferences"] = remaining
+                if not remaining:
+                    del obj["metadata"]["ownerReferences"]
+                obj["metadata"]["resourceVersion"] = self.next_version()
+            else:
+                self.delete(key, propagation)
+
+    def collect_orphan(self, key: Key) -> None:
+        """A dependent written with owners that no longer exist is collected at once."""
+        refs = self.objects[key]["metadata"].get("ownerReferences") or []
+        if refs and not any(ref.get("uid") in self.uids() for ref in refs):
+            self.delete(key)
+
+
+# -- the HTTP server -------------------------------------------------------------------------
+
+
+class KubeDouble:
+    """The running double: `url`, the state, and the fault hooks."""
+
+    def __init__(self) -> None:
+        self.cluster = Cluster()
+        self._conflicts = 0
+        self._dropping = False
+        self._forbidden = False
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
+        handler = type("Handler", (_Handler,), {"double": self})
+        self._server = _Server(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="kube-double", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> KubeDouble:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def api_client(self) -> ApiClient:
+        return ApiClient(Configuration(host=self.url))
+
+    # -- fault hooks -------------------------------------------------------------------------
+
+    def inject_conflicts(self, count: int) -> None:
+        """The next `count` replace/patch requests lose to a concurrent writer (409 Conflict)."""
+        with self.cluster.lock:
+            self._conflicts = count
+
+    @property
+    def pending_conflicts(self) -> int:
+        return self._conflicts
+
+    @contextmanager
+    def unreachable(self) -> Iterator[None]:
+        """While inside, every connection is dropped without an answer."""
+        self._dropping = True
+        try:
+            yield
+        finally:
+            self._dropping = False
+
+    @contextmanager
+    def forbid(self) -> Iterator[None]:
+        """While inside, every request is answered 403 Forbidden (a ServiceAccount without RBAC)."""
+        self._forbidden = True
+        try:
+            yield
+        finally:
+            self._forbidden = False
+
+    # -- direct access for tests -------------------------------------------------------------
+
+    def get(self, plural: str, namespace: str, name: str, group: str = "", version: str = "v1") -> JSON | None:
+        with self.cluster.lock:
+            obj = self.cluster.objects.get((group, version, plural, namespace, name))
+            return copy.deepcopy(obj)
+
+    def names(self, plural: str, namespace: str, group: str = "", version: str = "v1") -> list[str]:
+        with self.cluster.lock:
+            return sorted(
+                k[4] for k in self.cluster.objects if k[:4] == (group, version, plural, namespace)
+            )
+
+    # -- request handling (called by the handler with the cluster lock held) -----------------
+
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any, content_type: str) -> tuple[int, JSON]:
+        if self._forbidden:
+            res = _route(path)[0] if _route(path) else ("", "v1", "resources")
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'{_qualified(res)} is forbidden: User "system:serviceaccount:default:maas" cannot '
+                f'{method.lower()} resource "{res[2]}" in API group "{res[0]}"',
+                {"kind": res[2]},
+            )
+        routed = _route(path)
+        if routed is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        res, namespace, name, subresource = routed
+        if name is None:
+            if method == "GET":
+                return 200, self._list(res, namespace, query)
+            if method == "POST" and namespace is not None:
+                return 201, self._create(res, namespace, body, query)
+            if method == "DELETE" and namespace is not None:
+                return 200, self._delete_collection(res, namespace, query, body)
+            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+        if namespace is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        key: Key = (*res, namespace, name)
+        if method == "GET":
+            return 200, self._get(res, key)
+        if method in ("PUT", "PATCH"):
+            self._lose_to_concurrent_writer(res, key)
+            if method == "PUT":
+                return 200, self._replace(res, key, body, subresource)
+            return 200, self._patch(res, key, body, content_type, subresource)
+        if method == "DELETE" and subresource is None:
+            return 200, self._delete(res, key, body, query)
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+    def _lose_to_concurrent_writer(self, res: tuple[str, str, str], key: Key) -> None:
+        if self._conflicts <= 0:
+            return
+        self._conflicts -= 1
+        current = self.cluster.objects.get(key)
+        if current is not None:
+            current["metadata"]["resourceVersion"] = self.cluster.next_version()
+        raise conflict(res, key[4])
+
+    def _kind(self, res: tuple[str, str, str]) -> str:
+        return _SECRET_KINDS.get(res[2]) if res == CORE else self.cluster.kinds.get(res, "")  # type: ignore[return-value]
+
+    def _get(self, res: tuple[str, str, str], key: Key) -> JSON:
+        obj = self.cluster.objects.get(key)
+        if obj is None:
+            raise not_found(res, key[4])
+        return obj
+
+    def _list(self, res: tuple[str, str, str], namespace: str | None, query: dict[str, str]) -> JSON:
+        requirements = parse_label_selector(query.get("labelSelector", ""))
+        field_selector = query.get("fieldSelector", "")
+        items = []
+        for key in sorted(self.cluster.objects, key=lambda k: (k[3], k[4])):
+            if key[:3] != res or (namespace is not None and key[3] != namespace):
+                continue
+            obj = self.cluster.objects[key]
+            labels = obj["metadata"].get("labels") or {}
+            if all(r.matches(labels) for r in requirements) and field_selector_matches(obj, field_selector):
+                items.append(obj)
+        meta: JSON = {"resourceVersion": str(self.cluster.revision)}
+        start = 0
+        if query.get("continue"):
+            try:
+                start = int(json.loads(base64.b64decode(query["continue"]))["offset"])
+            except (ValueError, KeyError, binascii.Error) as exc:
+                raise bad_request("continue key is not valid") from exc
+        limit = int(query.get("limit") or 0)
+        if limit > 0 and start + limit < len(items):
+            meta["continue"] = base64.b64encode(json.dumps({"offset": start + limit}).encode()).decode()
+            meta["remainingItemCount"] = len(items) - start - limit
+            items = items[start : start + limit]
+        else:
+            items = items[start:]
+        kind = self._kind(res) or "List"
+        return {
+            "kind": f"{kind}List" if kind != "List" else "List",
+            "apiVersion": f"{res[0]}/{res[1]}" if res[0] else res[1],
+            "metadata": meta,
+            "items": items,
+        }
+
+    def _prepare(self, res: tuple[str, str, str], obj: Any, namespace: str) -> JSON:
+        if not isinstance(obj, dict):
+            raise bad_request("the body of the request was in an unknown format")
+        obj = copy.deepcopy(obj)
+        api_version = f"{res[0]}/{res[1]}" if res[0] else res[1]
+        if res == CORE:
+            obj["kind"], obj["apiVersion"] = _SECRET_KINDS[res[2]], api_version
+        else:
+            if not obj.get("kind"):
+                raise bad_request("Object 'Kind' is missing in the request body")
+            if obj.get("apiVersion") != api_version:
+                raise bad_request(f"the API version in the data ({obj.get('apiVersion')}) does not match the expected API version ({api_version})")
+            self.cluster.kinds[res] = obj["kind"]
+        meta = obj.setdefault("metadata", {}) or {}
+        obj["metadata"] = meta
+        if meta.get("namespace") not in (None, "", namespace):
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        meta["namespace"] = namespace
+        for empty in ("labels", "annotations", "ownerReferences"):
+            if empty in meta and not meta[empty]:
+                del meta[empty]
+        return obj
+
+    def _check(self, res: tuple[str, str, str], obj: JSON) -> None:
+        causes = _validate_meta(obj["metadata"])
+        if res == CORE:
+            causes += _fold_secret(obj)
+        if causes:
+            raise invalid(obj["kind"], res, obj["metadata"].get("name", ""), causes)
+
+    def _create(self, res: tuple[str, str, str], namespace: str, body: Any, query: dict[str, str]) -> JSON:
+        obj = self._prepare(res, body, namespace)
+        meta = obj["metadata"]
+        if not meta.get("name"):
+            prefix = meta.get("generateName")
+            if not prefix:
+                raise invalid(obj["kind"], res, "", [("metadata.name", "Required value: name or generateName is required")])
+            meta["name"] = prefix + "".join(random.choice(_GENERATE_ALPHABET) for _ in range(5))
+        self._check(res, obj)
+        key: Key = (*res, namespace, meta["name"])
+        if key in self.cluster.objects:
+            raise already_exists(res, meta["name"])
+        if query.get("dryRun"):
+            return obj
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["resourceVersion"] = self.cluster.next_version()
+        for server_owned in ("deletionTimestamp", "managedFields", "selfLink"):
+            meta.pop(server_owned, None)
+        if res != CORE:
+            meta["generation"] = 1
+        self.cluster.objects[key] = obj
+        stored = copy.deepcopy(obj)
+        self.cluster.collect_orphan(key)
+        return stored
+
+    def _store_update(
+        self,
+        res: tuple[str, str, str],
+        key: Key,
+        current: JSON,
+        updated: JSON,
+        subresource: str | None,
+        *,
+        replacing: bool,
+    ) -> JSON:
+        meta = updated["metadata"]
+        if meta.get("name") != key[4]:
+            raise bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL ({key[4]})")
+        wanted_version = meta.get("resourceVersion")
+        if wanted_version and wanted_version != current["metadata"]["resourceVersion"]:
+            raise conflict(res, key[4])
+        if res != CORE and not wanted_version and replacing:
+            raise invalid(
+                current["kind"], res, key[4],
+                [("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")],
+            )
+        if res != CORE:
+            # A status subresource: the main resource keeps the stored status, /status only status.
+            if subresource == "status":
+                kept = copy.deepcopy(current)
+                kept["status"] = updated.get("status")
+                if kept["status"] is None:
+                    del kept["status"]
+                updated = kept
+            elif "status" in current:
+                updated["status"] = copy.deepcopy(current["status"])
+            else:
+                updated.pop("status", None)
+        self._check(res, updated)
+        for server_owned in ("uid", "creationTimestamp", "generation"):
+            if server_owned in current["metadata"]:
+                updated["metadata"][server_owned] = current["metadata"][server_owned]
+        updated["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        if updated == current:
+            return current  # a no-op write does not move the resourceVersion
+        if res != CORE and _spec(updated) != _spec(current):
+            updated["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+        updated["metadata"]["resourceVersion"] = self.cluster.next_version()
+        self.cluster.objects[key] = updated
+        stored = copy.deepcopy(updated)
+        self.cluster.collect_orphan(key)
+        return stored
+
+    def _replace(self, res: tuple[str, str, str], key: Key, body: Any, subresource: str | None) -> JSON:
+        current = self._get(res, key)
+        updated = self._prepare(res, body, key[3])
+        return self._store_update(res, key, current, updated, subresource, replacing=True)
+
+    def _patch(self, res: tuple[str, str, str], key: Key, body: Any, content_type: str, subresource: str | None) -> JSON:
+        current = self._get(res, key)
+        kind = content_type.split(";")[0].strip()
+        if kind == "application/json-patch+json":
+            if not isinstance(body, list):
+                raise bad_request("json patch must be a list of operations")
+            patched = json_patch(current, body)
+        elif kind in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            if not isinstance(body, dict):
+                raise bad_request("merge patch must be a JSON object")
+            patched = merge_patch(current, body)
+            if isinstance(body.get("metadata"), dict) and "resourceVersion" not in body["metadata"]:
+                patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        else:
+            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json")
+        updated = self._prepare(res, patched, key[3])
+        return self._store_update(res, key, current, updated, subresource, replacing=False)
+
+    def _delete(self, res: tuple[str, str, str], key: Key, body: Any, query: dict[str, str]) -> JSON:
+        current = self._get(res, key)
+        options = body if isinstance(body, dict) else {}
+        preconditions = options.get("preconditions") or {}
+        meta = current["metadata"]
+        if preconditions.get("uid") and preconditions["uid"] != meta["uid"]:
+            raise conflict(res, key[4], f"Precondition failed: UID in precondition: {preconditions['uid']}, UID in object meta: {meta['uid']}")
+        if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != meta["resourceVersion"]:
+            raise conflict(
+                res, key[4],
+                f"Precondition failed: ResourceVersion in precondition: {preconditions['resourceVersion']}, ResourceVersion in object meta: {meta['resourceVersion']}",
+            )
+        propagation = options.get("propagationPolicy") or query.get("propagationPolicy") or "Background"
+        if options.get("orphanDependents") is True:
+            propagation = "Orphan"
+        deleted = self.cluster.delete(key, propagation)
+        if res == CORE:
+            return {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": _details(res, key[4]) | {"uid": meta["uid"]},
+            }
+        return deleted
+
+    def _delete_collection(self, res: tuple[str, str, str], namespace: str, query: dict[str, str], body: Any) -> JSON:
+        listed = self._list(res, namespace, {k: v for k, v in query.items() if k in ("labelSelector", "fieldSelector")})
+        options = body if isinstance(body, dict) else {}
+        propagation = options.get("propagationPolicy") or query.get("propagationPolicy") or "Background"
+        deleted = []
+        for obj in listed["items"]:
+            key: Key = (*res, namespace, obj["metadata"]["name"])
+            if key in self.cluster.objects:
+                deleted.append(self.cluster.delete(key, propagation))
+        return listed | {"items": deleted, "metadata": {"resourceVersion": str(self.cluster.revision)}}
+
+
+def _spec(obj: JSON) -> JSON:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+_CORE_PATH = re.compile(r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>secrets)(?:/(?P<name>[^/]+))?/?$")
+_GROUP_PATH = re.compile(
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>status))?)?/?$"
+)
+
+
+def _route(path: str) -> tuple[tuple[str, str, str], str | None, str | None, str | None] | None:
+    match = _CORE_PATH.match(path)
+    if match:
+        return CORE, match["ns"], match["name"], None
+    match = _GROUP_PATH.match(path)
+    if match and match["plural"] != "namespaces":
+        return (match["group"], match["version"], match["plural"]), match["ns"], match["name"], match["sub"]
+    return None
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # racing clients connect at once; a short backlog costs 1 s SYN retries
+    daemon_threads = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    double: KubeDouble
+    protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stalls
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        del format, args  # quiet: bodies hold Secret data
+
+    def _serve(self) -> None:
+        double = self.double
+        if double._dropping:
+            self.close_connection = True
+            self.connection.close()
+            return
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        double.requests.append((self.command, path))
+        try:
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError as exc:
+                raise bad_request(f"the body of the request could not be decoded: {exc}") from exc
+            with double.cluster.lock:
+                status, answer = double.handle(
+                    self.command, path, query, body, self.headers.get("Content-Type", "application/json")
+                )
+                payload = json.dumps(answer).encode("utf-8")
+        except ApiError as error:
+            status, payload = error.code, json.dumps(error.body()).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+
+@contextmanager
+def running_double() -> Iterator[tuple[KubeDouble, ApiClient]]:
+    """A started double and a real kubernetes ApiClient pointed at it."""
+    double = KubeDouble().start()
+    client = double.api_client()
+    try:
+        yield double, client
+    finally:
+        client.close()
+        double.stop()
+
+
+@pytest.fixture
+def kube() -> Iterator[tuple[KubeDouble, ApiClient]]:
+    """Fixture: (double, api_client). Import it into a test module to use it."""
+    with running_double() as pair:
+        yield pair
