@@ -1,0 +1,400 @@
+"""The local gateway against the real simulator and a real SQLite store, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from local.gateway import GatewayService
+from local.simulator import SimulatorService
+from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
+from shared.settings import Settings
+from shared.store.base import ApiKey, Team, TeamChanges
+from shared.store.sqlite import SqliteStore
+
+MODEL = "qwen3-0-6b-instruct"
+HELLO = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 50}
+# The simulator's usage for HELLO: "Hello" is 1 token + 2 for the message, plus 50 completion.
+HELLO_TOKENS = 53
+
+
+def _team(team_id: str, *, token_limit: int = 100_000, time_window: str = "1h", scope: str = "user") -> Team:
+    return Team(team_id, team_id, "", team_id, token_limit, time_window, scope, datetime.now(timezone.utc))  # type: ignore[arg-type]
+
+
+def _issue(store: SqliteStore, team_id: str, user_id: str, **fields: object) -> tuple[str, ApiKey]:
+    api_key = generate_api_key()
+    record = ApiKey(
+        secret_name=secret_name_for(user_id, team_id),
+        key_sha256=key_sha256(api_key),
+        team_id=team_id,
+        user_id=user_id,
+        user_email=f"{user_id}@example.com",
+        role="member",
+        status="active",
+        created_at=datetime.now(timezone.utc),
+    )
+    record = replace(record, **fields)  # type: ignore[arg-type]
+    store.create_key(key=record, api_key=api_key)
+    return api_key, record
+
+
+def _models_file(path: Path, url: str, names: tuple[str, ...] = (MODEL, "vllm-simulator")) -> Path:
+    path.write_text("models:\n" + "".join(f"  - name: {n}\n    url: {url}/v1\n" for n in names))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[SimulatorService]:
+    service = SimulatorService(Settings(simulator_port=0))
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "maas.db")
+    yield store
+    store.close()
+
+
+def _gateway(tmp_path: Path, store: SqliteStore, backend_url: str, **settings: object) -> GatewayService:
+    models = _models_file(tmp_path / "models.yaml", backend_url)
+    config = Settings(gateway_port=0, data_dir=tmp_path / "data", models_file=models, **settings)  # type: ignore[arg-type]
+    service = GatewayService(config, store)
+    service.start()
+    return service
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, store: SqliteStore, simulator: SimulatorService) -> Iterator[GatewayService]:
+    service = _gateway(tmp_path, store, simulator.url)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def client(gateway: GatewayService) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        yield client
+
+
+def _chat(client: httpx.Client, api_key: str | None, body: dict[str, object] = HELLO, scheme: str = "APIKEY") -> httpx.Response:
+    headers = {} if api_key is None else {"Authorization": f"{scheme} {api_key}"}
+    return client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def _error(response: httpx.Response) -> dict[str, str]:
+    body = response.json()
+    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"]), body
+    return body["error"]
+
+
+# -- authentication ------------------------------------------------------------------------
+
+
+def test_apikey_and_bearer_schemes_both_work(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    for scheme in ("APIKEY", "Bearer", "apikey"):
+        response = _chat(client, api_key, scheme=scheme)
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["total_tokens"] == HELLO_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        (None, "missing Authorization header"),
+        ("Basic dXNlcjpwYXNz", "unsupported authorization scheme"),
+        ("APIKEY", "missing API key"),
+        ("APIKEY maas_not-a-key-anyone-issued", "invalid API key"),
+    ],
+    ids=["missing-header", "wrong-scheme", "no-key", "unknown-key"],
+)
+def test_auth_failures_are_401_in_openai_shape(
+    client: httpx.Client, store: SqliteStore, header: str | None, fragment: str
+) -> None:
+    store.create_team(team=_team("t1"))
+    headers = {} if header is None else {"Authorization": header}
+    response = client.post("/v1/chat/completions", json=HELLO, headers=headers)
+    assert response.status_code == 401
+    error = _error(response)
+    assert fragment in error["message"] and error["type"] == "authentication_error"
+    if header and " " in header:
+        assert header.split(" ")[-1] not in response.text  # never echo what was sent
+
+
+def test_deleted_key_is_refused_on_the_next_request(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, record = _issue(store, "t1", "alice")
+    assert _chat(client, api_key).status_code == 200
+    store.delete_key(secret_name=record.secret_name)
+    response = _chat(client, api_key)
+    assert response.status_code == 401 and api_key not in response.text
+
+
+def test_revoked_expired_and_teamless_keys_are_refused(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1"))
+    store.create_team(team=_team("t2"))
+    revoked, record = _issue(store, "t1", "alice")
+    store.set_key_status(secret_name=record.secret_name, status="revoked")
+    expired, _ = _issue(store, "t1", "bob", expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    orphan, _ = _issue(store, "t2", "carol")
+    store.delete_team(team_id="t2")
+    assert "revoked" in _error(_chat(client, revoked))["message"]
+    assert "expired" in _error(_chat(client, expired))["message"]
+    assert _chat(client, orphan).status_code == 401
+
+
+def test_models_allowed_limits_models_and_the_listing(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice", models_allowed=("vllm-simulator",))
+    response = _chat(client, api_key)
+    assert response.status_code == 403 and MODEL in _error(response)["message"]
+    assert _chat(client, api_key, {**HELLO, "model": "vllm-simulator"}).status_code == 200
+    listing = client.get("/v1/models", headers={"Authorization": f"Bearer {api_key}"})
+    assert [m["id"] for m in listing.json()["data"]] == ["vllm-simulator"]
+    assert client.get("/v1/models").status_code == 401
+
+
+def test_unknown_model_is_404_and_bad_bodies_are_400_413(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    missing = _chat(client, api_key, {**HELLO, "model": "gpt-17"})
+    assert missing.status_code == 404 and "gpt-17" in _error(missing)["message"]
+    headers = {"Authorization": f"APIKEY {api_key}", "Content-Type": "application/json"}
+    assert client.post("/v1/chat/completions", content=b"{not json", headers=headers).status_code == 400
+    huge = client.post("/v1/chat/completions", content=b"x" * (17 * 1024 * 1024), headers=headers)
+    assert huge.status_code == 413
+    assert client.get("/nope").status_code == 404
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+# -- token limits --------------------------------------------------------------------------
+
+
+def test_429_once_spent_with_retry_after_and_ratelimit_headers(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1", token_limit=100, time_window="1m"))
+    api_key, _ = _issue(store, "t1", "alice")
+    first, second = _chat(client, api_key), _chat(client, api_key)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers["X-RateLimit-Limit"] == "100" and first.headers["X-RateLimit-Remaining"] == "100"
+    assert second.headers["X-RateLimit-Remaining"] == str(100 - HELLO_TOKENS)
+    limited = _chat(client, api_key)
+    assert limited.status_code == 429
+    assert _error(limited)["type"] == "rate_limit_error"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.headers["X-RateLimit-Remaining"] == "0"
+    assert limited.headers["X-RateLimit-Limit"] == "100"
+    assert 1 <= int(limited.headers["X-RateLimit-Reset"]) <= 60
+
+
+def test_user_scope_gives_each_member_a_budget_team_scope_shares_one(
+    client: httpx.Client, store: SqliteStore
+) -> None:
+    store.create_team(team=_team("solo", token_limit=20, time_window="1m"))
+    store.create_team(team=_team("shared", token_limit=20, time_window="1m", scope="team"))
+    a1, _ = _issue(store, "solo", "alice")
+    b1, _ = _issue(store, "solo", "bob")
+    a2, _ = _issue(store, "shared", "alice")
+    b2, _ = _issue(store, "shared", "bob")
+    assert _chat(client, a1).status_code == 200 and _chat(client, a1).status_code == 429
+    assert _chat(client, b1).status_code == 200
+    assert _chat(client, a2).status_code == 200 and _chat(client, b2).status_code == 429
+
+
+def test_a_limit_change_applies_to_the_next_request(client: httpx.Client, store: SqliteStore) -> None:
+    # The quickstart's steps 3-5: a call under a big limit, a PATCH to 20/1m, then 429.
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    assert _chat(client, api_key).status_code == 200
+    store.update_team(team_id="t1", changes=TeamChanges(token_limit=20, time_window="1m"))
+    limited = _chat(client, api_key)
+    assert limited.status_code == 429 and limited.headers["X-RateLimit-Limit"] == "20"
+    store.update_team(team_id="t1", changes=TeamChanges(token_limit=1000))
+    assert _chat(client, api_key).status_code == 200
+
+
+def test_60_concurrent_requests_overshoot_by_at_most_one_request(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    slow = SimulatorService(Settings(simulator_port=0), time_to_first_token_s=0.3)
+    slow.start()
+    service = _gateway(tmp_path, store, slow.url)
+    try:
+        limit = 200
+        store.create_team(team=_team("t1", token_limit=limit, time_window="1h"))
+        api_key, _ = _issue(store, "t1", "alice")
+        body = {**HELLO, "max_tokens": 20}
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=service.url, timeout=20) as client:
+                calls = [
+                    client.post("/v1/chat/completions", json=body, headers={"Authorization": f"APIKEY {api_key}"})
+                    for _ in range(60)
+                ]
+                return [r.status_code for r in await asyncio.gather(*calls)]
+
+        statuses = asyncio.run(burst())
+        ok = statuses.count(200)
+        team = _team("t1", token_limit=limit)
+        spent, reserved = service.limiter.state(team=team, user_id="alice")
+        one_request = 23  # 3 prompt + 20 completion tokens
+        assert reserved == 0 and ok >= 1
+        assert spent == ok * one_request <= limit + one_request, (ok, spent)
+        assert statuses.count(429) == 60 - ok
+        usage = service.ledger.totals(team_id="t1")
+        assert usage[0].authorized_calls == ok and usage[0].limited_calls == 60 - ok
+        # Reservations err on the safe side under a burst; the rest of the budget stays usable
+        # and the counter ends within one request of the limit.
+        with httpx.Client(base_url=service.url, timeout=10) as client:
+            for _ in range(limit):
+                if _chat(client, api_key, body).status_code == 429:
+                    break
+        spent, _ = service.limiter.state(team=team, user_id="alice")
+        assert limit <= spent <= limit + one_request, spent
+    finally:
+        service.stop()
+        slow.stop()
+
+
+# -- streaming and failures ---------------------------------------------------------------
+
+
+def _events(lines: list[str]) -> list[str]:
+    return [line[len("data: "):] for line in lines if line.startswith("data: ")]
+
+
+def test_streams_pass_through_and_count_the_usage_chunk(
+    client: httpx.Client, store: SqliteStore, gateway: GatewayService
+) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    body = {**HELLO, "stream": True, "max_tokens": 7}
+    with client.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": f"APIKEY {api_key}"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = _events(list(r.iter_lines()))
+    assert events[-1] == "[DONE]"
+    usage = json.loads(events[-2])["usage"]  # injected stream_options.include_usage
+    assert usage["total_tokens"] == 3 + 7
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-2])
+    assert len(text.split()) == 7
+    [row] = gateway.ledger.totals(user_id="alice")
+    assert (row.tokens, row.authorized_calls) == (10, 1)
+    assert 'authorized_hits{model="qwen3-0-6b-instruct",team="t1",user="alice"} 10' in client.get("/metrics").text
+
+
+def test_upstream_down_is_502_naming_the_model_and_releases_the_reservation(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    service = _gateway(tmp_path, store, f"http://127.0.0.1:{_free_port()}")
+    try:
+        team = _team("t1", token_limit=100)
+        store.create_team(team=team)
+        api_key, _ = _issue(store, "t1", "alice")
+        with httpx.Client(base_url=service.url) as client:
+            response = _chat(client, api_key)
+        assert response.status_code == 502 and MODEL in _error(response)["message"]
+        assert service.limiter.state(team=team, user_id="alice") == (0, 0)
+    finally:
+        service.stop()
+
+
+def test_upstream_timeout_is_504_naming_the_model_and_releases_the_reservation(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    stuck = SimulatorService(Settings(simulator_port=0), time_to_first_token_s=3)
+    stuck.start()
+    service = _gateway(tmp_path, store, stuck.url, upstream_timeout_s=0.3)
+    try:
+        team = _team("t1", token_limit=100)
+        store.create_team(team=team)
+        api_key, _ = _issue(store, "t1", "alice")
+        with httpx.Client(base_url=service.url) as client:
+            started = time.monotonic()
+            response = _chat(client, api_key)
+        assert response.status_code == 504 and MODEL in _error(response)["message"]
+        assert time.monotonic() - started < 2
+        assert service.limiter.state(team=team, user_id="alice") == (0, 0)
+    finally:
+        service.stop()
+        stuck.stop()
+
+
+def test_client_disconnect_mid_stream_settles_what_was_used(tmp_path: Path, store: SqliteStore) -> None:
+    slow = SimulatorService(Settings(simulator_port=0), inter_token_latency_s=0.02)
+    slow.start()
+    service = _gateway(tmp_path, store, slow.url)
+    try:
+        team = _team("t1", token_limit=10_000)
+        store.create_team(team=team)
+        api_key, _ = _issue(store, "t1", "alice")
+        body = {**HELLO, "stream": True, "max_tokens": 500}  # 10 s if read to the end
+        with httpx.Client(base_url=service.url, timeout=10) as client:
+            with client.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": f"APIKEY {api_key}"}) as r:
+                seen = 0
+                for line in r.iter_lines():
+                    seen += line.startswith("data: ")
+                    if seen == 10:
+                        break
+        deadline = time.monotonic() + 3
+        while service.limiter.state(team=team, user_id="alice")[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        spent, reserved = service.limiter.state(team=team, user_id="alice")
+        assert reserved == 0
+        # Charged for the prompt estimate and the events relayed: more than seen, far below 500.
+        assert 10 <= spent < 200, spent
+        [row] = service.ledger.totals(user_id="alice")
+        assert row.tokens == spent and row.authorized_calls == 1
+    finally:
+        service.stop()
+        slow.stop()
+
+
+def test_metrics_expose_limitador_series(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1", token_limit=20, time_window="1m"))
+    api_key, _ = _issue(store, "t1", "alice")
+    _chat(client, api_key)
+    _chat(client, api_key)
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    labels = '{model="qwen3-0-6b-instruct",team="t1",user="alice"}'
+    lines = response.text.splitlines()
+    for name, value in (("authorized_hits", HELLO_TOKENS), ("authorized_calls", 1), ("limited_calls", 1)):
+        assert f"# TYPE {name} counter" in lines
+        assert f"{name}{labels} {value}" in lines
+    assert "_total" not in response.text
+
+
+def test_stop_flushes_the_ledger(tmp_path: Path, store: SqliteStore, simulator: SimulatorService) -> None:
+    from shared.ledger import UsageLedger
+
+    service = _gateway(tmp_path, store, simulator.url)
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    with httpx.Client(base_url=service.url) as client:
+        assert _chat(client, api_key).status_code == 200
+    service.stop()
+    reopened = UsageLedger(tmp_path / "data" / "usage.db")
+    try:
+        [row] = reopened.totals()
+        assert (row.team_id, row.user_id, row.model, row.tokens) == ("t1", "alice", MODEL, HELLO_TOKENS)
+    finally:
+        reopened.close()
