@@ -1,0 +1,60 @@
+"""The model simulator: deterministic OpenAI-compatible replies with honest usage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from local.simulator import SimulatorService, count_tokens
+from shared.settings import Settings
+
+CHAT = {"model": "vllm-simulator", "messages": [{"role": "user", "content": "Hello, world"}], "max_tokens": 5}
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    service = SimulatorService(Settings(simulator_port=0))
+    service.start()
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        yield client
+    service.stop()
+
+
+def test_chat_is_deterministic_honours_max_tokens_and_counts_usage(client: httpx.Client) -> None:
+    first = client.post("/v1/chat/completions", json=CHAT).json()
+    second = client.post("/v1/chat/completions", json=CHAT).json()
+    text = first["choices"][0]["message"]["content"]
+    assert text == second["choices"][0]["message"]["content"]
+    assert count_tokens(text) == 5
+    assert first["usage"] == {"prompt_tokens": 3 + 2, "completion_tokens": 5, "total_tokens": 10}
+    assert first["object"] == "chat.completion" and first["model"] == "vllm-simulator"
+
+
+def test_completions_and_models(client: httpx.Client) -> None:
+    reply = client.post("/v1/completions", json={"model": "qwen3-0-6b-instruct", "prompt": "a b c", "max_tokens": 4}).json()
+    assert reply["usage"]["prompt_tokens"] == 3 and reply["usage"]["completion_tokens"] == 4
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["qwen3-0-6b-instruct", "vllm-simulator"]
+
+
+def test_stream_sends_one_chunk_per_token_and_usage_only_when_asked(client: httpx.Client) -> None:
+    def events(body: dict[str, object]) -> list[str]:
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+
+    plain = events({**CHAT, "stream": True})
+    assert plain[-1] == "[DONE]" and all("usage" not in json.loads(e) for e in plain[:-1])
+    counted = events({**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    assert json.loads(counted[-2])["usage"]["total_tokens"] == 10
+    deltas = [json.loads(e)["choices"][0]["delta"].get("content") for e in counted[1:-3]]
+    assert len(deltas) == 5 and all(deltas)
+
+
+def test_errors_in_openai_shape(client: httpx.Client) -> None:
+    unknown = client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
+    assert client.post("/v1/chat/completions", content=b"{").status_code == 400
+    assert client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0}).status_code == 422
