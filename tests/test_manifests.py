@@ -1,0 +1,354 @@
+"""`make manifests`: the rendered set is strictly valid, covers every function, and its HTTPRoute
+agrees with the routing table (evaluated on concrete paths, not compared as text)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.routes import EVENT_TARGETS, ROUTES, Route
+from shared.settings import Settings
+from tests import crds
+from tools import manifests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_VALUES = {"team_id": "team-a1", "user_id": "User.name_1-x", "secret_name": "apikey-u-team-a1-0a1b2c3d"}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Run the real command, as `make manifests` does, with no MAAS_* settings around."""
+    out = tmp_path_factory.mktemp("dist") / "manifests.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_") and k != "NAMESPACE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.manifests", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"to {out}" in result.stdout
+    documents = list(yaml.safe_load_all(out.read_text()))
+    assert f"wrote {len(documents)} objects" in result.stdout
+    return documents
+
+
+def of_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents if d["kind"] == kind]
+
+
+def named(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in of_kind(documents, kind)}
+
+
+def sample_path(route: Route) -> str:
+    return re.sub(r"\{([a-z_]+)\}", lambda m: SAMPLE_VALUES[m.group(1)], route.path)
+
+
+def rule_matches(match: dict[str, Any], method: str, path: str) -> bool:
+    if match.get("method", method) != method:
+        return False
+    spec = match.get("path", {"type": "PathPrefix", "value": "/"})
+    if spec["type"] == "Exact":
+        return path == spec["value"]
+    if spec["type"] == "RegularExpression":
+        return re.fullmatch(spec["value"], path) is not None
+    raise AssertionError(f"unexpected path match type {spec['type']}")
+
+
+def matching_backends(documents: list[dict[str, Any]], method: str, path: str) -> list[str]:
+    found = []
+    for route in of_kind(documents, "HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            if any(rule_matches(m, method, path) for m in rule["matches"]):
+                found.extend(ref["name"] for ref in rule["backendRefs"])
+    return found
+
+
+# ------------------------------------------------------------------ validity
+
+
+def test_every_document_is_strictly_valid(rendered: list[dict[str, Any]]) -> None:
+    problems = {
+        f"{d.get('kind')}/{d.get('metadata', {}).get('name')}": crds.validation_errors(d) for d in rendered
+    }
+    assert {name: errors for name, errors in problems.items() if errors} == {}
+
+
+def test_names_are_unique_per_kind_and_namespaced(rendered: list[dict[str, Any]]) -> None:
+    seen = [(d["apiVersion"], d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in rendered]
+    assert len(seen) == len(set(seen))
+    assert all(namespace == "llm" for _, _, namespace, _ in seen)
+
+
+def test_rendering_is_deterministic(tmp_path: Path) -> None:
+    first = manifests.dump(manifests.render(Settings()))
+    second = manifests.dump(manifests.render(Settings()))
+    assert first == second
+
+
+# ------------------------------------------------------------------ functions
+
+
+def test_every_target_has_a_scale_to_zero_knative_service(rendered: list[dict[str, Any]]) -> None:
+    services = named(rendered, "Service")
+    targets = {route.target for route in ROUTES} | set(EVENT_TARGETS)
+    images = set()
+
+    assert set(services) == {manifests.service_name(t) for t in targets}
+    for target in targets:
+        service = services[manifests.service_name(target)]
+        template = service["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        images.add(container["image"])
+
+        assert env["FUNCTION_TARGET"]["value"] == target
+        assert env["MAAS_STORE"]["value"] == "kubernetes"
+        assert env["MAAS_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert template["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
+        assert template["spec"]["serviceAccountName"] == manifests.SERVICE_ACCOUNT
+        assert service["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+        assert container["envFrom"] == [{"configMapRef": {"name": manifests.CONFIG_MAP}}]
+    assert images == {yaml.safe_load((REPO_ROOT / "func.yaml").read_text())["image"]}
+
+
+def test_admin_key_reaches_only_the_functions_that_check_it(rendered: list[dict[str, Any]]) -> None:
+    services = named(rendered, "Service")
+    secret = named(rendered, "Secret")[manifests.ADMIN_KEY_SECRET]
+    assert "ADMIN_KEY" in secret["stringData"]
+    for route in ROUTES:
+        container = services[manifests.service_name(route.target)]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        if route.auth == "none":
+            assert "ADMIN_KEY" not in env, route.target
+        else:
+            assert env["ADMIN_KEY"]["valueFrom"] == {
+                "secretKeyRef": {"name": manifests.ADMIN_KEY_SECRET, "key": "ADMIN_KEY"}
+            }
+
+
+def test_event_targets_run_as_cloudevent_functions(rendered: list[dict[str, Any]]) -> None:
+    services = named(rendered, "Service")
+    for target in EVENT_TARGETS:
+        container = services[manifests.service_name(target)]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["FUNCTION_SIGNATURE_TYPE"] == "cloudevent"
+        assert "ADMIN_KEY" not in env
+
+
+def test_settings_config_map_matches_the_policies(rendered: list[dict[str, Any]]) -> None:
+    data = named(rendered, "ConfigMap")[manifests.CONFIG_MAP]["data"]
+    auth = named(rendered, "AuthPolicy")["maas-api-keys"]
+    assert data["MAAS_GATEWAY_NAME"] == auth["spec"]["targetRef"]["name"]
+    assert data["MAAS_GATEWAY_NAMESPACE"] == auth["metadata"]["namespace"]
+    selector = auth["spec"]["rules"]["authentication"]["api-key"]["apiKey"]["selector"]["matchLabels"]
+    assert selector["app"] == data["MAAS_KEY_SELECTOR"]
+    assert data["MAAS_USAGE"] == "prometheus"
+
+
+# ------------------------------------------------------------------ routing
+
+
+def test_every_route_is_matched_by_exactly_its_function(rendered: list[dict[str, Any]]) -> None:
+    for route in ROUTES:
+        path = sample_path(route)
+        assert matching_backends(rendered, route.method, path) == [manifests.service_name(route.target)], (
+            route.method,
+            path,
+        )
+
+
+def test_the_httproute_matches_nothing_else(rendered: list[dict[str, Any]]) -> None:
+    matches = [
+        match
+        for route in of_kind(rendered, "HTTPRoute")
+        for rule in route["spec"]["rules"]
+        for match in rule["matches"]
+    ]
+    # One match per route, each for a route of the table: no extra method or path is let through.
+    assert len(matches) == len(ROUTES)
+    for match in matches:
+        owners = [r for r in ROUTES if rule_matches(match, r.method, sample_path(r))]
+        assert len(owners) == 1, match
+
+    known = {(r.method, sample_path(r)) for r in ROUTES}
+    strangers = [
+        ("PUT", "/teams"),
+        ("GET", "/teams/"),
+        ("GET", "/teams/a/b"),
+        ("GET", "/teams/a/keys/b"),
+        ("POST", "/teams/a"),
+        ("GET", "/keys/x"),
+        ("GET", "/"),
+        ("GET", "/teamsx"),
+        ("GET", "/health/"),
+        ("POST", "/v1/chat/completions"),
+    ]
+    for method, path in strangers:
+        assert (method, path) not in known
+        assert matching_backends(rendered, method, path) == [], (method, path)
+
+
+def test_backends_are_the_rendered_services(rendered: list[dict[str, Any]]) -> None:
+    services = named(rendered, "Service")
+    for route in of_kind(rendered, "HTTPRoute"):
+        assert route["spec"]["parentRefs"][0]["kind"] == "Gateway"
+        for rule in route["spec"]["rules"]:
+            (backend,) = rule["backendRefs"]
+            assert backend["name"] in services
+            assert backend["kind"] == "Service" and backend["group"] == "" and "port" in backend
+            (rewrite,) = rule["filters"]
+            assert rewrite["urlRewrite"]["hostname"] == f"{backend['name']}.llm.svc.cluster.local"
+
+
+def test_the_admin_api_is_exempt_from_the_api_key_policy(rendered: list[dict[str, Any]]) -> None:
+    policies = named(rendered, "AuthPolicy")
+    for route in of_kind(rendered, "HTTPRoute"):
+        override = policies[route["metadata"]["name"]]
+        assert override["spec"]["targetRef"] == {
+            "group": "gateway.networking.k8s.io",
+            "kind": "HTTPRoute",
+            "name": route["metadata"]["name"],
+        }
+        assert override["spec"]["rules"]["authentication"] == {"admin-api": {"anonymous": {}}}
+
+
+def test_many_routes_spill_into_further_valid_httproutes() -> None:
+    routes = tuple(Route("GET", f"/r{i}/{{team_id}}", f"target_{i}", "synthetic") for i in range(35))
+    settings = Settings(api_hostname="keys.example.com")
+    documents = manifests.http_routes(settings, routes)
+
+    assert [len(d["spec"]["rules"]) for d in documents] == [16, 16, 3]
+    assert [d["metadata"]["name"] for d in documents] == [
+        "maas-key-manager",
+        "maas-key-manager-2",
+        "maas-key-manager-3",
+    ]
+    for document in documents:
+        assert document["spec"]["hostnames"] == ["keys.example.com"]
+        crds.validate(document)
+        crds.validate(manifests.admin_route_auth(document))
+    for i, route in enumerate(routes):
+        assert matching_backends(documents, "GET", f"/r{i}/x") == [f"maas-target-{i}"]
+
+
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        ("/health", {"type": "Exact", "value": "/health"}),
+        ("/teams/{team_id}", {"type": "RegularExpression", "value": "^/teams/[^/]+$"}),
+        ("/openapi.json/{x}", {"type": "RegularExpression", "value": r"^/openapi\.json/[^/]+$"}),
+    ],
+)
+def test_path_templates_become_matches(template: str, expected: dict[str, str]) -> None:
+    assert manifests.path_match(template) == expected
+
+
+# ------------------------------------------------------------------ RBAC and eventing
+
+
+def _rules(documents: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for role in of_kind(documents, "Role") + of_kind(documents, "ClusterRole"):
+        for rule in role["rules"]:
+            yield role["metadata"]["name"], rule
+
+
+def test_rbac_has_no_wildcards_and_no_cluster_scope(rendered: list[dict[str, Any]]) -> None:
+    assert not of_kind(rendered, "ClusterRole") and not of_kind(rendered, "ClusterRoleBinding")
+    for name, rule in _rules(rendered):
+        for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert not any("*" in value for value in rule.get(field, [])), (name, field, rule)
+        assert rule["verbs"], name
+
+
+def test_rbac_grants_what_the_functions_need_and_models_read_only(rendered: list[dict[str, Any]]) -> None:
+    grants: dict[tuple[str, str], set[str]] = {}
+    for name, rule in _rules(rendered):
+        if name.startswith(manifests.SERVICE_ACCOUNT):
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    grants.setdefault((group, resource), set()).update(rule["verbs"])
+    assert {"get", "list", "create", "update", "delete"} <= grants[("", "secrets")]
+    for policy in ("authpolicies", "tokenratelimitpolicies"):
+        assert {"get", "create", "update", "delete"} <= grants[("kuadrant.io", policy)]
+    assert {"get", "create", "update", "delete"} <= grants[("extensions.kuadrant.io", "telemetrypolicies")]
+    for model in ("inferenceservices", "llminferenceservices"):
+        assert grants[("serving.kserve.io", model)] == {"get", "list", "watch"}
+
+    bindings = named(rendered, "RoleBinding")
+    accounts = set(named(rendered, "ServiceAccount"))
+    roles = set(named(rendered, "Role"))
+    for binding in bindings.values():
+        assert binding["roleRef"]["name"] in roles
+        assert {s["name"] for s in binding["subjects"]} <= accounts
+
+
+def test_cleanup_plumbing_reaches_the_cleanup_function(rendered: list[dict[str, Any]]) -> None:
+    brokers = set(named(rendered, "Broker"))
+    services = named(rendered, "Service")
+    triggers = named(rendered, "Trigger").values()
+
+    routed = {t["spec"]["filter"]["attributes"]["type"]: t["spec"]["subscriber"]["ref"] for t in triggers}
+    assert set(routed) == {"dev.knative.apiserver.resource.delete", "dev.knative.sources.ping"}
+    for ref in routed.values():
+        assert ref["kind"] == "Service" and ref["apiVersion"] == "serving.knative.dev/v1"
+        assert services[ref["name"]]["metadata"]["labels"]["maas/function"] in EVENT_TARGETS
+    assert {t["spec"]["broker"] for t in triggers} <= brokers
+
+    (source,) = of_kind(rendered, "ApiServerSource")
+    assert source["spec"]["mode"] == "Resource"  # emits dev.knative.apiserver.resource.*
+    assert source["spec"]["resources"] == [
+        {"apiVersion": "v1", "kind": "Secret", "selector": {"matchLabels": {"maas/resource-type": "team-config"}}}
+    ]
+    assert source["spec"]["serviceAccountName"] in named(rendered, "ServiceAccount")
+    (ping,) = of_kind(rendered, "PingSource")
+    for sender in (source, ping):
+        assert sender["spec"]["sink"]["ref"]["kind"] == "Broker"
+        assert sender["spec"]["sink"]["ref"]["name"] in brokers
+
+
+def test_policies_are_rendered_for_the_example_teams(rendered: list[dict[str, Any]]) -> None:
+    examples = manifests.load_example_teams()
+    (limits,) = of_kind(rendered, "TokenRateLimitPolicy")
+    assert examples, "config/examples/ should hold a few teams"
+    assert list(limits["spec"]["limits"]) == sorted(team.team_id for team in examples)
+    assert of_kind(rendered, "TelemetryPolicy")
+
+
+# ------------------------------------------------------------------ image and func.yaml
+
+
+def test_func_yaml_is_valid() -> None:
+    crds.validate_func_yaml(yaml.safe_load((REPO_ROOT / "func.yaml").read_text()))
+
+
+def test_containerfile_runs_the_target_from_main() -> None:
+    text = (REPO_ROOT / "Containerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert "pip install -r requirements.txt" in text
+    (cmd,) = [line for line in text.splitlines() if line.startswith("CMD ")]
+    assert '--target="$FUNCTION_TARGET"' in cmd and "--source=main.py" in cmd
+    assert re.search(r"^USER [1-9][0-9]*$", text, re.M), "a numeric non-root user for runAsNonRoot"
+
+
+def test_main_exports_every_http_target() -> None:
+    import main
+
+    missing = [route.target for route in ROUTES if not callable(getattr(main, route.target, None))]
+    assert missing == []
+
+
+def test_kustomization_lists_every_static_file() -> None:
+    listed = {path.resolve() for path in manifests.static_files()}
+    assert listed == {path.resolve() for path in (REPO_ROOT / "config" / "base").glob("*.yaml")}

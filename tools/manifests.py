@@ -1,0 +1,388 @@
+"""Render the whole deployable Kubernetes set into one multi-document YAML file.
+
+    python -m tools.manifests --out dist/manifests.yaml      (`make manifests`)
+
+What derives from the routing table is generated here, so it cannot drift from it: one Knative
+Service per function target (shared/routes.ROUTES and EVENT_TARGETS), the HTTPRoute that maps
+each (method, path) to its Service, and the function's RBAC. The static pieces are YAML files in
+config/base/ (the admin key Secret, the Broker, the event sources and Triggers); the Kuadrant
+policies come from shared/policies.py for the example teams in config/examples/. Namespace,
+Gateway and key selector come from the same Settings (MAAS_* variables) the functions use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.policies import generate_policies, managed_policies
+from shared.routes import EVENT_TARGETS, ROUTES, Route
+from shared.schemas import TeamCreate
+from shared.settings import Settings
+from shared.store.base import Team
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "config"
+FUNC_YAML = REPO_ROOT / "func.yaml"
+
+PART_OF = {"app.kubernetes.io/part-of": "maas"}
+SERVICE_ACCOUNT = "maas-key-manager"
+ADMIN_KEY_SECRET = "maas-admin-key"
+CONFIG_MAP = "maas-config"
+HTTP_ROUTE = "maas-key-manager"
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc.cluster.local:9090"
+# Gateway API caps an HTTPRoute at 16 rules; more routes spill into further HTTPRoutes.
+MAX_RULES_PER_ROUTE = 16
+CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+_REGEX_META = re.compile(r"([.^$*+?()\[\]|\\])")
+_PARAM = re.compile(r"\{[a-z_]+\}")
+
+
+# ------------------------------------------------------------------ names and paths
+
+
+def service_name(target: str) -> str:
+    """The Knative Service of a function target: a DNS label, `maas-` prefixed."""
+    return "maas-" + target.replace("_", "-")
+
+
+def path_match(path: str) -> dict[str, str]:
+    """A Gateway API path match for a route template: Exact, or an anchored RE2 expression."""
+    if not _PARAM.search(path):
+        return {"type": "Exact", "value": path}
+    pieces = _PARAM.split(path)
+    regex = "[^/]+".join(_REGEX_META.sub(r"\\\1", piece) for piece in pieces)
+    return {"type": "RegularExpression", "value": f"^{regex}$"}
+
+
+# ------------------------------------------------------------------ workloads
+
+
+def function_targets() -> list[str]:
+    """Every deployable target, HTTP ones in routing-table order, then the event ones."""
+    targets: list[str] = []
+    for target in [route.target for route in ROUTES] + list(EVENT_TARGETS):
+        if target not in targets:
+            targets.append(target)
+    return targets
+
+
+def knative_service(target: str, settings: Settings, func: dict[str, Any], image: str) -> dict[str, Any]:
+    deploy = func.get("deploy", {})
+    scale = deploy.get("options", {}).get("scale", {})
+    annotations = {"autoscaling.knative.dev/min-scale": str(scale.get("min", 0))}
+    if "max" in scale:
+        annotations["autoscaling.knative.dev/max-scale"] = str(scale["max"])
+    if "target" in scale:
+        annotations["autoscaling.knative.dev/target"] = str(scale["target"])
+    if "metric" in scale:
+        annotations["autoscaling.knative.dev/metric"] = scale["metric"]
+
+    env: list[dict[str, Any]] = [
+        {"name": "FUNCTION_TARGET", "value": target},
+        {"name": "MAAS_STORE", "value": "kubernetes"},
+        {"name": "MAAS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    http_route = next((route for route in ROUTES if route.target == target), None)
+    if http_route is None:
+        env.append({"name": "FUNCTION_SIGNATURE_TYPE", "value": "cloudevent"})
+    if http_route is not None and http_route.auth != "none":
+        # Only the functions that check admin credentials get to read the admin key.
+        env.append(
+            {"name": "ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": ADMIN_KEY_SECRET, "key": "ADMIN_KEY"}}}
+        )
+    container: dict[str, Any] = {
+        "name": "function",
+        "image": image,
+        "ports": [{"containerPort": 8080}],
+        "env": env,
+        "envFrom": [{"configMapRef": {"name": CONFIG_MAP}}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    resources = deploy.get("options", {}).get("resources")
+    if resources:
+        container["resources"] = resources
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(target),
+            "namespace": settings.namespace,
+            "labels": {
+                **PART_OF,
+                "app.kubernetes.io/component": "function",
+                "maas/function": target,
+                # Reached only through the HTTPRoute (or the Broker), never on its own URL.
+                "networking.knative.dev/visibility": "cluster-local",
+            },
+        },
+        "spec": {
+            "template": {
+                "metadata": {"labels": {**PART_OF, "maas/function": target}, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": deploy.get("serviceAccountName", SERVICE_ACCOUNT),
+                    "containers": [container],
+                },
+            }
+        },
+    }
+
+
+def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
+    """The settings every function shares, so that they apply the policies we render here."""
+    data = {
+        "MAAS_KEY_SELECTOR": settings.key_selector,
+        "MAAS_GATEWAY_NAME": settings.gateway_name,
+        "MAAS_GATEWAY_NAMESPACE": settings.policy_namespace,
+        "MAAS_USAGE": "prometheus",
+        "PROMETHEUS_URL": prometheus_url,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CONFIG_MAP, "namespace": settings.namespace, "labels": dict(PART_OF)},
+        "data": data,
+    }
+
+
+# ------------------------------------------------------------------ routing
+
+
+def http_routes(settings: Settings, routes: Sequence[Route] = ROUTES) -> list[dict[str, Any]]:
+    """HTTPRoutes sending each (method, path) of the routing table to its function's Service."""
+    rules = [_rule(route, settings) for route in routes]
+    chunks = [rules[i : i + MAX_RULES_PER_ROUTE] for i in range(0, len(rules), MAX_RULES_PER_ROUTE)]
+    documents = []
+    for index, chunk in enumerate(chunks):
+        spec: dict[str, Any] = {
+            "parentRefs": [
+                {
+                    "group": "gateway.networking.k8s.io",
+                    "kind": "Gateway",
+                    "name": settings.gateway_name,
+                    "namespace": settings.policy_namespace,
+                }
+            ],
+            "rules": chunk,
+        }
+        if settings.api_hostname:
+            spec = {"hostnames": [settings.api_hostname], **spec}
+        documents.append(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {
+                    "name": HTTP_ROUTE if index == 0 else f"{HTTP_ROUTE}-{index + 1}",
+                    "namespace": settings.namespace,
+                    "labels": dict(PART_OF),
+                },
+                "spec": spec,
+            }
+        )
+    return documents
+
+
+def _rule(route: Route, settings: Settings) -> dict[str, Any]:
+    name = service_name(route.target)
+    return {
+        "name": f"{route.method.lower()}-{route.target.replace('_', '-')}",
+        "matches": [{"path": path_match(route.path), "method": route.method}],
+        # The Knative Service is an ExternalName to Knative's local gateway, which routes by Host.
+        "filters": [
+            {"type": "URLRewrite", "urlRewrite": {"hostname": f"{name}.{settings.namespace}.svc.cluster.local"}}
+        ],
+        "backendRefs": [{"group": "", "kind": "Service", "name": name, "port": 80}],
+    }
+
+
+def admin_route_auth(route: dict[str, Any]) -> dict[str, Any]:
+    """Let the admin API past the Gateway's API-key AuthPolicy: the functions check ADMIN keys.
+
+    A route-level AuthPolicy replaces the Gateway-level one (its rules are defaults). The empty
+    identity keeps the token-limit predicates (`auth.identity.team == ...`) well defined.
+    """
+    metadata = route["metadata"]
+    empty = {field: {"value": ""} for field in ("userid", "team", "groups")}
+    return {
+        "apiVersion": "kuadrant.io/v1",
+        "kind": "AuthPolicy",
+        "metadata": {"name": metadata["name"], "namespace": metadata["namespace"], "labels": dict(PART_OF)},
+        "spec": {
+            "targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": metadata["name"]},
+            "rules": {
+                "authentication": {"admin-api": {"anonymous": {}}},
+                "response": {"success": {"filters": {"identity": {"json": {"properties": empty}}}}},
+            },
+        },
+    }
+
+
+# ------------------------------------------------------------------ RBAC
+
+
+def function_rbac(settings: Settings) -> list[dict[str, Any]]:
+    """The functions' ServiceAccount and least-privilege Roles: explicit verbs, no wildcards."""
+    readwrite = ["get", "list", "watch", "create", "update", "patch", "delete"]
+    policy_rules: dict[str, list[str]] = {}
+    for ref in managed_policies(settings):
+        group = ref.api_version.split("/")[0]
+        policy_rules.setdefault(group, []).append(_plural(ref.kind))
+    roles = {
+        (SERVICE_ACCOUNT, settings.namespace): [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": readwrite},
+            {
+                "apiGroups": ["serving.kserve.io"],
+                "resources": ["inferenceservices", "llminferenceservices"],
+                "verbs": ["get", "list", "watch"],
+            },
+        ],
+        (f"{SERVICE_ACCOUNT}-policies", settings.policy_namespace): [
+            {"apiGroups": [group], "resources": sorted(resources), "verbs": readwrite}
+            for group, resources in sorted(policy_rules.items())
+        ],
+    }
+    documents: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, "namespace": settings.namespace, "labels": dict(PART_OF)},
+        }
+    ]
+    for (name, namespace), rules in roles.items():
+        metadata = {"name": name, "namespace": namespace, "labels": dict(PART_OF)}
+        documents.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": metadata, "rules": rules})
+        documents.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": dict(metadata),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": settings.namespace}],
+            }
+        )
+    return documents
+
+
+def _plural(kind: str) -> str:
+    lower = kind.lower()
+    return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def load_yaml_documents(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    documents = []
+    for path in paths:
+        with path.open() as stream:
+            documents.extend(doc for doc in yaml.safe_load_all(stream) if doc)
+    return documents
+
+
+def static_files(config_dir: Path = CONFIG_DIR) -> list[Path]:
+    """The hand-written objects, in the order config/kustomization.yaml lists them."""
+    kustomization = yaml.safe_load((config_dir / "kustomization.yaml").read_text())
+    return [config_dir / name for name in kustomization.get("resources", [])]
+
+
+def load_example_teams(examples_dir: Path = CONFIG_DIR / "examples") -> list[Team]:
+    """Example teams, written as the admin API's create-team bodies (and validated as such)."""
+    teams = []
+    for document in load_yaml_documents(sorted(examples_dir.glob("*.yaml"))):
+        for body in document.get("teams", []):
+            request = TeamCreate.model_validate(body)
+            teams.append(
+                Team(
+                    team_id=request.team_id,
+                    team_name=request.team_name or request.team_id,
+                    description=request.description,
+                    policy=request.policy or request.team_id,
+                    token_limit=request.token_limit,
+                    time_window=request.time_window,
+                    limit_scope=request.limit_scope,
+                    created_at=datetime.fromtimestamp(0, tz=timezone.utc),
+                )
+            )
+    return teams
+
+
+def load_func_yaml(path: Path = FUNC_YAML) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+# ------------------------------------------------------------------ the whole set
+
+
+def render(
+    settings: Settings,
+    *,
+    image: str | None = None,
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL,
+    config_dir: Path = CONFIG_DIR,
+    teams: Sequence[Team] | None = None,
+) -> list[dict[str, Any]]:
+    func = load_func_yaml()
+    image = image or func["image"]
+    static = [_in_namespace(doc, settings.namespace) for doc in load_yaml_documents(static_files(config_dir))]
+    routes = http_routes(settings)
+    example_teams = load_example_teams(config_dir / "examples") if teams is None else list(teams)
+    return [
+        *function_rbac(settings),
+        config_map(settings, prometheus_url),
+        *static,
+        *(knative_service(target, settings, func, image) for target in function_targets()),
+        *routes,
+        *(admin_route_auth(route) for route in routes),
+        *generate_policies(example_teams, settings),
+    ]
+
+
+def _in_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """What kustomize's `namespace:` does for our static files."""
+    if document.get("kind") in CLUSTER_SCOPED_KINDS:
+        return document
+    document.setdefault("metadata", {}).setdefault("namespace", namespace)
+    for subject in document.get("subjects", []):
+        if subject.get("kind") == "ServiceAccount":
+            subject.setdefault("namespace", namespace)
+    return document
+
+
+def dump(documents: Iterable[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(list(documents), sort_keys=False, default_flow_style=False, width=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.manifests", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("dist/manifests.yaml"), help="file to write")
+    parser.add_argument("--image", help="image of every function (default: func.yaml's image)")
+    parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS_URL, help="in-cluster Prometheus")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    documents = render(settings, image=args.image, prometheus_url=args.prometheus_url)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(dump(documents))
+
+    counts: dict[str, int] = {}
+    for document in documents:
+        counts[document["kind"]] = counts.get(document["kind"], 0) + 1
+    summary = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+    print(f"wrote {len(documents)} objects to {args.out} (namespace {settings.namespace}): {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
