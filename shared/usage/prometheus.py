@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
@@ -114,7 +115,7 @@ class PrometheusUsage:
         # three times with back-off). Callers get a fast, clear 503 instead.
         session = requests.Session()
         session.trust_env = False  # straight to Prometheus, never through an environment proxy
-        self._prom = PrometheusConnect(url=self._url, retry=Retry(total=0, raise_on_status=False),
+        self._prom = PrometheusConnect(url=self._url, retry=Retry(total=False, raise_on_status=False),
                                        timeout=timeout_s, session=session)
 
     @classmethod
@@ -227,7 +228,8 @@ class PrometheusUsage:
             raise BackendUnavailable(
                 f"Prometheus at {self._shown_url} unreachable: no answer within {deadline.seconds:g}s"
             ) from exc
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            # Without retries urllib3 may raise its own connection errors unwrapped.
             raise BackendUnavailable(
                 f"Prometheus at {self._shown_url} unreachable: {type(exc).__name__}"
             ) from exc

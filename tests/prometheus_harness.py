@@ -1,0 +1,201 @@
+"""A real Prometheus for tests: free 127.0.0.1 port, temp config and storage, 1 s scrapes.
+
+The binary comes from Debian's `prometheus` package (tools/ensure_prometheus.sh installs it;
+`make test` calls that). Tests skip with the reason when it cannot be found.
+
+Also a tiny exporter serving Limitador's three usage series (`authorized_hits`,
+`authorized_calls`, `limited_calls`, labels user/team/model, no `_total`), so the Prometheus
+side can be tested without the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+SCRAPE_INTERVAL_S = 1
+_CANDIDATES = ("/usr/bin/prometheus", "/usr/local/bin/prometheus")
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def prometheus_binary() -> str | None:
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    return next((path for path in _CANDIDATES if Path(path).is_file()), None)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str, timeout: float = 1.0) -> int:
+    try:
+        with _NO_PROXY.open(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@dataclass
+class Prometheus:
+    binary: str
+    workdir: Path
+    targets: list[str]
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_within_s: float = 30.0) -> Prometheus:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        targets = ", ".join(f"'{t}'" for t in self.targets)
+        config.write_text(
+            "global:\n"
+            f"  scrape_interval: {SCRAPE_INTERVAL_S}s\n"
+            f"  scrape_timeout: {SCRAPE_INTERVAL_S}s\n"
+            "scrape_configs:\n"
+            "  - job_name: maas\n"
+            f"    static_configs:\n      - targets: [{targets}]\n",
+            encoding="utf-8",
+        )
+        self.port = self.port or free_port()
+        log = (self.workdir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + ready_within_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()[-2000:]}")
+            # Ready is not enough: target discovery hands targets over after ~5 s.
+            if _get(f"{self.url}/-/ready") == 200 and self.targets_up():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"prometheus not ready or not scraping within {ready_within_s}s")
+
+    def targets_up(self) -> bool:
+        try:
+            with _NO_PROXY.open(f"{self.url}/api/v1/targets", timeout=1.0) as response:
+                active = json.loads(response.read())["data"]["activeTargets"]
+        except (OSError, ValueError, KeyError):
+            return False
+        up = {t["labels"].get("instance") for t in active if t.get("health") == "up"}
+        return set(self.targets) <= up
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def wait_for_scrapes(self, count: int = 2) -> None:
+        """Let `count` scrape intervals pass (plus a margin), so the latest values are stored."""
+        time.sleep(count * SCRAPE_INTERVAL_S + 0.3)
+
+
+Key = tuple[str, str, str]  # (team, user, model)
+
+
+@dataclass
+class UsageExporter:
+    """Serves authorized_hits / authorized_calls / limited_calls as Limitador names them."""
+
+    port: int = 0
+    tokens: dict[Key, int] = field(default_factory=dict)
+    authorized: dict[Key, int] = field(default_factory=dict)
+    limited: dict[Key, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: object | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def add(self, *, team: str, user: str, model: str, tokens: int = 0, authorized_calls: int = 0,
+            limited_calls: int = 0) -> None:
+        key = (team, user, model)
+        with self._lock:
+            self.tokens[key] = self.tokens.get(key, 0) + tokens
+            self.authorized[key] = self.authorized.get(key, 0) + authorized_calls
+            self.limited[key] = self.limited.get(key, 0) + limited_calls
+
+    def reset(self) -> None:
+        """What a gateway restart looks like: every counter starts again from 0."""
+        with self._lock:
+            for counts in (self.tokens, self.authorized, self.limited):
+                for key in counts:
+                    counts[key] = 0
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            snapshot = {
+                "authorized_hits": dict(self.tokens),
+                "authorized_calls": dict(self.authorized),
+                "limited_calls": dict(self.limited),
+            }
+        for name, counts in snapshot.items():
+            # As a "counter" prometheus_client would name it `_total`; Limitador's names have none.
+            family = Metric(name, f"{name} per user, team and model", "unknown")
+            for (team, user, model), value in sorted(counts.items()):
+                family.add_sample(name, {"user": user, "team": team, "model": model}, value)
+            yield family
+
+    def start(self) -> UsageExporter:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Adapter(self))
+        self.port = self.port or free_port()
+        server, _thread = start_http_server(self.port, addr="127.0.0.1", registry=registry)
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        server = self._server
+        if server is not None:
+            server.shutdown()  # type: ignore[attr-defined]
+            server.server_close()  # type: ignore[attr-defined]
+            self._server = None
+
+
+class _Adapter(Collector):
+    def __init__(self, exporter: UsageExporter) -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._exporter.collect()
+
+
+__all__ = ["Prometheus", "UsageExporter", "free_port", "prometheus_binary"]
