@@ -352,3 +352,9 @@ def test_main_exports_every_http_target() -> None:
 def test_kustomization_lists_every_static_file() -> None:
     listed = {path.resolve() for path in manifests.static_files()}
     assert listed == {path.resolve() for path in (REPO_ROOT / "config" / "base").glob("*.yaml")}
+
+
+def test_the_admin_key_placeholder_can_be_left_out() -> None:
+    documents = manifests.render(Settings(), skip_admin_key=True)
+    assert manifests.ADMIN_KEY_SECRET not in named(documents, "Secret")
+    assert named(documents, "Broker"), "only the admin key Secret is left out"

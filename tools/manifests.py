@@ -332,10 +332,13 @@ def render(
     prometheus_url: str = DEFAULT_PROMETHEUS_URL,
     config_dir: Path = CONFIG_DIR,
     teams: Sequence[Team] | None = None,
+    skip_admin_key: bool = False,
 ) -> list[dict[str, Any]]:
     func = load_func_yaml()
     image = image or func["image"]
     static = [_in_namespace(doc, settings.namespace) for doc in load_yaml_documents(static_files(config_dir))]
+    if skip_admin_key:
+        static = [doc for doc in static if not _is_admin_key_secret(doc)]
     routes = http_routes(settings)
     example_teams = load_example_teams(config_dir / "examples") if teams is None else list(teams)
     return [
@@ -347,6 +350,10 @@ def render(
         *(admin_route_auth(route) for route in routes),
         *generate_policies(example_teams, settings),
     ]
+
+
+def _is_admin_key_secret(document: dict[str, Any]) -> bool:
+    return document.get("kind") == "Secret" and document["metadata"]["name"] == ADMIN_KEY_SECRET
 
 
 def _in_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -369,10 +376,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("dist/manifests.yaml"), help="file to write")
     parser.add_argument("--image", help="image of every function (default: func.yaml's image)")
     parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS_URL, help="in-cluster Prometheus")
+    parser.add_argument(
+        "--skip-admin-key",
+        action="store_true",
+        help="leave out the placeholder admin key Secret, so that applying keeps the real one",
+    )
     args = parser.parse_args(argv)
 
     settings = Settings()
-    documents = render(settings, image=args.image, prometheus_url=args.prometheus_url)
+    documents = render(
+        settings, image=args.image, prometheus_url=args.prometheus_url, skip_admin_key=args.skip_admin_key
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(dump(documents))
 
