@@ -1,0 +1,187 @@
+"""`make bench`: requests/s and p50/p99 through the gateway versus the same backend direct.
+
+The backend is bench/backend.py (canned answers, far faster than the gateway); the load
+generator is wrk (Debian package, installed here when missing), one thread, fixed durations.
+Printed per case: direct and gateway numbers, throughput ratio, added p50 latency.
+Issue 3's targets on a 2-core machine: at concurrency 32, gateway >= 25% of direct
+throughput; at concurrency 1, added p50 <= 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
+from shared.store.base import ApiKey, Team
+from shared.store.sqlite import SqliteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bench"
+_LUA = """
+wrk.method = "POST"
+wrk.body = os.getenv("BENCH_BODY")
+wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass(frozen=True)
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found: installing the Debian package ...", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    found = shutil.which("wrk")
+    if not found:
+        sys.exit("make bench needs wrk (apt-get install wrk)")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        sys.exit(f"bench: {' '.join(args)} did not start")
+    return process
+
+
+def _prepare_store(data_dir: Path) -> str:
+    store = SqliteStore(data_dir / "maas.db")
+    try:
+        now = datetime.now(timezone.utc)
+        store.create_team(team=Team("bench", "Bench", "", "bench", 2**53, "1h", "user", now))
+        api_key = generate_api_key()
+        store.create_key(
+            key=ApiKey(secret_name_for("bench", "bench"), key_sha256(api_key), "bench", "bench",
+                       "bench@example.com", "member", "active", now),
+            api_key=api_key,
+        )
+        return api_key
+    finally:
+        store.close()
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def _wrk(wrk: str, script: Path, url: str, *, connections: int, seconds: int, body: str, auth: str) -> Result:
+    completed = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+        env={**os.environ, "BENCH_BODY": body, "BENCH_AUTH": auth},
+    )
+    out = completed.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return Result(rps, p50, p99, errors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=4, help="duration of each measured run")
+    args = parser.parse_args()
+    wrk = _ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="maas-bench-") as scratch:
+        tmp = Path(scratch)
+        script = tmp / "post.lua"
+        script.write_text(_LUA)
+        backend_port, gateway_port = _free_port(), _free_port()
+        api_key = _prepare_store(tmp / "data")
+        models = tmp / "models.yaml"
+        models.write_text(f"models:\n  - name: {MODEL}\n    url: http://127.0.0.1:{backend_port}/v1\n")
+        backend = _spawn("bench.backend", str(backend_port))
+        gateway = _spawn("bench.gateway", str(tmp / "data"), str(gateway_port), str(models))
+        try:
+            targets = {
+                "direct": (f"http://127.0.0.1:{backend_port}/v1/chat/completions", ""),
+                "gateway": (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", f"APIKEY {api_key}"),
+            }
+            print(f"machine: {_machine()}")
+            print(f"load: wrk, 1 thread, {args.seconds} s per run; backend: bench/backend.py (canned replies)\n")
+            header = f"{'case':<22}{'direct rps':>11}{'gw rps':>9}{'ratio':>7}{'direct p50/p99 ms':>19}{'gw p50/p99 ms':>16}{'added p50':>11}"
+            print(header)
+            print("-" * len(header))
+            for stream in (False, True):
+                body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hello"}],
+                                   "max_tokens": 5, "stream": stream})
+                for connections in (1, 32):
+                    results: dict[str, Result] = {}
+                    for name, (url, auth) in targets.items():
+                        _wrk(wrk, script, url, connections=connections, seconds=1, body=body, auth=auth)  # warm-up
+                        results[name] = _wrk(wrk, script, url, connections=connections, seconds=args.seconds, body=body, auth=auth)
+                    d, g = results["direct"], results["gateway"]
+                    case = f"{'stream' if stream else 'plain'}, c={connections}"
+                    errors = f"  ({g.errors + d.errors} errors)" if g.errors or d.errors else ""
+                    print(
+                        f"{case:<22}{d.rps:>11.0f}{g.rps:>9.0f}{g.rps / d.rps:>7.0%}"
+                        f"{f'{d.p50_ms:.2f}/{d.p99_ms:.2f}':>19}{f'{g.p50_ms:.2f}/{g.p99_ms:.2f}':>16}"
+                        f"{g.p50_ms - d.p50_ms:>9.2f}ms{errors}",
+                        flush=True,
+                    )
+            print("\ntargets (issue 3): c=32 ratio >= 25%; c=1 added p50 <= 1 ms")
+        finally:
+            for process in (gateway, backend):
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                if process.stdout is not None:
+                    process.stdout.close()
+
+
+if __name__ == "__main__":
+    main()
