@@ -19,8 +19,9 @@ that our adapters rely on:
   (background propagation done synchronously; Orphan strips the references), including
   dependents created with an owner that no longer exists.
 
-Fault hooks: `inject_conflicts(n)` (the next n replace/patch requests lose to a simulated
-concurrent writer: the target's resourceVersion moves on and the request gets 409),
+Fault hooks: `inject_conflicts(n)` (before each of the next n replace/patch/delete requests on an
+existing object, a simulated concurrent writer moves its resourceVersion on, so a request
+conditioned on the version read gets 409 Conflict; an unconditional one still lands),
 `unreachable()` (connections are dropped without an answer), `forbid()` (403 like missing RBAC).
 """
 
@@ -440,7 +441,7 @@ class KubeDouble:
     # -- fault hooks -------------------------------------------------------------------------
 
     def inject_conflicts(self, count: int) -> None:
-        """The next `count` replace/patch requests lose to a concurrent writer (409 Conflict)."""
+        """A concurrent writer gets in before each of the next `count` replace/patch/delete requests."""
         with self.cluster.lock:
             self._conflicts = count
 
@@ -508,8 +509,9 @@ class KubeDouble:
         key: Key = (*res, namespace, name)
         if method == "GET":
             return 200, self._get(res, key)
+        if method in ("PUT", "PATCH", "DELETE"):
+            self._lose_to_concurrent_writer(key)
         if method in ("PUT", "PATCH"):
-            self._lose_to_concurrent_writer(res, key)
             if method == "PUT":
                 return 200, self._replace(res, key, body, subresource)
             return 200, self._patch(res, key, body, content_type, subresource)
@@ -517,14 +519,14 @@ class KubeDouble:
             return 200, self._delete(res, key, body, query)
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
-    def _lose_to_concurrent_writer(self, res: tuple[str, str, str], key: Key) -> None:
-        if self._conflicts <= 0:
+    def _lose_to_concurrent_writer(self, key: Key) -> None:
+        """Another client wrote `key` just before this request: its resourceVersion moved on,
+        so a write conditioned on the version this client read fails as on a real server."""
+        current = self.cluster.objects.get(key)
+        if self._conflicts <= 0 or current is None:
             return
         self._conflicts -= 1
-        current = self.cluster.objects.get(key)
-        if current is not None:
-            current["metadata"]["resourceVersion"] = self.cluster.next_version()
-        raise conflict(res, key[4])
+        current["metadata"]["resourceVersion"] = self.cluster.next_version()
 
     def _kind(self, res: tuple[str, str, str]) -> str:
         return _SECRET_KINDS.get(res[2]) if res == CORE else self.cluster.kinds.get(res, "")  # type: ignore[return-value]

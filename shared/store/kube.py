@@ -100,8 +100,8 @@ def translate(exc: ApiException, what: str) -> MaasError:
     if status in (401, 403):
         return BackendUnavailable(
             f"Kubernetes API refused access to {what} ({status} {exc.reason}): check the "
-            "ServiceAccount's RBAC (a Role allowing get/list/create/update/patch/delete on secrets "
-            "in this namespace, bound to the ServiceAccount) and its token"
+            "ServiceAccount's RBAC (a Role or ClusterRole granting these verbs on this resource, "
+            "bound to the ServiceAccount) and its token"
         )
     if status == 0:
         return BackendUnavailable(f"Kubernetes API unreachable: {exc.reason}")
@@ -121,11 +121,14 @@ def kube_errors(what: str) -> Iterator[None]:
         raise BackendUnavailable(f"Kubernetes API unreachable: {type(exc).__name__}: {exc}") from exc
 
 
-def retry_on_conflict(attempt: Callable[[], Any], what: str, attempts: int = ATTEMPTS) -> Any:
+def retry_on_conflict(
+    attempt: Callable[[], Any], what: str, attempts: int = ATTEMPTS, *, also_already_exists: bool = False
+) -> Any:
     """Run a read-modify-write `attempt` until it does not lose a resourceVersion race.
 
-    Only a 409 Conflict is retried (AlreadyExists is an answer, not a race); after `attempts`
-    losses the API server is too busy for us: BackendUnavailable.
+    A 409 Conflict is retried; AlreadyExists is an answer, not a race, unless the attempt is a
+    create-or-replace (`also_already_exists`). After `attempts` losses the API server is too
+    busy for us: BackendUnavailable.
     """
     for number in range(attempts):
         try:
@@ -133,7 +136,9 @@ def retry_on_conflict(attempt: Callable[[], Any], what: str, attempts: int = ATT
                 return attempt()
         except Conflict as exc:
             cause = exc.__cause__
-            if not isinstance(cause, ApiException) or _status_reason(cause) == "AlreadyExists":
+            if not isinstance(cause, ApiException):
+                raise
+            if _status_reason(cause) == "AlreadyExists" and not also_already_exists:
                 raise
             time.sleep(min(0.01 * (2**number), 0.2))
     raise BackendUnavailable(
@@ -332,6 +337,11 @@ class KubernetesStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> KubernetesStore:
         return cls(api_client_from_config(), namespace=settings.namespace, key_selector=settings.key_selector)
+
+    @property
+    def api_client(self) -> ApiClient:
+        """The client this store talks through, for the policy apply of the same deployment."""
+        return self._client
 
     # -- plumbing ------------------------------------------------------------------------
 

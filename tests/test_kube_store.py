@@ -1,0 +1,378 @@
+"""KubernetesStore through the real kubernetes client against the API double: the exact Secret
+shapes of DESIGN.md, conditional writes under injected conflicts, ownerReferences and garbage
+collection, selector lookups, and the translation of API failures into our errors."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kubernetes.client import ApiClient, Configuration, CoreV1Api
+
+from shared.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
+from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
+from shared.store.base import ApiKey, Store, Team, TeamChanges
+from shared.store.kube import KubernetesStore, team_body
+from tests import crds
+from tests.kube_double import KubeDouble, running_double
+
+NS = "llm"
+SELECTOR = "maas-api-key"
+T0 = datetime(2025, 8, 25, 6, 17, 35, 123456, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[KubeDouble, KubernetesStore]]:
+    with running_double() as (double, client):
+        yield double, KubernetesStore(client, namespace=NS, key_selector=SELECTOR)
+
+
+def a_team(team_id: str = "data-science", **overrides: object) -> Team:
+    fields: dict[str, object] = {
+        "team_id": team_id,
+        "team_name": "Data Science",
+        "description": "ML people",
+        "policy": "ds-tokens",
+        "token_limit": 50_000,
+        "time_window": "24h",
+        "limit_scope": "user",
+        "created_at": T0,
+    }
+    fields.update(overrides)
+    return Team(**fields)  # type: ignore[arg-type]
+
+
+def a_key(team_id: str = "data-science", user_id: str = "alice", **overrides: object) -> tuple[ApiKey, str]:
+    api_key = generate_api_key()
+    fields: dict[str, object] = {
+        "secret_name": secret_name_for(user_id, team_id),
+        "key_sha256": key_sha256(api_key),
+        "team_id": team_id,
+        "user_id": user_id,
+        "user_email": f"{user_id}@example.com",
+        "role": "member",
+        "status": "active",
+        "created_at": T0,
+    }
+    fields.update(overrides)
+    return ApiKey(**fields), api_key  # type: ignore[arg-type]
+
+
+def seeded(store: Store, **key_overrides: object) -> tuple[Team, ApiKey, str]:
+    team = store.create_team(team=a_team())
+    key, api_key = a_key(**key_overrides)
+    store.create_key(key=key, api_key=api_key)
+    return team, key, api_key
+
+
+# -- the shapes ----------------------------------------------------------------------------------
+
+
+def test_team_secret_has_exactly_the_design_shape(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    store.create_team(team=a_team(limit_scope="team"))
+    secret = double.get("secrets", NS, "team-data-science-config")
+    assert secret is not None
+    assert secret["metadata"]["labels"] == {"maas/resource-type": "team-config", "maas/team-id": "data-science"}
+    assert secret["metadata"]["annotations"] == {
+        "maas/team-name": "Data Science",
+        "maas/description": "ML people",
+        "maas/policy": "ds-tokens",
+        "maas/token-limit": "50000",
+        "maas/time-window": "24h",
+        "maas/limit-scope": "team",
+        "maas/created-at": "2025-08-25T06:17:35.123456+00:00",
+    }
+    crds.validate(team_body(a_team()))
+
+
+def test_key_secret_has_exactly_the_design_shape(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    expires = T0 + timedelta(days=30)
+    _, key, api_key = seeded(store, models_allowed=("qwen3-0-6b-instruct", "vllm-simulator"), alias="laptop", expires_at=expires)
+    secret = double.get("secrets", NS, key.secret_name)
+    team_secret = double.get("secrets", NS, "team-data-science-config")
+    assert secret is not None and team_secret is not None
+    meta = secret["metadata"]
+    assert meta["labels"] == {
+        "kuadrant.io/auth-secret": "true",
+        "app": SELECTOR,
+        "maas/resource-type": "team-key",
+        "maas/team-id": "data-science",
+        "maas/user-id": "alice",
+        "maas/key-sha256": key_sha256(api_key)[:32],
+    }
+    assert meta["annotations"] == {
+        "secret.kuadrant.io/user-id": "alice",
+        "kuadrant.io/groups": "ds-tokens",
+        "maas/team-id": "data-science",
+        "maas/user-email": "alice@example.com",
+        "maas/models-allowed": "qwen3-0-6b-instruct,vllm-simulator",
+        "maas/status": "active",
+        "maas/created-at": "2025-08-25T06:17:35.123456+00:00",
+        "maas/role": "member",
+        "maas/alias": "laptop",
+        "maas/expires-at": expires.isoformat(),
+    }
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Secret", "name": "team-data-science-config", "uid": team_secret["metadata"]["uid"]}
+    ]
+    # stringData was folded by the server: the plaintext key, as Authorino compares it.
+    assert base64.b64decode(secret["data"]["api_key"]).decode() == api_key
+    assert "stringData" not in secret
+
+
+def test_every_record_field_round_trips(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    _, store = cluster
+    team = store.create_team(team=a_team())
+    key, api_key = a_key(
+        models_allowed=("m1",), alias="ci", expires_at=T0 + timedelta(hours=1), last_used_at=T0 + timedelta(minutes=5), role="admin"
+    )
+    assert store.create_key(key=key, api_key=api_key) == key
+    assert store.get_key(secret_name=key.secret_name) == key
+    assert store.get_team(team_id=team.team_id) == team
+    assert store.snapshot().keys_by_sha256 == {key.key_sha256: key}
+
+
+# -- lookups ---------------------------------------------------------------------------------
+
+
+def test_find_key_uses_the_label_prefix_then_the_full_hash(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, api_key = seeded(store)
+    double.requests.clear()
+    assert store.find_key(key_sha256=key_sha256(api_key)) == key
+    assert [m for m, _ in double.requests] == ["GET"]  # one list call, by selector
+    # Same 32-hex prefix, different full hash: the label matches, the exact compare does not.
+    forged = key_sha256(api_key)[:32] + "0" * 32
+    assert store.find_key(key_sha256=forged) is None
+    assert store.find_key(key_sha256="not-a-hash") is None
+
+
+def test_list_keys_filters_by_label(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    _, store = cluster
+    store.create_team(team=a_team("team-a"))
+    store.create_team(team=a_team("team-b"))
+    for team_id, user_id in (("team-a", "alice"), ("team-a", "bob"), ("team-b", "alice")):
+        key, api_key = a_key(team_id, user_id)
+        store.create_key(key=key, api_key=api_key)
+    assert {(k.team_id, k.user_id) for k in store.list_keys(user_id="alice")} == {("team-a", "alice"), ("team-b", "alice")}
+    assert [k.user_id for k in store.list_keys(team_id="team-a", user_id="bob")] == ["bob"]
+    assert store.list_keys(team_id="not a label value!") == []
+
+
+def test_other_secrets_are_not_teams_or_keys(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    _, store = cluster
+    api = CoreV1Api(store.api_client)
+    api.create_namespaced_secret(NS, {"metadata": {"name": "team-x-config"}, "stringData": {"a": "b"}})
+    api.create_namespaced_secret(NS, {"metadata": {"name": "db-password"}, "stringData": {"api_key": "s"}})
+    with pytest.raises(NotFound):
+        store.get_team(team_id="x")
+    with pytest.raises(NotFound):
+        store.get_key(secret_name="db-password")
+    with pytest.raises(NotFound):
+        store.delete_key(secret_name="db-password")
+    assert store.list_teams() == [] and store.list_keys() == []
+    with pytest.raises(NotFound):
+        store.get_key(secret_name="../../namespaces")
+
+
+# -- conflicts and retries --------------------------------------------------------------------
+
+
+def test_update_lands_through_injected_conflicts(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    store.create_team(team=a_team())
+    double.inject_conflicts(3)
+    updated = store.update_team(team_id="data-science", changes=TeamChanges(token_limit=7, time_window="1m"))
+    assert double.pending_conflicts == 0
+    assert updated == a_team(token_limit=7, time_window="1m")
+    assert store.get_team(team_id="data-science") == updated
+
+
+def test_update_gives_up_after_bounded_conflicts(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    store.create_team(team=a_team())
+    double.inject_conflicts(100)
+    with pytest.raises(BackendUnavailable, match="kept changing"):
+        store.update_team(team_id="data-science", changes=TeamChanges(token_limit=7))
+    assert double.pending_conflicts == 100 - 5
+    double.inject_conflicts(0)
+    assert store.get_team(team_id="data-science").token_limit == 50_000
+
+
+def test_update_writes_are_conditioned_on_the_version_read(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    """A write conditioned on a stale resourceVersion is refused by the server, not merged."""
+    double, store = cluster
+    store.create_team(team=a_team())
+    api = CoreV1Api(store.api_client)
+    stale = api.read_namespaced_secret("team-data-science-config", NS)
+    store.update_team(team_id="data-science", changes=TeamChanges(token_limit=9))
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as caught:
+        api.patch_namespaced_secret(
+            "team-data-science-config", NS,
+            {"metadata": {"resourceVersion": stale.metadata.resource_version, "annotations": {"maas/token-limit": "1"}}},
+        )
+    assert caught.value.status == 409
+    assert store.get_team(team_id="data-science").token_limit == 9
+
+
+def test_policy_change_follows_into_key_groups(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, _ = seeded(store)
+    double.inject_conflicts(2)
+    store.update_team(team_id="data-science", changes=TeamChanges(policy="premium"))
+    secret = double.get("secrets", NS, key.secret_name)
+    assert secret is not None and secret["metadata"]["annotations"]["kuadrant.io/groups"] == "premium"
+
+
+def test_status_changes_survive_conflicts_and_drop_the_selector_labels(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, _ = seeded(store)
+    double.inject_conflicts(2)
+    assert store.set_key_status(secret_name=key.secret_name, status="revoked") == replace(key, status="revoked")
+    labels = double.get("secrets", NS, key.secret_name)["metadata"]["labels"]  # type: ignore[index]
+    assert "app" not in labels and "kuadrant.io/auth-secret" not in labels
+    assert store.set_key_status(secret_name=key.secret_name, status="active") == key
+    labels = double.get("secrets", NS, key.secret_name)["metadata"]["labels"]  # type: ignore[index]
+    assert labels["app"] == SELECTOR and labels["kuadrant.io/auth-secret"] == "true"
+
+
+def test_delete_key_retries_a_conflicting_delete(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, _ = seeded(store)
+    double.inject_conflicts(2)  # the key changes between our read and our conditioned delete, twice
+    assert store.delete_key(secret_name=key.secret_name) == key
+    assert double.pending_conflicts == 0
+    assert double.get("secrets", NS, key.secret_name) is None
+
+
+def test_racing_team_creates_are_decided_by_the_server(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    _, store = cluster
+    store.create_team(team=a_team())
+    with pytest.raises(Conflict, match="already exists"):
+        store.create_team(team=a_team(team_name="Other"))
+    key, api_key = a_key()
+    store.create_key(key=key, api_key=api_key)
+    other, other_key = a_key()
+    with pytest.raises(Conflict):
+        store.create_key(key=replace(other, secret_name=key.secret_name), api_key=other_key)
+
+
+def test_key_hash_must_match_the_key(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    _, store = cluster
+    store.create_team(team=a_team())
+    key, _ = a_key()
+    with pytest.raises(InvalidRequest, match="key_sha256"):
+        store.create_key(key=key, api_key=generate_api_key())
+
+
+# -- cascade and garbage collection -----------------------------------------------------------
+
+
+def test_delete_team_deletes_keys_explicitly(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, _ = seeded(store)
+    double.requests.clear()
+    assert store.delete_team(team_id="data-science") == [key]
+    deletes = [path for method, path in double.requests if method == "DELETE"]
+    assert deletes == [f"/api/v1/namespaces/{NS}/secrets/{key.secret_name}", f"/api/v1/namespaces/{NS}/secrets/team-data-science-config"]
+    assert double.names("secrets", NS) == []
+
+
+def test_owner_references_collect_keys_the_cascade_missed(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    """Deleting only the team Secret (kubectl, or a cascade that raced a key create) still
+    removes its keys: the ownerReference makes them garbage."""
+    double, store = cluster
+    _, key, api_key = seeded(store)
+    CoreV1Api(store.api_client).delete_namespaced_secret("team-data-science-config", NS)
+    assert double.names("secrets", NS) == []
+    assert store.find_key(key_sha256=key_sha256(api_key)) is None
+
+
+def test_a_key_created_for_a_team_deleted_meanwhile_is_collected(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    team = store.create_team(team=a_team())
+    team_secret = CoreV1Api(store.api_client).read_namespaced_secret("team-data-science-config", NS)
+    store.delete_team(team_id=team.team_id)
+    key, api_key = a_key()
+    # The create that lost the race: it read the team (uid) before the delete.
+    from shared.store.kube import key_body
+
+    CoreV1Api(store.api_client).create_namespaced_secret(NS, key_body(key, api_key, team, team_secret.metadata.uid, SELECTOR))
+    assert double.names("secrets", NS) == []
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+def test_generation_sees_other_writers_within_the_check_interval() -> None:
+    with running_double() as (_, client):
+        mine = KubernetesStore(client, namespace=NS, key_selector=SELECTOR, generation_check_s=0.0)
+        other = KubernetesStore(client, namespace=NS, key_selector=SELECTOR)
+        before = mine.generation()
+        assert mine.generation() == before  # nothing happened: a read does not move it
+        other.create_team(team=a_team())
+        assert mine.generation() != before
+        slow = KubernetesStore(client, namespace=NS, key_selector=SELECTOR, generation_check_s=3600)
+        seen = slow.generation()
+        other.create_team(team=a_team("other"))
+        assert slow.generation() == seen  # within its interval it does not ask the server
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def test_unreachable_api_is_backend_unavailable_naming_kubernetes(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    store.create_team(team=a_team())
+    with double.unreachable():
+        with pytest.raises(BackendUnavailable, match="Kubernetes API unreachable"):
+            store.get_team(team_id="data-science")
+        with pytest.raises(BackendUnavailable, match="Kubernetes API unreachable"):
+            store.create_team(team=a_team("other"))
+        store.generation()  # the hot path does not raise; it keeps its view
+    assert store.get_team(team_id="data-science") == a_team()
+
+
+def test_refused_connection_is_backend_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = ApiClient(Configuration(host=f"http://127.0.0.1:{port}"))
+    store = KubernetesStore(client, namespace=NS, key_selector=SELECTOR)
+    with pytest.raises(BackendUnavailable, match="Kubernetes API unreachable"):
+        store.list_teams()
+    store.close()
+
+
+def test_forbidden_is_backend_unavailable_about_rbac(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    with double.forbid():
+        with pytest.raises(BackendUnavailable, match="RBAC") as caught:
+            store.list_keys()
+    assert caught.value.status == 503
+
+
+def test_server_side_validation_is_invalid_request(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    _, store = cluster
+    with pytest.raises(InvalidRequest, match="Kubernetes rejected"):
+        store.create_team(team=a_team("Not_A_Label"))
+
+
+def test_errors_never_carry_the_api_key(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, api_key = seeded(store)
+    other, other_key = a_key()
+    with pytest.raises(Conflict) as caught:
+        store.create_key(key=replace(other, secret_name=key.secret_name), api_key=other_key)
+    assert other_key not in str(caught.value) and api_key not in str(caught.value)
+    with double.unreachable(), pytest.raises(BackendUnavailable) as down:
+        store.create_key(key=other, api_key=other_key)
+    assert other_key not in str(down.value)
