@@ -7,8 +7,10 @@ every object schema that declares `properties` (and neither `additionalPropertie
 apiVersion, kind and metadata are pinned. Core kinds (Secret, ServiceAccount, Role, RoleBinding,
 Namespace, ConfigMap) have no CRD; they get small strict schemas of the fields we use.
 
-`x-kubernetes-validations` (CEL) rules are not evaluated by jsonschema; tests assert the few
-that matter for our objects (targetRef kinds, non-empty limits) directly.
+The API server's other two steps are done too, in its order: schema defaults are applied first,
+and the `x-kubernetes-validations` CEL rules are evaluated (with cel-python) on every node present
+in the object; a rule that is false, or that cannot be evaluated, is a violation. Transition
+rules (those reading `oldSelf`) only apply to updates and are skipped.
 
 The CRD folder is `../shared/crds` beside the repository, or `MAAS_CRDS_DIR` when set.
 """
@@ -23,8 +25,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import celpy
 import jsonschema
 import yaml
+from celpy import celtypes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRDS_DIR_ENV = "MAAS_CRDS_DIR"
@@ -251,7 +255,7 @@ def known_kinds() -> set[tuple[str, str]]:
 
 
 def validation_errors(obj: Mapping[str, Any]) -> list[str]:
-    """Every violation of `obj` against its kind's strict schema, as 'path: message' lines."""
+    """Every violation of `obj` against its kind's strict schema and CEL rules, as 'path: message'."""
     if not isinstance(obj, Mapping):
         return [f"<root>: expected an object, got {type(obj).__name__}"]
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
@@ -260,7 +264,13 @@ def validation_errors(obj: Mapping[str, Any]) -> list[str]:
     )
     if validator is None:
         return [f"<root>: no schema for apiVersion={api_version!r} kind={kind!r}"]
-    return _format(validator.iter_errors(obj))
+    raw_schema = _sources()[(api_version, kind)][0]  # type: ignore[index]
+    defaulted = _with_defaults(raw_schema, copy.deepcopy(dict(obj)))
+    schema_errors = _format(validator.iter_errors(defaulted))
+    if schema_errors:
+        # CEL rules assume a structurally valid object; their errors would only add noise.
+        return schema_errors
+    return list(_cel_errors(raw_schema, defaulted, ""))
 
 
 def validate(obj: Mapping[str, Any]) -> None:
@@ -275,6 +285,63 @@ def validate(obj: Mapping[str, Any]) -> None:
 def validate_all(objects: Iterable[Mapping[str, Any]]) -> None:
     for obj in objects:
         validate(obj)
+
+
+# ---------------------------------------------------------------- defaults and CEL
+
+
+def _with_defaults(schema: Any, value: Any) -> Any:
+    """Apply the schema's `default`s to absent fields, as the API server does before validating."""
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        for name, sub in properties.items():
+            if name not in value and isinstance(sub, dict) and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = _with_defaults(sub, value[name])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for name in value:
+                if name not in properties:
+                    value[name] = _with_defaults(extra, value[name])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_with_defaults(schema["items"], item) for item in value]
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _cel_program(rule: str) -> celpy.Runner:
+    environment = celpy.Environment()
+    # Kubernetes escapes CEL reserved words used as field names (`namespace`) as `__name__`.
+    return environment.program(environment.compile(rule.replace("__namespace__", "namespace")))
+
+
+def _cel_errors(schema: Any, value: Any, path: str) -> Iterable[str]:
+    if not isinstance(schema, dict):
+        return
+    for validation in schema.get("x-kubernetes-validations") or []:
+        rule = validation["rule"]
+        if "oldSelf" in rule:
+            continue
+        try:
+            result = _cel_program(rule).evaluate({"self": celpy.json_to_cel(value)})
+        except Exception as error:  # noqa: BLE001 - any failure to evaluate is a rejection
+            yield f"{path or '<root>'}: CEL rule could not be evaluated ({error}): {rule}"
+            continue
+        if not (isinstance(result, celtypes.BoolType) and bool(result)):
+            yield f"{path or '<root>'}: {validation.get('message') or 'CEL rule failed'} (rule: {rule})"
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for name, item in value.items():
+            sub = properties.get(name, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                yield from _cel_errors(sub, item, f"{path}.{name}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            yield from _cel_errors(schema["items"], item, f"{path}[{index}]")
 
 
 # ---------------------------------------------------------------- func.yaml

@@ -295,3 +295,17 @@ def test_func_yaml_validator_is_strict() -> None:
     assert crds.func_yaml_errors({**document, "name": "Not_A_Name"}) == [
         ".name: 'Not_A_Name' does not match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'"
     ]
+
+
+def test_validator_evaluates_the_crds_cel_rules(cluster_settings: Settings) -> None:
+    limits = token_rate_limit_policy([team("alpha")], cluster_settings)
+    limits["spec"]["limits"] = {}
+    assert crds.validation_errors(limits) == [
+        ".spec: At least one spec.limits must be defined (rule: !(has(self.overrides) || has(self.defaults))"
+        " ? has(self.limits) && size(self.limits) > 0 : true)"
+    ]
+
+    telemetry = by_kind(generate_policies([], cluster_settings))["TelemetryPolicy"]
+    telemetry["spec"]["targetRef"]["kind"] = "HTTPRoute"
+    (problem,) = crds.validation_errors(telemetry)
+    assert problem.startswith(".spec.targetRef: Invalid targetRef.kind. The only supported value is 'Gateway'")
