@@ -21,15 +21,18 @@ LEDGER_FILE = "usage.db"
 class GatewayService:
     """start() returns once listening; stop() closes the listener and flushes the ledger.
 
-    Without a `store`, the service opens (and closes) the one the settings name.
+    Without a `store`, the service opens (and closes) the one the settings name; likewise the
+    usage ledger (settings.data_dir / "usage.db"). Pass the `ledger` that the usage endpoints
+    read when both run in one process, so they see counts before they are flushed.
     """
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, *, ledger: UsageLedger | None = None) -> None:
         self._settings = settings
         self._own_store = store is None
         self._store = store if store is not None else open_store(settings)
         self.backends = load_models_file(settings.models_file, simulator_port=settings.simulator_port)
-        self.ledger = UsageLedger(settings.data_dir / LEDGER_FILE)
+        self._own_ledger = ledger is None
+        self.ledger = ledger if ledger is not None else UsageLedger(settings.data_dir / LEDGER_FILE)
         self.limiter = TokenLimiter()
         self._gateway = Gateway(
             keys=KeyCache(self._store),
@@ -78,6 +81,9 @@ class GatewayService:
             self._thread.stop(self._shutdown)
         finally:
             self._port = None
-            self.ledger.close()
+            if self._own_ledger:
+                self.ledger.close()
+            else:
+                self.ledger.flush()
             if self._own_store:
                 self._store.close()
