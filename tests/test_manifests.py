@@ -342,10 +342,10 @@ def test_containerfile_runs_the_target_from_main() -> None:
     assert re.search(r"^USER [1-9][0-9]*$", text, re.M), "a numeric non-root user for runAsNonRoot"
 
 
-def test_main_exports_every_http_target() -> None:
+def test_main_exports_every_deployed_target() -> None:
     import main
 
-    missing = [route.target for route in ROUTES if not callable(getattr(main, route.target, None))]
+    missing = [t for t in manifests.function_targets() if not callable(getattr(main, t, None))]
     assert missing == []
 
 
