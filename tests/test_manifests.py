@@ -91,7 +91,7 @@ def test_names_are_unique_per_kind_and_namespaced(rendered: list[dict[str, Any]]
     assert all(namespace == "llm" for _, _, namespace, _ in seen)
 
 
-def test_rendering_is_deterministic(tmp_path: Path) -> None:
+def test_rendering_is_deterministic() -> None:
     first = manifests.dump(manifests.render(Settings()))
     second = manifests.dump(manifests.render(Settings()))
     assert first == second
