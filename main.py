@@ -5,7 +5,9 @@
 
 from functions.keys import create_key, delete_key, delete_key_legacy, list_team_keys, list_user_keys
 from functions.meta import health, openapi
+from functions.models import list_models, list_openai_models
 from functions.teams import create_team, delete_team, get_team, list_teams, update_team
+from functions.usage import team_usage, user_usage
 
 __all__ = [
     "create_key",
@@ -15,9 +17,13 @@ __all__ = [
     "delete_team",
     "get_team",
     "health",
+    "list_models",
+    "list_openai_models",
     "list_team_keys",
     "list_teams",
     "list_user_keys",
     "openapi",
+    "team_usage",
     "update_team",
+    "user_usage",
 ]

@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import BaseModel
 
 from shared import schemas
+from shared.catalog import listing
 from shared.errors import MethodNotAllowed, NotFound
+from shared.usage import schemas as usage_schemas
 
 Auth = Literal["admin", "none", "admin_or_key"]
 _PARAM = re.compile(r"\{([a-z_]+)\}")
@@ -62,6 +64,14 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/keys/{secret_name}", "delete_key", "Delete a key by its handle", response=schemas.KeyDeleted),
     Route("DELETE", "/delete_key", "delete_key_legacy", "Delete a key given the key itself",
           request=schemas.KeyDeleteByValue, response=schemas.KeyDeleted),
+    Route("GET", "/users/{user_id}/usage", "user_usage", "A user's token usage across teams",
+          query=usage_schemas.UsageQuery, response=usage_schemas.UserUsage),
+    Route("GET", "/teams/{team_id}/usage", "team_usage", "A team's token usage per user (and a series)",
+          query=usage_schemas.TeamUsageQuery, response=usage_schemas.TeamUsage),
+    Route("GET", "/models", "list_models", "Models with readiness (admin: all; API key: its models)",
+          auth="admin_or_key", response=listing.ModelList),
+    Route("GET", "/v1/models", "list_openai_models", "OpenAI model list (admin: all; API key: its models)",
+          auth="admin_or_key", response=listing.OpenAIModelList),
 )
 
 

@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.catalog.base import ModelInfo
+from shared.catalog.base import ModelCatalog, ModelInfo
+from shared.settings import Settings
 from shared.store import ApiKey
 
 
@@ -59,3 +60,15 @@ def openai_model_list(models: list[ModelInfo]) -> OpenAIModelList:
     return OpenAIModelList(
         data=[OpenAIModel(id=m.name, created=m.created, owned_by=m.owned_by) for m in models]
     )
+
+
+def open_catalog(settings: Settings) -> ModelCatalog:
+    """KServe in a cluster (MAAS_STORE=kubernetes), the models file on one machine."""
+    if settings.store == "kubernetes":
+        # Imported here so that only a cluster deployment loads the kubernetes client.
+        from shared.catalog.kserve import KServeCatalog
+
+        return KServeCatalog.from_settings(settings)
+    from shared.catalog.filecatalog import FileModelCatalog
+
+    return FileModelCatalog.from_settings(settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from shared.durations import normalize_window, window_ms
 from shared.errors import InvalidRequest, NotFound
@@ -178,8 +178,10 @@ def team_usage(*, store: Store, source: UsageSource, team_id: str, query: TeamUs
     ]
     series = None
     if step_s is not None and span.start is not None and span.end is not None:
-        points = source.series(start=span.start, end=span.end, step_s=step_s, team_id=team_id)
-        series = _user_series(points, span.start, span.end, step_s)
+        # Buckets start on a whole minute: the ledger's resolution, so both backends cut alike.
+        origin = datetime.fromtimestamp(span.start.timestamp() // MIN_STEP_S * MIN_STEP_S, timezone.utc)
+        points = source.series(start=origin, end=span.end, step_s=step_s, team_id=team_id)
+        series = _user_series(points, origin, span.end, step_s)
     return TeamUsage(
         team_id=team.team_id,
         team_name=team.team_name,
@@ -202,12 +204,12 @@ def _user_series(points: list[UsagePoint], start: datetime, end: datetime, step_
     step = timedelta(seconds=step_s)
     buckets: list[datetime] = []
     at = start
-    while at < end and len(buckets) < MAX_POINTS:
+    while at < end and len(buckets) <= MAX_POINTS:
         buckets.append(at)
         at += step
     per_user: dict[str, dict[int, _Counts]] = defaultdict(lambda: defaultdict(_Counts))
     for point in points:
-        index = round((point.start - start) / step)
+        index = int((point.start - start) // step)
         if 0 <= index < len(buckets):
             per_user[point.row.user_id][index] += _Counts.of(point.row)
     return [

@@ -1,0 +1,34 @@
+"""Usage endpoints: a user's usage across teams, a team's usage per user (quickstart 11, 12)."""
+
+from __future__ import annotations
+
+import functions_framework
+
+from functions._http import Call, endpoint
+from functions._sources import usage_source
+from shared.usage import service
+from shared.usage.schemas import TeamUsage, TeamUsageQuery, UsageQuery, UserUsage
+
+
+@functions_framework.http
+@endpoint("user_usage")
+def user_usage(call: Call) -> UserUsage:
+    return service.user_usage(
+        store=call.ctx.store,
+        source=usage_source(call.ctx.settings),
+        user_id=call.params["user_id"],
+        query=call.query(UsageQuery),
+        now=call.ctx.clock(),
+    )
+
+
+@functions_framework.http
+@endpoint("team_usage")
+def team_usage(call: Call) -> TeamUsage:
+    return service.team_usage(
+        store=call.ctx.store,
+        source=usage_source(call.ctx.settings),
+        team_id=call.params["team_id"],
+        query=call.query(TeamUsageQuery),
+        now=call.ctx.clock(),
+    )
