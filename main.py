@@ -3,13 +3,16 @@
     functions-framework --source=main.py --target=create_team
 """
 
+from functions.cleanup import cleanup
 from functions.keys import create_key, delete_key, delete_key_legacy, list_team_keys, list_user_keys
+from functions.lifecycle import list_audit, revoke_key, rotate_key
 from functions.meta import health, openapi
 from functions.models import list_models, list_openai_models
 from functions.teams import create_team, delete_team, get_team, list_teams, update_team
 from functions.usage import team_usage, user_usage
 
 __all__ = [
+    "cleanup",
     "create_key",
     "create_team",
     "delete_key",
@@ -17,12 +20,15 @@ __all__ = [
     "delete_team",
     "get_team",
     "health",
+    "list_audit",
     "list_models",
     "list_openai_models",
     "list_team_keys",
     "list_teams",
     "list_user_keys",
     "openapi",
+    "revoke_key",
+    "rotate_key",
     "team_usage",
     "update_team",
     "user_usage",

@@ -17,6 +17,7 @@ import flask
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from functions._context import context
+from shared import audit
 from shared.auth import require_admin
 from shared.context import Context
 from shared.errors import (
@@ -61,13 +62,16 @@ class Call:
     ctx: Context
     params: dict[str, str]
 
-    def body(self, model: type[Model]) -> Model:
+    def body(self, model: type[Model], *, optional: bool = False) -> Model:
+        """The JSON body as `model`; with `optional`, an empty body means all defaults."""
         limit = self.ctx.settings.max_body_bytes
         if self.request.content_length is not None and self.request.content_length > limit:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         raw = self.request.stream.read(limit + 1)
         if len(raw) > limit:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        if optional and not raw.strip():
+            raw = b"{}"
         try:
             data = json.loads(raw) if raw.strip() else None
         except (ValueError, UnicodeDecodeError) as exc:
@@ -125,6 +129,29 @@ def _check_route(route: Route, request: flask.Request) -> dict[str, str]:
     return params
 
 
+def _audit(ctx: Context, route: Route, request: flask.Request, params: dict[str, str], actor: str | None,
+           result: object, status: int) -> None:
+    """Record the action. The path names the team or key; when it does not (the legacy delete
+    by value), the result does."""
+    try:
+        who = actor or audit.actor_of(ctx, request.headers.get("Authorization"))
+        audit.record(ctx, who, audit.Action(
+            action=route.target,
+            method=request.method,
+            path=request.path,
+            outcome=status,
+            team_id=params.get("team_id") or _text_attribute(result, "team_id"),
+            secret_name=params.get("secret_name") or _text_attribute(result, "secret_name"),
+        ))
+    except Exception:  # noqa: BLE001 - auditing must never fail the action it records
+        log.exception("audit failed for %s", route.target)
+
+
+def _text_attribute(result: object, name: str) -> str | None:
+    value = getattr(result, name, None) if isinstance(result, BaseModel) else None
+    return value if isinstance(value, str) else None
+
+
 Handler = Callable[[Call], BaseModel | dict[str, Any] | flask.Response]
 
 
@@ -133,20 +160,28 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
 
     def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
         def function(request: flask.Request) -> flask.Response:
+            params: dict[str, str] | None = None
+            ctx: Context | None = None
+            actor: str | None = None
+            result: BaseModel | dict[str, Any] | flask.Response | None = None
             try:
                 params = _check_route(route, request)
                 ctx = context()
                 if route.auth == "admin":
                     require_admin(ctx.settings, request.headers.get("Authorization"))
+                    actor = "admin"
                 result = handler(Call(request=request, ctx=ctx, params=_validated_params(params)))
-                if isinstance(result, flask.Response):
-                    return result
-                return json_response(result, route.success_status)
+                response = (
+                    result if isinstance(result, flask.Response) else json_response(result, route.success_status)
+                )
             except MaasError as error:
-                return error_response(error)
+                response = error_response(error)
             except Exception:  # noqa: BLE001 - the one place an unexpected error becomes a 500
                 log.exception("unhandled error in %s", target)
-                return error_response(MaasError("internal error"))
+                response = error_response(MaasError("internal error"))
+            if route.auth != "none" and params is not None and ctx is not None:
+                _audit(ctx, route, request, params, actor, result, response.status_code)
+            return response
 
         function.__name__ = target
         function.__qualname__ = target

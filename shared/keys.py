@@ -1,9 +1,20 @@
-"""API key operations: issue, list, delete. The key itself leaves only through KeyCreated."""
+"""API key operations: issue, list, revoke, rotate, delete. The key itself leaves only through
+KeyCreated.
+
+Rotation issues the successor first and only then shortens the old key (to the end of its grace
+period, or revokes it when there is none), so a failure half-way never leaves the user without
+a working key; if shortening fails, the successor is removed again and the error reported.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
+
+from shared.auth import usable
 from shared.context import Context
-from shared.errors import NotFound
+from shared.errors import Conflict, MaasError, NotFound
+from shared.expiry import effective_status, expiry_for, grace_end
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.members import members_of
 from shared.schemas import (
@@ -11,62 +22,116 @@ from shared.schemas import (
     KeyCreated,
     KeyDeleted,
     KeyPublic,
+    KeyRevoked,
+    KeyRotate,
     TeamKeys,
     UserKeyPublic,
     UserKeys,
 )
 from shared.store import ApiKey, Team
+from shared.store.base import KeyChanges
 
 
-def _public_fields(key: ApiKey, team: Team) -> dict[str, object]:
+def _public_fields(key: ApiKey, team: Team, now: datetime) -> dict[str, object]:
     return {
         "secret_name": key.secret_name,
         "user_id": key.user_id,
         "user_email": key.user_email,
         "role": key.role,
         "policy": team.policy,
-        "status": key.status,
+        "status": effective_status(key, now),
         "models_allowed": ",".join(key.models_allowed),
         "alias": key.alias,
         "created_at": key.created_at,
         "expires_at": key.expires_at,
         "last_used_at": key.last_used_at,
+        "replaced_by": key.replaced_by,
     }
+
+
+def _issue(ctx: Context, team: Team, template: ApiKey) -> KeyCreated:
+    """Store a new key made from `template` (handle and hash are filled in) and show it once."""
+    api_key = generate_api_key()
+    key = replace(
+        template,
+        secret_name=secret_name_for(template.user_id, team.team_id),
+        key_sha256=key_sha256(api_key),
+    )
+    stored = ctx.store.create_key(key=key, api_key=api_key)
+    fields = _public_fields(stored, team, template.created_at)
+    return KeyCreated(
+        api_key=api_key,
+        team_id=team.team_id,
+        team_name=team.team_name,
+        **{k: v for k, v in fields.items() if k not in ("last_used_at", "replaced_by")},
+    )
 
 
 def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
     team = ctx.store.get_team(team_id=team_id)
-    api_key = generate_api_key()
-    key = ApiKey(
-        secret_name=secret_name_for(request.user_id, team_id),
-        key_sha256=key_sha256(api_key),
+    now = ctx.clock()
+    template = ApiKey(
+        secret_name="",
+        key_sha256="",
         team_id=team_id,
         user_id=request.user_id,
         user_email=request.user_email,
         role=request.role,
         status="active",
-        created_at=ctx.clock(),
+        created_at=now,
         models_allowed=tuple(request.models),
         alias=request.alias,
+        expires_at=expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at),
     )
-    stored = ctx.store.create_key(key=key, api_key=api_key)
-    return KeyCreated(
-        api_key=api_key,
-        team_id=team_id,
-        team_name=team.team_name,
-        **{k: v for k, v in _public_fields(stored, team).items() if k != "last_used_at"},
+    return _issue(ctx, team, template)
+
+
+def revoke_key(ctx: Context, secret_name: str) -> KeyRevoked:
+    """Refuse the key from now on; it stays listed (status revoked) for the record."""
+    key = ctx.store.update_key(secret_name=secret_name, changes=KeyChanges(status="revoked"))
+    return KeyRevoked(
+        message=f"key '{key.secret_name}' revoked",
+        secret_name=key.secret_name,
+        team_id=key.team_id,
+        user_id=key.user_id,
+        status=key.status,
     )
+
+
+def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> KeyCreated:
+    old = ctx.store.get_key(secret_name=secret_name)
+    now = ctx.clock()
+    if not usable(old, now):
+        raise Conflict(f"key '{secret_name}' is {effective_status(old, now)}: issue a new key instead")
+    team = ctx.store.get_team(team_id=old.team_id)
+    if request.expires_in is None and request.expires_at is None and old.expires_at is not None:
+        # The new key lives as long as the old one was meant to: a rotation keeps the policy.
+        expires_at: datetime | None = now + (old.expires_at - old.created_at)
+    else:
+        expires_at = expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at)
+    created = _issue(ctx, team, replace(old, status="active", created_at=now, expires_at=expires_at,
+                                        last_used_at=None, replaced_by=None))
+    end = grace_end(now, request.grace_period, old.expires_at)
+    changes = KeyChanges(replaced_by=created.secret_name, expires_at=end,
+                         status="revoked" if end <= now else None)
+    try:
+        ctx.store.update_key(secret_name=secret_name, changes=changes)
+    except MaasError:
+        ctx.store.delete_key(secret_name=created.secret_name)
+        raise
+    return created
 
 
 def list_team_keys(ctx: Context, team_id: str) -> TeamKeys:
     team = ctx.store.get_team(team_id=team_id)
     keys = ctx.store.list_keys(team_id=team_id)
+    now = ctx.clock()
     members = members_of(team, keys)
     return TeamKeys(
         team_id=team.team_id,
         team_name=team.team_name,
         policy=team.policy,
-        keys=[KeyPublic(**_public_fields(key, team)) for key in keys],
+        keys=[KeyPublic(**_public_fields(key, team, now)) for key in keys],
         users=members,
         total_keys=len(keys),
         total_users=len(members),
@@ -76,9 +141,12 @@ def list_team_keys(ctx: Context, team_id: str) -> TeamKeys:
 def list_user_keys(ctx: Context, user_id: str) -> UserKeys:
     keys = ctx.store.list_keys(user_id=user_id)
     teams = {team.team_id: team for team in ctx.store.list_teams()} if keys else {}
+    now = ctx.clock()
     listed = [
         UserKeyPublic(
-            team_id=key.team_id, team_name=teams[key.team_id].team_name, **_public_fields(key, teams[key.team_id])
+            team_id=key.team_id,
+            team_name=teams[key.team_id].team_name,
+            **_public_fields(key, teams[key.team_id], now),
         )
         for key in keys
         if key.team_id in teams

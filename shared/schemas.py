@@ -6,21 +6,26 @@ through any other response by accident. Timestamps render as `2025-08-25T06:17:3
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-from shared.durations import normalize_window
+from shared.durations import normalize_window, window_ms
+from shared.expiry import MAX_GRACE
 
 
 def _utc_text(value: datetime) -> str:
@@ -49,6 +54,31 @@ TimeWindow = Annotated[
     StringConstraints(max_length=32),
     AfterValidator(normalize_window),
     Field(description="Limitador duration such as '1h', '30m', '1h30m'; 'Nd' is normalized to hours"),
+]
+Lifetime = Annotated[
+    str,
+    StringConstraints(max_length=32),
+    AfterValidator(normalize_window),
+    Field(description="How long the key works, e.g. '30d', '12h', '90m'"),
+]
+
+
+_ZERO = re.compile(r"^0+(ms|s|m|h|d)?$")
+
+
+def _grace(value: str) -> str:
+    text = value.strip()
+    normalized = "0s" if _ZERO.match(text) else normalize_window(text)
+    if window_ms(normalized) > MAX_GRACE.total_seconds() * 1000:
+        raise ValueError(f"may be at most {MAX_GRACE.days}d")
+    return normalized
+
+
+GracePeriod = Annotated[
+    str,
+    StringConstraints(max_length=32),
+    AfterValidator(_grace),
+    Field(description="How long the old key keeps working after a rotation: '0' (default) to '30d'"),
 ]
 TokenLimit = Annotated[int, Field(strict=True, ge=1, le=2**53, description="Tokens per time window")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253, strip_whitespace=True)]
@@ -97,6 +127,13 @@ class TeamUpdate(Request):
         return self
 
 
+def _only_one_expiry(expires_at: datetime | None, info: ValidationInfo) -> datetime | None:
+    # A field validator (not a model one) so the 422 names the field.
+    if expires_at is not None and info.data.get("expires_in") is not None:
+        raise ValueError("give expires_in or expires_at, not both")
+    return expires_at
+
+
 class KeyCreate(Request):
     user_id: UserId
     user_email: EmailStr | Literal[""] = ""
@@ -104,6 +141,48 @@ class KeyCreate(Request):
     role: Literal["member", "admin"] = "member"
     models: list[Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[^,\s]+$")]] = Field(
         default_factory=list, max_length=100, description="Models this key may use; empty means all"
+    )
+    expires_in: Lifetime | None = Field(default=None, description="Lifetime from now; excludes expires_at")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 instant in the future; excludes expires_in"
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _one_expiry(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return _only_one_expiry(value, info)
+
+
+class KeyRotate(Request):
+    """Rotate a key: a new key for the same user, team, models and alias."""
+
+    grace_period: GracePeriod = "0s"
+    expires_in: Lifetime | None = Field(
+        default=None, description="Lifetime of the new key; default: the old key's lifetime, if it had one"
+    )
+    expires_at: AwareDatetime | None = Field(default=None, description="Expiry of the new key (RFC 3339)")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _one_expiry(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return _only_one_expiry(value, info)
+
+
+class AuditQuery(Request):
+    """Filters and paging of GET /audit (query parameters)."""
+
+    action: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,64}$")] | None = Field(
+        default=None, description="A function target, e.g. create_key"
+    )
+    team_id: DnsLabel | None = None
+    outcome: Annotated[str, StringConstraints(pattern=r"^(success|failure|[1-5][0-9][0-9])$")] | None = Field(
+        default=None, description="'success' (2xx), 'failure' (anything else) or one status code"
+    )
+    since: AwareDatetime | None = Field(default=None, description="RFC 3339, inclusive")
+    until: AwareDatetime | None = Field(default=None, description="RFC 3339, exclusive")
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None = Field(
+        default=None, description="next_cursor of the previous page"
     )
 
 
@@ -159,6 +238,7 @@ class KeyPublic(Response):
     created_at: Timestamp
     expires_at: Timestamp | None = None
     last_used_at: Timestamp | None = None
+    replaced_by: str | None = None
 
 
 class UserKeyPublic(KeyPublic):
@@ -212,6 +292,43 @@ class KeyDeleted(Response):
     secret_name: str
     team_id: str
     user_id: str
+
+
+class KeyRevoked(Response):
+    message: str
+    secret_name: str
+    team_id: str
+    user_id: str
+    status: str
+
+
+class AuditEntryPublic(Response):
+    id: int
+    at: Timestamp
+    actor: str
+    action: str
+    method: str
+    path: str
+    outcome: int
+    team_id: str | None
+    secret_name: str | None
+
+
+class AuditPage(Response):
+    entries: list[AuditEntryPublic]
+    next_cursor: str | None
+
+
+class CleanupSummary(Response):
+    """What one cleanup event changed; all lists empty when it changed nothing."""
+
+    event_type: str
+    team_id: str | None = None
+    deleted_keys: list[str] = Field(description="Keys removed: their team is gone, or they expired long ago")
+    expired_keys: list[str] = Field(description="Keys marked expired")
+    revoked_keys: list[str] = Field(description="Rotated keys whose grace period ended, marked revoked")
+    policies_synced: bool = Field(description="Whether the policies were regenerated from the teams")
+    ignored: str | None = Field(default=None, description="Why the event was not acted on, if it was not")
 
 
 class Health(Response):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.durations import normalize_window
 
 
 class Settings(BaseSettings):
@@ -108,6 +110,24 @@ class Settings(BaseSettings):
         default=5.0, validation_alias="MAAS_PROMETHEUS_TIMEOUT", gt=0,
         description="Seconds before a Prometheus query gives up with 503.",
     )
+
+    expired_key_retention: str = Field(
+        default="168h",
+        validation_alias="MAAS_EXPIRED_KEY_RETENTION",
+        description="How long the cleanup sweep keeps an expired key listed (status 'expired') before "
+        "deleting it; a duration such as '168h' or '7d'.",
+    )
+    cleanup_interval_s: float = Field(
+        default=60.0,
+        validation_alias="MAAS_CLEANUP_INTERVAL",
+        gt=0,
+        description="Embedded deployment: seconds between the in-process cleanup sweeps (the PingSource's role).",
+    )
+
+    @field_validator("expired_key_retention")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        return normalize_window(value)
 
     @property
     def policy_namespace(self) -> str:

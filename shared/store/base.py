@@ -8,6 +8,7 @@ compares against in a cluster).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -42,6 +43,47 @@ class ApiKey:
     alias: str = ""
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
+    # Set when the key was rotated: the handle of its successor. The old key then carries an
+    # `expires_at` at the end of its grace period, and the sweep marks it revoked (not expired).
+    replaced_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """A partial update of a key's lifecycle fields; None means "leave as is"."""
+
+    status: KeyStatus | None = None
+    expires_at: datetime | None = None
+    replaced_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action: who, what, when, outcome. Never key material, never a body."""
+
+    at: datetime
+    actor: str  # "admin", a key's handle, or "anonymous"
+    action: str  # the function target, e.g. "create_key"
+    method: str
+    path: str
+    outcome: int  # the HTTP status answered
+    team_id: str | None = None
+    secret_name: str | None = None
+    id: int | None = None  # assigned by the store, increasing
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit entries to list, newest first; `before_id` pages (the cursor)."""
+
+    action: str | None = None
+    team_id: str | None = None
+    outcome_min: int | None = None
+    outcome_max: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+    limit: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +148,27 @@ class Store(Protocol):
     def delete_key(self, *, secret_name: str) -> ApiKey: ...
 
     def set_key_status(self, *, secret_name: str, status: KeyStatus) -> ApiKey: ...
+
+    def update_key(self, *, secret_name: str, changes: KeyChanges) -> ApiKey:
+        """Change a key's lifecycle fields in one operation (NotFound for an unknown key)."""
+        ...
+
+    def touch_keys(self, *, last_used: Mapping[str, datetime]) -> int:
+        """Record when keys were last used, in one batch: {secret_name: when}.
+
+        Only moves `last_used_at` forward; unknown handles are skipped (deleted meanwhile).
+        Returns how many keys changed. Meant for the gateway, off the request path; it does
+        not change what authentication decides, so it need not move `generation()`.
+        """
+        ...
+
+    def record_audit(self, *, entry: AuditEntry) -> AuditEntry:
+        """Append an audit entry; returns it with its id."""
+        ...
+
+    def list_audit(self, *, where: AuditFilter) -> list[AuditEntry]:
+        """Audit entries matching `where`, newest (highest id) first, at most `where.limit`."""
+        ...
 
     def snapshot(self) -> Snapshot: ...
 

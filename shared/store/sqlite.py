@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from shared.errors import BackendUnavailable, Conflict, NotFound
-from shared.store.base import ApiKey, KeyStatus, Snapshot, Team, TeamChanges
+from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, KeyStatus, Snapshot, Team, TeamChanges
 from shared.store.generation import GenerationFile
 
 _SCHEMA = """
@@ -42,18 +43,36 @@ CREATE TABLE IF NOT EXISTS api_keys (
     alias          TEXT NOT NULL,
     created_at     TEXT NOT NULL,
     expires_at     TEXT,
-    last_used_at   TEXT
+    last_used_at   TEXT,
+    replaced_by    TEXT
 );
 CREATE INDEX IF NOT EXISTS api_keys_team ON api_keys(team_id);
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user_id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', 0);
+CREATE TABLE IF NOT EXISTS audit (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    outcome      INTEGER NOT NULL,
+    team_id      TEXT,
+    secret_name  TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_action ON audit(action, id);
+CREATE INDEX IF NOT EXISTS audit_team ON audit(team_id, id);
 """
+
+# Columns added after the first release, for databases created before them.
+_ADDED_COLUMNS = {"api_keys": (("replaced_by", "TEXT"),)}
 
 _KEY_COLUMNS = (
     "secret_name, key_sha256, team_id, user_id, user_email, role, status, models_allowed, "
-    "alias, created_at, expires_at, last_used_at"
+    "alias, created_at, expires_at, last_used_at, replaced_by"
 )
+_AUDIT_COLUMNS = "id, at, actor, action, method, path, outcome, team_id, secret_name"
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -92,7 +111,30 @@ def _key(row: sqlite3.Row) -> ApiKey:
         created_at=datetime.fromisoformat(row["created_at"]),
         expires_at=_dt(row["expires_at"]),
         last_used_at=_dt(row["last_used_at"]),
+        replaced_by=row["replaced_by"],
     )
+
+
+def _audit(row: sqlite3.Row) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        at=datetime.fromisoformat(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        method=row["method"],
+        path=row["path"],
+        outcome=row["outcome"],
+        team_id=row["team_id"],
+        secret_name=row["secret_name"],
+    )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class SqliteStore:
@@ -105,6 +147,7 @@ class SqliteStore:
         self._generation = GenerationFile(path.with_suffix(".generation"))
         try:
             self._connection().executescript(_SCHEMA)
+            _migrate(self._connection())
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"SQLite store at {path} cannot be initialised: {exc}") from exc
 
@@ -235,7 +278,7 @@ class SqliteStore:
                 if conn.execute("SELECT 1 FROM teams WHERE team_id = ?", (key.team_id,)).fetchone() is None:
                     raise NotFound(f"team '{key.team_id}' not found")
                 conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.secret_name,
                         key.key_sha256,
@@ -249,6 +292,7 @@ class SqliteStore:
                         _ts(key.created_at),
                         _ts(key.expires_at),
                         _ts(key.last_used_at),
+                        key.replaced_by,
                     ),
                 )
         except sqlite3.IntegrityError as exc:
@@ -304,6 +348,89 @@ class SqliteStore:
             if row is None:
                 raise NotFound(f"key '{secret_name}' not found")
         return _key(row)
+
+    def update_key(self, *, secret_name: str, changes: KeyChanges) -> ApiKey:
+        sets = {name: value for name, value in (
+            ("status", changes.status),
+            ("expires_at", _ts(changes.expires_at)),
+            ("replaced_by", changes.replaced_by),
+        ) if value is not None}
+        with self._write() as conn:
+            if sets:
+                assignments = ", ".join(f"{name} = ?" for name in sets)
+                row = conn.execute(
+                    f"UPDATE api_keys SET {assignments} WHERE secret_name = ? RETURNING {_KEY_COLUMNS}",
+                    (*sets.values(), secret_name),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_name = ?", (secret_name,)
+                ).fetchone()
+            if row is None:
+                raise NotFound(f"key '{secret_name}' not found")
+        return _key(row)
+
+    def touch_keys(self, *, last_used: Mapping[str, datetime]) -> int:
+        if not last_used:
+            return 0
+        # Not through _write: last use changes no authentication decision, so the generation
+        # stays put and the gateway keeps its snapshot.
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = 0
+                for secret_name, when in last_used.items():
+                    changed += conn.execute(
+                        "UPDATE api_keys SET last_used_at = ? WHERE secret_name = ? "
+                        "AND (last_used_at IS NULL OR last_used_at < ?)",
+                        (_ts(when), secret_name, _ts(when)),
+                    ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+        return changed
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def record_audit(self, *, entry: AuditEntry) -> AuditEntry:
+        conn = self._connection()
+        try:
+            # One autocommit INSERT: the audit log is not part of the store's generation.
+            row = conn.execute(
+                "INSERT INTO audit (at, actor, action, method, path, outcome, team_id, secret_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (_ts(entry.at), entry.actor, entry.action, entry.method, entry.path, entry.outcome,
+                 entry.team_id, entry.secret_name),
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+        return replace(entry, id=row[0])
+
+    def list_audit(self, *, where: AuditFilter) -> list[AuditEntry]:
+        clauses: list[str] = []
+        args: list[object] = []
+        for clause, value in (
+            ("action = ?", where.action),
+            ("team_id = ?", where.team_id),
+            ("outcome >= ?", where.outcome_min),
+            ("outcome <= ?", where.outcome_max),
+            ("at >= ?", _ts(where.since)),
+            ("at < ?", _ts(where.until)),
+            ("id < ?", where.before_id),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit"
+        if clauses:
+            sql += f" WHERE {' AND '.join(clauses)}"
+        with self._read() as conn:
+            rows = conn.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*args, where.limit)).fetchall()
+        return [_audit(row) for row in rows]
 
     # -- gateway support -----------------------------------------------------------------
 
