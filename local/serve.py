@@ -11,6 +11,8 @@ from typing import Protocol
 from functions._context import install_context, reset_context
 from local.admin import AdminServer
 from local.adminkey import ensure_admin_key
+from local.gateway.service import GatewayService
+from local.simulator import SimulatorService
 from shared.context import build_context
 from shared.settings import Settings
 from shared.version import VERSION
@@ -33,19 +35,27 @@ def serve(settings: Settings) -> int:
     settings, key_file, generated = ensure_admin_key(settings)
     ctx = build_context(settings)
     install_context(ctx)
-    services: list[tuple[str, Service]] = [
-        ("admin API", AdminServer(host=settings.host, port=settings.admin_port, tls_dir=settings.data_dir / "tls")),
-    ]
-    started: list[Service] = []
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    services: list[tuple[str, Service]] = []
+    started: list[Service] = []
+
+    def launch(label: str, service: Service) -> None:
+        service.start()
+        started.append(service)
+        services.append((label, service))
+
     try:
-        for _, service in services:
-            service.start()
-            started.append(service)
+        simulator = SimulatorService(settings)
+        launch("simulator", simulator)
+        # The default models file points at the simulator: give it the port actually bound.
+        simulator_port = int(simulator.url.rsplit(":", 1)[1])
+        gateway_settings = settings.model_copy(update={"simulator_port": simulator_port})
+        launch("gateway", GatewayService(gateway_settings, ctx.store))
+        launch("admin API", AdminServer(host=settings.host, port=settings.admin_port, tls_dir=settings.data_dir / "tls"))
         _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
-        for label, service in services:
+        for label, service in reversed(services):
             _say(f"  {label:<11} {service.url}")
         if generated:
             _say(f"  admin key   {ctx.settings.admin_key.get_secret_value()}  (generated; shown once, kept 0600 in {key_file})")
