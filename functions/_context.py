@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from shared.context import Context, build_context
-from shared.settings import Settings
+from shared.settings import load_settings
 
 _lock = threading.Lock()
 _current: list[Context] = []
@@ -21,7 +21,7 @@ def context() -> Context:
         return _current[0]
     with _lock:
         if not _current:
-            _current.append(build_context(Settings()))
+            _current.append(build_context(load_settings()))
         return _current[0]
 
 

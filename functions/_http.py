@@ -31,6 +31,7 @@ from shared.errors import (
 )
 from shared.routes import Route, route_for
 from shared.schemas import DnsLabel, SecretName, UserId
+from shared.settings import ConfigurationError
 
 log = logging.getLogger("maas.functions")
 Model = TypeVar("Model", bound=BaseModel)
@@ -176,6 +177,9 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
                 )
             except MaasError as error:
                 response = error_response(error)
+            except ConfigurationError as error:
+                log.error("%s cannot serve: %s", target, error)
+                response = error_response(MaasError(f"server misconfigured: {error}"))
             except Exception:  # noqa: BLE001 - the one place an unexpected error becomes a 500
                 log.exception("unhandled error in %s", target)
                 response = error_response(MaasError("internal error"))

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
-
-from shared.settings import Settings
+from shared.settings import ConfigurationError, Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,9 +32,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
         return 2
     if args.command == "serve":
         from local.serve import serve

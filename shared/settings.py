@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.durations import normalize_window
@@ -124,6 +124,17 @@ class Settings(BaseSettings):
         description="Embedded deployment: seconds between the in-process cleanup sweeps (the PingSource's role).",
     )
 
+    @field_validator("admin_key")
+    @classmethod
+    def _real_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Fail closed on the manifests' placeholder or a guessable key, rather than serve with it.
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if "REPLACE-ME" in secret.upper() or len(secret) < 16:
+            raise ValueError("ADMIN_KEY must be a random secret of at least 16 characters, not a placeholder")
+        return value
+
     @field_validator("expired_key_retention")
     @classmethod
     def _duration(cls, value: str) -> str:
@@ -137,3 +148,19 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "maas.db"
+
+
+class ConfigurationError(ValueError):
+    """Settings that cannot be used; the message names each variable and never echoes values."""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, with errors that are safe to print (no secret values)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None

@@ -107,3 +107,18 @@ def test_bad_configuration_is_a_clear_error_not_a_traceback(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "MAAS_ADMIN_PORT" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("admin_key", ["REPLACE-ME-with-a-random-admin-key", "short-key"])
+def test_placeholder_or_weak_admin_key_is_refused_without_echoing_it(tmp_path: Path, admin_key: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.runtime import ROOT
+
+    env = {**os.environ, "ADMIN_KEY": admin_key, "MAAS_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "local", "serve"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "ADMIN_KEY" in done.stderr
+    assert admin_key not in done.stderr + done.stdout
