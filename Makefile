@@ -21,7 +21,8 @@ venv: $(STAMP) ## Create the virtualenv from the pinned requirements
 run: $(STAMP) ## Serve every function, the gateway and the model simulator on this machine
 	@$(BIN)/python -m local serve
 
-test: $(STAMP) ## Run the test suite
+test: $(STAMP) ## Run the test suite (installs Debian's prometheus for the usage tests when missing)
+	@bash tools/ensure_prometheus.sh
 	@$(BIN)/python -m pytest
 
 bench: $(STAMP) ## Benchmark the gateway against a direct backend
