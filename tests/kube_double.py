@@ -3,8 +3,8 @@
 It is a real HTTP server on 127.0.0.1 (a thread, port 0) keeping the API server's semantics
 that our adapters rely on:
 
-- namespaced core/v1 Secrets: create, get, list, replace, patch (JSON merge, strategic merge
-  treated as JSON merge, RFC 6902 JSON patch), delete, deletecollection;
+- namespaced core/v1 Secrets and ConfigMaps: create, get, list, replace, patch (JSON merge,
+  strategic merge treated as JSON merge, RFC 6902 JSON patch), delete, deletecollection;
 - generic custom objects under /apis/{group}/{version}[/namespaces/{ns}]/{plural}[/{name}[/status]],
   with a status subresource (writes to the main resource keep the stored status, as for every
   CRD we use) and metadata.generation bumped on spec changes;
@@ -48,8 +48,13 @@ from kubernetes.client import ApiClient, Configuration
 
 JSON = dict[str, Any]
 
-CORE = ("", "v1", "secrets")  # the only core resource the product stores
-_SECRET_KINDS = {"secrets": "Secret"}
+# The core resources the product stores: Secrets (teams, keys) and ConfigMaps (audit entries).
+CORE_KINDS = {"secrets": "Secret", "configmaps": "ConfigMap"}
+SECRETS = ("", "v1", "secrets")
+
+
+def _is_core(res: tuple[str, str, str]) -> bool:
+    return res[0] == "" and res[1] == "v1"
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -269,6 +274,18 @@ def _fold_secret(obj: JSON) -> list[tuple[str, str]]:
     else:
         obj.pop("data", None)
     obj.setdefault("type", "Opaque")
+    return causes
+
+
+def _check_config_map(obj: JSON) -> list[tuple[str, str]]:
+    causes: list[tuple[str, str]] = []
+    for key, value in (obj.get("data") or {}).items():
+        if not _SECRET_KEY.match(key):
+            causes.append((f"data[{key}]", "Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"))
+        if not isinstance(value, str):
+            causes.append((f"data[{key}]", "Invalid value: must be a string"))
+    if sum(len(k) + len(str(v)) for k, v in (obj.get("data") or {}).items()) > _MAX_SECRET_BYTES:
+        causes.append(("data", "Too long: must have at most 1048576 bytes"))
     return causes
 
 
@@ -529,7 +546,7 @@ class KubeDouble:
         current["metadata"]["resourceVersion"] = self.cluster.next_version()
 
     def _kind(self, res: tuple[str, str, str]) -> str:
-        return _SECRET_KINDS.get(res[2]) if res == CORE else self.cluster.kinds.get(res, "")  # type: ignore[return-value]
+        return CORE_KINDS[res[2]] if _is_core(res) else self.cluster.kinds.get(res, "")
 
     def _get(self, res: tuple[str, str, str], key: Key) -> JSON:
         obj = self.cluster.objects.get(key)
@@ -575,8 +592,8 @@ class KubeDouble:
             raise bad_request("the body of the request was in an unknown format")
         obj = copy.deepcopy(obj)
         api_version = f"{res[0]}/{res[1]}" if res[0] else res[1]
-        if res == CORE:
-            obj["kind"], obj["apiVersion"] = _SECRET_KINDS[res[2]], api_version
+        if _is_core(res):
+            obj["kind"], obj["apiVersion"] = CORE_KINDS[res[2]], api_version
         else:
             if not obj.get("kind"):
                 raise bad_request("Object 'Kind' is missing in the request body")
@@ -595,8 +612,10 @@ class KubeDouble:
 
     def _check(self, res: tuple[str, str, str], obj: JSON) -> None:
         causes = _validate_meta(obj["metadata"])
-        if res == CORE:
+        if res == SECRETS:
             causes += _fold_secret(obj)
+        elif _is_core(res):
+            causes += _check_config_map(obj)
         if causes:
             raise invalid(obj["kind"], res, obj["metadata"].get("name", ""), causes)
 
@@ -619,7 +638,7 @@ class KubeDouble:
         meta["resourceVersion"] = self.cluster.next_version()
         for server_owned in ("deletionTimestamp", "managedFields", "selfLink"):
             meta.pop(server_owned, None)
-        if res != CORE:
+        if not _is_core(res):
             meta["generation"] = 1
         self.cluster.objects[key] = obj
         stored = copy.deepcopy(obj)
@@ -642,12 +661,12 @@ class KubeDouble:
         wanted_version = meta.get("resourceVersion")
         if wanted_version and wanted_version != current["metadata"]["resourceVersion"]:
             raise conflict(res, key[4])
-        if res != CORE and not wanted_version and replacing:
+        if not _is_core(res) and not wanted_version and replacing:
             raise invalid(
                 current["kind"], res, key[4],
                 [("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")],
             )
-        if res != CORE:
+        if not _is_core(res):
             # A status subresource: the main resource keeps the stored status, /status only status.
             if subresource == "status":
                 kept = copy.deepcopy(current)
@@ -666,7 +685,7 @@ class KubeDouble:
         updated["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if updated == current:
             return current  # a no-op write does not move the resourceVersion
-        if res != CORE and _spec(updated) != _spec(current):
+        if not _is_core(res) and _spec(updated) != _spec(current):
             updated["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
         updated["metadata"]["resourceVersion"] = self.cluster.next_version()
         self.cluster.objects[key] = updated
@@ -713,7 +732,7 @@ class KubeDouble:
         if options.get("orphanDependents") is True:
             propagation = "Orphan"
         deleted = self.cluster.delete(key, propagation)
-        if res == CORE:
+        if _is_core(res):
             return {
                 "kind": "Status",
                 "apiVersion": "v1",
@@ -739,7 +758,9 @@ def _spec(obj: JSON) -> JSON:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
-_CORE_PATH = re.compile(r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>secrets)(?:/(?P<name>[^/]+))?/?$")
+_CORE_PATH = re.compile(
+    r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>secrets|configmaps)(?:/(?P<name>[^/]+))?/?$"
+)
 _GROUP_PATH = re.compile(
     r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)"
     r"(?:/(?P<name>[^/]+)(?:/(?P<sub>status))?)?/?$"
@@ -749,7 +770,7 @@ _GROUP_PATH = re.compile(
 def _route(path: str) -> tuple[tuple[str, str, str], str | None, str | None, str | None] | None:
     match = _CORE_PATH.match(path)
     if match:
-        return CORE, match["ns"], match["name"], None
+        return ("", "v1", match["plural"]), match["ns"], match["name"], None
     match = _GROUP_PATH.match(path)
     if match and match["plural"] != "namespaces":
         return (match["group"], match["version"], match["plural"]), match["ns"], match["name"], match["sub"]

@@ -15,7 +15,7 @@ from kubernetes.client import ApiClient, Configuration, CoreV1Api
 
 from shared.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
-from shared.store.base import ApiKey, Store, Team, TeamChanges
+from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, Store, Team, TeamChanges
 from shared.store.kube import KubernetesStore, team_body
 from tests import crds
 from tests.kube_double import KubeDouble, running_double
@@ -376,3 +376,71 @@ def test_errors_never_carry_the_api_key(cluster: tuple[KubeDouble, KubernetesSto
     with double.unreachable(), pytest.raises(BackendUnavailable) as down:
         store.create_key(key=other, api_key=other_key)
     assert other_key not in str(down.value)
+
+
+# -- key lifecycle and audit (ConfigMaps) ------------------------------------------------------
+
+
+def test_update_key_changes_lifecycle_fields_under_conflicts(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, _ = seeded(store)
+    ends = T0 + timedelta(hours=2)
+    double.inject_conflicts(2)
+    updated = store.update_key(secret_name=key.secret_name, changes=KeyChanges(expires_at=ends, replaced_by="apikey-alice-x-1"))
+    assert updated == replace(key, expires_at=ends, replaced_by="apikey-alice-x-1")
+    assert double.pending_conflicts == 0
+    assert store.get_key(secret_name=key.secret_name) == updated
+    notes = double.get("secrets", NS, key.secret_name)["metadata"]["annotations"]  # type: ignore[index]
+    assert notes["maas/expires-at"] == ends.isoformat() and notes["maas/replaced-by"] == "apikey-alice-x-1"
+    revoked = store.update_key(secret_name=key.secret_name, changes=KeyChanges(status="revoked"))
+    assert revoked.status == "revoked" and revoked.replaced_by == "apikey-alice-x-1"
+    with pytest.raises(NotFound):
+        store.update_key(secret_name="apikey-nobody-x-00000000", changes=KeyChanges(status="revoked"))
+
+
+def test_touch_keys_only_moves_forward_and_skips_unknown(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    _, store = cluster
+    _, key, _ = seeded(store)
+    generation = store.generation()
+    later = T0 + timedelta(minutes=10)
+    assert store.touch_keys(last_used={key.secret_name: later, "apikey-gone-x-00000000": later}) == 1
+    assert store.touch_keys(last_used={key.secret_name: T0}) == 0  # older: ignored
+    assert store.get_key(secret_name=key.secret_name).last_used_at == later
+    assert store.generation() == generation  # last use decides nothing about authentication
+
+
+def audit_entry(n: int, **overrides: object) -> AuditEntry:
+    fields: dict[str, object] = {
+        "at": T0 + timedelta(seconds=n),
+        "actor": "admin",
+        "action": "create_key" if n % 2 else "create_team",
+        "method": "POST",
+        "path": f"/teams/team-{n % 3}/keys",
+        "outcome": 201 if n % 4 else 409,
+        "team_id": f"team-{n % 3}",
+        "secret_name": None,
+    }
+    fields.update(overrides)
+    return AuditEntry(**fields)  # type: ignore[arg-type]
+
+
+def test_audit_entries_are_config_maps_listed_newest_first(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    recorded = [store.record_audit(entry=audit_entry(n)) for n in range(8)]
+    ids = [e.id for e in recorded]
+    assert all(i is not None for i in ids) and ids == sorted(ids) and len(set(ids)) == 8
+    assert len(double.names("configmaps", NS)) == 8
+    everything = store.list_audit(where=AuditFilter())
+    assert everything == list(reversed(recorded))
+    assert store.list_audit(where=AuditFilter(action="create_team", team_id="team-0")) == [
+        e for e in reversed(recorded) if e.action == "create_team" and e.team_id == "team-0"
+    ]
+    assert [e.outcome for e in store.list_audit(where=AuditFilter(outcome_min=400))] == [409, 409]
+    page = store.list_audit(where=AuditFilter(limit=3))
+    assert page == everything[:3]
+    assert store.list_audit(where=AuditFilter(before_id=page[-1].id, limit=3)) == everything[3:6]
+    window = store.list_audit(where=AuditFilter(since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=4)))
+    assert [e.at for e in window] == [T0 + timedelta(seconds=3), T0 + timedelta(seconds=2)]
+    assert store.list_audit(where=AuditFilter(action="not a label!")) == []
+    # Audit ConfigMaps are neither teams nor keys.
+    assert store.list_teams() == [] and store.list_keys() == []

@@ -12,6 +12,10 @@ read-modify-write is a patch conditioned on the resourceVersion it read, retried
 of times on 409; deletes are conditioned on the uid/resourceVersion that was read, so a delete
 never removes an object re-created in between.
 
+Audit entries are ConfigMaps `maas-audit-<id>` (label `maas/resource-type: audit`, plus
+`maas/action`, `maas/team-id`, `maas/outcome` for selection), the id being microseconds since the
+epoch; they are never key material. Retention is the cleanup sweep's business, not the store's.
+
 Revocation: only an active key keeps the `app` and `kuadrant.io/auth-secret` labels that
 Authorino selects by, so revoking or expiring a key removes it from the gateway's view at once.
 
@@ -35,7 +39,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -43,20 +47,38 @@ from typing import Any
 
 import urllib3
 from kubernetes import config as kube_config
-from kubernetes.client import ApiClient, Configuration, CoreV1Api, V1DeleteOptions, V1Preconditions, V1Secret
+from kubernetes.client import (
+    ApiClient,
+    Configuration,
+    CoreV1Api,
+    V1ConfigMap,
+    V1DeleteOptions,
+    V1Preconditions,
+    V1Secret,
+)
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from shared.errors import BackendUnavailable, Conflict, InvalidRequest, MaasError, NotFound
 from shared.keymaterial import key_sha256 as sha256_of
 from shared.settings import Settings
-from shared.store.base import ApiKey, KeyStatus, Snapshot, Team, TeamChanges
+from shared.store.base import (
+    ApiKey,
+    AuditEntry,
+    AuditFilter,
+    KeyChanges,
+    KeyStatus,
+    Snapshot,
+    Team,
+    TeamChanges,
+)
 
 __all__ = ["KubernetesStore", "api_client_from_config", "kube_errors", "retry_on_conflict"]
 
 RESOURCE_TYPE = "maas/resource-type"
 TEAM_TYPE = "team-config"
 KEY_TYPE = "team-key"
+AUDIT_TYPE = "audit"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
 ATTEMPTS = 5  # read-modify-write attempts before giving up on a resourceVersion conflict
@@ -253,6 +275,8 @@ def _key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
         notes["maas/expires-at"] = _ts(key.expires_at)
     if key.last_used_at is not None:
         notes["maas/last-used-at"] = _ts(key.last_used_at)
+    if key.replaced_by:
+        notes["maas/replaced-by"] = key.replaced_by
     return notes
 
 
@@ -299,6 +323,7 @@ def _key(secret: V1Secret) -> ApiKey:
             alias=notes.get("maas/alias", ""),
             expires_at=_dt(notes.get("maas/expires-at")),
             last_used_at=_dt(notes.get("maas/last-used-at")),
+            replaced_by=notes.get("maas/replaced-by") or None,
         )
     except (KeyError, ValueError) as exc:
         raise BackendUnavailable(
@@ -308,6 +333,61 @@ def _key(secret: V1Secret) -> ApiKey:
 
 def _is(secret: V1Secret, kind: str) -> bool:
     return (secret.metadata.labels or {}).get(RESOURCE_TYPE) == kind
+
+
+def audit_body(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry as a ConfigMap: filterable fields as labels, the entry as data."""
+    labels = {RESOURCE_TYPE: AUDIT_TYPE, "maas/outcome": str(entry.outcome)}
+    for label, value in (("maas/action", entry.action), ("maas/team-id", entry.team_id)):
+        if value and len(value) <= 63 and _LABEL_VALUE.match(value):
+            labels[label] = value
+    data = {
+        "id": str(entry.id),
+        "at": _ts(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "method": entry.method,
+        "path": entry.path,
+        "outcome": str(entry.outcome),
+    }
+    if entry.team_id is not None:
+        data["team_id"] = entry.team_id
+    if entry.secret_name is not None:
+        data["secret_name"] = entry.secret_name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"maas-audit-{entry.id}", "labels": labels},
+        "data": data,
+    }
+
+
+def _audit(config_map: V1ConfigMap) -> AuditEntry | None:
+    data = config_map.data or {}
+    try:
+        return AuditEntry(
+            id=int(data["id"]),
+            at=datetime.fromisoformat(data["at"]),
+            actor=data["actor"],
+            action=data["action"],
+            method=data["method"],
+            path=data["path"],
+            outcome=int(data["outcome"]),
+            team_id=data.get("team_id"),
+            secret_name=data.get("secret_name"),
+        )
+    except (KeyError, ValueError):
+        return None  # not one of ours, or hand-edited: an audit listing skips it
+
+
+def _matches(entry: AuditEntry, where: AuditFilter) -> bool:
+    return not (
+        (where.outcome_min is not None and entry.outcome < where.outcome_min)
+        or (where.outcome_max is not None and entry.outcome > where.outcome_max)
+        or (where.since is not None and entry.at < where.since)
+        or (where.until is not None and entry.at >= where.until)
+        or (where.before_id is not None and (entry.id or 0) >= where.before_id)
+    )
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -333,6 +413,7 @@ class KubernetesStore:
         self._generation = 0
         self._seen_version: str | None = None
         self._checked_at = 0.0
+        self._audit_id = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubernetesStore:
@@ -519,20 +600,94 @@ class KubernetesStore:
         return removed
 
     def set_key_status(self, *, secret_name: str, status: KeyStatus) -> ApiKey:
+        return self.update_key(secret_name=secret_name, changes=KeyChanges(status=status))
+
+    def update_key(self, *, secret_name: str, changes: KeyChanges) -> ApiKey:
+        given = {
+            name: value
+            for name, value in (
+                ("status", changes.status),
+                ("expires_at", changes.expires_at),
+                ("replaced_by", changes.replaced_by),
+            )
+            if value is not None
+        }
+
         def attempt() -> ApiKey:
             secret = self._read_key(secret_name)
-            changed = replace(_key(secret), status=status)
-            patch = {
-                "metadata": {
-                    "labels": _selected_labels(changed, self._selector),
-                    "annotations": {"maas/status": status},
-                }
-            }
+            current = _key(secret)
+            changed = replace(current, **given)
+            if changed == current:
+                return current
+            notes = {"maas/status": changed.status}
+            if changed.expires_at is not None:
+                notes["maas/expires-at"] = _ts(changed.expires_at)
+            if changed.replaced_by:
+                notes["maas/replaced-by"] = changed.replaced_by
+            patch = {"metadata": {"labels": _selected_labels(changed, self._selector), "annotations": notes}}
             return _key(self._patch(secret, patch))
 
         updated = retry_on_conflict(attempt, f"key '{secret_name}'")
         self._bump()
         return updated
+
+    def touch_keys(self, *, last_used: Mapping[str, datetime]) -> int:
+        # Each key is one conditioned patch that only moves forward; the generation stays put
+        # (last use changes no authentication decision).
+        changed = 0
+        for secret_name, when in last_used.items():
+
+            def attempt(secret_name: str = secret_name, when: datetime = when) -> bool:
+                secret = self._read_key(secret_name)
+                seen = _key(secret).last_used_at
+                if seen is not None and seen >= when:
+                    return False
+                self._patch(secret, {"metadata": {"annotations": {"maas/last-used-at": _ts(when)}}})
+                return True
+
+            try:
+                changed += bool(retry_on_conflict(attempt, f"key '{secret_name}'"))
+            except NotFound:
+                continue  # deleted meanwhile
+        return changed
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def record_audit(self, *, entry: AuditEntry) -> AuditEntry:
+        for _ in range(ATTEMPTS):
+            entry_id = self._next_audit_id()
+            try:
+                with kube_errors("audit entry"):
+                    self._core.create_namespaced_config_map(
+                        self._namespace, audit_body(replace(entry, id=entry_id)), _request_timeout=self._timeout
+                    )
+            except Conflict:
+                continue  # another replica took this id in the same microsecond
+            return replace(entry, id=entry_id)
+        raise BackendUnavailable("Kubernetes API: no free audit entry id after several attempts")
+
+    def _next_audit_id(self) -> int:
+        """Microseconds since the epoch, strictly increasing in this process: ids order entries
+        across replicas as far as their clocks agree, and a collision is an AlreadyExists."""
+        with self._lock:
+            self._audit_id = max(self._audit_id + 1, time.time_ns() // 1000)
+            return self._audit_id
+
+    def list_audit(self, *, where: AuditFilter) -> list[AuditEntry]:
+        selector = f"{RESOURCE_TYPE}={AUDIT_TYPE}"
+        for label, value in (("maas/action", where.action), ("maas/team-id", where.team_id)):
+            if value is None:
+                continue
+            if not value or len(value) > 63 or not _LABEL_VALUE.match(value):
+                return []
+            selector += f",{label}={value}"
+        with kube_errors("audit entries"):
+            listed = self._core.list_namespaced_config_map(
+                self._namespace, label_selector=selector, _request_timeout=self._timeout
+            )
+        entries = [e for e in (_audit(c) for c in listed.items or []) if e is not None and _matches(e, where)]
+        entries.sort(key=lambda e: e.id or 0, reverse=True)
+        return entries[: max(where.limit, 0)]
 
     # -- gateway support -----------------------------------------------------------------
 
