@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from functions._context import install_context, reset_context
+from functions._context import install_context
 from local.admin import AdminServer
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
@@ -83,7 +83,7 @@ def admin_server(settings: Settings) -> Iterator[AdminServer]:
 
 
 @pytest.fixture
-def use(ctx: Context) -> Iterator[Any]:
+def use(ctx: Context, tmp_path: Path) -> Iterator[Any]:
     """Install the module's Context, or one with other settings over the same store."""
 
     def install(**changes: Any) -> None:
@@ -91,10 +91,9 @@ def use(ctx: Context) -> Iterator[Any]:
 
     install()
     yield install
-    # The module's store outlives each test; drop the Context without closing it.
-    from functions import _context
-
-    _context._current.clear()
+    # The module's store outlives each test: leave a throwaway Context for the per-test reset
+    # to close instead.
+    install_context(build_context(Settings(data_dir=tmp_path / "throwaway")))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +112,7 @@ def _post(admin: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any
 @pytest.fixture(scope="module")
 def traffic(admin_server: AdminServer, admin: httpx.Client, gateway: GatewayService, ctx: Context) -> dict[str, Any]:
     """Quickstart steps 1-5 for two teams; returns what the clients saw."""
-    install_context(ctx)
+    install_context(Context(settings=ctx.settings, store=ctx.store))
     _post(admin, "/teams", {"team_id": "test-team", "team_name": "Test Team", "policy": "test-tokens",
                             "token_limit": 100000, "time_window": "1h"})
     _post(admin, "/teams", {"team_id": "tiny", "team_name": "Tiny", "policy": "tiny-tokens",
