@@ -12,11 +12,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from kubernetes.client import ApiClient, Configuration, CoreV1Api
+from kubernetes.client.exceptions import ApiException
 
 from shared.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, Store, Team, TeamChanges
-from shared.store.kube import KubernetesStore, team_body
+from shared.store.kube import KubernetesStore
+from shared.store.kubeshapes import key_body, team_body
 from tests import crds
 from tests.kube_double import KubeDouble, running_double
 
@@ -212,8 +214,6 @@ def test_update_writes_are_conditioned_on_the_version_read(cluster: tuple[KubeDo
     api = CoreV1Api(store.api_client)
     stale = api.read_namespaced_secret("team-data-science-config", NS)
     store.update_team(team_id="data-science", changes=TeamChanges(token_limit=9))
-    from kubernetes.client.exceptions import ApiException
-
     with pytest.raises(ApiException) as caught:
         api.patch_namespaced_secret(
             "team-data-science-config", NS,
@@ -303,8 +303,6 @@ def test_a_key_created_for_a_team_deleted_meanwhile_is_collected(cluster: tuple[
     store.delete_team(team_id=team.team_id)
     key, api_key = a_key()
     # The create that lost the race: it read the team (uid) before the delete.
-    from shared.store.kube import key_body
-
     CoreV1Api(store.api_client).create_namespaced_secret(NS, key_body(key, api_key, team, team_secret.metadata.uid, SELECTOR))
     assert double.names("secrets", NS) == []
 

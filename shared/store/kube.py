@@ -1,11 +1,10 @@
 """The cluster Store: teams and API keys as Kubernetes Secrets that Authorino reads directly.
 
-Shapes (DESIGN.md "Kubernetes shapes"): a team is the Secret `team-<team_id>-config`, its fields
-in annotations; a key is the Secret named by its `secret_name`, holding the plaintext key in
-`api_key` (Authorino compares plaintext), labelled so that the AuthPolicy's selector finds it,
-with an ownerReference to its team Secret so that garbage collection backs up the explicit
-cascade of `delete_team`. Besides the annotations DESIGN.md lists, a key carries `maas/role` and
-`maas/last-used-at`, the rest of its record.
+Shapes (DESIGN.md "Kubernetes shapes", built and read in `shared.store.kubeshapes`): a team is
+the Secret `team-<team_id>-config`, its fields in annotations; a key is the Secret named by its
+`secret_name`, holding the plaintext key in `api_key` (Authorino compares plaintext), labelled so
+that the AuthPolicy's selector finds it, with an ownerReference to its team Secret so that
+garbage collection backs up the explicit cascade of `delete_team`.
 
 Concurrency is the API server's: a racing create loses with AlreadyExists (-> Conflict); every
 read-modify-write is a patch conditioned on the resourceVersion it read, retried a bounded number
@@ -32,8 +31,6 @@ and are reused by `shared.kubeapply` and `shared.catalog.kserve`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 import re
@@ -42,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import urllib3
@@ -51,7 +48,6 @@ from kubernetes.client import (
     ApiClient,
     Configuration,
     CoreV1Api,
-    V1ConfigMap,
     V1DeleteOptions,
     V1Preconditions,
     V1Secret,
@@ -62,32 +58,35 @@ from kubernetes.config.config_exception import ConfigException
 from shared.errors import BackendUnavailable, Conflict, InvalidRequest, MaasError, NotFound
 from shared.keymaterial import key_sha256 as sha256_of
 from shared.settings import Settings
-from shared.store.base import (
-    ApiKey,
-    AuditEntry,
-    AuditFilter,
-    KeyChanges,
-    KeyStatus,
-    Snapshot,
-    Team,
-    TeamChanges,
+from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, KeyStatus, Snapshot, Team, TeamChanges
+from shared.store.kubeshapes import (
+    AUDIT_TYPE,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    KEY_TYPE,
+    LABEL_VALUE,
+    RESOURCE_TYPE,
+    SHA_LABEL,
+    SHA_PREFIX_LEN,
+    TEAM_TYPE,
+    audit_body,
+    audit_from_config_map,
+    audit_matches,
+    is_kind,
+    key_body,
+    key_from_secret,
+    selected_labels,
+    team_annotations,
+    team_body,
+    team_from_secret,
+    team_secret_name,
+    timestamp,
 )
 
 __all__ = ["KubernetesStore", "api_client_from_config", "kube_errors", "retry_on_conflict"]
 
-RESOURCE_TYPE = "maas/resource-type"
-TEAM_TYPE = "team-config"
-KEY_TYPE = "team-key"
-AUDIT_TYPE = "audit"
-SHA_LABEL = "maas/key-sha256"
-SHA_PREFIX_LEN = 32
 ATTEMPTS = 5  # read-modify-write attempts before giving up on a resourceVersion conflict
 REQUEST_TIMEOUT = (3.0, 10.0)  # (connect, read) seconds: an unreachable API fails fast
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
 
 # -- the adapter boundary: kubernetes errors -> our errors ---------------------------------
 
@@ -184,212 +183,6 @@ def api_client_from_config() -> ApiClient:
     return ApiClient(configuration)
 
 
-# -- records <-> Secrets -----------------------------------------------------------------------
-
-
-def _ts(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat()
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def team_secret_name(team_id: str) -> str:
-    return f"team-{team_id}-config"
-
-
-def _decode(secret: V1Secret, field: str) -> str:
-    raw = (secret.data or {}).get(field, "")
-    try:
-        return base64.b64decode(raw).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return ""
-
-
-def _team_annotations(team: Team) -> dict[str, str]:
-    return {
-        "maas/team-name": team.team_name,
-        "maas/description": team.description,
-        "maas/policy": team.policy,
-        "maas/token-limit": str(team.token_limit),
-        "maas/time-window": team.time_window,
-        "maas/limit-scope": team.limit_scope,
-        "maas/created-at": _ts(team.created_at),
-    }
-
-
-def team_body(team: Team) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": team_secret_name(team.team_id),
-            "labels": {RESOURCE_TYPE: TEAM_TYPE, "maas/team-id": team.team_id},
-            "annotations": _team_annotations(team),
-        },
-    }
-
-
-def _team(secret: V1Secret) -> Team:
-    labels = secret.metadata.labels or {}
-    notes = secret.metadata.annotations or {}
-    try:
-        return Team(
-            team_id=labels["maas/team-id"],
-            team_name=notes.get("maas/team-name", ""),
-            description=notes.get("maas/description", ""),
-            policy=notes.get("maas/policy", ""),
-            token_limit=int(notes["maas/token-limit"]),
-            time_window=notes["maas/time-window"],
-            limit_scope="team" if notes.get("maas/limit-scope") == "team" else "user",
-            created_at=_dt(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
-        )
-    except (KeyError, ValueError) as exc:
-        raise BackendUnavailable(
-            f"team Secret '{secret.metadata.name}' is malformed (missing or bad {exc}); fix or delete it"
-        ) from exc
-
-
-def _selected_labels(key: ApiKey, selector: str) -> dict[str, str | None]:
-    """The labels Authorino selects by: present only while the key is active."""
-    active = key.status == "active"
-    return {"kuadrant.io/auth-secret": "true" if active else None, "app": selector if active else None}
-
-
-def _key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
-    notes = {
-        "secret.kuadrant.io/user-id": key.user_id,
-        "kuadrant.io/groups": team.policy,
-        "maas/team-id": key.team_id,
-        "maas/user-email": key.user_email,
-        "maas/models-allowed": ",".join(key.models_allowed),
-        "maas/status": key.status,
-        "maas/created-at": _ts(key.created_at),
-        "maas/role": key.role,
-    }
-    if key.alias:
-        notes["maas/alias"] = key.alias
-    if key.expires_at is not None:
-        notes["maas/expires-at"] = _ts(key.expires_at)
-    if key.last_used_at is not None:
-        notes["maas/last-used-at"] = _ts(key.last_used_at)
-    if key.replaced_by:
-        notes["maas/replaced-by"] = key.replaced_by
-    return notes
-
-
-def key_body(key: ApiKey, api_key: str, team: Team, team_uid: str, selector: str) -> dict[str, Any]:
-    labels = {
-        RESOURCE_TYPE: KEY_TYPE,
-        "maas/team-id": key.team_id,
-        "maas/user-id": key.user_id,
-        SHA_LABEL: key.key_sha256[:SHA_PREFIX_LEN],
-    }
-    labels.update({k: v for k, v in _selected_labels(key, selector).items() if v is not None})
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": key.secret_name,
-            "labels": labels,
-            "annotations": _key_annotations(key, team),
-            "ownerReferences": [
-                {"apiVersion": "v1", "kind": "Secret", "name": team_secret_name(team.team_id), "uid": team_uid}
-            ],
-        },
-        "stringData": {"api_key": api_key},
-    }
-
-
-def _key(secret: V1Secret) -> ApiKey:
-    labels = secret.metadata.labels or {}
-    notes = secret.metadata.annotations or {}
-    models = notes.get("maas/models-allowed", "")
-    status = notes.get("maas/status", "active")
-    try:
-        return ApiKey(
-            secret_name=secret.metadata.name,
-            key_sha256=sha256_of(_decode(secret, "api_key")),
-            team_id=labels["maas/team-id"],
-            user_id=labels["maas/user-id"],
-            user_email=notes.get("maas/user-email", ""),
-            role=notes.get("maas/role", "user"),
-            status=status if status in ("active", "revoked", "expired") else "revoked",  # type: ignore[arg-type]
-            created_at=_dt(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
-            models_allowed=tuple(models.split(",")) if models else (),
-            alias=notes.get("maas/alias", ""),
-            expires_at=_dt(notes.get("maas/expires-at")),
-            last_used_at=_dt(notes.get("maas/last-used-at")),
-            replaced_by=notes.get("maas/replaced-by") or None,
-        )
-    except (KeyError, ValueError) as exc:
-        raise BackendUnavailable(
-            f"key Secret '{secret.metadata.name}' is malformed (missing or bad {exc}); fix or delete it"
-        ) from exc
-
-
-def _is(secret: V1Secret, kind: str) -> bool:
-    return (secret.metadata.labels or {}).get(RESOURCE_TYPE) == kind
-
-
-def audit_body(entry: AuditEntry) -> dict[str, Any]:
-    """An audit entry as a ConfigMap: filterable fields as labels, the entry as data."""
-    labels = {RESOURCE_TYPE: AUDIT_TYPE, "maas/outcome": str(entry.outcome)}
-    for label, value in (("maas/action", entry.action), ("maas/team-id", entry.team_id)):
-        if value and len(value) <= 63 and _LABEL_VALUE.match(value):
-            labels[label] = value
-    data = {
-        "id": str(entry.id),
-        "at": _ts(entry.at),
-        "actor": entry.actor,
-        "action": entry.action,
-        "method": entry.method,
-        "path": entry.path,
-        "outcome": str(entry.outcome),
-    }
-    if entry.team_id is not None:
-        data["team_id"] = entry.team_id
-    if entry.secret_name is not None:
-        data["secret_name"] = entry.secret_name
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": f"maas-audit-{entry.id}", "labels": labels},
-        "data": data,
-    }
-
-
-def _audit(config_map: V1ConfigMap) -> AuditEntry | None:
-    data = config_map.data or {}
-    try:
-        return AuditEntry(
-            id=int(data["id"]),
-            at=datetime.fromisoformat(data["at"]),
-            actor=data["actor"],
-            action=data["action"],
-            method=data["method"],
-            path=data["path"],
-            outcome=int(data["outcome"]),
-            team_id=data.get("team_id"),
-            secret_name=data.get("secret_name"),
-        )
-    except (KeyError, ValueError):
-        return None  # not one of ours, or hand-edited: an audit listing skips it
-
-
-def _matches(entry: AuditEntry, where: AuditFilter) -> bool:
-    return not (
-        (where.outcome_min is not None and entry.outcome < where.outcome_min)
-        or (where.outcome_max is not None and entry.outcome > where.outcome_max)
-        or (where.since is not None and entry.at < where.since)
-        or (where.until is not None and entry.at >= where.until)
-        or (where.before_id is not None and (entry.id or 0) >= where.before_id)
-    )
-
-
 # -- the store ---------------------------------------------------------------------------------
 
 
@@ -469,19 +262,19 @@ class KubernetesStore:
 
     def _read_team(self, team_id: str) -> V1Secret:
         what = f"team '{team_id}'"
-        if not _DNS_LABEL.match(team_id):
+        if not DNS_LABEL.match(team_id):
             raise NotFound(f"{what} not found")
         secret = self._read(team_secret_name(team_id), what)
-        if not _is(secret, TEAM_TYPE):
+        if not is_kind(secret, TEAM_TYPE):
             raise NotFound(f"{what} not found")
         return secret
 
     def _read_key(self, secret_name: str) -> V1Secret:
         what = f"key '{secret_name}'"
-        if len(secret_name) > 253 or not _DNS_SUBDOMAIN.match(secret_name):
+        if len(secret_name) > 253 or not DNS_SUBDOMAIN.match(secret_name):
             raise NotFound(f"{what} not found")
         secret = self._read(secret_name, what)
-        if not _is(secret, KEY_TYPE):
+        if not is_kind(secret, KEY_TYPE):
             raise NotFound(f"{what} not found")
         return secret
 
@@ -496,19 +289,19 @@ class KubernetesStore:
         return team
 
     def get_team(self, *, team_id: str) -> Team:
-        return _team(self._read_team(team_id))
+        return team_from_secret(self._read_team(team_id))
 
     def list_teams(self) -> list[Team]:
-        teams = [_team(s) for s in self._list(f"{RESOURCE_TYPE}={TEAM_TYPE}", "teams")]
+        teams = [team_from_secret(s) for s in self._list(f"{RESOURCE_TYPE}={TEAM_TYPE}", "teams")]
         return sorted(teams, key=lambda t: t.team_id)
 
     def update_team(self, *, team_id: str, changes: TeamChanges) -> Team:
         def attempt() -> Team:
             # Read inside the attempt: the patch is conditioned on this read's version.
             secret = self._read_team(team_id)
-            updated = changes.apply(_team(secret))
-            written = self._patch(secret, {"metadata": {"annotations": _team_annotations(updated)}})
-            return _team(written)
+            updated = changes.apply(team_from_secret(secret))
+            written = self._patch(secret, {"metadata": {"annotations": team_annotations(updated)}})
+            return team_from_secret(written)
 
         updated = retry_on_conflict(attempt, f"team '{team_id}'")
         self._bump()
@@ -541,7 +334,7 @@ class KubernetesStore:
                     self._delete(secret)
             except (NotFound, Conflict):
                 continue  # deleted or changed meanwhile; the ownerReference still collects it
-            removed.append(_key(secret))
+            removed.append(key_from_secret(secret))
         with kube_errors(f"team '{team_id}'"):
             try:
                 self._delete(team_secret)
@@ -560,21 +353,21 @@ class KubernetesStore:
         team_secret = self._read_team(key.team_id)
         if self.find_key(key_sha256=key.key_sha256) is not None:
             raise Conflict("an identical API key already exists")
-        body = key_body(key, api_key, _team(team_secret), team_secret.metadata.uid, self._selector)
+        body = key_body(key, api_key, team_from_secret(team_secret), team_secret.metadata.uid, self._selector)
         with kube_errors(f"key '{key.secret_name}'"):
             written = self._core.create_namespaced_secret(self._namespace, body, _request_timeout=self._timeout)
         self._bump(written)
         return key
 
     def get_key(self, *, secret_name: str) -> ApiKey:
-        return _key(self._read_key(secret_name))
+        return key_from_secret(self._read_key(secret_name))
 
     def find_key(self, *, key_sha256: str) -> ApiKey | None:
         prefix = key_sha256[:SHA_PREFIX_LEN].lower()
         if not re.fullmatch(r"[0-9a-f]{32}", prefix):
             return None
         for secret in self._list(f"{RESOURCE_TYPE}={KEY_TYPE},{SHA_LABEL}={prefix}", "keys"):
-            record = _key(secret)
+            record = key_from_secret(secret)
             if hmac.compare_digest(record.key_sha256, key_sha256):
                 return record
         return None
@@ -584,16 +377,16 @@ class KubernetesStore:
         for label, value in (("maas/team-id", team_id), ("maas/user-id", user_id)):
             if value is None:
                 continue
-            if not value or len(value) > 63 or not _LABEL_VALUE.match(value):
+            if not value or len(value) > 63 or not LABEL_VALUE.match(value):
                 return []  # no Secret can carry such a label value
             selector += f",{label}={value}"
-        return [_key(s) for s in self._list(selector, "keys")]
+        return [key_from_secret(s) for s in self._list(selector, "keys")]
 
     def delete_key(self, *, secret_name: str) -> ApiKey:
         def attempt() -> ApiKey:
             secret = self._read_key(secret_name)
             self._delete(secret)
-            return _key(secret)
+            return key_from_secret(secret)
 
         removed = retry_on_conflict(attempt, f"key '{secret_name}'")
         self._bump()
@@ -615,17 +408,17 @@ class KubernetesStore:
 
         def attempt() -> ApiKey:
             secret = self._read_key(secret_name)
-            current = _key(secret)
+            current = key_from_secret(secret)
             changed = replace(current, **given)
             if changed == current:
                 return current
             notes = {"maas/status": changed.status}
             if changed.expires_at is not None:
-                notes["maas/expires-at"] = _ts(changed.expires_at)
+                notes["maas/expires-at"] = timestamp(changed.expires_at)
             if changed.replaced_by:
                 notes["maas/replaced-by"] = changed.replaced_by
-            patch = {"metadata": {"labels": _selected_labels(changed, self._selector), "annotations": notes}}
-            return _key(self._patch(secret, patch))
+            patch = {"metadata": {"labels": selected_labels(changed, self._selector), "annotations": notes}}
+            return key_from_secret(self._patch(secret, patch))
 
         updated = retry_on_conflict(attempt, f"key '{secret_name}'")
         self._bump()
@@ -639,10 +432,10 @@ class KubernetesStore:
 
             def attempt(secret_name: str = secret_name, when: datetime = when) -> bool:
                 secret = self._read_key(secret_name)
-                seen = _key(secret).last_used_at
+                seen = key_from_secret(secret).last_used_at
                 if seen is not None and seen >= when:
                     return False
-                self._patch(secret, {"metadata": {"annotations": {"maas/last-used-at": _ts(when)}}})
+                self._patch(secret, {"metadata": {"annotations": {"maas/last-used-at": timestamp(when)}}})
                 return True
 
             try:
@@ -678,14 +471,14 @@ class KubernetesStore:
         for label, value in (("maas/action", where.action), ("maas/team-id", where.team_id)):
             if value is None:
                 continue
-            if not value or len(value) > 63 or not _LABEL_VALUE.match(value):
+            if not value or len(value) > 63 or not LABEL_VALUE.match(value):
                 return []
             selector += f",{label}={value}"
         with kube_errors("audit entries"):
             listed = self._core.list_namespaced_config_map(
                 self._namespace, label_selector=selector, _request_timeout=self._timeout
             )
-        entries = [e for e in (_audit(c) for c in listed.items or []) if e is not None and _matches(e, where)]
+        entries = [e for e in (audit_from_config_map(c) for c in listed.items or []) if e is not None and audit_matches(e, where)]
         entries.sort(key=lambda e: e.id or 0, reverse=True)
         return entries[: max(where.limit, 0)]
 
@@ -693,7 +486,7 @@ class KubernetesStore:
 
     def snapshot(self) -> Snapshot:
         teams = {t.team_id: t for t in self.list_teams()}
-        keys = {k.key_sha256: k for k in (_key(s) for s in self._list(f"{RESOURCE_TYPE}={KEY_TYPE}", "keys"))}
+        keys = {k.key_sha256: k for k in (key_from_secret(s) for s in self._list(f"{RESOURCE_TYPE}={KEY_TYPE}", "keys"))}
         return Snapshot(teams=teams, keys_by_sha256=keys)
 
     def generation(self) -> int:

@@ -1,0 +1,237 @@
+"""Teams, keys and audit entries as Kubernetes objects: the shapes of DESIGN.md "Kubernetes
+shapes", as plain dicts to send and as records read back.
+
+Pure functions, no client: `shared.store.kube` talks to the API server with them. Readers take
+the kubernetes client's models (`V1Secret`, `V1ConfigMap`) by their attributes only
+(`metadata.labels`, `metadata.annotations`, `data`, ...), so this module needs no import of it.
+
+Besides the annotations DESIGN.md lists, a key carries `maas/role`, `maas/last-used-at` and
+`maas/replaced-by`, the rest of its record. Only an active key carries the `app` and
+`kuadrant.io/auth-secret` labels Authorino selects by.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from shared.errors import BackendUnavailable
+from shared.keymaterial import key_sha256 as sha256_of
+from shared.store.base import ApiKey, AuditEntry, AuditFilter, Team
+
+RESOURCE_TYPE = "maas/resource-type"
+TEAM_TYPE = "team-config"
+KEY_TYPE = "team-key"
+AUDIT_TYPE = "audit"
+SHA_LABEL = "maas/key-sha256"
+SHA_PREFIX_LEN = 32
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def timestamp(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def team_secret_name(team_id: str) -> str:
+    return f"team-{team_id}-config"
+
+
+def _decode(secret: Any, field: str) -> str:
+    raw = (secret.data or {}).get(field, "")
+    try:
+        return base64.b64decode(raw).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
+def team_annotations(team: Team) -> dict[str, str]:
+    return {
+        "maas/team-name": team.team_name,
+        "maas/description": team.description,
+        "maas/policy": team.policy,
+        "maas/token-limit": str(team.token_limit),
+        "maas/time-window": team.time_window,
+        "maas/limit-scope": team.limit_scope,
+        "maas/created-at": timestamp(team.created_at),
+    }
+
+
+def team_body(team: Team) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": team_secret_name(team.team_id),
+            "labels": {RESOURCE_TYPE: TEAM_TYPE, "maas/team-id": team.team_id},
+            "annotations": team_annotations(team),
+        },
+    }
+
+
+def team_from_secret(secret: Any) -> Team:
+    labels = secret.metadata.labels or {}
+    notes = secret.metadata.annotations or {}
+    try:
+        return Team(
+            team_id=labels["maas/team-id"],
+            team_name=notes.get("maas/team-name", ""),
+            description=notes.get("maas/description", ""),
+            policy=notes.get("maas/policy", ""),
+            token_limit=int(notes["maas/token-limit"]),
+            time_window=notes["maas/time-window"],
+            limit_scope="team" if notes.get("maas/limit-scope") == "team" else "user",
+            created_at=parse_timestamp(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
+        )
+    except (KeyError, ValueError) as exc:
+        raise BackendUnavailable(
+            f"team Secret '{secret.metadata.name}' is malformed (missing or bad {exc}); fix or delete it"
+        ) from exc
+
+
+def selected_labels(key: ApiKey, selector: str) -> dict[str, str | None]:
+    """The labels Authorino selects by: present only while the key is active."""
+    active = key.status == "active"
+    return {"kuadrant.io/auth-secret": "true" if active else None, "app": selector if active else None}
+
+
+def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
+    notes = {
+        "secret.kuadrant.io/user-id": key.user_id,
+        "kuadrant.io/groups": team.policy,
+        "maas/team-id": key.team_id,
+        "maas/user-email": key.user_email,
+        "maas/models-allowed": ",".join(key.models_allowed),
+        "maas/status": key.status,
+        "maas/created-at": timestamp(key.created_at),
+        "maas/role": key.role,
+    }
+    if key.alias:
+        notes["maas/alias"] = key.alias
+    if key.expires_at is not None:
+        notes["maas/expires-at"] = timestamp(key.expires_at)
+    if key.last_used_at is not None:
+        notes["maas/last-used-at"] = timestamp(key.last_used_at)
+    if key.replaced_by:
+        notes["maas/replaced-by"] = key.replaced_by
+    return notes
+
+
+def key_body(key: ApiKey, api_key: str, team: Team, team_uid: str, selector: str) -> dict[str, Any]:
+    labels = {
+        RESOURCE_TYPE: KEY_TYPE,
+        "maas/team-id": key.team_id,
+        "maas/user-id": key.user_id,
+        SHA_LABEL: key.key_sha256[:SHA_PREFIX_LEN],
+    }
+    labels.update({k: v for k, v in selected_labels(key, selector).items() if v is not None})
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": key.secret_name,
+            "labels": labels,
+            "annotations": key_annotations(key, team),
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Secret", "name": team_secret_name(team.team_id), "uid": team_uid}
+            ],
+        },
+        "stringData": {"api_key": api_key},
+    }
+
+
+def key_from_secret(secret: Any) -> ApiKey:
+    labels = secret.metadata.labels or {}
+    notes = secret.metadata.annotations or {}
+    models = notes.get("maas/models-allowed", "")
+    status = notes.get("maas/status", "active")
+    try:
+        return ApiKey(
+            secret_name=secret.metadata.name,
+            key_sha256=sha256_of(_decode(secret, "api_key")),
+            team_id=labels["maas/team-id"],
+            user_id=labels["maas/user-id"],
+            user_email=notes.get("maas/user-email", ""),
+            role=notes.get("maas/role", "user"),
+            status=status if status in ("active", "revoked", "expired") else "revoked",  # type: ignore[arg-type]
+            created_at=parse_timestamp(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
+            models_allowed=tuple(models.split(",")) if models else (),
+            alias=notes.get("maas/alias", ""),
+            expires_at=parse_timestamp(notes.get("maas/expires-at")),
+            last_used_at=parse_timestamp(notes.get("maas/last-used-at")),
+            replaced_by=notes.get("maas/replaced-by") or None,
+        )
+    except (KeyError, ValueError) as exc:
+        raise BackendUnavailable(
+            f"key Secret '{secret.metadata.name}' is malformed (missing or bad {exc}); fix or delete it"
+        ) from exc
+
+
+def is_kind(secret: Any, kind: str) -> bool:
+    return (secret.metadata.labels or {}).get(RESOURCE_TYPE) == kind
+
+
+def audit_body(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry as a ConfigMap: filterable fields as labels, the entry as data."""
+    labels = {RESOURCE_TYPE: AUDIT_TYPE, "maas/outcome": str(entry.outcome)}
+    for label, value in (("maas/action", entry.action), ("maas/team-id", entry.team_id)):
+        if value and len(value) <= 63 and LABEL_VALUE.match(value):
+            labels[label] = value
+    data = {
+        "id": str(entry.id),
+        "at": timestamp(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "method": entry.method,
+        "path": entry.path,
+        "outcome": str(entry.outcome),
+    }
+    if entry.team_id is not None:
+        data["team_id"] = entry.team_id
+    if entry.secret_name is not None:
+        data["secret_name"] = entry.secret_name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"maas-audit-{entry.id}", "labels": labels},
+        "data": data,
+    }
+
+
+def audit_from_config_map(config_map: Any) -> AuditEntry | None:
+    data = config_map.data or {}
+    try:
+        return AuditEntry(
+            id=int(data["id"]),
+            at=datetime.fromisoformat(data["at"]),
+            actor=data["actor"],
+            action=data["action"],
+            method=data["method"],
+            path=data["path"],
+            outcome=int(data["outcome"]),
+            team_id=data.get("team_id"),
+            secret_name=data.get("secret_name"),
+        )
+    except (KeyError, ValueError):
+        return None  # not one of ours, or hand-edited: an audit listing skips it
+
+
+def audit_matches(entry: AuditEntry, where: AuditFilter) -> bool:
+    return not (
+        (where.outcome_min is not None and entry.outcome < where.outcome_min)
+        or (where.outcome_max is not None and entry.outcome > where.outcome_max)
+        or (where.since is not None and entry.at < where.since)
+        or (where.until is not None and entry.at >= where.until)
+        or (where.before_id is not None and (entry.id or 0) >= where.before_id)
+    )
