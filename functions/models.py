@@ -9,7 +9,6 @@ import flask
 import functions_framework
 
 from functions._http import Call, endpoint, json_response
-from functions._sources import model_catalog
 from shared.auth import authenticate
 from shared.catalog.listing import ModelList, model_list, openai_model_list, visible
 from shared.errors import MaasError, openai_body
@@ -27,7 +26,7 @@ def _caller_key(call: Call) -> ApiKey | None:
 @endpoint("list_models")
 def list_models(call: Call) -> ModelList:
     key = _caller_key(call)
-    return model_list(visible(model_catalog(call.ctx.settings).list_models(), key))
+    return model_list(visible(call.ctx.catalog().list_models(), key))
 
 
 @functions_framework.http
@@ -36,7 +35,7 @@ def list_openai_models(call: Call) -> flask.Response:
     # Under /v1 clients are OpenAI SDKs: errors take the OpenAI shape here.
     try:
         key = _caller_key(call)
-        models = visible(model_catalog(call.ctx.settings).list_openai_models(), key)
+        models = visible(call.ctx.catalog().list_openai_models(), key)
         return json_response(openai_model_list(models))
     except MaasError as error:
         return json_response(openai_body(error), error.status, error.headers)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functions_framework
 
 from functions._http import Call, endpoint
-from functions._sources import usage_source
 from shared.usage import service
 from shared.usage.schemas import TeamUsage, TeamUsageQuery, UsageQuery, UserUsage
 
@@ -15,7 +14,7 @@ from shared.usage.schemas import TeamUsage, TeamUsageQuery, UsageQuery, UserUsag
 def user_usage(call: Call) -> UserUsage:
     return service.user_usage(
         store=call.ctx.store,
-        source=usage_source(call.ctx.settings),
+        source=call.ctx.usage(),
         user_id=call.params["user_id"],
         query=call.query(UsageQuery),
         now=call.ctx.clock(),
@@ -27,7 +26,7 @@ def user_usage(call: Call) -> UserUsage:
 def team_usage(call: Call) -> TeamUsage:
     return service.team_usage(
         store=call.ctx.store,
-        source=usage_source(call.ctx.settings),
+        source=call.ctx.usage(),
         team_id=call.params["team_id"],
         query=call.query(TeamUsageQuery),
         now=call.ctx.clock(),

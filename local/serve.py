@@ -14,6 +14,7 @@ from local.adminkey import ensure_admin_key
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
 from shared.context import build_context
+from shared.ledger import UsageLedger
 from shared.settings import Settings
 from shared.version import VERSION
 
@@ -33,32 +34,33 @@ def _say(line: str) -> None:
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, key_file, generated = ensure_admin_key(settings)
-    ctx = build_context(settings)
-    install_context(ctx)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     services: list[tuple[str, Service]] = []
-    started: list[Service] = []
 
     def launch(label: str, service: Service) -> None:
         service.start()
-        started.append(service)
         services.append((label, service))
 
+    # One ledger for the gateway that writes it and the usage endpoints that read it, so usage
+    # includes counts not yet flushed.
+    ledger = UsageLedger(settings.usage_ledger_path)
+    ctx = None
     try:
         simulator = SimulatorService(settings)
         launch("simulator", simulator)
-        # The default models file points at the simulator: give it the port actually bound.
-        simulator_port = int(simulator.url.rsplit(":", 1)[1])
-        gateway_settings = settings.model_copy(update={"simulator_port": simulator_port})
-        launch("gateway", GatewayService(gateway_settings, ctx.store))
+        # The default models file points at the simulator: use the port it actually bound.
+        settings = settings.model_copy(update={"simulator_port": int(simulator.url.rsplit(":", 1)[1])})
+        ctx = build_context(settings, ledger=ledger)
+        install_context(ctx)
+        launch("gateway", GatewayService(settings, ctx.store, ledger=ledger))
         launch("admin API", AdminServer(host=settings.host, port=settings.admin_port, tls_dir=settings.data_dir / "tls"))
         _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
         for label, service in reversed(services):
             _say(f"  {label:<11} {service.url}")
-        if generated:
-            _say(f"  admin key   {ctx.settings.admin_key.get_secret_value()}  (generated; shown once, kept 0600 in {key_file})")
+        if generated and settings.admin_key is not None:
+            _say(f"  admin key   {settings.admin_key.get_secret_value()}  (generated; shown once, kept 0600 in {key_file})")
         elif key_file is not None:
             _say(f"  admin key   in {key_file}   (export ADMIN_KEY=$(cat {key_file}))")
         else:
@@ -67,9 +69,11 @@ def serve(settings: Settings) -> int:
         stop.wait()
         _say("stopping ...")
     finally:
-        for service in reversed(started):
+        for _, service in reversed(services):
             service.stop()
-        reset_context()
+        if ctx is not None:
+            reset_context()
+        ledger.close()
     _say("stopped.")
     return 0
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from shared.settings import Settings
 from shared.store import Store, open_store
+
+if TYPE_CHECKING:
+    from shared.catalog.base import ModelCatalog
+    from shared.ledger import UsageLedger
+    from shared.usage.base import UsageSource
 
 
 def utc_now() -> datetime:
@@ -26,15 +33,49 @@ class Context:
     # and apply its Kuadrant policies; on one machine the gateway reads the store directly.
     teams_changed: Callable[[], None] = field(default=_nothing)
     clock: Callable[[], datetime] = field(default=utc_now)
+    # On one machine the gateway's own ledger, so usage includes counts not yet flushed.
+    ledger: UsageLedger | None = None
+    _usage: UsageSource | None = field(default=None, init=False, repr=False)
+    _catalog: ModelCatalog | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def usage(self) -> UsageSource:
+        """Built on first use: a Knative Service for one endpoint never opens the others."""
+        with self._lock:
+            if self._usage is None:
+                from shared.usage.base import open_usage_source
+                from shared.usage.embedded import EmbeddedUsage
+
+                if self.ledger is not None and self.settings.usage == "embedded":
+                    self._usage = EmbeddedUsage(self.ledger)
+                else:
+                    self._usage = open_usage_source(self.settings)
+            return self._usage
+
+    def catalog(self) -> ModelCatalog:
+        with self._lock:
+            if self._catalog is None:
+                from shared.catalog.listing import open_catalog
+
+                self._catalog = open_catalog(self.settings)
+            return self._catalog
 
     def close(self) -> None:
+        with self._lock:
+            if self._usage is not None:
+                self._usage.close()
+                self._usage = None
+            closer = getattr(self._catalog, "close", None)
+            if callable(closer):
+                closer()
+            self._catalog = None
         self.store.close()
 
 
-def build_context(settings: Settings) -> Context:
+def build_context(settings: Settings, *, ledger: UsageLedger | None = None) -> Context:
     store = open_store(settings)
     if settings.store == "kubernetes":
         from shared.kubeapply import policy_syncer
 
         return Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings))
-    return Context(settings=settings, store=store)
+    return Context(settings=settings, store=store, ledger=ledger)

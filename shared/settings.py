@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         return self.data_dir / "maas.db"
 
+    @property
+    def usage_ledger_path(self) -> Path:
+        """The local gateway's usage ledger."""
+        return self.data_dir / "usage.db"
+
 
 class ConfigurationError(ValueError):
     """Settings that cannot be used; the message names each variable and never echoes values."""

@@ -13,7 +13,6 @@ from shared.ledger import UsageLedger, UsageRow
 from shared.settings import Settings
 from shared.usage.base import UsagePoint
 
-LEDGER_FILE = "usage.db"
 
 
 class EmbeddedUsage:
@@ -24,7 +23,7 @@ class EmbeddedUsage:
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbeddedUsage:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(UsageLedger(settings.data_dir / LEDGER_FILE), owns_ledger=True)
+        return cls(UsageLedger(settings.usage_ledger_path), owns_ledger=True)
 
     def totals(
         self,
