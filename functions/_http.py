@@ -62,6 +62,8 @@ class Call:
     request: flask.Request
     ctx: Context
     params: dict[str, str]
+    # The validated body, once parsed: the audit entry of a refused create still names its team.
+    parsed: BaseModel | None = None
 
     def body(self, model: type[Model], *, optional: bool = False) -> Model:
         """The JSON body as `model`; with `optional`, an empty body means all defaults."""
@@ -80,9 +82,10 @@ class Call:
         if not isinstance(data, dict):
             raise MalformedRequest("request body must be a JSON object")
         try:
-            return model.model_validate(data)
+            self.parsed = model.model_validate(data)
         except ValidationError as exc:
             raise _invalid(_field_errors(exc)) from None
+        return self.parsed  # type: ignore[return-value]
 
     def query(self, model: type[Model]) -> Model:
         args = {name: self.request.args.get(name) for name in self.request.args}
@@ -131,9 +134,9 @@ def _check_route(route: Route, request: flask.Request) -> dict[str, str]:
 
 
 def _audit(ctx: Context, route: Route, request: flask.Request, params: dict[str, str], actor: str | None,
-           result: object, status: int) -> None:
-    """Record the action. The path names the team or key; when it does not (the legacy delete
-    by value), the result does."""
+           sources: tuple[object, object], status: int) -> None:
+    """Record the action. The path names the team or key; when it does not, the result does
+    (the legacy delete by value), or else the validated body (a refused team create)."""
     try:
         who = actor or audit.actor_of(ctx, request.headers.get("Authorization"))
         audit.record(ctx, who, audit.Action(
@@ -141,16 +144,19 @@ def _audit(ctx: Context, route: Route, request: flask.Request, params: dict[str,
             method=request.method,
             path=request.path,
             outcome=status,
-            team_id=params.get("team_id") or _text_attribute(result, "team_id"),
-            secret_name=params.get("secret_name") or _text_attribute(result, "secret_name"),
+            team_id=params.get("team_id") or _first_text(sources, "team_id"),
+            secret_name=params.get("secret_name") or _first_text(sources, "secret_name"),
         ))
     except Exception:  # noqa: BLE001 - auditing must never fail the action it records
         log.exception("audit failed for %s", route.target)
 
 
-def _text_attribute(result: object, name: str) -> str | None:
-    value = getattr(result, name, None) if isinstance(result, BaseModel) else None
-    return value if isinstance(value, str) else None
+def _first_text(sources: tuple[object, ...], name: str) -> str | None:
+    for source in sources:
+        value = getattr(source, name, None) if isinstance(source, BaseModel) else None
+        if isinstance(value, str):
+            return value
+    return None
 
 
 Handler = Callable[[Call], BaseModel | dict[str, Any] | flask.Response]
@@ -165,13 +171,15 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
             ctx: Context | None = None
             actor: str | None = None
             result: BaseModel | dict[str, Any] | flask.Response | None = None
+            call: Call | None = None
             try:
                 params = _check_route(route, request)
                 ctx = context()
                 if route.auth == "admin":
                     require_admin(ctx.settings, request.headers.get("Authorization"))
                     actor = "admin"
-                result = handler(Call(request=request, ctx=ctx, params=_validated_params(params)))
+                call = Call(request=request, ctx=ctx, params=_validated_params(params))
+                result = handler(call)
                 response = (
                     result if isinstance(result, flask.Response) else json_response(result, route.success_status)
                 )
@@ -184,7 +192,8 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
                 log.exception("unhandled error in %s", target)
                 response = error_response(MaasError("internal error"))
             if route.auth != "none" and params is not None and ctx is not None:
-                _audit(ctx, route, request, params, actor, result, response.status_code)
+                _audit(ctx, route, request, params, actor, (result, call.parsed if call else None),
+                       response.status_code)
             return response
 
         function.__name__ = target

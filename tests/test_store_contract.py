@@ -209,3 +209,87 @@ def test_racing_creates_have_one_winner(store: Store) -> None:
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["conflict"] * 9 + ["created"]
+
+
+# -- key lifecycle and audit (issue 6) -------------------------------------------------------
+
+
+def test_update_key_changes_only_given_fields(store: Store) -> None:
+    from shared.store.base import KeyChanges
+
+    store.create_team(team=team())
+    key, api_key = new_key(models_allowed=("m1",), alias="laptop")
+    store.create_key(key=key, api_key=api_key)
+    until = T0 + timedelta(hours=1)
+    changed = store.update_key(
+        secret_name=key.secret_name, changes=KeyChanges(expires_at=until, replaced_by="apikey-alice-test-team-0000ffff")
+    )
+    assert changed == replace(key, expires_at=until, replaced_by="apikey-alice-test-team-0000ffff")
+    assert store.get_key(secret_name=key.secret_name) == changed
+    assert store.find_key(key_sha256=key.key_sha256) == changed
+    revoked = store.update_key(secret_name=key.secret_name, changes=KeyChanges(status="revoked"))
+    assert revoked == replace(changed, status="revoked")
+    assert store.update_key(secret_name=key.secret_name, changes=KeyChanges()) == revoked
+    with pytest.raises(NotFound):
+        store.update_key(secret_name="apikey-nobody-test-team-00000000", changes=KeyChanges(status="revoked"))
+
+
+def test_key_lifecycle_changes_move_the_generation(store: Store) -> None:
+    from shared.store.base import KeyChanges
+
+    store.create_team(team=team())
+    key, api_key = new_key()
+    store.create_key(key=key, api_key=api_key)
+    before = store.generation()
+    store.update_key(secret_name=key.secret_name, changes=KeyChanges(status="revoked"))
+    assert store.generation() != before, "the gateway must see a revocation at once"
+
+
+def test_touch_keys_records_last_use_forward_only_in_one_batch(store: Store) -> None:
+    store.create_team(team=team())
+    a, ka = new_key(user_id="alice")
+    b, kb = new_key(user_id="bob")
+    store.create_key(key=a, api_key=ka)
+    store.create_key(key=b, api_key=kb)
+    later, earlier = T0 + timedelta(minutes=5), T0 + timedelta(minutes=1)
+    changed = store.touch_keys(last_used={a.secret_name: later, b.secret_name: earlier,
+                                          "apikey-gone-test-team-00000000": later})
+    assert changed == 2
+    assert store.get_key(secret_name=a.secret_name).last_used_at == later
+    assert store.get_key(secret_name=b.secret_name).last_used_at == earlier
+    # An older report (a batch that arrived late) never moves it back.
+    assert store.touch_keys(last_used={a.secret_name: earlier}) == 0
+    assert store.get_key(secret_name=a.secret_name).last_used_at == later
+    assert store.touch_keys(last_used={}) == 0
+
+
+def test_audit_entries_are_listed_newest_first_with_filters(store: Store) -> None:
+    from shared.store.base import AuditEntry, AuditFilter
+
+    made = [
+        store.record_audit(entry=AuditEntry(at=T0 + timedelta(minutes=n), actor="admin", action=action,
+                                            method="POST", path=f"/p/{n}", outcome=outcome, team_id=team_id,
+                                            secret_name=None))
+        for n, (action, outcome, team_id) in enumerate(
+            [("create_team", 201, "a"), ("create_team", 409, "a"), ("create_key", 201, "b"), ("delete_team", 404, None)]
+        )
+    ]
+    ids = [entry.id for entry in made]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids) and len(set(ids)) == 4
+    assert store.list_audit(where=AuditFilter()) == list(reversed(made))
+    assert store.list_audit(where=AuditFilter(action="create_team")) == [made[1], made[0]]
+    assert store.list_audit(where=AuditFilter(team_id="a", outcome_min=300)) == [made[1]]
+    assert store.list_audit(where=AuditFilter(outcome_min=200, outcome_max=299)) == [made[2], made[0]]
+    window = AuditFilter(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3))
+    assert store.list_audit(where=window) == [made[2], made[1]]
+    assert store.list_audit(where=AuditFilter(limit=2)) == [made[3], made[2]]
+    assert store.list_audit(where=AuditFilter(limit=2, before_id=made[2].id)) == [made[1], made[0]]
+
+
+def test_audit_entries_do_not_move_the_generation(store: Store) -> None:
+    from shared.store.base import AuditEntry
+
+    before = store.generation()
+    store.record_audit(entry=AuditEntry(at=T0, actor="admin", action="list_teams", method="GET", path="/teams",
+                                        outcome=200))
+    assert store.generation() == before, "reads are audited too; they must not reload the gateway"

@@ -1,0 +1,319 @@
+"""The `cleanup` CloudEvent function: over real HTTP under the functions-framework CLI (binary
+and structured mode, built with the cloudevents SDK as Knative sends them), in-process through
+functions-framework's app, and fed by local/events.py's EventsService."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import functions_framework
+import httpx
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+
+from functions._context import install_context
+from local.events import EventsService, ping_event, team_deleted_event
+from shared import teams
+from shared.context import Context, build_context
+from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
+from shared.schemas import TeamCreate
+from shared.settings import Settings
+from shared.store.base import ApiKey, Team
+from shared.store.sqlite import SqliteStore
+from tests.runtime import ROOT
+
+NAMESPACE = "llm"
+DELETE = "dev.knative.apiserver.resource.delete"
+PING = "dev.knative.sources.ping"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _team(store: SqliteStore, team_id: str) -> None:
+    store.create_team(team=Team(team_id, team_id, "", team_id, 1000, "1h", "user", _now()))
+
+
+def _key(store: SqliteStore, team_id: str, user_id: str = "alice", **fields: Any) -> ApiKey:
+    api_key = generate_api_key()
+    key = ApiKey(
+        secret_name=secret_name_for(user_id, team_id), key_sha256=key_sha256(api_key), team_id=team_id,
+        user_id=user_id, user_email="", role="member", status="active", created_at=_now() - timedelta(days=30),
+    )
+    return store.create_key(key=replace(key, **fields), api_key=api_key)
+
+
+def _orphan_team(database: Path, team_id: str) -> None:
+    """Remove a team behind the store's back, leaving its keys: what a team Secret deleted with
+    kubectl leaves in a cluster until its event arrives (plain sqlite3 enforces no foreign keys)."""
+    with sqlite3.connect(database) as conn:
+        conn.execute("DELETE FROM teams WHERE team_id = ?", (team_id,))
+    conn.close()
+
+
+def _secret_event(team_id: str, *, namespace: str = NAMESPACE, kind: str = "team-config") -> CloudEvent:
+    data = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"team-{team_id}-config", "namespace": namespace,
+                     "labels": {"maas/resource-type": kind, "maas/team-id": team_id}},
+        "type": "Opaque",
+    }
+    return CloudEvent({"type": DELETE, "source": "https://10.96.0.1:443",
+                       "subject": f"/api/v1/namespaces/{namespace}/secrets/team-{team_id}-config"}, data)
+
+
+def _ping() -> CloudEvent:
+    return CloudEvent({"type": PING, "source": f"/apis/v1/namespaces/{NAMESPACE}/pingsources/maas-cleanup"},
+                      {"message": "sweep"})
+
+
+# -- over real HTTP, the function alone under the functions-framework CLI -----------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, SqliteStore, Path]]:
+    """`functions-framework --target=cleanup` on a free port, and the store it works on."""
+    data_dir = tmp_path / "data"
+    store = SqliteStore(data_dir / "maas.db")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_") and k != "FUNCTION_TARGET"}
+    env.update({"MAAS_DATA_DIR": str(data_dir), "MAAS_NAMESPACE": NAMESPACE})
+    cli = Path(sys.executable).parent / "functions-framework"
+    process = subprocess.Popen(
+        [str(cli), "--source", "main.py", "--target", "cleanup", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                httpx.get(base, timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "cleanup target did not start"
+                time.sleep(0.2)
+        yield base, store, data_dir / "maas.db"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        store.close()
+
+
+def _send(base: str, event: CloudEvent, mode: str) -> httpx.Response:
+    headers, body = (to_binary if mode == "binary" else to_structured)(event)
+    return httpx.post(base, headers=headers, content=body, timeout=30)
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_team_secret_delete_removes_the_teams_keys_once(served: tuple[str, SqliteStore, Path], mode: str) -> None:
+    base, store, database = served
+    _team(store, "team-a")
+    _team(store, "team-b")
+    left = sorted(_key(store, "team-a", user).secret_name for user in ("alice", "bob"))
+    kept = _key(store, "team-b")
+    _orphan_team(database, "team-a")
+
+    reply = _send(base, _secret_event("team-a"), mode)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"event_type": DELETE, "team_id": "team-a", "deleted_keys": left, "expired_keys": [],
+                            "revoked_keys": [], "policies_synced": True, "ignored": None}
+    assert store.list_keys() == [kept]
+    # The same event again (Knative delivers at least once): nothing left to change.
+    again = _send(base, _secret_event("team-a"), "structured" if mode == "binary" else "binary")
+    assert again.status_code == 200
+    assert again.json()["deleted_keys"] == []
+    assert store.list_keys() == [kept]
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_ping_reconciles_everything_once(served: tuple[str, SqliteStore, Path], mode: str) -> None:
+    base, store, database = served
+    now = _now()
+    _team(store, "live")
+    _team(store, "gone")
+    orphan = _key(store, "gone")
+    _orphan_team(database, "gone")
+    fine = _key(store, "live", "fine", expires_at=now + timedelta(days=1))
+    expired = _key(store, "live", "late", expires_at=now - timedelta(minutes=1))
+    long_expired = _key(store, "live", "ancient", expires_at=now - timedelta(days=8))
+    successor = _key(store, "live", "rotated")
+    rotated = _key(store, "live", "rotated", expires_at=now - timedelta(seconds=1), replaced_by=successor.secret_name)
+    revoked = _key(store, "live", "revoked", status="revoked")
+
+    reply = _send(base, _ping(), mode)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["event_type"] == PING and body["policies_synced"] is True
+    # The long-expired key is marked expired and, past the 7-day retention, deleted in the same sweep.
+    assert sorted(body["deleted_keys"]) == sorted([orphan.secret_name, long_expired.secret_name])
+    assert sorted(body["expired_keys"]) == sorted([expired.secret_name, long_expired.secret_name])
+    assert body["revoked_keys"] == [rotated.secret_name]
+    statuses = {key.secret_name: key.status for key in store.list_keys()}
+    assert statuses == {fine.secret_name: "active", expired.secret_name: "expired", successor.secret_name: "active",
+                        rotated.secret_name: "revoked", revoked.secret_name: "revoked"}
+
+    again = _send(base, _ping(), mode).json()
+    assert (again["deleted_keys"], again["expired_keys"], again["revoked_keys"]) == ([], [], [])
+    assert {key.secret_name: key.status for key in store.list_keys()} == statuses
+
+
+def test_events_that_are_not_for_cleanup_change_nothing(served: tuple[str, SqliteStore, Path]) -> None:
+    base, store, database = served
+    _team(store, "team-a")
+    key = _key(store, "team-a")
+    _orphan_team(database, "team-a")
+    cases = {
+        "Secret is not a team Secret": _secret_event("team-a", kind="team-key"),
+        "not 'llm'": _secret_event("team-a", namespace="elsewhere"),
+        "not handled": CloudEvent({"type": "dev.knative.apiserver.resource.add", "source": "x"}, {}),
+        "not an object": CloudEvent({"type": DELETE, "source": "x"}, None),
+    }
+    for reason, event in cases.items():
+        reply = _send(base, event, "binary")
+        assert reply.status_code == 200, reply.text
+        assert reason in reply.json()["ignored"]
+        assert reply.json()["deleted_keys"] == []
+    assert store.list_keys() == [key]
+    # Not a CloudEvent at all: refused by functions-framework, nothing done.
+    assert httpx.post(base, content=b"{}", headers={"Content-Type": "application/json"}, timeout=10).status_code == 400
+    assert store.list_keys() == [key]
+
+
+def test_reference_mode_event_names_the_team_by_its_secret(served: tuple[str, SqliteStore, Path]) -> None:
+    base, store, database = served
+    _team(store, "team-r")
+    key = _key(store, "team-r")
+    _orphan_team(database, "team-r")
+    event = CloudEvent({"type": "dev.knative.apiserver.ref.delete", "source": "x"},
+                       {"kind": "Secret", "namespace": NAMESPACE, "name": "team-team-r-config", "apiVersion": "v1"})
+    reply = _send(base, event, "structured")
+    assert reply.json()["deleted_keys"] == [key.secret_name]
+
+
+# -- in-process: functions-framework's own app, with a counted policy callback ---------
+
+
+@pytest.fixture
+def counted(settings: Settings) -> Iterator[tuple[Context, list[int]]]:
+    calls: list[int] = []
+    ctx = build_context(settings)
+    ctx.teams_changed = lambda: calls.append(1)
+    install_context(ctx)
+    yield ctx, calls
+
+
+def test_in_process_delete_leaves_no_key_and_regenerates_policies(counted: tuple[Context, list[int]]) -> None:
+    ctx, calls = counted
+    client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
+    teams.create_team(ctx, TeamCreate(team_id="doomed"))
+    _key(ctx.store, "doomed")  # type: ignore[arg-type]
+    teams.delete_team(ctx, "doomed")
+    before = len(calls)
+    headers, body = to_binary(_secret_event("doomed"))
+    reply = client.post("/", headers=headers, data=body)
+    assert reply.status_code == 200
+    assert reply.json["team_id"] == "doomed" and reply.json["policies_synced"] is True
+    assert len(calls) == before + 1, "the policies are regenerated from the remaining teams"
+    assert ctx.store.list_keys(team_id="doomed") == []
+
+
+def test_a_recreated_team_keeps_its_keys(counted: tuple[Context, list[int]]) -> None:
+    ctx, calls = counted
+    client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
+    teams.create_team(ctx, TeamCreate(team_id="phoenix"))
+    key = _key(ctx.store, "phoenix")  # type: ignore[arg-type]
+    headers, body = to_structured(_secret_event("phoenix"))
+    reply = client.post("/", headers=headers, data=body)
+    assert "exists" in reply.json["ignored"]
+    assert ctx.store.list_keys(team_id="phoenix") == [key]
+
+
+def test_a_busy_store_answers_503_so_knative_redelivers(settings: Settings) -> None:
+    ctx = build_context(settings)
+    install_context(ctx)
+    client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
+    _team(ctx.store, "team-a")  # type: ignore[arg-type]
+    _key(ctx.store, "team-a")  # type: ignore[arg-type]
+    _orphan_team(settings.database_path, "team-a")
+    # Another writer holds the write lock longer than this connection is willing to wait.
+    ctx.store._connection().execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+    blocker = sqlite3.connect(settings.database_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        headers, body = to_binary(_ping())
+        reply = client.post("/", headers=headers, data=body)
+        assert reply.status_code == 503, reply.data
+        assert "SQLite" in reply.json["error"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert len(ctx.store.list_keys()) == 1
+    headers, body = to_binary(_ping())
+    assert client.post("/", headers=headers, data=body).json["deleted_keys"], "the redelivery does the work"
+
+
+# -- local/events.py: the same events in-process, on delete and on a timer --------------
+
+
+def test_events_service_follows_team_deletes_and_ticks(settings: Settings) -> None:
+    ctx = build_context(settings)
+    calls: list[int] = []
+    ctx.teams_changed = lambda: calls.append(1)
+    teams.create_team(ctx, TeamCreate(team_id="team-x"))
+    service = EventsService(ctx, interval_s=0.3)
+    service.start()
+    try:
+        _key(ctx.store, "team-x")  # type: ignore[arg-type]
+        teams.delete_team(ctx, "team-x")
+        deleted = service.wait_for(lambda s: s.team_id == "team-x", timeout=10)
+        assert deleted is not None and deleted.event_type == DELETE and deleted.ignored is None
+        assert ctx.store.list_keys() == []
+        # Orphans made behind the API's back go on the next tick.
+        teams.create_team(ctx, TeamCreate(team_id="team-y"))
+        key = _key(ctx.store, "team-y")  # type: ignore[arg-type]
+        _orphan_team(settings.database_path, "team-y")
+        swept = service.wait_for(lambda s: key.secret_name in s.deleted_keys, timeout=10)
+        assert swept is not None
+        assert ctx.store.list_keys() == []
+    finally:
+        service.stop()
+    assert calls, "the wrapped callback still reaches the original"
+    count = len(calls)
+    teams.create_team(ctx, TeamCreate(team_id="team-z"))
+    assert len(calls) == count + 1, "stop() puts the original callback back"
+    ctx.close()
+
+
+def test_events_are_the_ones_knative_sends() -> None:
+    ping = ping_event(NAMESPACE)
+    assert (ping["type"], ping["source"]) == (PING, f"/apis/v1/namespaces/{NAMESPACE}/pingsources/maas-cleanup")
+    deleted = team_deleted_event(NAMESPACE, "team-a")
+    assert deleted["type"] == DELETE
+    assert deleted.get_data()["metadata"]["labels"] == {"maas/resource-type": "team-config", "maas/team-id": "team-a"}
+    # Both survive the wire in both modes.
+    for convert in (to_binary, to_structured):
+        headers, body = convert(deleted)
+        from cloudevents.http import from_http
+
+        assert from_http(headers, body).get_data() == deleted.get_data()
