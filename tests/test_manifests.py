@@ -280,6 +280,8 @@ def test_rbac_grants_what_the_functions_need_and_models_read_only(rendered: list
                 for resource in rule["resources"]:
                     grants.setdefault((group, resource), set()).update(rule["verbs"])
     assert {"get", "list", "create", "update", "delete"} <= grants[("", "secrets")]
+    # The Kubernetes store keeps the audit log as ConfigMaps.
+    assert {"get", "list", "create", "delete"} <= grants[("", "configmaps")]
     for policy in ("authpolicies", "tokenratelimitpolicies"):
         assert {"get", "create", "update", "delete"} <= grants[("kuadrant.io", policy)]
     assert {"get", "create", "update", "delete"} <= grants[("extensions.kuadrant.io", "telemetrypolicies")]

@@ -242,6 +242,8 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
     roles = {
         (SERVICE_ACCOUNT, settings.namespace): [
             {"apiGroups": [""], "resources": ["secrets"], "verbs": readwrite},
+            # The audit log: one ConfigMap per entry, written and read by the store, pruned by cleanup.
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "delete"]},
             {
                 "apiGroups": ["serving.kserve.io"],
                 "resources": ["inferenceservices", "llminferenceservices"],
