@@ -61,9 +61,9 @@ def team_deleted_event(namespace: str, team_id: str) -> CloudEvent:
 class EventsService:
     """Runs the sweep on a timer and follows team deletes; `start()`/`stop()` like the servers."""
 
-    url = "in-process"
-
     def __init__(self, ctx: Context, *, interval_s: float, keep: int = 100) -> None:
+        # What `make run` prints beside the servers' URLs.
+        self.url = f"in-process, sweep every {interval_s:g}s"
         self._ctx = ctx
         self._interval_s = interval_s
         self._inbox: queue.Queue[str] = queue.Queue()

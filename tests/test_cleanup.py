@@ -29,7 +29,7 @@ from shared.context import Context, build_context
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.schemas import TeamCreate
 from shared.settings import Settings
-from shared.store.base import ApiKey, Team
+from shared.store.base import ApiKey, Store, Team
 from shared.store.sqlite import SqliteStore
 from tests.runtime import ROOT
 
@@ -42,11 +42,11 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _team(store: SqliteStore, team_id: str) -> None:
+def _team(store: Store, team_id: str) -> None:
     store.create_team(team=Team(team_id, team_id, "", team_id, 1000, "1h", "user", _now()))
 
 
-def _key(store: SqliteStore, team_id: str, user_id: str = "alice", **fields: Any) -> ApiKey:
+def _key(store: Store, team_id: str, user_id: str = "alice", **fields: Any) -> ApiKey:
     api_key = generate_api_key()
     key = ApiKey(
         secret_name=secret_name_for(user_id, team_id), key_sha256=key_sha256(api_key), team_id=team_id,
@@ -117,6 +117,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, SqliteStore, Path]]:
     finally:
         process.terminate()
         process.wait(timeout=20)
+        if process.stderr is not None:
+            process.stderr.close()
         store.close()
 
 
@@ -227,7 +229,7 @@ def test_in_process_delete_leaves_no_key_and_regenerates_policies(counted: tuple
     ctx, calls = counted
     client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
     teams.create_team(ctx, TeamCreate(team_id="doomed"))
-    _key(ctx.store, "doomed")  # type: ignore[arg-type]
+    _key(ctx.store, "doomed")
     teams.delete_team(ctx, "doomed")
     before = len(calls)
     headers, body = to_binary(_secret_event("doomed"))
@@ -242,7 +244,7 @@ def test_a_recreated_team_keeps_its_keys(counted: tuple[Context, list[int]]) -> 
     ctx, calls = counted
     client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
     teams.create_team(ctx, TeamCreate(team_id="phoenix"))
-    key = _key(ctx.store, "phoenix")  # type: ignore[arg-type]
+    key = _key(ctx.store, "phoenix")
     headers, body = to_structured(_secret_event("phoenix"))
     reply = client.post("/", headers=headers, data=body)
     assert "exists" in reply.json["ignored"]
@@ -253,8 +255,8 @@ def test_a_busy_store_answers_503_so_knative_redelivers(settings: Settings) -> N
     ctx = build_context(settings)
     install_context(ctx)
     client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
-    _team(ctx.store, "team-a")  # type: ignore[arg-type]
-    _key(ctx.store, "team-a")  # type: ignore[arg-type]
+    _team(ctx.store, "team-a")
+    _key(ctx.store, "team-a")
     _orphan_team(settings.database_path, "team-a")
     # Another writer holds the write lock longer than this connection is willing to wait.
     ctx.store._connection().execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
@@ -284,14 +286,14 @@ def test_events_service_follows_team_deletes_and_ticks(settings: Settings) -> No
     service = EventsService(ctx, interval_s=0.3)
     service.start()
     try:
-        _key(ctx.store, "team-x")  # type: ignore[arg-type]
+        _key(ctx.store, "team-x")
         teams.delete_team(ctx, "team-x")
         deleted = service.wait_for(lambda s: s.team_id == "team-x", timeout=10)
         assert deleted is not None and deleted.event_type == DELETE and deleted.ignored is None
         assert ctx.store.list_keys() == []
         # Orphans made behind the API's back go on the next tick.
         teams.create_team(ctx, TeamCreate(team_id="team-y"))
-        key = _key(ctx.store, "team-y")  # type: ignore[arg-type]
+        key = _key(ctx.store, "team-y")
         _orphan_team(settings.database_path, "team-y")
         swept = service.wait_for(lambda s: key.secret_name in s.deleted_keys, timeout=10)
         assert swept is not None
