@@ -319,3 +319,30 @@ def test_events_are_the_ones_knative_sends() -> None:
         from cloudevents.http import from_http
 
         assert from_http(headers, body).get_data() == deleted.get_data()
+
+
+def test_expired_keys_are_kept_for_the_retention_then_deleted(tmp_path: Path, admin_key: str) -> None:
+    from pydantic import SecretStr
+
+    from shared.cleanup import sweep
+
+    settings = Settings(admin_key=SecretStr(admin_key), data_dir=tmp_path / "data",
+                        MAAS_EXPIRED_KEY_RETENTION="1h")  # type: ignore[call-arg]
+    ctx = build_context(settings)
+    try:
+        _team(ctx.store, "team-a")
+        now = _now()
+        recent = _key(ctx.store, "team-a", "recent", expires_at=now - timedelta(minutes=59))
+        old = _key(ctx.store, "team-a", "old", expires_at=now - timedelta(minutes=61))
+        summary = sweep(ctx)
+        assert summary.deleted_keys == [old.secret_name]
+        assert [(k.secret_name, k.status) for k in ctx.store.list_keys()] == [(recent.secret_name, "expired")]
+    finally:
+        ctx.close()
+
+
+def test_retention_must_be_a_duration() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="MAAS_EXPIRED_KEY_RETENTION"):
+        Settings(MAAS_EXPIRED_KEY_RETENTION="a week")  # type: ignore[call-arg]
