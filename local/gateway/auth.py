@@ -35,6 +35,8 @@ class KeyCache:
         self._store = store
         self._generation = -1
         self._snapshot = Snapshot()
+        # Callers by key hash for the current snapshot: built once, not per request.
+        self._callers: dict[str, Caller] = {}
 
     def snapshot(self) -> Snapshot:
         generation = self._store.generation()
@@ -42,6 +44,7 @@ class KeyCache:
             # Read the generation before the snapshot: the snapshot is then at least as new.
             self._snapshot = self._store.snapshot()
             self._generation = generation
+            self._callers = {}
         return self._snapshot
 
     def team(self, team_id: str) -> Team | None:
@@ -58,12 +61,19 @@ class KeyCache:
         if not token:
             raise Unauthorized(f"missing API key: {_HOW}")
         snapshot = self.snapshot()
-        key = snapshot.keys_by_sha256.get(key_sha256(token))
-        team = None if key is None else snapshot.teams.get(key.team_id)
-        if key is None or team is None:
-            raise Unauthorized("invalid API key")
-        if key.status != "active":
-            raise Unauthorized(f"API key is {key.status}")
+        digest = key_sha256(token)
+        caller = self._callers.get(digest)
+        if caller is None:
+            key = snapshot.keys_by_sha256.get(digest)
+            team = None if key is None else snapshot.teams.get(key.team_id)
+            if key is None or team is None:
+                raise Unauthorized("invalid API key")
+            if key.status != "active":
+                raise Unauthorized(f"API key is {key.status}")
+            caller = Caller(key=key, team=team)
+            if self._snapshot is snapshot:
+                self._callers[digest] = caller
+        key = caller.key
         if key.expires_at is not None and key.expires_at <= datetime.now(timezone.utc):
             raise Unauthorized("API key has expired")
-        return Caller(key=key, team=team)
+        return caller

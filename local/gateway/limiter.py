@@ -30,13 +30,33 @@ class _Window:
     reserved: int = 0
 
 
-@dataclass(slots=True)
 class Reservation:
-    counter: tuple[str, str]
-    window: _Window
-    amount: int
-    headers: dict[str, str]
-    settled: bool = False
+    """An admitted request's hold on its counter, and the X-RateLimit-* values at admission."""
+
+    __slots__ = ("counter", "window", "amount", "limit", "remaining", "reset", "settled")
+
+    def __init__(self, counter: tuple[str, str], window: _Window, amount: int, limit: int, remaining: int, reset: int) -> None:
+        self.counter = counter
+        self.window = window
+        self.amount = amount
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
+        self.settled = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset),
+        }
+
+    def header_lines(self) -> bytes:
+        """`headers` as encoded head lines (the hot path writes heads as bytes)."""
+        return b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n" % (
+            self.limit, self.remaining, self.reset,
+        )
 
 
 class TokenLimiter:
@@ -81,12 +101,7 @@ class TokenLimiter:
                 },
             )
         window.reserved += estimate
-        headers = {
-            "X-RateLimit-Limit": str(team.token_limit),
-            "X-RateLimit-Remaining": str(max(0, team.token_limit - used)),
-            "X-RateLimit-Reset": str(reset),
-        }
-        return Reservation(counter=counter, window=window, amount=estimate, headers=headers)
+        return Reservation(counter, window, estimate, team.token_limit, max(0, team.token_limit - used), reset)
 
     def settle(self, reservation: Reservation, *, tokens: int, team: Team) -> None:
         """Replace the reservation by what was really used (0 releases it). Idempotent."""

@@ -4,6 +4,11 @@ Bodies are parsed once (to read `model`, `max_tokens`, `stream`) and re-encoded 
 must change: for streams (to inject `stream_options.include_usage`) or when the backend knows
 the model under another name. Usage is read from the response's `usage.total_tokens` without
 decoding the response.
+
+Everything up to the upstream call runs synchronously in the server's parser callback. With a
+kept-alive backend connection at hand (the common case), the call is an `_Exchange` driven by
+the connection's parser callbacks: no task, future or coroutine per request. Otherwise (a new
+connection, or a retry) the same call runs as a coroutine over `Pool.request`.
 """
 
 from __future__ import annotations
@@ -13,15 +18,15 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from local.gateway.auth import Caller, KeyCache
 from local.gateway.limiter import Reservation, TokenLimiter
 from local.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from local.gateway.metrics import UsageMeter
-from local.gateway.server import Request, Responder
-from local.gateway.upstream import Pool, Response, UpstreamConnectError, UpstreamReadTimeout
+from local.gateway.server import Request, Responder, status_line
+from local.gateway.upstream import Pool, Response, UpstreamConnectError, UpstreamReadTimeout, _Connection
 from shared.errors import (
     InvalidRequest,
     MaasError,
@@ -46,8 +51,8 @@ DEFAULT_COMPLETION_ESTIMATE = 256
 _PROMPT_BYTES_PER_TOKEN = 4
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 _JSON = {"Content-Type": "application/json"}
-_PATHS = {"/v1/chat/completions": b"/chat/completions", "/v1/completions": b"/completions"}
-_GET_PATHS = ("/health", "/metrics", "/v1/models")
+_PATHS = {b"/v1/chat/completions": b"/chat/completions", b"/v1/completions": b"/completions"}
+_GET_PATHS = (b"/health", b"/metrics", b"/v1/models")
 
 
 def last_total_tokens(data: bytes) -> int | None:
@@ -75,8 +80,66 @@ class _Route:
             for path, suffix in _PATHS.items()
         }
 
-    def request(self, path: str, payload: bytes) -> bytes:
+    def request(self, path: bytes, payload: bytes) -> bytes:
         return self._prefixes[path] + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+
+
+class _Call:
+    """One admitted model call and what it has used, settled exactly once however it ends.
+
+    `final` is set when the answer is known without a usage report (0: the backend was not
+    reached or refused). Otherwise the backend's `usage.total_tokens` counts; when a call ends
+    without one (client gone, stream cut) it is charged the prompt estimate plus one token per
+    streamed event seen.
+    """
+
+    __slots__ = ("gateway", "caller", "model", "route", "path", "payload", "stream", "reservation",
+                 "prompt_estimate", "events", "total", "final", "settled")
+
+    def __init__(self, gateway: Gateway, caller: Caller, model: str, route: _Route, path: bytes,
+                 payload: bytes, stream: bool, reservation: Reservation, prompt_estimate: int) -> None:
+        self.gateway = gateway
+        self.caller = caller
+        self.model = model
+        self.route = route
+        self.path = path
+        self.payload = payload
+        self.stream = stream
+        self.reservation = reservation
+        self.prompt_estimate = prompt_estimate
+        self.events = 0
+        self.total: int | None = None
+        self.final: int | None = None
+        self.settled = False
+
+    def tokens(self) -> int:
+        if self.final is not None:
+            return self.final
+        return self.total if self.total is not None else self.prompt_estimate + self.events
+
+    def settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        tokens = self.tokens()
+        team = self.caller.team
+        gateway = self.gateway
+        gateway._limiter.settle(self.reservation, tokens=tokens, team=team)
+        gateway._meter.authorized(team_id=team.team_id, user_id=self.caller.key.user_id, model=self.model, tokens=tokens)
+
+    def count_stream(self, tail: bytes, chunk: bytes) -> bytes:
+        """Note the usage event and events in a relayed chunk; returns the tail for the next."""
+        # The usage event may be split across reads: search with the previous tail.
+        window = tail + chunk
+        if b"total_tokens" in window:
+            total = last_total_tokens(window)
+            if total is not None:
+                self.total = total
+        self.events += chunk.count(b"data:")
+        return window[-64:]
+
+    def stream_headers(self, content_type: bytes) -> dict[str, str]:
+        return {"Content-Type": content_type.decode("latin-1"), **self.reservation.headers, "Cache-Control": "no-cache"}
 
 
 class Gateway:
@@ -109,31 +172,32 @@ class Gateway:
 
     # -- entry points --------------------------------------------------------------------
 
-    async def handle(self, request: Request, responder: Responder) -> None:
+    def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
+        """Answer now, or arrange the answer (a callback-driven call, or a coroutine to run)."""
         try:
-            if request.method == "POST" and request.path in _PATHS:
-                await self._proxy(request, responder)
-            elif request.method == "GET" and request.path == "/health":
-                responder.send(200, _JSON, b'{"status":"ok"}')
-            elif request.method == "GET" and request.path == "/metrics":
-                responder.send(200, {"Content-Type": METRICS_CONTENT_TYPE}, self._meter.exposition())
-            elif request.method == "GET" and request.path == "/v1/models":
-                self._list_models(request, responder)
-            elif request.path in _PATHS or request.path in _GET_PATHS:
-                raise MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
-            else:
-                raise NotFound(f"no such endpoint: {request.path}")
+            method, path = request.method, request.path
+            if method == b"POST" and path in _PATHS:
+                return self._proxy(request, responder)
+            if method == b"GET":
+                if path == b"/health":
+                    responder.send(200, _JSON, b'{"status":"ok"}')
+                    return None
+                if path == b"/metrics":
+                    responder.send(200, {"Content-Type": METRICS_CONTENT_TYPE}, self._meter.exposition())
+                    return None
+                if path == b"/v1/models":
+                    self._list_models(request, responder)
+                    return None
+            shown = path.decode("latin-1")
+            if path in _PATHS or path in _GET_PATHS:
+                raise MethodNotAllowed(f"method {method.decode('latin-1')} is not allowed on {shown}")
+            raise NotFound(f"no such endpoint: {shown}")
         except MaasError as exc:
-            if responder.started:
-                raise ConnectionAbortedError("error after the response started") from exc
             self.reject(responder, exc)
-        except (asyncio.CancelledError, ConnectionError):
-            raise
         except Exception:
-            log.exception("gateway error on %s %s", request.method, request.path)
-            if responder.started:
-                raise ConnectionAbortedError("error after the response started") from None
+            log.exception("gateway error on %s %s", request.method.decode("latin-1"), request.path.decode("latin-1"))
             self.reject(responder, MaasError("internal gateway error"))
+        return None
 
     def reject(self, responder: Responder, error: MaasError | int, message: str = "") -> None:
         """Answer with an error in the OpenAI shape (also used by the server for 400/413)."""
@@ -162,7 +226,7 @@ class Gateway:
             raise MalformedRequest("request body must be a JSON object")
         return body
 
-    async def _proxy(self, request: Request, responder: Responder) -> None:
+    def _proxy(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
         caller = self._keys.authenticate(request.header(b"authorization"))
         body = self._parse(request)
         model = body.get("model")
@@ -179,21 +243,28 @@ class Gateway:
         prompt_estimate = len(request.body) // _PROMPT_BYTES_PER_TOKEN
         reservation = self._admit(caller, model, max_tokens + prompt_estimate)
 
-        payload = request.body
-        if stream or route.backend.upstream_model is not None:
-            if stream:
-                options = body.get("stream_options")
-                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-            body["model"] = route.backend.served_model
-            payload = json.dumps(body, separators=(",", ":")).encode()
-
-        progress = _Progress(prompt_estimate)
+        call: _Call | None = None
         try:
-            await self._forward(route, request.path, payload, responder, reservation, stream, progress)
-        finally:
-            tokens = progress.tokens()
-            self._limiter.settle(reservation, tokens=tokens, team=caller.team)
-            self._meter.authorized(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model, tokens=tokens)
+            payload = request.body
+            if stream or route.backend.upstream_model is not None:
+                if stream:
+                    options = body.get("stream_options")
+                    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                body["model"] = route.backend.served_model
+                payload = json.dumps(body, separators=(",", ":")).encode()
+            call = _Call(self, caller, model, route, request.path, payload, stream, reservation, prompt_estimate)
+            responder.on_cancel = call.settle
+            conn = route.pool.take_idle()
+            if conn is not None:
+                _Exchange(call, conn, responder, self._timeout).start()
+                return None
+        except BaseException:
+            if call is not None:
+                call.settle()
+            else:
+                self._limiter.settle(reservation, tokens=0, team=caller.team)
+            raise
+        return self._call_async(call, responder)
 
     def _admit(self, caller: Caller, model: str, estimate: int) -> Reservation:
         try:
@@ -202,30 +273,41 @@ class Gateway:
             self._meter.limited(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model)
             raise
 
-    async def _forward(
-        self,
-        route: _Route,
-        path: str,
-        payload: bytes,
-        responder: Responder,
-        reservation: Reservation,
-        stream: bool,
-        progress: _Progress,
-    ) -> None:
+    async def _call_async(self, call: _Call, responder: Responder) -> None:
+        """The call as a coroutine: when a connection must be opened, or on a retry."""
+        try:
+            await self._forward(call, responder)
+        except MaasError as exc:
+            call.settle()
+            if responder.started:
+                raise ConnectionAbortedError("error after the response started") from exc
+            self.reject(responder, exc)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("gateway error on POST %s", call.path.decode("latin-1"))
+            call.settle()
+            if responder.started:
+                raise ConnectionAbortedError("error after the response started") from None
+            self.reject(responder, MaasError("internal gateway error"))
+        finally:
+            call.settle()
+
+    async def _forward(self, call: _Call, responder: Responder) -> None:
+        route = call.route
         model = route.backend.name
         try:
-            upstream = await route.pool.request(route.request(path, payload), timeout=self._timeout)
+            upstream = await route.pool.request(route.request(call.path, call.payload), timeout=self._timeout)
         except UpstreamConnectError as exc:
-            progress.final = 0
+            call.final = 0
             raise UpstreamError(f"model '{model}' is unavailable: {exc}") from exc
         except UpstreamReadTimeout as exc:
-            progress.final = 0
+            call.final = 0
             raise UpstreamTimeout(f"model '{model}' did not answer within {self._timeout:g} s") from exc
         try:
-            headers = {"Content-Type": (upstream.header(b"content-type") or b"application/json").decode("latin-1")}
-            headers.update(reservation.headers)
-            if stream and 200 <= upstream.status < 300:
-                await self._relay(upstream, responder, headers, progress, model)
+            content_type = upstream.header(b"content-type") or b"application/json"
+            if call.stream and 200 <= upstream.status < 300:
+                await self._relay(upstream, responder, call, content_type)
                 return
             try:
                 data = await upstream.read()
@@ -234,61 +316,200 @@ class Gateway:
             except UpstreamConnectError as exc:
                 raise UpstreamError(f"model '{model}' failed while answering: {exc}") from exc
             if 200 <= upstream.status < 300:
-                progress.total = last_total_tokens(data)
+                call.total = last_total_tokens(data)
             else:
-                progress.final = 0  # the backend refused the request: nothing generated
-            responder.send(upstream.status, headers, data)
+                call.final = 0  # the backend refused the request: nothing generated
+            responder.send_raw(_whole_response(upstream.status, content_type, call.reservation, responder, data))
         finally:
             upstream.close()
 
-    async def _relay(
-        self,
-        upstream: Response,
-        responder: Responder,
-        headers: Mapping[str, str],
-        progress: _Progress,
-        model: str,
-    ) -> None:
-        responder.start(upstream.status, {**headers, "Cache-Control": "no-cache"})
+    async def _relay(self, upstream: Response, responder: Responder, call: _Call, content_type: bytes) -> None:
+        responder.start(upstream.status, call.stream_headers(content_type))
         tail = b""
         try:
             async for chunk in upstream.chunks():
                 await responder.write(chunk)
-                # The usage event may be split across reads: search with the previous tail.
-                window = tail + chunk
-                if b"total_tokens" in window:
-                    total = last_total_tokens(window)
-                    if total is not None:
-                        progress.total = total
-                progress.events += chunk.count(b"data:")
-                tail = window[-64:]
+                tail = call.count_stream(tail, chunk)
         except UpstreamReadTimeout as exc:
-            log.warning("model '%s' stalled mid-stream; cutting the response", model)
+            log.warning("model '%s' stalled mid-stream; cutting the response", call.model)
             raise ConnectionAbortedError("upstream stalled") from exc
         except UpstreamConnectError as exc:
-            log.warning("model '%s' failed mid-stream: %s", model, exc)
+            log.warning("model '%s' failed mid-stream: %s", call.model, exc)
             raise ConnectionAbortedError("upstream failed") from exc
         responder.end()
 
 
-class _Progress:
-    """What a call has used, settled when it ends however it ends.
+def _whole_response(status: int, content_type: bytes, reservation: Reservation, responder: Responder, data: bytes) -> bytes:
+    return b"".join((
+        status_line(status), b"Content-Type: ", content_type, b"\r\n", reservation.header_lines(),
+        b"Content-Length: %d\r\n" % len(data), responder.close_head(), data,
+    ))
 
-    `final` is set when the answer is known without a usage report (0: the backend was not
-    reached or refused). Otherwise the backend's `usage.total_tokens` counts; when a call ends
-    without one (client gone, stream cut) it is charged the prompt estimate plus one token per
-    streamed event seen.
+
+class _Exchange:
+    """One model call on a kept-alive connection, driven by its parser's callbacks (a Sink).
+
+    Same outcomes as `Gateway._forward`: the answer relayed or sent whole, 502/504 naming the
+    model, a stream cut when the backend stalls or fails, the call settled once. The read
+    timeout is one timer per call, re-armed from the time of the last bytes read, so it means
+    what `_within` means per wait: `timeout` seconds without the backend sending anything.
     """
 
-    __slots__ = ("prompt_estimate", "events", "total", "final")
+    __slots__ = ("_call", "_conn", "_responder", "_timeout", "_timer", "_parts", "_headers_in", "_relaying", "_tail",
+                 "_paused", "_released")
 
-    def __init__(self, prompt_estimate: int) -> None:
-        self.prompt_estimate = prompt_estimate
-        self.events = 0
-        self.total: int | None = None
-        self.final: int | None = None
+    def __init__(self, call: _Call, conn: _Connection, responder: Responder, timeout: float) -> None:
+        self._call = call
+        self._conn = conn
+        self._responder = responder
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._parts: list[bytes] = []
+        self._headers_in = False
+        self._relaying = False
+        self._tail = b""
+        self._paused = False
+        self._released = False
 
-    def tokens(self) -> int:
-        if self.final is not None:
-            return self.final
-        return self.total if self.total is not None else self.prompt_estimate + self.events
+    def start(self) -> None:
+        call, conn, responder = self._call, self._conn, self._responder
+        responder.on_cancel = self._cancel
+        if call.stream:
+            responder.on_pause = self._pause
+            responder.on_resume = self._resume
+        conn.begin(self, call.route.request(call.path, call.payload))
+        self._timer = conn.loop.call_later(self._timeout, self._expire)
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._call.route.pool.release(self._conn)  # unfinished: aborted, cancelling its work
+
+    # -- backpressure: a slow client pauses the backend's connection, not its timeout --------
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._conn.pause_reading()
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._conn.last_read = self._conn.loop.time()
+        self._conn.resume_reading()
+
+    # -- Sink ----------------------------------------------------------------------------
+
+    def on_headers(self) -> None:
+        self._headers_in = True
+        conn = self._conn
+        if self._call.stream and 200 <= conn.status < 300:
+            self._relaying = True
+            content_type = conn.header(b"content-type") or b"application/json"
+            self._responder.start(conn.status, self._call.stream_headers(content_type))
+
+    def on_body(self, body: bytes) -> None:
+        if self._relaying:
+            self._responder.write_now(body)
+            self._tail = self._call.count_stream(self._tail, body)
+        else:
+            self._parts.append(body)
+
+    def on_complete(self) -> None:
+        self._stop_timer()
+        call, conn, responder = self._call, self._conn, self._responder
+        try:
+            if self._relaying:
+                responder.end()
+            else:
+                parts = self._parts
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                status = conn.status
+                if 200 <= status < 300:
+                    call.total = last_total_tokens(data)
+                else:
+                    call.final = 0  # the backend refused the request: nothing generated
+                content_type = conn.header(b"content-type") or b"application/json"
+                responder.send_raw(_whole_response(status, content_type, call.reservation, responder, data))
+            self._release()
+        except Exception:
+            self._crash()
+        finally:
+            call.settle()
+
+    def on_error(self, exc: Exception) -> None:
+        self._stop_timer()
+        call, responder = self._call, self._responder
+        model = call.route.backend.name
+        try:
+            if not self._headers_in:
+                if not self._conn.got_bytes:
+                    # A kept-alive connection the backend closed meanwhile: retry on another.
+                    responder.on_cancel = call.settle
+                    responder.on_pause = responder.on_resume = _nothing
+                    responder.spawn(call.gateway._call_async(call, responder))
+                    return
+                call.final = 0
+                self._fail(UpstreamError(f"model '{model}' is unavailable: {exc}"))
+            elif self._relaying:
+                log.warning("model '%s' failed mid-stream: %s", model, exc)
+                call.settle()
+                responder.abort()
+            else:
+                self._fail(UpstreamError(f"model '{model}' failed while answering: {exc}"))
+        except Exception:
+            self._crash()
+
+    # -- timer and cancellation ------------------------------------------------------------
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        call, conn = self._call, self._conn
+        loop = conn.loop
+        quiet = 0.0 if self._paused else loop.time() - conn.last_read
+        if quiet < self._timeout:
+            self._timer = loop.call_later(self._timeout - quiet, self._expire)
+            return
+        self._timer = None
+        conn.detach()
+        self._release()
+        try:
+            if self._relaying:
+                log.warning("model '%s' stalled mid-stream; cutting the response", call.model)
+                call.settle()
+                self._responder.abort()
+                return
+            if not self._headers_in:
+                call.final = 0
+            self._fail(UpstreamTimeout(f"model '{call.route.backend.name}' did not answer within {self._timeout:g} s"))
+        except Exception:
+            self._crash()
+
+    def _cancel(self) -> None:
+        """The client went away: abort the backend's call and settle what was used."""
+        self._stop_timer()
+        self._conn.detach()
+        self._release()
+        self._call.settle()
+
+    def _fail(self, error: MaasError) -> None:
+        self._call.settle()
+        self._call.gateway.reject(self._responder, error)
+
+    def _crash(self) -> None:
+        log.exception("gateway error on POST %s", self._call.path.decode("latin-1"))
+        self._call.settle()
+        if self._conn.sink is self:
+            self._conn.detach()
+        self._release()
+        responder = self._responder
+        if responder.started:
+            responder.abort()
+        else:
+            self._call.gateway.reject(responder, MaasError("internal gateway error"))
+
+
+def _nothing() -> None:
+    pass

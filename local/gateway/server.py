@@ -2,29 +2,34 @@
 
 Keep-alive, pipelined requests answered in order, Content-Length and chunked request bodies,
 responses whole or streamed (chunked), backpressure on slow clients, and a request body cap
-(413). A client that disconnects cancels its request's task, so handlers release what they hold
-in `finally`. No TLS: the gateway listens on 127.0.0.1 behind whatever terminates TLS.
+(413). No TLS: the gateway listens on 127.0.0.1 behind whatever terminates TLS.
+
+A handler is called synchronously and either answers at once, answers later from protocol
+callbacks (it then sets `Responder.on_cancel`, `on_pause`, `on_resume`), or returns a
+coroutine that runs as a task. Most requests take one of the first two ways: a task and its
+futures per request cost more than the rest of the gateway's work (see bench/). A client that
+disconnects cancels its request (the task, or `on_cancel`), so handlers release what they hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
 
 
 @dataclass(slots=True)
 class Request:
-    method: str
-    path: str
+    method: bytes
+    path: bytes
     headers: dict[bytes, bytes]  # names lower-cased
     body: bytes
 
@@ -33,32 +38,57 @@ class Request:
         return None if value is None else value.decode("latin-1")
 
 
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
 def _head(status: int, headers: Mapping[str, str], extra: bytes) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    lines = [status_line(status)]
     for name, value in headers.items():
         lines.append(f"{name}: {value}\r\n".encode("latin-1"))
     lines.append(extra)
     return b"".join(lines)
 
 
-class Responder:
-    """How a handler answers: `send` a whole response, or `start`, `write`..., `end` a stream."""
+def _nothing() -> None:
+    pass
 
-    __slots__ = ("_protocol", "keep_alive", "started", "finished")
+
+class Responder:
+    """How a handler answers: `send` a whole response, or `start`, `write`..., `end` a stream.
+
+    `send_head` / `write_now` are the callback-driven variants: no await, the handler pauses
+    its source from `on_pause` until `on_resume` instead of draining.
+    """
+
+    __slots__ = ("_protocol", "keep_alive", "started", "finished", "on_cancel", "on_pause", "on_resume")
 
     def __init__(self, protocol: _HttpProtocol, keep_alive: bool) -> None:
         self._protocol = protocol
         self.keep_alive = keep_alive
         self.started = False
         self.finished = False
+        self.on_cancel: Callable[[], None] = _nothing
+        self.on_pause: Callable[[], None] = _nothing
+        self.on_resume: Callable[[], None] = _nothing
 
     def _connection_header(self) -> bytes:
         return b"\r\n" if self.keep_alive else b"Connection: close\r\n\r\n"
 
     def send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        self.started = self.finished = True
         head = _head(status, headers, b"Content-Length: %d\r\n" % len(body) + self._connection_header())
-        self._protocol.write(head + body)
+        self.send_raw(head + body)
+
+    def send_raw(self, response: bytes) -> None:
+        """A whole response, already encoded; its head ends with `close_head()`."""
+        self.started = self.finished = True
+        self._protocol.write(response)
+        self._protocol.finished(self)
+
+    def close_head(self) -> bytes:
+        """The end of a head: the Connection header when closing, then the blank line."""
+        return self._connection_header()
 
     def start(self, status: int, headers: Mapping[str, str]) -> None:
         self.started = True
@@ -69,12 +99,25 @@ class Responder:
             self._protocol.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             await self._protocol.drain()
 
+    def write_now(self, chunk: bytes) -> None:
+        if chunk:
+            self._protocol.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+
     def end(self) -> None:
         self.finished = True
         self._protocol.write(b"0\r\n\r\n")
+        self._protocol.finished(self)
+
+    def abort(self) -> None:
+        """Cut the connection: the response cannot be completed (or was never started)."""
+        self._protocol.abort(self)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Finish this response in a coroutine after all (as if the handler had returned it)."""
+        self._protocol.spawn(work, self)
 
 
-Handler = Callable[[Request, Responder], Awaitable[None]]
+Handler = Callable[[Request, Responder], Coroutine[Any, Any, None] | None]
 Reject = Callable[[Responder, int, str], None]
 
 
@@ -83,6 +126,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._handler = handler
         self._reject = reject
         self._max_body = max_body
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -91,8 +135,12 @@ class _HttpProtocol(asyncio.Protocol):
         self._size = 0
         self._too_large = False
         self._queue: deque[tuple[Request | None, bool]] = deque()
+        self._current: Responder | None = None
         self._task: asyncio.Task[None] | None = None
+        self._work: Coroutine[Any, Any, None] | None = None  # until its task starts it
+        self._dispatching = False
         self._closed = False
+        self._paused = False
         self._can_write: asyncio.Future[None] | None = None
 
     # -- transport ----------------------------------------------------------------------
@@ -105,16 +153,26 @@ class _HttpProtocol(asyncio.Protocol):
         self._queue.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        work, self._work = self._work, None
+        if work is not None:
+            work.close()  # its task never started: close it rather than leave it unawaited
+        current, self._current = self._current, None
+        if current is not None and not current.finished:
+            current.on_cancel()
         if self._can_write is not None and not self._can_write.done():
             self._can_write.set_exception(ConnectionResetError("client disconnected"))
 
     def pause_writing(self) -> None:
-        if self._can_write is None or self._can_write.done():
-            self._can_write = asyncio.get_running_loop().create_future()
+        self._paused = True
+        if self._current is not None:
+            self._current.on_pause()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self._can_write is not None and not self._can_write.done():
             self._can_write.set_result(None)
+        if self._current is not None:
+            self._current.on_resume()
 
     def write(self, data: bytes) -> None:
         if not self._closed and self._transport is not None:
@@ -123,7 +181,9 @@ class _HttpProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         if self._closed:
             raise ConnectionResetError("client disconnected")
-        if self._can_write is not None and not self._can_write.done():
+        if self._paused:
+            if self._can_write is None or self._can_write.done():
+                self._can_write = self._loop.create_future()
             await self._can_write
 
     def data_received(self, data: bytes) -> None:
@@ -169,39 +229,75 @@ class _HttpProtocol(asyncio.Protocol):
         if self._too_large:
             self._queue.append((None, True))
         else:
-            path = self._url.split(b"?", 1)[0].decode("latin-1")
-            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            method = self._parser.get_method().decode("latin-1")
-            self._queue.append((Request(method, path, self._headers, body), keep_alive))
+            url = self._url
+            path = url.split(b"?", 1)[0] if b"?" in url else url
+            parts = self._body
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._queue.append((Request(self._parser.get_method(), path, self._headers, body), keep_alive))
         self._next()
 
     # -- running handlers, one at a time per connection ---------------------------------
 
     def _next(self) -> None:
-        if self._task is None and self._queue and not self._closed:
-            request, keep_alive = self._queue.popleft()
-            self._task = asyncio.get_running_loop().create_task(self._run(request, keep_alive))
-
-    async def _run(self, request: Request | None, keep_alive: bool) -> None:
-        responder = Responder(self, keep_alive and request is not None)
+        if self._dispatching:
+            return  # the loop below picks the request up
+        self._dispatching = True
         try:
-            if request is None:
-                # keep_alive here marks "too large" (413) versus unparsable (400).
-                self._reject(responder, 413 if keep_alive else 400, "request body too large" if keep_alive else "malformed HTTP request")
-            else:
-                await self._handler(request, responder)
+            while self._current is None and self._queue and not self._closed:
+                request, keep_alive = self._queue.popleft()
+                responder = self._current = Responder(self, keep_alive and request is not None)
+                if request is None:
+                    # keep_alive here marks "too large" (413) versus unparsable (400).
+                    self._reject(responder, 413 if keep_alive else 400, "request body too large" if keep_alive else "malformed HTTP request")
+                    continue
+                try:
+                    work = self._handler(request, responder)
+                except Exception:
+                    self.abort(responder)  # handlers answer their own errors; this is a bug
+                    raise
+                if work is not None:
+                    self.spawn(work, responder)
+        finally:
+            self._dispatching = False
+
+    def spawn(self, work: Coroutine[Any, Any, None], responder: Responder) -> None:
+        self._work = work
+        self._task = self._loop.create_task(self._run(work, responder))
+
+    async def _run(self, work: Coroutine[Any, Any, None], responder: Responder) -> None:
+        self._work = None
+        try:
+            await work
         except asyncio.CancelledError:
             return  # the client went away; the handler cleaned up in its finally blocks
         except ConnectionError:
-            responder.keep_alive = False
+            self.abort(responder)
         finally:
             self._task = None
-        if not responder.finished or not responder.keep_alive:
-            if self._transport is not None:
-                self._transport.close()
-            self._closed = True
+        if not responder.finished:
+            self.abort(responder)
+
+    def finished(self, responder: Responder) -> None:
+        """The current response is complete: close, or go on with the next request."""
+        if responder is not self._current:
             return
-        self._next()
+        self._current = None
+        if not responder.keep_alive:
+            self._close()
+        elif self._queue and not self._dispatching:
+            # After the handler's remaining work (settling) rather than inside it.
+            self._loop.call_soon(self._next)
+
+    def abort(self, responder: Responder) -> None:
+        if responder is self._current or self._current is None:
+            self._current = None
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        if self._transport is not None:
+            self._transport.close()
 
 
 async def serve(

@@ -4,6 +4,10 @@ Built on asyncio protocols and httptools (the parser uvicorn uses) because a gen
 costs more per request than everything else the gateway does; see bench/ for the numbers.
 Only what a proxy needs: POST/GET with a body, Content-Length or chunked responses, streaming
 chunk by chunk, a read timeout per wait, abort on cancel.
+
+Two ways to drive a call: `Pool.request` (awaitable, futures per wait) and, for a connection
+already open, `Pool.take_idle` + `_Connection.begin(sink, ...)`, where the parser's callbacks go
+straight to a `Sink` with no future or task in between (the gateway's hot path).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -27,9 +31,24 @@ class UpstreamReadTimeout(Exception):
     """The backend did not answer (or send the next chunk) in time."""
 
 
+class Sink(Protocol):
+    """Receives one response's events; must not raise (it runs inside the parser)."""
+
+    def on_headers(self) -> None: ...
+
+    def on_body(self, body: bytes) -> None: ...
+
+    def on_complete(self) -> None: ...
+
+    def on_error(self, exc: Exception) -> None: ...
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.sink: Sink | None = None
+        self.last_read = 0.0
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._parser: httptools.HttpResponseParser | None = None
@@ -49,6 +68,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.sink is not None:
+            self.last_read = self.loop.time()
         if self._parser is None:
             self._fail(UpstreamConnectError("unexpected data from the backend"))
             return
@@ -68,10 +89,15 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         self.status = self._parser.get_status_code()
-        if self._headers_ready is not None and not self._headers_ready.done():
+        if self.sink is not None:
+            self.sink.on_headers()
+        elif self._headers_ready is not None and not self._headers_ready.done():
             self._headers_ready.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_body(body)
+            return
         self._chunks.append(body)
         self._wake()
 
@@ -79,6 +105,11 @@ class _Connection(asyncio.Protocol):
         assert self._parser is not None
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            sink.on_complete()
+            return
         self._wake()
 
     def _wake(self) -> None:
@@ -86,12 +117,19 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
+        sink, self.sink = self.sink, None
         for future in (self._headers_ready, self._waiter):
             if future is not None and not future.done():
                 future.set_exception(exc)
         if self.transport is not None:
             self.transport.abort()
         self.closed = True
+        if sink is not None:
+            sink.on_error(exc)
+
+    def detach(self) -> None:
+        """Stop reporting to the sink (its call is over: timed out or cancelled)."""
+        self.sink = None
 
     # -- used by Pool / Response ---------------------------------------------------------
 
@@ -105,6 +143,33 @@ class _Connection(asyncio.Protocol):
         self._headers_ready = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self._headers_ready
+
+    def begin(self, sink: Sink, request: bytes) -> None:
+        """Send a whole request on this open, idle connection; events go to `sink`."""
+        assert self.transport is not None
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+        # An idle connection's last response completed, so its parser is at a message start.
+        self._headers = []
+        self.complete = False
+        self.got_bytes = False
+        self.sink = sink
+        self.last_read = self.loop.time()
+        self.transport.write(request)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self._headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     async def next_chunk(self, timeout: float) -> bytes | None:
         """The next body piece, or None at the end of the body."""
@@ -188,6 +253,15 @@ class Pool:
         except OSError as exc:
             raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
         return conn
+
+    def take_idle(self) -> _Connection | None:
+        """An open keep-alive connection, if one is idle (no connecting on this path)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
 
     async def request(self, request: bytes, *, timeout: float) -> Response:
         """Send a whole request; return once the response headers are in."""
