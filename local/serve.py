@@ -11,6 +11,7 @@ from typing import Protocol
 from functions._context import install_context, reset_context
 from local.admin import AdminServer
 from local.adminkey import ensure_admin_key
+from local.events import EventsService
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
 from shared.context import build_context
@@ -55,6 +56,8 @@ def serve(settings: Settings) -> int:
         ctx = build_context(settings, ledger=ledger)
         install_context(ctx)
         launch("gateway", GatewayService(settings, ctx.store, ledger=ledger))
+        # Knative Eventing's part: the cleanup function fed on team deletes and on a timer.
+        launch("cleanup", EventsService(ctx, interval_s=settings.cleanup_interval_s))
         launch("admin API", AdminServer(host=settings.host, port=settings.admin_port, tls_dir=settings.data_dir / "tls"))
         _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
         for label, service in reversed(services):

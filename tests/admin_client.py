@@ -72,7 +72,7 @@ class DirectClient(AdminClient):
         environ = EnvironBuilder(path=path, method=method, data=content, headers=headers).get_environ()
         request = flask.Request(environ)
         try:
-            route, _ = resolve(method, path)
+            route, _ = resolve(method, path.partition("?")[0])
             response = function_targets()[route.target](request)
         except MaasError as error:
             response = error_response(error)

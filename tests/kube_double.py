@@ -235,9 +235,9 @@ def _validate_meta(meta: JSON) -> list[tuple[str, str]]:
         causes.append(("metadata.name", f"Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"))
     for key, value in (meta.get("labels") or {}).items():
         if not _valid_label_key(key):
-            causes.append((f"metadata.labels", f"Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.'"))
+            causes.append(("metadata.labels", f"Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.'"))
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-            causes.append((f"metadata.labels", f"Invalid value: \"{value}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+            causes.append(("metadata.labels", f"Invalid value: \"{value}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
     annotations = meta.get("annotations") or {}
     for key, value in annotations.items():
         if not _valid_label_key(key.lower()):
@@ -520,7 +520,7 @@ class KubeDouble:
                 return 201, self._create(res, namespace, body, query)
             if method == "DELETE" and namespace is not None:
                 return 200, self._delete_collection(res, namespace, query, body)
-            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         if namespace is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         key: Key = (*res, namespace, name)
@@ -712,7 +712,7 @@ class KubeDouble:
             if isinstance(body.get("metadata"), dict) and "resourceVersion" not in body["metadata"]:
                 patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         else:
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json")
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json")
         updated = self._prepare(res, patched, key[3])
         return self._store_update(res, key, current, updated, subresource, replacing=False)
 

@@ -8,20 +8,14 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
-import flask
 import pytest
-from werkzeug.test import EnvironBuilder
 
 from functions._context import install_context
-from functions._http import error_response
-from local.admin import function_targets
-from shared.errors import MaasError
-from shared.routes import resolve
 from shared.context import Context, build_context
 from shared.keymaterial import KEY_PREFIX, generate_admin_key
 from shared.routes import ROUTES
 from shared.settings import Settings
-from tests.admin_client import DirectClient, HttpClient, Reply, _reply
+from tests.admin_client import DirectClient, HttpClient
 from tests.runtime import start_runtime
 
 T0 = datetime(2025, 8, 25, 6, 0, 0, tzinfo=timezone.utc)
@@ -34,22 +28,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-class QueryDirectClient(DirectClient):
-    """DirectClient resolves the route on the whole path; GET /audit needs a query string."""
-
-    def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str]) -> Reply:
-        route_path, _, query = path.partition("?")
-        environ = EnvironBuilder(path=route_path, query_string=query, method=method, data=content,
-                                 headers=headers).get_environ()
-        request = flask.Request(environ)
-        try:
-            route, _ = resolve(method, route_path)
-            response = function_targets()[route.target](request)
-        except MaasError as error:
-            response = error_response(error)
-        return _reply(response.status_code, response.get_data(as_text=True), dict(response.headers))
 
 
 @pytest.fixture
@@ -67,7 +45,7 @@ def audited(settings: Settings, clock: Clock) -> Iterator[Context]:
 
 @pytest.fixture
 def api(audited: Context, admin_key: str) -> DirectClient:
-    return QueryDirectClient(admin_key)
+    return DirectClient(admin_key)
 
 
 def _entries(api: DirectClient | HttpClient, query: str = "") -> list[dict]:
