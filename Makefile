@@ -23,6 +23,9 @@ run: $(STAMP) ## Serve every function, the gateway and the model simulator on th
 
 test: $(STAMP) ## Run the test suite (installs Debian's prometheus for the usage tests when missing)
 	@bash tools/ensure_prometheus.sh
+	@command -v jq >/dev/null && command -v curl >/dev/null || \
+		(echo "installing curl and jq (the quickstart test pastes curl | jq) ..." && \
+		 apt-get update -qq && apt-get install -y -qq --no-install-recommends curl jq >/dev/null)
 	@$(BIN)/python -m pytest
 
 bench: $(STAMP) ## Benchmark the gateway against a direct backend

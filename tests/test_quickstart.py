@@ -1,0 +1,157 @@
+"""The user-facing contract: ../shared/seed/key-manager-quickstart.md, pasted as it is into bash
+against `make run` (python -m local serve) with the three routes on 127.0.0.1.
+
+The steps' commands are read from the quickstart itself, so this test follows the document; the
+example outputs shown there are the shapes our answers must carry (every field name and nesting).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.keymaterial import generate_admin_key
+from tests.runtime import ROOT, start_runtime
+
+QUICKSTART = ROOT.parent / "shared" / "seed" / "key-manager-quickstart.md"
+_STEP = re.compile(r"^### (\d+)\. (.+)$", re.M)
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def steps() -> dict[int, tuple[list[str], list[Any]]]:
+    """Step number -> (bash blocks, example JSON outputs), in document order."""
+    text = QUICKSTART.read_text()
+    heads = list(_STEP.finditer(text))
+    found: dict[int, tuple[list[str], list[Any]]] = {}
+    for head, nxt in zip(heads, [*heads[1:], None]):
+        body = text[head.end(): nxt.start() if nxt else len(text)]
+        commands, examples = [], []
+        for fence in _FENCE.finditer(body):
+            lang, content = fence.group(1), fence.group(2)
+            if lang == "bash":
+                commands.append(content)
+            else:
+                try:
+                    examples.append(json.loads(content))
+                except ValueError:
+                    pass
+        found[int(head.group(1))] = (commands, examples)
+    return found
+
+
+def json_documents(text: str) -> list[Any]:
+    decoder, documents, index = json.JSONDecoder(), [], 0
+    while index < len(text):
+        start = min((i for i in (text.find("{", index), text.find("[", index)) if i >= 0), default=-1)
+        if start < 0:
+            break
+        try:
+            document, index = decoder.raw_decode(text, start)
+            documents.append(document)
+        except ValueError:
+            index = start + 1
+    return documents
+
+
+def assert_shape(example: Any, actual: Any, where: str = "$") -> None:
+    """Every field the quickstart shows is present in our answer, with the same nesting."""
+    if isinstance(example, dict):
+        assert isinstance(actual, dict), f"{where}: expected an object, got {actual!r}"
+        for key, value in example.items():
+            assert key in actual, f"{where}: missing field {key!r} (have {sorted(actual)})"
+            assert_shape(value, actual[key], f"{where}.{key}")
+    elif isinstance(example, list):
+        assert isinstance(actual, list), f"{where}: expected a list, got {actual!r}"
+        if example and actual:
+            assert_shape(example[0], actual[0], f"{where}[0]")
+    elif isinstance(example, bool):
+        assert isinstance(actual, bool), f"{where}: expected a boolean, got {actual!r}"
+    elif isinstance(example, (int, float)):
+        assert isinstance(actual, (int, float)) and not isinstance(actual, bool), f"{where}: {actual!r}"
+    elif isinstance(example, str):
+        assert isinstance(actual, str), f"{where}: expected a string, got {actual!r}"
+
+
+@pytest.mark.skipif(not QUICKSTART.exists(), reason=f"the quickstart is not at {QUICKSTART}")
+def test_the_whole_quickstart_pasted_into_bash(tmp_path: Path) -> None:
+    for tool in ("bash", "curl", "jq"):
+        assert shutil.which(tool), f"{tool} is needed to paste the quickstart (make test installs it)"
+    doc = steps()
+    assert sorted(doc) == list(range(1, 14))
+
+    admin_key = generate_admin_key()
+    runtime = start_runtime(tmp_path / "data", env={"ADMIN_KEY": admin_key})
+    try:
+        gateway = runtime.urls["gateway"].removeprefix("http://")
+        script = [
+            "set -u",
+            f"export ADMIN_KEY='{admin_key}'",
+            'export TEAM_ID="test-team"',
+            'export USER_ID="test-user"',
+            f"export KEY_MANAGER_ROUTE={runtime.admin_url.removeprefix('https://')}",
+            f"export QWEN3_ROUTE={gateway}",
+            f"export SIMULATOR_ROUTE={gateway}",
+            # Step 13 calls the admin route without -k: trust the local certificate, as the README says.
+            f"export CURL_CA_BUNDLE={tmp_path / 'data' / 'tls' / 'cert.pem'}",
+        ]
+        for number in sorted(doc):
+            for block in doc[number][0]:
+                script += [f"echo '@@step {number}@@'", block]
+        done = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    finally:
+        assert runtime.stop() == 0
+
+    outputs: dict[int, list[Any]] = {}
+    raw: dict[int, str] = {}
+    for chunk in done.stdout.split("@@step ")[1:]:
+        number_text, _, text = chunk.partition("@@")
+        number = int(number_text)
+        raw[number] = raw.get(number, "") + text
+        outputs.setdefault(number, []).extend(json_documents(text))
+
+    # The example outputs are the contract for field names and nesting.
+    for number, (_, examples) in doc.items():
+        for index, example in enumerate(examples):
+            assert index < len(outputs[number]), f"step {number}: no JSON answer for example {index}"
+            assert_shape(example, outputs[number][index], f"step {number}")
+
+    created = outputs[1][0]
+    assert (created["team_id"], created["token_limit"], created["time_window"]) == ("test-team", 100000, "1h")
+    api_key = re.search(r"API Key: (\S+)", raw[2])
+    assert api_key and api_key.group(1).startswith("maas_")
+
+    reply = outputs[3][0]
+    spent = reply["usage"]["total_tokens"]
+    assert reply["choices"][0]["message"]["content"] and spent > 20
+
+    assert (outputs[4][0]["token_limit"], outputs[4][0]["time_window"]) == (20, "1m")
+    assert outputs[5][0]["error"]["type"] == "rate_limit_error"  # the 20-token limit of step 5
+
+    models, openai_models = outputs[6]
+    assert {m["name"] for m in models["models"]} == {"qwen3-0-6b-instruct", "vllm-simulator"}
+    assert all(m["ready"] for m in models["models"])
+    assert "qwen3-0-6b-instruct" in {m["id"] for m in openai_models["data"]}
+
+    team = next(t for t in outputs[7][0]["teams"] if t["team_id"] == "test-team")
+    assert (team["key_count"], team["user_count"]) == (1, 1)
+    assert outputs[8][0]["users"][0]["user_id"] == "test-user"
+    assert outputs[9][0]["total_keys"] == 1 and outputs[9][0]["keys"][0]["status"] == "active"
+    assert outputs[10][0]["total_keys"] == 1 and outputs[10][0]["keys"][0]["team_id"] == "test-team"
+
+    for usage in (outputs[11][0], outputs[12][0]):
+        assert usage["total_token_usage"] == spent
+        assert (usage["total_authorized_calls"], usage["total_limited_calls"]) == (1, 1)
+    assert outputs[11][0]["team_breakdown"][0]["token_usage"] == spent
+    assert outputs[12][0]["user_breakdown"][0]["user_email"] == "test-user@test.com"
+
+    key_deleted, team_deleted = outputs[13]
+    assert key_deleted["secret_name"].startswith("apikey-test-user-test-team-")
+    assert (team_deleted["team_id"], team_deleted["keys_deleted"]) == ("test-team", 0)
+    assert api_key.group(1) not in runtime.text
