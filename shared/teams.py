@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from shared.context import Context
 from shared.members import members_of
 from shared.schemas import TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
@@ -23,8 +25,9 @@ def _public(team: Team, keys: list[ApiKey]) -> TeamPublic:
     )
 
 
-def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
-    team = Team(
+def team_from_request(request: TeamCreate, created_at: datetime) -> Team:
+    """The team a create request describes, with its defaults filled in."""
+    return Team(
         team_id=request.team_id,
         team_name=request.team_name or request.team_id,
         description=request.description,
@@ -32,9 +35,12 @@ def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
         token_limit=request.token_limit,
         time_window=request.time_window,
         limit_scope=request.limit_scope,
-        created_at=ctx.clock(),
+        created_at=created_at,
     )
-    created = ctx.store.create_team(team=team)
+
+
+def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
+    created = ctx.store.create_team(team=team_from_request(request, ctx.clock()))
     ctx.teams_changed()
     return _public(created, [])
 

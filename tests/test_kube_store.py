@@ -15,11 +15,11 @@ from kubernetes.client import ApiClient, Configuration, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from shared.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
-from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
+from shared.keymaterial import generate_api_key, key_sha256
 from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, Store, Team, TeamChanges
 from shared.store.kube import KubernetesStore
 from shared.store.kubeshapes import key_body, team_body
-from tests import crds
+from tests import crds, records
 from tests.kube_double import KubeDouble, running_double
 
 NS = "llm"
@@ -34,34 +34,13 @@ def cluster() -> Iterator[tuple[KubeDouble, KubernetesStore]]:
 
 
 def a_team(team_id: str = "data-science", **overrides: object) -> Team:
-    fields: dict[str, object] = {
-        "team_id": team_id,
-        "team_name": "Data Science",
-        "description": "ML people",
-        "policy": "ds-tokens",
-        "token_limit": 50_000,
-        "time_window": "24h",
-        "limit_scope": "user",
-        "created_at": T0,
-    }
-    fields.update(overrides)
-    return Team(**fields)  # type: ignore[arg-type]
+    ds = {"team_name": "Data Science", "description": "ML people", "policy": "ds-tokens",
+          "token_limit": 50_000, "time_window": "24h", "created_at": T0}
+    return records.a_team(team_id, **{**ds, **overrides})
 
 
 def a_key(team_id: str = "data-science", user_id: str = "alice", **overrides: object) -> tuple[ApiKey, str]:
-    api_key = generate_api_key()
-    fields: dict[str, object] = {
-        "secret_name": secret_name_for(user_id, team_id),
-        "key_sha256": key_sha256(api_key),
-        "team_id": team_id,
-        "user_id": user_id,
-        "user_email": f"{user_id}@example.com",
-        "role": "member",
-        "status": "active",
-        "created_at": T0,
-    }
-    fields.update(overrides)
-    return ApiKey(**fields), api_key  # type: ignore[arg-type]
+    return records.a_key(team_id, user_id, **{"user_email": f"{user_id}@example.com", "created_at": T0, **overrides})
 
 
 def seeded(store: Store, **key_overrides: object) -> tuple[Team, ApiKey, str]:

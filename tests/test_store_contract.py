@@ -5,17 +5,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from shared.errors import Conflict, NotFound
-from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
+from shared.keymaterial import generate_api_key, key_sha256
 from shared.store import ApiKey, Store, Team, TeamChanges
+from tests.records import T0, a_key, a_team
 from tests.store_backends import BACKENDS
 
-T0 = datetime(2025, 8, 25, 6, 17, 35, tzinfo=timezone.utc)
 
 
 @pytest.fixture(params=sorted(BACKENDS), ids=sorted(BACKENDS))
@@ -25,34 +25,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def team(team_id: str = "test-team", **overrides: object) -> Team:
-    fields: dict[str, object] = {
-        "team_id": team_id,
-        "team_name": "Test Team",
-        "description": "",
-        "policy": "test-tokens",
-        "token_limit": 100_000,
-        "time_window": "1h",
-        "limit_scope": "user",
-        "created_at": T0,
-    }
-    fields.update(overrides)
-    return Team(**fields)  # type: ignore[arg-type]
+    return a_team(team_id, **overrides)
 
 
 def new_key(team_id: str = "test-team", user_id: str = "alice", **overrides: object) -> tuple[ApiKey, str]:
-    api_key = generate_api_key()
-    fields: dict[str, object] = {
-        "secret_name": secret_name_for(user_id, team_id),
-        "key_sha256": key_sha256(api_key),
-        "team_id": team_id,
-        "user_id": user_id,
-        "user_email": f"{user_id}@test.com",
-        "role": "member",
-        "status": "active",
-        "created_at": T0,
-    }
-    fields.update(overrides)
-    return ApiKey(**fields), api_key  # type: ignore[arg-type]
+    return a_key(team_id, user_id, **overrides)
 
 
 def test_team_round_trip(store: Store) -> None:

@@ -27,6 +27,7 @@ from shared.routes import EVENT_TARGETS, ROUTES, Route
 from shared.schemas import TeamCreate
 from shared.settings import Settings
 from shared.store.base import Team
+from shared.teams import team_from_request
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "config"
@@ -305,18 +306,7 @@ def load_example_teams(examples_dir: Path = CONFIG_DIR / "examples") -> list[Tea
     for document in load_yaml_documents(sorted(examples_dir.glob("*.yaml"))):
         for body in document.get("teams", []):
             request = TeamCreate.model_validate(body)
-            teams.append(
-                Team(
-                    team_id=request.team_id,
-                    team_name=request.team_name or request.team_id,
-                    description=request.description,
-                    policy=request.policy or request.team_id,
-                    token_limit=request.token_limit,
-                    time_window=request.time_window,
-                    limit_scope=request.limit_scope,
-                    created_at=datetime.fromtimestamp(0, tz=timezone.utc),
-                )
-            )
+            teams.append(team_from_request(request, datetime.fromtimestamp(0, tz=timezone.utc)))
     return teams
 
 
