@@ -4,7 +4,6 @@ Kubernetes adapters import `kubernetes`."""
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,19 +189,3 @@ def test_every_api_answer_maps_to_one_of_our_errors(status: int, reason: str, er
     mapped = translate(exc, "team 't'")
     assert type(mapped) is error and words in mapped.message
 
-
-def test_only_the_kubernetes_adapters_import_kubernetes() -> None:
-    allowed = {"shared/store/kube.py", "shared/kubeapply.py"}
-    offenders = []
-    for folder in ("shared", "functions", "local"):
-        for path in sorted((REPO / folder).rglob("*.py")):
-            tree = ast.parse(path.read_text(), filename=str(path))
-            for node in ast.walk(tree):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                )
-                if any(n == "kubernetes" or n.startswith("kubernetes.") for n in names):
-                    relative = path.relative_to(REPO).as_posix()
-                    if relative not in allowed:
-                        offenders.append(relative)
-    assert offenders == []
