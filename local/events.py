@@ -26,6 +26,12 @@ from functions.cleanup import handle
 from shared import cleanup as core
 from shared.context import Context
 from shared.schemas import CleanupSummary
+from shared.store.kubeshapes import (
+    RESOURCE_TYPE,
+    TEAM_ID_LABEL,
+    TEAM_TYPE,
+    team_secret_name,
+)
 
 log = logging.getLogger("maas.events")
 
@@ -40,14 +46,14 @@ def ping_event(namespace: str) -> CloudEvent:
 
 
 def team_deleted_event(namespace: str, team_id: str) -> CloudEvent:
-    name = f"team-{team_id}-config"
+    name = team_secret_name(team_id)
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {core.KIND_LABEL: core.TEAM_KIND, core.TEAM_LABEL: team_id},
+            "labels": {RESOURCE_TYPE: TEAM_TYPE, TEAM_ID_LABEL: team_id},
         },
     }
     attributes = {

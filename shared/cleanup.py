@@ -29,18 +29,16 @@ from typing import Any
 from shared.context import Context
 from shared.errors import NotFound
 from shared.expiry import duration, effective_status
+from shared.identifiers import DNS_LABEL_RE
 from shared.schemas import CleanupSummary
 from shared.store.base import ApiKey, KeyChanges
+from shared.store.kubeshapes import RESOURCE_TYPE, TEAM_ID_LABEL, TEAM_TYPE
 
 log = logging.getLogger("maas.cleanup")
 
 PING = "dev.knative.sources.ping"
 SECRET_DELETED = ("dev.knative.apiserver.resource.delete", "dev.knative.apiserver.ref.delete")
-TEAM_LABEL = "maas/team-id"
-KIND_LABEL = "maas/resource-type"
-TEAM_KIND = "team-config"
-_TEAM_SECRET = re.compile(r"^team-([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)-config$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_TEAM_SECRET = re.compile(r"^team-(.+)-config$")
 
 
 def on_event(ctx: Context, *, event_type: str, data: Any) -> CleanupSummary:
@@ -67,7 +65,7 @@ def deleted_team(ctx: Context, data: Any) -> tuple[str | None, str]:
     if isinstance(metadata, Mapping):
         kind, namespace = data.get("kind"), metadata.get("namespace")
         labels = metadata.get("labels") if isinstance(metadata.get("labels"), Mapping) else {}
-        team_id = labels.get(TEAM_LABEL) if labels.get(KIND_LABEL) == TEAM_KIND else None
+        team_id = labels.get(TEAM_ID_LABEL) if labels.get(RESOURCE_TYPE) == TEAM_TYPE else None
     else:
         kind, name, namespace = data.get("kind"), data.get("name"), data.get("namespace")
         found = _TEAM_SECRET.match(name) if isinstance(name, str) else None
@@ -76,7 +74,7 @@ def deleted_team(ctx: Context, data: Any) -> tuple[str | None, str]:
         return None, f"object is a {kind}, not a Secret"
     if namespace not in (None, ctx.settings.namespace):
         return None, f"Secret is in namespace '{namespace}', not '{ctx.settings.namespace}'"
-    if not isinstance(team_id, str) or not _DNS_LABEL.match(team_id):
+    if not isinstance(team_id, str) or not DNS_LABEL_RE.match(team_id):
         return None, "Secret is not a team Secret"
     return team_id, ""
 

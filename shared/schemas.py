@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared import identifiers
 from shared.durations import normalize_window, window_ms
 from shared.expiry import MAX_GRACE
 
@@ -36,17 +37,17 @@ Timestamp = Annotated[datetime, PlainSerializer(_utc_text, return_type=str)]
 
 DnsLabel = Annotated[
     str,
-    StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+    StringConstraints(pattern=identifiers.DNS_LABEL),
     Field(description="A DNS label: lowercase letters, digits and '-', 1-63 chars, alphanumeric at both ends"),
 ]
 UserId = Annotated[
     str,
-    StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"),
+    StringConstraints(pattern=identifiers.USER_ID),
     Field(description="1-63 chars of [A-Za-z0-9._-], alphanumeric at both ends"),
 ]
 SecretName = Annotated[
     str,
-    StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"),
+    StringConstraints(pattern=identifiers.SECRET_NAME),
     Field(description="A key's public handle, e.g. apikey-alice-team-a-0119cba6"),
 ]
 TimeWindow = Annotated[

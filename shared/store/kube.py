@@ -55,10 +55,25 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from shared.errors import BackendUnavailable, Conflict, InvalidRequest, MaasError, NotFound
+from shared.errors import (
+    BackendUnavailable,
+    Conflict,
+    InvalidRequest,
+    MaasError,
+    NotFound,
+)
 from shared.keymaterial import key_sha256 as sha256_of
 from shared.settings import Settings
-from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, KeyStatus, Snapshot, Team, TeamChanges
+from shared.store.base import (
+    ApiKey,
+    AuditEntry,
+    AuditFilter,
+    KeyChanges,
+    KeyStatus,
+    Snapshot,
+    Team,
+    TeamChanges,
+)
 from shared.store.kubeshapes import (
     AUDIT_TYPE,
     DNS_LABEL,
@@ -68,6 +83,7 @@ from shared.store.kubeshapes import (
     RESOURCE_TYPE,
     SHA_LABEL,
     SHA_PREFIX_LEN,
+    TEAM_ID_LABEL,
     TEAM_TYPE,
     audit_body,
     audit_from_config_map,
@@ -311,7 +327,7 @@ class KubernetesStore:
 
     def _regroup_keys(self, team: Team) -> None:
         """Keys carry their team's policy as Authorino's `kuadrant.io/groups`: follow a change."""
-        for secret in self._list(f"{RESOURCE_TYPE}={KEY_TYPE},maas/team-id={team.team_id}", "keys"):
+        for secret in self._list(f"{RESOURCE_TYPE}={KEY_TYPE},{TEAM_ID_LABEL}={team.team_id}", "keys"):
             name = secret.metadata.name
 
             def attempt(name: str = name) -> None:
@@ -328,7 +344,7 @@ class KubernetesStore:
     def delete_team(self, *, team_id: str) -> list[ApiKey]:
         team_secret = self._read_team(team_id)
         removed: list[ApiKey] = []
-        for secret in self._list(f"{RESOURCE_TYPE}={KEY_TYPE},maas/team-id={team_id}", "keys"):
+        for secret in self._list(f"{RESOURCE_TYPE}={KEY_TYPE},{TEAM_ID_LABEL}={team_id}", "keys"):
             try:
                 with kube_errors(f"key '{secret.metadata.name}'"):
                     self._delete(secret)
@@ -374,7 +390,7 @@ class KubernetesStore:
 
     def list_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> list[ApiKey]:
         selector = f"{RESOURCE_TYPE}={KEY_TYPE}"
-        for label, value in (("maas/team-id", team_id), ("maas/user-id", user_id)):
+        for label, value in ((TEAM_ID_LABEL, team_id), ("maas/user-id", user_id)):
             if value is None:
                 continue
             if not value or len(value) > 63 or not LABEL_VALUE.match(value):
@@ -468,7 +484,7 @@ class KubernetesStore:
 
     def list_audit(self, *, where: AuditFilter) -> list[AuditEntry]:
         selector = f"{RESOURCE_TYPE}={AUDIT_TYPE}"
-        for label, value in (("maas/action", where.action), ("maas/team-id", where.team_id)):
+        for label, value in (("maas/action", where.action), (TEAM_ID_LABEL, where.team_id)):
             if value is None:
                 continue
             if not value or len(value) > 63 or not LABEL_VALUE.match(value):

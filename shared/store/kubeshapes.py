@@ -19,17 +19,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared.errors import BackendUnavailable
+from shared.identifiers import DNS_LABEL_RE
 from shared.keymaterial import key_sha256 as sha256_of
 from shared.store.base import ApiKey, AuditEntry, AuditFilter, Team
 
 RESOURCE_TYPE = "maas/resource-type"
 TEAM_TYPE = "team-config"
+TEAM_ID_LABEL = "maas/team-id"
 KEY_TYPE = "team-key"
 AUDIT_TYPE = "audit"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_LABEL = DNS_LABEL_RE
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -73,7 +75,7 @@ def team_body(team: Team) -> dict[str, Any]:
         "type": "Opaque",
         "metadata": {
             "name": team_secret_name(team.team_id),
-            "labels": {RESOURCE_TYPE: TEAM_TYPE, "maas/team-id": team.team_id},
+            "labels": {RESOURCE_TYPE: TEAM_TYPE, TEAM_ID_LABEL: team.team_id},
             "annotations": team_annotations(team),
         },
     }
@@ -84,7 +86,7 @@ def team_from_secret(secret: Any) -> Team:
     notes = secret.metadata.annotations or {}
     try:
         return Team(
-            team_id=labels["maas/team-id"],
+            team_id=labels[TEAM_ID_LABEL],
             team_name=notes.get("maas/team-name", ""),
             description=notes.get("maas/description", ""),
             policy=notes.get("maas/policy", ""),
@@ -109,7 +111,7 @@ def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
     notes = {
         "secret.kuadrant.io/user-id": key.user_id,
         "kuadrant.io/groups": team.policy,
-        "maas/team-id": key.team_id,
+        TEAM_ID_LABEL: key.team_id,
         "maas/user-email": key.user_email,
         "maas/models-allowed": ",".join(key.models_allowed),
         "maas/status": key.status,
@@ -130,7 +132,7 @@ def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
 def key_body(key: ApiKey, api_key: str, team: Team, team_uid: str, selector: str) -> dict[str, Any]:
     labels = {
         RESOURCE_TYPE: KEY_TYPE,
-        "maas/team-id": key.team_id,
+        TEAM_ID_LABEL: key.team_id,
         "maas/user-id": key.user_id,
         SHA_LABEL: key.key_sha256[:SHA_PREFIX_LEN],
     }
@@ -160,7 +162,7 @@ def key_from_secret(secret: Any) -> ApiKey:
         return ApiKey(
             secret_name=secret.metadata.name,
             key_sha256=sha256_of(_decode(secret, "api_key")),
-            team_id=labels["maas/team-id"],
+            team_id=labels[TEAM_ID_LABEL],
             user_id=labels["maas/user-id"],
             user_email=notes.get("maas/user-email", ""),
             role=notes.get("maas/role", "user"),
@@ -185,7 +187,7 @@ def is_kind(secret: Any, kind: str) -> bool:
 def audit_body(entry: AuditEntry) -> dict[str, Any]:
     """An audit entry as a ConfigMap: filterable fields as labels, the entry as data."""
     labels = {RESOURCE_TYPE: AUDIT_TYPE, "maas/outcome": str(entry.outcome)}
-    for label, value in (("maas/action", entry.action), ("maas/team-id", entry.team_id)):
+    for label, value in (("maas/action", entry.action), (TEAM_ID_LABEL, entry.team_id)):
         if value and len(value) <= 63 and LABEL_VALUE.match(value):
             labels[label] = value
     data = {
