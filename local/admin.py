@@ -5,6 +5,7 @@ server."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,20 +48,30 @@ class AdminServer:
     """The admin API in a background thread; `stop()` returns once it has stopped."""
 
     def __init__(self, *, host: str, port: int, tls_dir: Path | None) -> None:
-        ssl_context = server_context(tls_dir) if tls_dir is not None else None
-        self._server: BaseWSGIServer = make_server(
-            host, port, create_admin_app(), threaded=True, ssl_context=ssl_context
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api", daemon=True)
-        scheme = "https" if ssl_context is not None else "http"
-        self.url = f"{scheme}://{host}:{self._server.server_port}"
+        self._host, self._port, self._tls_dir = host, port, tls_dir
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
 
     def start(self) -> None:
+        # werkzeug answers a busy port by printing and exiting the process; find out first, so
+        # the caller gets an OSError it can explain.
+        if self._port:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((self._host, self._port))
+        ssl_context = server_context(self._tls_dir) if self._tls_dir is not None else None
+        self._server = make_server(self._host, self._port, create_admin_app(), threaded=True, ssl_context=ssl_context)
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://{self._host}:{self._server.server_port}"
         # werkzeug logs one line per request (method, path, status): no headers, no bodies.
         logging.getLogger("werkzeug").setLevel(logging.INFO)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

@@ -28,6 +28,10 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
+class CannotStart(Exception):
+    """A service could not start for a reason the user can fix (e.g. a port in use)."""
+
+
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -41,7 +45,13 @@ def serve(settings: Settings) -> int:
     services: list[tuple[str, Service]] = []
 
     def launch(label: str, service: Service) -> None:
-        service.start()
+        try:
+            service.start()
+        except OSError as exc:
+            raise CannotStart(
+                f"the {label} cannot listen: {exc.strerror or exc}. Is another `make run` running? "
+                "Choose other ports with MAAS_ADMIN_PORT, MAAS_GATEWAY_PORT, MAAS_SIMULATOR_PORT."
+            ) from None
         services.append((label, service))
 
     # One ledger for the gateway that writes it and the usage endpoints that read it, so usage
@@ -71,6 +81,9 @@ def serve(settings: Settings) -> int:
         _say("Press Ctrl-C to stop.")
         stop.wait()
         _say("stopping ...")
+    except CannotStart as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         for _, service in reversed(services):
             service.stop()

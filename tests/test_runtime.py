@@ -122,3 +122,23 @@ def test_placeholder_or_weak_admin_key_is_refused_without_echoing_it(tmp_path: P
     assert done.returncode == 2
     assert "ADMIN_KEY" in done.stderr
     assert admin_key not in done.stderr + done.stdout
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.runtime import ROOT
+
+    first = start_runtime(tmp_path / "first", env={"ADMIN_KEY": generate_admin_key()})
+    try:
+        busy = first.admin_url.rsplit(":", 1)[1]
+        env = {**os.environ, "MAAS_DATA_DIR": str(tmp_path / "second"), "MAAS_ADMIN_PORT": busy,
+               "MAAS_GATEWAY_PORT": "0", "MAAS_SIMULATOR_PORT": "0", "ADMIN_KEY": generate_admin_key()}
+        done = subprocess.run([sys.executable, "-m", "local", "serve"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1
+        assert "admin API cannot listen" in done.stderr and "MAAS_ADMIN_PORT" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        assert first.stop() == 0
