@@ -6,8 +6,8 @@ the model under another name. Usage is read from the response's `usage.total_tok
 decoding the response.
 
 Everything up to the upstream call runs synchronously in the server's parser callback. With a
-kept-alive backend connection at hand (the common case), the call is an `_Exchange` driven by
-the connection's parser callbacks: no task, future or coroutine per request. Otherwise (a new
+kept-alive backend connection at hand (the common case), the `_Call` is driven by the
+connection's parser callbacks: no task, future, coroutine or timer per request. Otherwise (a new
 connection, or a retry) the same call runs as a coroutine over `Pool.request`.
 """
 
@@ -91,10 +91,16 @@ class _Call:
     reached or refused). Otherwise the backend's `usage.total_tokens` counts; when a call ends
     without one (client gone, stream cut) it is charged the prompt estimate plus one token per
     streamed event seen.
+
+    On a kept-alive connection the call is driven by that connection's parser callbacks (it is
+    the connection's Sink; see `start`), with the same outcomes as `Gateway._forward`: the
+    answer relayed or sent whole, 502/504 naming the model, a stream cut when the backend
+    stalls or fails. One object per request: this is the hot path.
     """
 
     __slots__ = ("gateway", "caller", "model", "route", "path", "payload", "stream", "reservation",
-                 "prompt_estimate", "events", "total", "final", "settled")
+                 "prompt_estimate", "events", "total", "final", "settled",
+                 "conn", "responder", "parts", "headers_in", "relaying", "tail", "paused", "released")
 
     def __init__(self, gateway: Gateway, caller: Caller, model: str, route: _Route, path: bytes,
                  payload: bytes, stream: bool, reservation: Reservation, prompt_estimate: int) -> None:
@@ -111,6 +117,14 @@ class _Call:
         self.total: int | None = None
         self.final: int | None = None
         self.settled = False
+        self.conn: _Connection | None = None
+        self.responder: Responder | None = None
+        self.parts: list[bytes] = []
+        self.headers_in = False
+        self.relaying = False
+        self.tail = b""
+        self.paused = False
+        self.released = False
 
     def tokens(self) -> int:
         if self.final is not None:
@@ -141,6 +155,204 @@ class _Call:
     def stream_headers(self, content_type: bytes) -> dict[str, str]:
         return {"Content-Type": content_type.decode("latin-1"), **self.reservation.headers, "Cache-Control": "no-cache"}
 
+    # -- driven by a kept-alive connection's callbacks -----------------------------------
+
+    def start(self, conn: _Connection, responder: Responder) -> None:
+        self.conn = conn
+        self.responder = responder
+        responder.on_cancel = self._cancel
+        if self.stream:
+            responder.on_pause = self._pause
+            responder.on_resume = self._resume
+        conn.begin(self, self.route.request(self.path, self.payload))
+        self.gateway._watch.add(self)
+
+    def _release(self) -> None:
+        if not self.released and self.conn is not None:
+            self.released = True
+            self.route.pool.release(self.conn)  # unfinished: aborted, cancelling the backend's work
+
+    def _pause(self) -> None:
+        # A slow client pauses the backend's connection; its silence then is not a timeout.
+        assert self.conn is not None
+        self.paused = True
+        self.conn.pause_reading()
+
+    def _resume(self) -> None:
+        assert self.conn is not None
+        self.paused = False
+        self.conn.last_read = self.conn.loop.time()
+        self.conn.resume_reading()
+
+    def on_headers(self) -> None:
+        self.headers_in = True
+        conn, responder = self.conn, self.responder
+        assert conn is not None and responder is not None
+        if self.stream and 200 <= conn.status < 300:
+            self.relaying = True
+            content_type = conn.header(b"content-type") or b"application/json"
+            responder.cork()  # until on_read_end
+            responder.start(conn.status, self.stream_headers(content_type))
+
+    def on_body(self, body: bytes) -> None:
+        self.parts.append(body)  # relayed (a stream) or sent whole, after this read
+
+    def on_read_end(self) -> None:
+        if self.relaying and self.responder is not None:
+            if self.parts:
+                self._relay_parts()
+            self.responder.uncork()
+
+    def _relay_parts(self) -> None:
+        # What one read brought goes out as one chunk, whatever the backend's chunking was.
+        parts = self.parts
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        assert self.responder is not None
+        self.responder.write_now(data)
+        self.tail = self.count_stream(self.tail, data)
+
+    def on_complete(self) -> None:
+        self.gateway._watch.discard(self)
+        conn, responder = self.conn, self.responder
+        assert conn is not None and responder is not None
+        try:
+            if self.relaying:
+                if self.parts:
+                    self._relay_parts()
+                responder.end()
+            else:
+                parts = self.parts
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                status = conn.status
+                if 200 <= status < 300:
+                    self.total = last_total_tokens(data)
+                else:
+                    self.final = 0  # the backend refused the request: nothing generated
+                content_type = conn.header(b"content-type") or b"application/json"
+                responder.send_raw(_whole_response(status, content_type, self.reservation, responder, data))
+            self._release()
+        except Exception:
+            self._crash()
+        finally:
+            self.settle()
+
+    def on_error(self, exc: Exception) -> None:
+        self.gateway._watch.discard(self)
+        conn, responder = self.conn, self.responder
+        assert conn is not None and responder is not None
+        model = self.route.backend.name
+        try:
+            if not self.headers_in:
+                if not conn.got_bytes:
+                    # A kept-alive connection the backend closed meanwhile: retry on another.
+                    responder.on_cancel = self.settle
+                    responder.on_pause = responder.on_resume = _nothing
+                    responder.spawn(self.gateway._call_async(self, responder))
+                    return
+                self.final = 0
+                self._fail(UpstreamError(f"model '{model}' is unavailable: {exc}"))
+            elif self.relaying:
+                log.warning("model '%s' failed mid-stream: %s", model, exc)
+                if self.parts:
+                    self._relay_parts()  # what arrived before the failure, as the client is owed
+                self.settle()
+                responder.abort()
+            else:
+                self._fail(UpstreamError(f"model '{model}' failed while answering: {exc}"))
+        except Exception:
+            self._crash()
+
+    def quiet_since(self) -> float | None:
+        """When the backend last sent something, or None while the client holds it back."""
+        assert self.conn is not None
+        return None if self.paused else self.conn.last_read
+
+    def expire(self, timeout: float) -> None:
+        """The backend sent nothing for `timeout` seconds (called by the gateway's watch)."""
+        conn = self.conn
+        assert conn is not None
+        conn.detach()
+        self._release()
+        try:
+            if self.relaying:
+                log.warning("model '%s' stalled mid-stream; cutting the response", self.model)
+                self.settle()
+                assert self.responder is not None
+                self.responder.abort()
+                return
+            if not self.headers_in:
+                self.final = 0
+            self._fail(UpstreamTimeout(f"model '{self.route.backend.name}' did not answer within {timeout:g} s"))
+        except Exception:
+            self._crash()
+
+    def _cancel(self) -> None:
+        """The client went away: abort the backend's call and settle what was used."""
+        self.gateway._watch.discard(self)
+        assert self.conn is not None
+        self.conn.detach()
+        self._release()
+        self.settle()
+
+    def _fail(self, error: MaasError) -> None:
+        self.settle()
+        assert self.responder is not None
+        self.gateway.reject(self.responder, error)
+
+    def _crash(self) -> None:
+        log.exception("gateway error on POST %s", self.path.decode("latin-1"))
+        self.settle()
+        conn, responder = self.conn, self.responder
+        assert conn is not None and responder is not None
+        self.gateway._watch.discard(self)
+        if conn.sink is self:
+            conn.detach()
+        self._release()
+        if responder.started:
+            responder.abort()
+        else:
+            self.gateway.reject(responder, MaasError("internal gateway error"))
+
+
+class _Watch:
+    """Read timeouts for the calls in flight: one periodic sweep, not a timer per call.
+
+    A call times out when its backend has sent nothing for `timeout` seconds, noticed within
+    a tick (timeout / 8, at most 0.25 s) of that moment. The timer runs only while calls are
+    in flight.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._tick = min(timeout / 8, 0.25)
+        self._calls: set[_Call] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self.add = self._calls.add
+        self.discard = self._calls.discard
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None and self._calls:
+            self._timer = loop.call_later(self._tick, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        deadline = loop.time() - self._timeout
+        expired = []
+        for call in self._calls:
+            since = call.quiet_since()
+            if since is not None and since <= deadline:
+                expired.append(call)
+        for call in expired:
+            self._calls.discard(call)
+            call.expire(self._timeout)
+        self.arm(loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
 
 class Gateway:
     def __init__(
@@ -165,8 +377,10 @@ class Gateway:
             self._routes[backend.name] = _Route(backend, pool)
         self._pools = list(pools.values())
         self._created = int(time.time())
+        self._watch = _Watch(upstream_timeout_s)
 
     def close(self) -> None:
+        self._watch.close()
         for pool in self._pools:
             pool.close()
 
@@ -256,7 +470,8 @@ class Gateway:
             responder.on_cancel = call.settle
             conn = route.pool.take_idle()
             if conn is not None:
-                _Exchange(call, conn, responder, self._timeout).start()
+                call.start(conn, responder)
+                self._watch.arm(conn.loop)
                 return None
         except BaseException:
             if call is not None:
@@ -344,171 +559,6 @@ def _whole_response(status: int, content_type: bytes, reservation: Reservation, 
         status_line(status), b"Content-Type: ", content_type, b"\r\n", reservation.header_lines(),
         b"Content-Length: %d\r\n" % len(data), responder.close_head(), data,
     ))
-
-
-class _Exchange:
-    """One model call on a kept-alive connection, driven by its parser's callbacks (a Sink).
-
-    Same outcomes as `Gateway._forward`: the answer relayed or sent whole, 502/504 naming the
-    model, a stream cut when the backend stalls or fails, the call settled once. The read
-    timeout is one timer per call, re-armed from the time of the last bytes read, so it means
-    what `_within` means per wait: `timeout` seconds without the backend sending anything.
-    """
-
-    __slots__ = ("_call", "_conn", "_responder", "_timeout", "_timer", "_parts", "_headers_in", "_relaying", "_tail",
-                 "_paused", "_released")
-
-    def __init__(self, call: _Call, conn: _Connection, responder: Responder, timeout: float) -> None:
-        self._call = call
-        self._conn = conn
-        self._responder = responder
-        self._timeout = timeout
-        self._timer: asyncio.TimerHandle | None = None
-        self._parts: list[bytes] = []
-        self._headers_in = False
-        self._relaying = False
-        self._tail = b""
-        self._paused = False
-        self._released = False
-
-    def start(self) -> None:
-        call, conn, responder = self._call, self._conn, self._responder
-        responder.on_cancel = self._cancel
-        if call.stream:
-            responder.on_pause = self._pause
-            responder.on_resume = self._resume
-        conn.begin(self, call.route.request(call.path, call.payload))
-        self._timer = conn.loop.call_later(self._timeout, self._expire)
-
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._call.route.pool.release(self._conn)  # unfinished: aborted, cancelling its work
-
-    # -- backpressure: a slow client pauses the backend's connection, not its timeout --------
-
-    def _pause(self) -> None:
-        self._paused = True
-        self._conn.pause_reading()
-
-    def _resume(self) -> None:
-        self._paused = False
-        self._conn.last_read = self._conn.loop.time()
-        self._conn.resume_reading()
-
-    # -- Sink ----------------------------------------------------------------------------
-
-    def on_headers(self) -> None:
-        self._headers_in = True
-        conn = self._conn
-        if self._call.stream and 200 <= conn.status < 300:
-            self._relaying = True
-            content_type = conn.header(b"content-type") or b"application/json"
-            self._responder.start(conn.status, self._call.stream_headers(content_type))
-
-    def on_body(self, body: bytes) -> None:
-        if self._relaying:
-            self._responder.write_now(body)
-            self._tail = self._call.count_stream(self._tail, body)
-        else:
-            self._parts.append(body)
-
-    def on_complete(self) -> None:
-        self._stop_timer()
-        call, conn, responder = self._call, self._conn, self._responder
-        try:
-            if self._relaying:
-                responder.end()
-            else:
-                parts = self._parts
-                data = parts[0] if len(parts) == 1 else b"".join(parts)
-                status = conn.status
-                if 200 <= status < 300:
-                    call.total = last_total_tokens(data)
-                else:
-                    call.final = 0  # the backend refused the request: nothing generated
-                content_type = conn.header(b"content-type") or b"application/json"
-                responder.send_raw(_whole_response(status, content_type, call.reservation, responder, data))
-            self._release()
-        except Exception:
-            self._crash()
-        finally:
-            call.settle()
-
-    def on_error(self, exc: Exception) -> None:
-        self._stop_timer()
-        call, responder = self._call, self._responder
-        model = call.route.backend.name
-        try:
-            if not self._headers_in:
-                if not self._conn.got_bytes:
-                    # A kept-alive connection the backend closed meanwhile: retry on another.
-                    responder.on_cancel = call.settle
-                    responder.on_pause = responder.on_resume = _nothing
-                    responder.spawn(call.gateway._call_async(call, responder))
-                    return
-                call.final = 0
-                self._fail(UpstreamError(f"model '{model}' is unavailable: {exc}"))
-            elif self._relaying:
-                log.warning("model '%s' failed mid-stream: %s", model, exc)
-                call.settle()
-                responder.abort()
-            else:
-                self._fail(UpstreamError(f"model '{model}' failed while answering: {exc}"))
-        except Exception:
-            self._crash()
-
-    # -- timer and cancellation ------------------------------------------------------------
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        call, conn = self._call, self._conn
-        loop = conn.loop
-        quiet = 0.0 if self._paused else loop.time() - conn.last_read
-        if quiet < self._timeout:
-            self._timer = loop.call_later(self._timeout - quiet, self._expire)
-            return
-        self._timer = None
-        conn.detach()
-        self._release()
-        try:
-            if self._relaying:
-                log.warning("model '%s' stalled mid-stream; cutting the response", call.model)
-                call.settle()
-                self._responder.abort()
-                return
-            if not self._headers_in:
-                call.final = 0
-            self._fail(UpstreamTimeout(f"model '{call.route.backend.name}' did not answer within {self._timeout:g} s"))
-        except Exception:
-            self._crash()
-
-    def _cancel(self) -> None:
-        """The client went away: abort the backend's call and settle what was used."""
-        self._stop_timer()
-        self._conn.detach()
-        self._release()
-        self._call.settle()
-
-    def _fail(self, error: MaasError) -> None:
-        self._call.settle()
-        self._call.gateway.reject(self._responder, error)
-
-    def _crash(self) -> None:
-        log.exception("gateway error on POST %s", self._call.path.decode("latin-1"))
-        self._call.settle()
-        if self._conn.sink is self:
-            self._conn.detach()
-        self._release()
-        responder = self._responder
-        if responder.started:
-            responder.abort()
-        else:
-            self._call.gateway.reject(responder, MaasError("internal gateway error"))
 
 
 def _nothing() -> None:

@@ -103,6 +103,14 @@ class Responder:
         if chunk:
             self._protocol.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
 
+    def cork(self) -> None:
+        """Hold writes until `uncork`, then send them in one system call (a stream's events
+        arrive several to a read, and a write each would cost more than the relaying)."""
+        self._protocol.cork()
+
+    def uncork(self) -> None:
+        self._protocol.uncork()
+
     def end(self) -> None:
         self.finished = True
         self._protocol.write(b"0\r\n\r\n")
@@ -141,6 +149,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._dispatching = False
         self._closed = False
         self._paused = False
+        self._corked: list[bytes] | None = None
         self._can_write: asyncio.Future[None] | None = None
 
     # -- transport ----------------------------------------------------------------------
@@ -158,7 +167,9 @@ class _HttpProtocol(asyncio.Protocol):
             work.close()  # its task never started: close it rather than leave it unawaited
         current, self._current = self._current, None
         if current is not None and not current.finished:
-            current.on_cancel()
+            on_cancel = current.on_cancel
+            current.on_cancel = current.on_pause = current.on_resume = _nothing
+            on_cancel()
         if self._can_write is not None and not self._can_write.done():
             self._can_write.set_exception(ConnectionResetError("client disconnected"))
 
@@ -175,8 +186,19 @@ class _HttpProtocol(asyncio.Protocol):
             self._current.on_resume()
 
     def write(self, data: bytes) -> None:
-        if not self._closed and self._transport is not None:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif not self._closed and self._transport is not None:
             self._transport.write(data)
+
+    def cork(self) -> None:
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and not self._closed and self._transport is not None:
+            self._transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     async def drain(self) -> None:
         if self._closed:
@@ -279,6 +301,9 @@ class _HttpProtocol(asyncio.Protocol):
 
     def finished(self, responder: Responder) -> None:
         """The current response is complete: close, or go on with the next request."""
+        # Drop the handler's callbacks: they reference its state, which references the
+        # responder, and a cycle would leave every request's objects to the cyclic GC.
+        responder.on_cancel = responder.on_pause = responder.on_resume = _nothing
         if responder is not self._current:
             return
         self._current = None
@@ -289,11 +314,13 @@ class _HttpProtocol(asyncio.Protocol):
             self._loop.call_soon(self._next)
 
     def abort(self, responder: Responder) -> None:
+        responder.on_cancel = responder.on_pause = responder.on_resume = _nothing
         if responder is self._current or self._current is None:
             self._current = None
             self._close()
 
     def _close(self) -> None:
+        self.uncork()
         self._closed = True
         self._queue.clear()
         if self._transport is not None:

@@ -42,6 +42,9 @@ class Sink(Protocol):
 
     def on_error(self, exc: Exception) -> None: ...
 
+    def on_read_end(self) -> None:
+        """After the callbacks of one read (a place to flush what they buffered)."""
+
 
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
@@ -73,10 +76,14 @@ class _Connection(asyncio.Protocol):
         if self._parser is None:
             self._fail(UpstreamConnectError("unexpected data from the backend"))
             return
+        sink = self.sink
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamConnectError(f"malformed response from the backend: {exc}"))
+        finally:
+            if sink is not None:
+                sink.on_read_end()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
