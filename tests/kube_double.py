@@ -23,6 +23,14 @@ Fault hooks: `inject_conflicts(n)` (before each of the next n replace/patch/dele
 existing object, a simulated concurrent writer moves its resourceVersion on, so a request
 conditioned on the version read gets 409 Conflict; an unconditional one still lands),
 `unreachable()` (connections are dropped without an answer), `forbid()` (403 like missing RBAC).
+
+RBAC mode (optional, `KubeDouble(rbac=Rbac(...))`): the double authorizes every request as the
+API server's RBAC authorizer would against the `rules` of namespaced Roles bound to one user:
+the request's verb (get, list, watch, create, update, patch, delete, deletecollection), API
+group, resource (`plural/subresource` for a subresource) and name are matched against
+apiGroups, resources, verbs and resourceNames; a request no rule allows is answered 403
+Forbidden with the API server's message. Every (namespace, group, resource, verb) asked for is
+recorded in `rbac.used`, the refused ones in `rbac.denied`. Without `rbac` nothing is checked.
 """
 
 from __future__ import annotations
@@ -422,14 +430,123 @@ class Cluster:
             self.delete(key)
 
 
+# -- RBAC ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the authorizer decides on: one request's attributes."""
+
+    namespace: str | None  # None: a cluster-scope request (e.g. a list across all namespaces)
+    group: str
+    resource: str  # `plural` or `plural/subresource`
+    verb: str
+    name: str | None = None
+
+
+def request_verb(method: str, name: str | None, query: dict[str, str]) -> str:
+    """The API server's mapping of an HTTP request to an RBAC verb."""
+    if method in ("GET", "HEAD"):
+        if query.get("watch") in ("true", "1"):
+            return "watch"
+        return "list" if name is None else "get"
+    if method == "DELETE":
+        return "deletecollection" if name is None else "delete"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def _rule_allows(rule: JSON, access: Access) -> bool:
+    """RBAC's rule matching (rbac/v1 helpers): `*`, exact values, `*/subresource`."""
+
+    def listed(field_name: str, value: str) -> bool:
+        values = rule.get(field_name) or []
+        return "*" in values or value in values
+
+    if not (listed("verbs", access.verb) and listed("apiGroups", access.group)):
+        return False
+    _, _, subresource = access.resource.partition("/")
+    resources = rule.get("resources") or []
+    if not (listed("resources", access.resource) or (subresource and f"*/{subresource}" in resources)):
+        return False
+    names = rule.get("resourceNames") or []
+    # A rule naming objects never allows a request without a name (create, list, deletecollection).
+    return not names or (access.name is not None and access.name in names)
+
+
+@dataclass
+class Rbac:
+    """The rules bound to the one user every request is made as, per namespace of their Role."""
+
+    roles: list[tuple[str, list[JSON]]]  # (namespace of the Role, its rules)
+    user: str = "system:serviceaccount:default:default"
+    used: set[tuple[str | None, str, str, str]] = field(default_factory=set)
+    denied: list[Access] = field(default_factory=list)
+
+    @classmethod
+    def from_documents(cls, documents: list[JSON], *, user: str) -> Rbac:
+        """The Roles among rendered manifests (any other document is ignored)."""
+        roles = [
+            (doc["metadata"]["namespace"], copy.deepcopy(doc.get("rules") or []))
+            for doc in documents
+            if doc.get("kind") == "Role" and doc.get("apiVersion") == "rbac.authorization.k8s.io/v1"
+        ]
+        return cls(roles=roles, user=user)
+
+    def granted(self) -> set[tuple[str, str, str, str]]:
+        """Every (namespace, group, resource, verb) the rules name explicitly."""
+        return {
+            (namespace, group, resource, verb)
+            for namespace, rules in self.roles
+            for rule in rules
+            for group in rule.get("apiGroups") or []
+            for resource in rule.get("resources") or []
+            for verb in rule.get("verbs") or []
+        }
+
+    def allows(self, access: Access) -> bool:
+        if access.namespace is None:
+            return False  # Roles grant within their namespace only; cluster scope needs a ClusterRole
+        return any(
+            _rule_allows(rule, access)
+            for namespace, rules in self.roles
+            if namespace == access.namespace
+            for rule in rules
+        )
+
+    def authorize(self, access: Access) -> None:
+        self.used.add((access.namespace, access.group, access.resource, access.verb))
+        if self.allows(access):
+            return
+        self.denied.append(access)
+        raise self.forbidden(access)
+
+    def forbidden(self, access: Access) -> ApiError:
+        plural = access.resource.split("/")[0]
+        subject = f"{plural}.{access.group}" if access.group else plural
+        if access.name is not None:
+            subject += f' "{access.name}"'
+        where = f'in the namespace "{access.namespace}"' if access.namespace is not None else "at the cluster scope"
+        message = (
+            f'{subject} is forbidden: User "{self.user}" cannot {access.verb} resource "{access.resource}" '
+            f'in API group "{access.group}" {where}'
+        )
+        details: JSON = {"kind": plural}
+        if access.group:
+            details["group"] = access.group
+        if access.name is not None:
+            details["name"] = access.name
+        return ApiError(403, "Forbidden", message, details)
+
+
 # -- the HTTP server -------------------------------------------------------------------------
 
 
 class KubeDouble:
     """The running double: `url`, the state, and the fault hooks."""
 
-    def __init__(self) -> None:
+    def __init__(self, rbac: Rbac | None = None) -> None:
         self.cluster = Cluster()
+        self.rbac = rbac
         self._conflicts = 0
         self._dropping = False
         self._forbidden = False
@@ -513,6 +630,9 @@ class KubeDouble:
         if routed is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         res, namespace, name, subresource = routed
+        if self.rbac is not None:
+            resource = f"{res[2]}/{subresource}" if subresource else res[2]
+            self.rbac.authorize(Access(namespace, res[0], resource, request_verb(method, name, query), name))
         if name is None:
             if method == "GET":
                 return 200, self._list(res, namespace, query)
@@ -824,9 +944,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def running_double() -> Iterator[tuple[KubeDouble, ApiClient]]:
-    """A started double and a real kubernetes ApiClient pointed at it."""
-    double = KubeDouble().start()
+def running_double(rbac: Rbac | None = None) -> Iterator[tuple[KubeDouble, ApiClient]]:
+    """A started double (authorizing with `rbac` if given) and a real ApiClient pointed at it."""
+    double = KubeDouble(rbac).start()
     client = double.api_client()
     try:
         yield double, client

@@ -234,15 +234,24 @@ def admin_route_auth(route: dict[str, Any]) -> dict[str, Any]:
 
 
 def function_rbac(settings: Settings) -> list[dict[str, Any]]:
-    """The functions' ServiceAccount and least-privilege Roles: explicit verbs, no wildcards."""
-    readwrite = ["get", "list", "watch", "create", "update", "patch", "delete"]
+    """The functions' ServiceAccount and least-privilege Roles: explicit verbs, no wildcards.
+
+    tests/test_kube_rbac.py runs everything the functions do through an API double enforcing
+    these Roles: a grant is either used there or listed there with the reason it stays.
+    No watch: the functions read per request; the ApiServerSource has its own account.
+    """
+    # Secrets: read-modify-write is a merge patch conditioned on the resourceVersion read.
+    secrets = ["get", "list", "create", "update", "patch", "delete"]
+    # Policies are written whole: read, then create or replace (PUT), or delete when no team
+    # produces one any more (sync_policies); never listed, watched or patched.
+    policies = ["get", "create", "update", "delete"]
     policy_rules: dict[str, list[str]] = {}
     for ref in managed_policies(settings):
         group = ref.api_version.split("/")[0]
         policy_rules.setdefault(group, []).append(_plural(ref.kind))
     roles = {
         (SERVICE_ACCOUNT, settings.namespace): [
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": readwrite},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": secrets},
             # The audit log: one ConfigMap per entry, written and read by the store, pruned by cleanup.
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "delete"]},
             {
@@ -252,7 +261,7 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
             },
         ],
         (f"{SERVICE_ACCOUNT}-policies", settings.policy_namespace): [
-            {"apiGroups": [group], "resources": sorted(resources), "verbs": readwrite}
+            {"apiGroups": [group], "resources": sorted(resources), "verbs": policies}
             for group, resources in sorted(policy_rules.items())
         ],
     }
