@@ -63,6 +63,19 @@ def last_total_tokens(data: bytes) -> int | None:
     return None if found is None else int(found.group(1))
 
 
+_USAGE_OPTION = b',"stream_options":{"include_usage":true}}'
+
+
+def _with_usage_option(body: bytes) -> bytes | None:
+    """A JSON object without a top-level `stream_options`, with one asking for usage.
+
+    Spliced before the closing brace rather than re-encoded: the object parsed, so its last
+    non-blank byte closes it, and it has a member (`model`), so a comma goes first.
+    """
+    end = body.rstrip()
+    return end[:-1] + _USAGE_OPTION if end.endswith(b"}") else None
+
+
 class _Route:
     """A model name bound to its backend and that backend's connection pool."""
 
@@ -152,8 +165,11 @@ class _Call:
         self.events += chunk.count(b"data:")
         return window[-64:]
 
-    def stream_headers(self, content_type: bytes) -> dict[str, str]:
-        return {"Content-Type": content_type.decode("latin-1"), **self.reservation.headers, "Cache-Control": "no-cache"}
+    def stream_head(self, status: int, content_type: bytes, responder: Responder) -> bytes:
+        return b"".join((
+            status_line(status), b"Content-Type: ", content_type, b"\r\n", self.reservation.header_lines(),
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n", responder.close_head(),
+        ))
 
     # -- driven by a kept-alive connection's callbacks -----------------------------------
 
@@ -192,7 +208,7 @@ class _Call:
             self.relaying = True
             content_type = conn.header(b"content-type") or b"application/json"
             responder.cork()  # until on_read_end
-            responder.start(conn.status, self.stream_headers(content_type))
+            responder.start_raw(self.stream_head(conn.status, content_type, responder))
 
     def on_body(self, body: bytes) -> None:
         self.parts.append(body)  # relayed (a stream) or sent whole, after this read
@@ -460,12 +476,16 @@ class Gateway:
         call: _Call | None = None
         try:
             payload = request.body
-            if stream or route.backend.upstream_model is not None:
+            if route.backend.upstream_model is not None or (stream and "stream_options" in body):
                 if stream:
                     options = body.get("stream_options")
                     body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 body["model"] = route.backend.served_model
                 payload = json.dumps(body, separators=(",", ":")).encode()
+            elif stream:
+                payload = _with_usage_option(payload) or json.dumps(
+                    {**body, "stream_options": {"include_usage": True}}, separators=(",", ":")
+                ).encode()
             call = _Call(self, caller, model, route, request.path, payload, stream, reservation, prompt_estimate)
             responder.on_cancel = call.settle
             conn = route.pool.take_idle()
@@ -539,7 +559,7 @@ class Gateway:
             upstream.close()
 
     async def _relay(self, upstream: Response, responder: Responder, call: _Call, content_type: bytes) -> None:
-        responder.start(upstream.status, call.stream_headers(content_type))
+        responder.start_raw(call.stream_head(upstream.status, content_type, responder))
         tail = b""
         try:
             async for chunk in upstream.chunks():

@@ -94,6 +94,11 @@ class Responder:
         self.started = True
         self._protocol.write(_head(status, headers, b"Transfer-Encoding: chunked\r\n" + self._connection_header()))
 
+    def start_raw(self, head: bytes) -> None:
+        """`start` with the head already encoded (chunked, ending with `close_head()`)."""
+        self.started = True
+        self._protocol.write(head)
+
     async def write(self, chunk: bytes) -> None:
         if chunk:
             self._protocol.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
