@@ -117,9 +117,12 @@ def sweep(ctx: Context, *, event_type: str = PING) -> CleanupSummary:
         if _past_retention(key, status, now, retention) and (name := _delete(ctx, key)):
             deleted.append(name)
     ctx.teams_changed()
-    summary = _summary(event_type, deleted=deleted, expired=expired, revoked=revoked, synced=True)
-    if deleted or expired or revoked:
-        log.info("cleanup sweep: %d deleted, %d expired, %d revoked", len(deleted), len(expired), len(revoked))
+    pruned = ctx.store.prune_audit(before=now - duration(ctx.settings.audit_retention))
+    summary = _summary(event_type, deleted=deleted, expired=expired, revoked=revoked, synced=True,
+                       audit_pruned=pruned)
+    if deleted or expired or revoked or pruned:
+        log.info("cleanup sweep: %d deleted, %d expired, %d revoked, %d audit entries pruned",
+                 len(deleted), len(expired), len(revoked), pruned)
     return summary
 
 
@@ -144,6 +147,7 @@ def _summary(
     revoked: list[str] | None = None,
     synced: bool = False,
     ignored: str | None = None,
+    audit_pruned: int = 0,
 ) -> CleanupSummary:
     return CleanupSummary(
         event_type=event_type,
@@ -152,5 +156,6 @@ def _summary(
         expired_keys=expired or [],
         revoked_keys=revoked or [],
         policies_synced=synced,
+        audit_pruned=audit_pruned,
         ignored=ignored,
     )

@@ -329,6 +329,7 @@ class CleanupSummary(Response):
     expired_keys: list[str] = Field(description="Keys marked expired")
     revoked_keys: list[str] = Field(description="Rotated keys whose grace period ended, marked revoked")
     policies_synced: bool = Field(description="Whether the policies were regenerated from the teams")
+    audit_pruned: int = Field(default=0, description="Audit entries older than MAAS_AUDIT_RETENTION removed")
     ignored: str | None = Field(default=None, description="Why the event was not acted on, if it was not")
 
 

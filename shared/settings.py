@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         description="How long the cleanup sweep keeps an expired key listed (status 'expired') before "
         "deleting it; a duration such as '168h' or '7d'.",
     )
+    audit_retention: str = Field(
+        default="2160h",
+        validation_alias="MAAS_AUDIT_RETENTION",
+        description="How long audit entries are kept before the cleanup sweep prunes them ('90d').",
+    )
     cleanup_interval_s: float = Field(
         default=60.0,
         validation_alias="MAAS_CLEANUP_INTERVAL",
@@ -135,7 +140,7 @@ class Settings(BaseSettings):
             raise ValueError("ADMIN_KEY must be a random secret of at least 16 characters, not a placeholder")
         return value
 
-    @field_validator("expired_key_retention")
+    @field_validator("expired_key_retention", "audit_retention")
     @classmethod
     def _duration(cls, value: str) -> str:
         return normalize_window(value)

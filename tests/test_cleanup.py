@@ -139,7 +139,7 @@ def test_team_secret_delete_removes_the_teams_keys_once(served: tuple[str, Sqlit
     reply = _send(base, _secret_event("team-a"), mode)
     assert reply.status_code == 200, reply.text
     assert reply.json() == {"event_type": DELETE, "team_id": "team-a", "deleted_keys": left, "expired_keys": [],
-                            "revoked_keys": [], "policies_synced": True, "ignored": None}
+                            "revoked_keys": [], "policies_synced": True, "audit_pruned": 0, "ignored": None}
     assert store.list_keys() == [kept]
     # The same event again (Knative delivers at least once): nothing left to change.
     again = _send(base, _secret_event("team-a"), "structured" if mode == "binary" else "binary")
@@ -337,6 +337,27 @@ def test_expired_keys_are_kept_for_the_retention_then_deleted(tmp_path: Path, ad
         summary = sweep(ctx)
         assert summary.deleted_keys == [old.secret_name]
         assert [(k.secret_name, k.status) for k in ctx.store.list_keys()] == [(recent.secret_name, "expired")]
+    finally:
+        ctx.close()
+
+
+def test_the_sweep_prunes_audit_entries_past_their_retention(tmp_path: Path, admin_key: str) -> None:
+    from pydantic import SecretStr
+
+    from shared.cleanup import sweep
+    from shared.store.base import AuditEntry, AuditFilter
+
+    settings = Settings(admin_key=SecretStr(admin_key), data_dir=tmp_path / "data",
+                        MAAS_AUDIT_RETENTION="30d")  # type: ignore[call-arg]
+    ctx = build_context(settings)
+    try:
+        now = _now()
+        for age in (timedelta(days=31), timedelta(days=29)):
+            ctx.store.record_audit(entry=AuditEntry(at=now - age, actor="admin", action="list_teams",
+                                                    method="GET", path="/teams", outcome=200))
+        assert sweep(ctx).audit_pruned == 1
+        assert [e.at for e in ctx.store.list_audit(where=AuditFilter())] == [now - timedelta(days=29)]
+        assert sweep(ctx).audit_pruned == 0
     finally:
         ctx.close()
 

@@ -279,14 +279,17 @@ def test_rbac_grants_what_the_functions_need_and_models_read_only(rendered: list
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     grants.setdefault((group, resource), set()).update(rule["verbs"])
-    assert {"get", "list", "create", "update", "delete"} <= grants[("", "secrets")]
+    assert grants[("", "secrets")] == {"get", "list", "create", "patch", "delete"}
     # The Kubernetes store keeps the audit log as ConfigMaps.
-    assert {"get", "list", "create", "delete"} <= grants[("", "configmaps")]
+    assert grants[("", "configmaps")] == {"list", "create", "delete"}
     for policy in ("authpolicies", "tokenratelimitpolicies"):
-        assert {"get", "create", "update", "delete"} <= grants[("kuadrant.io", policy)]
-    assert {"get", "create", "update", "delete"} <= grants[("extensions.kuadrant.io", "telemetrypolicies")]
+        assert {"get", "create", "update"} <= grants[("kuadrant.io", policy)]
+    assert {"get", "create", "update"} <= grants[("extensions.kuadrant.io", "telemetrypolicies")]
+    # Only the policy that zero teams do not produce is ever deleted.
+    assert "delete" in grants[("kuadrant.io", "tokenratelimitpolicies")]
+    assert "delete" not in grants[("kuadrant.io", "authpolicies")]
     for model in ("inferenceservices", "llminferenceservices"):
-        assert grants[("serving.kserve.io", model)] == {"get", "list", "watch"}
+        assert grants[("serving.kserve.io", model)] == {"list"}
 
     bindings = named(rendered, "RoleBinding")
     accounts = set(named(rendered, "ServiceAccount"))

@@ -270,3 +270,16 @@ def test_audit_entries_do_not_move_the_generation(store: Store) -> None:
     store.record_audit(entry=AuditEntry(at=T0, actor="admin", action="list_teams", method="GET", path="/teams",
                                         outcome=200))
     assert store.generation() == before, "reads are audited too; they must not reload the gateway"
+
+
+def test_old_audit_entries_are_pruned(store: Store) -> None:
+    from shared.store.base import AuditEntry, AuditFilter
+
+    made = [
+        store.record_audit(entry=AuditEntry(at=T0 + timedelta(days=n), actor="admin", action="list_teams",
+                                            method="GET", path="/teams", outcome=200))
+        for n in range(4)
+    ]
+    assert store.prune_audit(before=T0 + timedelta(days=2)) == 2
+    assert store.list_audit(where=AuditFilter()) == [made[3], made[2]]
+    assert store.prune_audit(before=T0 + timedelta(days=2)) == 0

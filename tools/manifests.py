@@ -241,28 +241,33 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
     No watch: the functions read per request; the ApiServerSource has its own account.
     """
     # Secrets: read-modify-write is a merge patch conditioned on the resourceVersion read.
-    secrets = ["get", "list", "create", "update", "patch", "delete"]
-    # Policies are written whole: read, then create or replace (PUT), or delete when no team
-    # produces one any more (sync_policies); never listed, watched or patched.
-    policies = ["get", "create", "update", "delete"]
-    policy_rules: dict[str, list[str]] = {}
+    secrets = ["get", "list", "create", "patch", "delete"]
+    # Policies are written whole: read, then create or replace (PUT); never listed, watched or
+    # patched. Only a policy that zero teams do not produce is ever deleted (sync_policies).
+    always_present = {document["kind"] for document in generate_policies([], settings)}
+    policy_rules: dict[tuple[str, bool], list[str]] = {}
     for ref in managed_policies(settings):
         group = ref.api_version.split("/")[0]
-        policy_rules.setdefault(group, []).append(_plural(ref.kind))
+        policy_rules.setdefault((group, ref.kind not in always_present), []).append(_plural(ref.kind))
     roles = {
         (SERVICE_ACCOUNT, settings.namespace): [
             {"apiGroups": [""], "resources": ["secrets"], "verbs": secrets},
-            # The audit log: one ConfigMap per entry, written and read by the store, pruned by cleanup.
-            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "delete"]},
+            # The audit log: one ConfigMap per entry, written and listed by the store, pruned by cleanup.
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create", "delete"]},
+            # Models are listed per call (the catalog), never read one by one or watched.
             {
                 "apiGroups": ["serving.kserve.io"],
                 "resources": ["inferenceservices", "llminferenceservices"],
-                "verbs": ["get", "list", "watch"],
+                "verbs": ["list"],
             },
         ],
         (f"{SERVICE_ACCOUNT}-policies", settings.policy_namespace): [
-            {"apiGroups": [group], "resources": sorted(resources), "verbs": policies}
-            for group, resources in sorted(policy_rules.items())
+            {
+                "apiGroups": [group],
+                "resources": sorted(resources),
+                "verbs": ["get", "create", "update", "delete"] if deletable else ["get", "create", "update"],
+            }
+            for (group, deletable), resources in sorted(policy_rules.items())
         ],
     }
     documents: list[dict[str, Any]] = [

@@ -166,6 +166,10 @@ class Store(Protocol):
         """Append an audit entry; returns it with its id."""
         ...
 
+    def prune_audit(self, *, before: datetime) -> int:
+        """Delete the audit entries older than `before`; return how many went."""
+        ...
+
     def list_audit(self, *, where: AuditFilter) -> list[AuditEntry]:
         """Audit entries matching `where`, newest (highest id) first, at most `where.limit`."""
         ...

@@ -136,9 +136,9 @@ def translate(exc: ApiException, what: str) -> MaasError:
         return InvalidRequest(f"Kubernetes rejected {what}: {_status_message(exc)}")
     if status in (401, 403):
         return BackendUnavailable(
-            f"Kubernetes API refused access to {what} ({status} {exc.reason}): check the "
-            "ServiceAccount's RBAC (a Role or ClusterRole granting these verbs on this resource, "
-            "bound to the ServiceAccount) and its token"
+            f"Kubernetes API refused access to {what} ({status} {exc.reason}: {_status_message(exc)}): "
+            "check the ServiceAccount's RBAC (a Role or ClusterRole granting these verbs on this "
+            "resource, bound to the ServiceAccount) and its token"
         )
     if status == 0:
         return BackendUnavailable(f"Kubernetes API unreachable: {exc.reason}")
@@ -481,6 +481,26 @@ class KubernetesStore:
         with self._lock:
             self._audit_id = max(self._audit_id + 1, time.time_ns() // 1000)
             return self._audit_id
+
+    def prune_audit(self, *, before: datetime) -> int:
+        with kube_errors("audit entries"):
+            listed = self._core.list_namespaced_config_map(
+                self._namespace, label_selector=f"{RESOURCE_TYPE}={AUDIT_TYPE}", _request_timeout=self._timeout
+            )
+        pruned = 0
+        for config_map in listed.items or []:
+            entry = audit_from_config_map(config_map)
+            if entry is None or entry.at >= before:
+                continue
+            try:
+                with kube_errors("audit entry"):
+                    self._core.delete_namespaced_config_map(
+                        config_map.metadata.name, self._namespace, _request_timeout=self._timeout
+                    )
+            except NotFound:
+                continue  # another replica's sweep got there first
+            pruned += 1
+        return pruned
 
     def list_audit(self, *, where: AuditFilter) -> list[AuditEntry]:
         selector = f"{RESOURCE_TYPE}={AUDIT_TYPE}"

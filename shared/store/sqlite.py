@@ -410,6 +410,14 @@ class SqliteStore:
             raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
         return replace(entry, id=row[0])
 
+    def prune_audit(self, *, before: datetime) -> int:
+        conn = self._connection()
+        try:
+            # Autocommit, like record_audit: the audit log is not part of the store's generation.
+            return conn.execute("DELETE FROM audit WHERE at < ?", (_ts(before),)).rowcount
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+
     def list_audit(self, *, where: AuditFilter) -> list[AuditEntry]:
         clauses: list[str] = []
         args: list[object] = []
