@@ -33,7 +33,7 @@ class _Window:
 class Reservation:
     """An admitted request's hold on its counter, and the X-RateLimit-* values at admission."""
 
-    __slots__ = ("counter", "window", "amount", "limit", "remaining", "reset", "settled")
+    __slots__ = ("amount", "counter", "limit", "remaining", "reset", "settled", "window")
 
     def __init__(self, counter: tuple[str, str], window: _Window, amount: int, limit: int, remaining: int, reset: int) -> None:
         self.counter = counter

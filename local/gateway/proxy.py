@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 from local.gateway.auth import Caller, KeyCache
@@ -26,7 +26,14 @@ from local.gateway.limiter import Reservation, TokenLimiter
 from local.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from local.gateway.metrics import UsageMeter
 from local.gateway.server import Request, Responder, status_line
-from local.gateway.upstream import Pool, Response, UpstreamConnectError, UpstreamReadTimeout, _Connection
+from local.gateway.upstream import (
+    Pool,
+    Response,
+    UpstreamConnectError,
+    UpstreamReadTimeout,
+    _Connection,
+)
+from local.gateway.writes import WriteBatch
 from shared.errors import (
     InvalidRequest,
     MaasError,
@@ -57,10 +64,25 @@ _GET_PATHS = (b"/health", b"/metrics", b"/v1/models")
 
 def last_total_tokens(data: bytes) -> int | None:
     """The last `"total_tokens": N` in a response (a quote inside JSON text is escaped)."""
-    found = None
-    for found in _TOTAL_TOKENS.finditer(data):
-        pass
-    return None if found is None else int(found.group(1))
+    # Searched from the end: usage comes last in a reply, and replies can be long.
+    end = len(data)
+    while (at := data.rfind(b'"total_tokens"', 0, end)) >= 0:
+        found = _TOTAL_TOKENS.match(data, at)
+        if found is not None:
+            return int(found.group(1))
+        end = at
+    return None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _loads(body: bytes) -> Any:
+    """json.loads(body), without its encoding sniffing for the usual UTF-8 object."""
+    if body[:1] == b"{" and body[1:2] != b"\x00":
+        # What json.detect_encoding concludes for these first bytes: UTF-8.
+        return _DECODER.decode(body.decode("utf-8", "surrogatepass"))
+    return json.loads(body)
 
 
 _USAGE_OPTION = b',"stream_options":{"include_usage":true}}'
@@ -111,9 +133,29 @@ class _Call:
     stalls or fails. One object per request: this is the hot path.
     """
 
-    __slots__ = ("gateway", "caller", "model", "route", "path", "payload", "stream", "reservation",
-                 "prompt_estimate", "events", "total", "final", "settled",
-                 "conn", "responder", "parts", "headers_in", "relaying", "tail", "paused", "released")
+    __slots__ = (
+        "caller",
+        "conn",
+        "events",
+        "final",
+        "gateway",
+        "headers_in",
+        "model",
+        "parts",
+        "path",
+        "paused",
+        "payload",
+        "prompt_estimate",
+        "relaying",
+        "released",
+        "reservation",
+        "responder",
+        "route",
+        "settled",
+        "stream",
+        "tail",
+        "total",
+    )
 
     def __init__(self, gateway: Gateway, caller: Caller, model: str, route: _Route, path: bytes,
                  payload: bytes, stream: bool, reservation: Reservation, prompt_estimate: int) -> None:
@@ -384,10 +426,12 @@ class Gateway:
         self._limiter = limiter
         self._meter = meter
         self._timeout = upstream_timeout_s
+        # One batch for the client and backend sides: see writes.py.
+        self.writes = WriteBatch()
         pools: dict[tuple[str, str], Pool] = {}
         self._routes: dict[str, _Route] = {}
         for backend in backends:
-            pool = Pool(backend.url)
+            pool = Pool(backend.url, writes=self.writes)
             # One pool per backend server: models served by one server share its connections.
             pool = pools.setdefault((pool.host_header, pool.base_path), pool)
             self._routes[backend.name] = _Route(backend, pool)
@@ -449,7 +493,7 @@ class Gateway:
 
     def _parse(self, request: Request) -> dict[str, Any]:
         try:
-            body = json.loads(request.body)
+            body = _loads(request.body)
         except ValueError as exc:
             raise MalformedRequest("request body is not valid JSON") from exc
         if not isinstance(body, dict):

@@ -22,6 +22,8 @@ from typing import Any, cast
 
 import httptools
 
+from local.gateway.writes import WriteBatch
+
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
 
@@ -62,7 +64,7 @@ class Responder:
     its source from `on_pause` until `on_resume` instead of draining.
     """
 
-    __slots__ = ("_protocol", "keep_alive", "started", "finished", "on_cancel", "on_pause", "on_resume")
+    __slots__ = ("_protocol", "finished", "keep_alive", "on_cancel", "on_pause", "on_resume", "started")
 
     def __init__(self, protocol: _HttpProtocol, keep_alive: bool) -> None:
         self._protocol = protocol
@@ -135,8 +137,9 @@ Reject = Callable[[Responder, int, str], None]
 
 
 class _HttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, reject: Reject, max_body: int) -> None:
+    def __init__(self, handler: Handler, reject: Reject, max_body: int, writes: WriteBatch) -> None:
         self._handler = handler
+        self._writes = writes
         self._reject = reject
         self._max_body = max_body
         self._loop = asyncio.get_running_loop()
@@ -194,7 +197,7 @@ class _HttpProtocol(asyncio.Protocol):
         if self._corked is not None:
             self._corked.append(data)
         elif not self._closed and self._transport is not None:
-            self._transport.write(data)
+            self._writes.write(self._transport, data)
 
     def cork(self) -> None:
         if self._corked is None:
@@ -326,6 +329,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self.uncork()
+        self._writes.flush()  # what this response wrote goes before the close
         self._closed = True
         self._queue.clear()
         if self._transport is not None:
@@ -333,9 +337,10 @@ class _HttpProtocol(asyncio.Protocol):
 
 
 async def serve(
-    handler: Handler, reject: Reject, *, host: str, port: int, max_body: int
+    handler: Handler, reject: Reject, *, host: str, port: int, max_body: int, writes: WriteBatch | None = None
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
+    batch = writes if writes is not None else WriteBatch()
     return await loop.create_server(
-        lambda: _HttpProtocol(handler, reject, max_body), host, port, backlog=1024, reuse_address=True
+        lambda: _HttpProtocol(handler, reject, max_body, batch), host, port, backlog=1024, reuse_address=True
     )

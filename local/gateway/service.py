@@ -66,6 +66,7 @@ class GatewayService:
             host=self._settings.host,
             port=self._settings.gateway_port,
             max_body=self._settings.gateway_max_body_bytes,
+            writes=self._gateway.writes,
         )
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -16,11 +16,12 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from typing import Protocol, cast
-
 import httptools
+
+from local.gateway.writes import WriteBatch
 
 
 class UpstreamConnectError(Exception):
@@ -147,8 +148,8 @@ class _Connection(asyncio.Protocol):
         self._chunks.clear()
         self.complete = False
         self.got_bytes = False
-        self._headers_ready = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
+        self._headers_ready = self.loop.create_future()
+        self._pool.writes.write(self.transport, request)
         return self._headers_ready
 
     def begin(self, sink: Sink, request: bytes) -> None:
@@ -162,7 +163,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.sink = sink
         self.last_read = self.loop.time()
-        self.transport.write(request)
+        self._pool.writes.write(self.transport, request)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self._headers:
@@ -234,7 +235,10 @@ class Response:
 class Pool:
     """Keep-alive connections to one backend (scheme, host, port)."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 5.0, max_idle: int = 256) -> None:
+    def __init__(
+        self, base_url: str, *, writes: WriteBatch | None = None, connect_timeout: float = 5.0, max_idle: int = 256
+    ) -> None:
+        self.writes = writes if writes is not None else WriteBatch()
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
