@@ -84,9 +84,11 @@ class TokenLimiter:
     def admit(self, *, team: Team, user_id: str, estimate: int) -> Reservation:
         """Reserve `estimate` tokens, or raise RateLimited with Retry-After and X-RateLimit-*."""
         now = self._clock()
-        length = self._length_s(team.time_window)
-        counter = self.counter_for(team, user_id)
-        window = self._current(counter, length, now)
+        length = self._lengths.get(team.time_window) or self._length_s(team.time_window)
+        counter = (team.team_id, "" if team.limit_scope == "team" else user_id)  # counter_for
+        window = self._windows.get(counter)
+        if window is None or now >= window.started + length:
+            window = self._windows[counter] = _Window(started=now)
         reset = max(1, math.ceil(window.started + length - now))
         used = window.spent + window.reserved
         if used >= team.token_limit:
@@ -112,8 +114,12 @@ class TokenLimiter:
         if tokens > 0:
             # The window may have ended while the request ran: then the tokens count in the
             # window that is current now, as Limitador counts a hit when it is reported.
-            length = self._length_s(team.time_window)
-            self._current(reservation.counter, length, self._clock()).spent += tokens
+            window = reservation.window
+            length = self._lengths.get(team.time_window) or self._length_s(team.time_window)
+            now = self._clock()
+            if self._windows.get(reservation.counter) is not window or now >= window.started + length:
+                window = self._current(reservation.counter, length, now)
+            window.spent += tokens
 
     def state(self, *, team: Team, user_id: str) -> tuple[int, int]:
         """(spent, reserved) in the current window; for tests and diagnostics."""

@@ -228,13 +228,6 @@ class _HttpProtocol(asyncio.Protocol):
 
     # -- parser callbacks ---------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = {}
-        self._body = []
-        self._size = 0
-        self._too_large = False
-
     def on_url(self, url: bytes) -> None:
         self._url += url
 
@@ -264,6 +257,13 @@ class _HttpProtocol(asyncio.Protocol):
             parts = self._body
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             self._queue.append((Request(self._parser.get_method(), path, self._headers, body), keep_alive))
+        # Ready for the next message here rather than in an on_message_begin callback: one
+        # call fewer per request (the parser calls only the callbacks a protocol defines).
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._size = 0
+        self._too_large = False
         self._next()
 
     # -- running handlers, one at a time per connection ---------------------------------
@@ -341,6 +341,7 @@ async def serve(
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
     batch = writes if writes is not None else WriteBatch()
+    batch.bind(loop)
     return await loop.create_server(
         lambda: _HttpProtocol(handler, reject, max_body, batch), host, port, backlog=1024, reuse_address=True
     )

@@ -43,6 +43,8 @@ class Sink(Protocol):
 
     def on_error(self, exc: Exception) -> None: ...
 
+    relaying: bool  # whether it wants on_read_end
+
     def on_read_end(self) -> None:
         """After the callbacks of one read (a place to flush what they buffered)."""
 
@@ -83,7 +85,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamConnectError(f"malformed response from the backend: {exc}"))
         finally:
-            if sink is not None:
+            if sink is not None and sink.relaying:
                 sink.on_read_end()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -16,15 +16,23 @@ import asyncio
 
 
 class WriteBatch:
-    __slots__ = ("_pending",)
+    __slots__ = ("_pending", "_loop")
 
     def __init__(self) -> None:
         self._pending: list[tuple[asyncio.Transport, bytes]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop all writes come from (spares a get_running_loop, a getpid, per round)."""
+        self._loop = loop
 
     def write(self, transport: asyncio.Transport, data: bytes) -> None:
         pending = self._pending
         if not pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
         pending.append((transport, data))
 
     def flush(self) -> None:
