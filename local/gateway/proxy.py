@@ -223,6 +223,8 @@ class _Call:
             responder.on_pause = self._pause
             responder.on_resume = self._resume
         conn.begin(self, self.route.request(self.path, self.payload))
+        if self.stream and responder.paused:
+            self._pause()  # a pipelined call behind a response the client has not read yet
         self.gateway._watch.add(self)
 
     def _release(self) -> None:

@@ -9,6 +9,7 @@ callbacks (it then sets `Responder.on_cancel`, `on_pause`, `on_resume`), or retu
 coroutine that runs as a task. Most requests take one of the first two ways: a task and its
 futures per request cost more than the rest of the gateway's work (see bench/). A client that
 disconnects cancels its request (the task, or `on_cancel`), so handlers release what they hold.
+Writes go out at the end of the event-loop round (writes.py).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class Responder:
         self.on_cancel: Callable[[], None] = _nothing
         self.on_pause: Callable[[], None] = _nothing
         self.on_resume: Callable[[], None] = _nothing
+
+    @property
+    def paused(self) -> bool:
+        """Whether the client is not keeping up (`on_pause` was, or would have been, called)."""
+        return self._protocol.paused
 
     def _connection_header(self) -> bytes:
         return b"\r\n" if self.keep_alive else b"Connection: close\r\n\r\n"
@@ -180,6 +186,10 @@ class _HttpProtocol(asyncio.Protocol):
             on_cancel()
         if self._can_write is not None and not self._can_write.done():
             self._can_write.set_exception(ConnectionResetError("client disconnected"))
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def pause_writing(self) -> None:
         self._paused = True
