@@ -156,7 +156,7 @@ def _verdicts(rows: dict[tuple[bool, int], tuple[Result, Result]]) -> list[str]:
     d, g = rows[(False, 32)]
     ratio = g.rps / d.rps
     lines = [
-        f"c=32 plain throughput >= {TARGET_RATIO:.0%} of direct: {'met' if ratio >= TARGET_RATIO else 'NOT met'} ({ratio:.0%})"
+        f"c=32 plain throughput >= {TARGET_RATIO:.0%} of direct: {'met' if ratio >= TARGET_RATIO else 'NOT met'} ({ratio:.1%})"
     ]
     added = {stream: g.p50_ms - d.p50_ms for (stream, c), (d, g) in rows.items() if c == 1}
     worst = max(added.values())
