@@ -14,15 +14,19 @@ ADMIN_SCHEMES = ("admin", "bearer")
 KEY_SCHEMES = ("apikey", "bearer")
 
 
-def credential(header: str | None, schemes: tuple[str, ...]) -> str:
+def credential(header: str | None, schemes: tuple[str, ...], what: str = "key") -> str:
     """The token of an `Authorization: <scheme> <token>` header, for one of `schemes`."""
+    how = "use " + " or ".join(
+        f"'Authorization: {'Bearer' if s == 'bearer' else s.upper()} <{what}>'" for s in schemes
+    )
     if not header:
-        raise Unauthorized("missing Authorization header")
+        raise Unauthorized(f"missing Authorization header: {how}")
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() not in schemes or not token:
-        expected = " or ".join(f"'{s.upper() if s != 'bearer' else 'Bearer'} <key>'" for s in schemes)
-        raise Unauthorized(f"Authorization header must be {expected}")
+    if scheme.lower() not in schemes:
+        raise Unauthorized(f"unsupported authorization scheme: {how}")
+    if not token:
+        raise Unauthorized(f"missing {what}: {how}")
     return token
 
 
@@ -35,12 +39,17 @@ def is_admin(settings: Settings, token: str) -> bool:
 def require_admin(settings: Settings, header: str | None) -> None:
     if settings.admin_key is None:
         raise Unauthorized("admin access is disabled: no admin key is configured (set ADMIN_KEY)")
-    if not is_admin(settings, credential(header, ADMIN_SCHEMES)):
+    if not is_admin(settings, credential(header, ADMIN_SCHEMES, "admin key")):
         raise Unauthorized("invalid admin credentials")
 
 
 def usable(key: ApiKey, now: datetime) -> bool:
     return key.status == "active" and (key.expires_at is None or key.expires_at > now)
+
+
+def may_use_model(key: ApiKey, model: str) -> bool:
+    """A key limited to some models may call only those; no list means every model."""
+    return not key.models_allowed or model in key.models_allowed
 
 
 @dataclass(frozen=True)

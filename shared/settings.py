@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Gateway: longest wait for a model backend's headers or next stream chunk (504 after).",
     )
+    last_used_interval_s: float = Field(
+        default=5.0,
+        validation_alias="MAAS_LAST_USED_INTERVAL",
+        gt=0,
+        description="Gateway: seconds between the batched writes of keys' last_used_at.",
+    )
     gateway_max_body_bytes: int = Field(
         default=16 * 1024 * 1024,
         validation_alias="MAAS_GATEWAY_MAX_BODY_BYTES",

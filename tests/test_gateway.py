@@ -398,3 +398,40 @@ def test_stop_flushes_the_ledger(tmp_path: Path, store: SqliteStore, simulator: 
         assert (row.team_id, row.user_id, row.model, row.tokens) == ("t1", "alice", MODEL, HELLO_TOKENS)
     finally:
         reopened.close()
+
+
+def test_last_use_is_recorded_in_batches_off_the_request_path(
+    tmp_path: Path, store: SqliteStore, simulator: SimulatorService
+) -> None:
+    store.create_team(team=_team("t1"))
+    used_key, used = _issue(store, "t1", "alice")
+    _, idle = _issue(store, "t1", "bob")
+    generation = store.generation()
+    service = _gateway(tmp_path, store, simulator.url, last_used_interval_s=0.2)
+    try:
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            assert _chat(http, used_key).status_code == 200
+        deadline = time.monotonic() + 5
+        while store.get_key(secret_name=used.secret_name).last_used_at is None:
+            assert time.monotonic() < deadline, "last_used_at was never written"
+            time.sleep(0.05)
+    finally:
+        service.stop()
+    assert store.get_key(secret_name=idle.secret_name).last_used_at is None
+    # Recording use is not a change of keys or teams: the gateway's cache is not reloaded for it.
+    assert store.generation() == generation
+
+
+def test_the_last_uses_not_yet_written_are_written_on_stop(
+    tmp_path: Path, store: SqliteStore, simulator: SimulatorService
+) -> None:
+    store.create_team(team=_team("t1"))
+    key, record = _issue(store, "t1", "alice")
+    service = _gateway(tmp_path, store, simulator.url, last_used_interval_s=3600)
+    try:
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            assert _chat(http, key).status_code == 200
+        assert store.get_key(secret_name=record.secret_name).last_used_at is None
+    finally:
+        service.stop()
+    assert store.get_key(secret_name=record.secret_name).last_used_at is not None

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from shared.auth import KEY_SCHEMES, credential, may_use_model, usable
 from shared.errors import Forbidden, Unauthorized
 from shared.keymaterial import key_sha256
 from shared.store.base import ApiKey, Snapshot, Store, Team
-
-_SCHEMES = ("apikey", "bearer")
-_HOW = "use 'Authorization: APIKEY <key>' or 'Authorization: Bearer <key>'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +21,8 @@ class Caller:
     team: Team
 
     def check_model(self, model: str) -> None:
-        if self.key.models_allowed and model not in self.key.models_allowed:
+        if not may_use_model(self.key, model):
             raise Forbidden(f"this API key may not use model '{model}'")
-
-    def may_use(self, model: str) -> bool:
-        return not self.key.models_allowed or model in self.key.models_allowed
 
 
 class KeyCache:
@@ -37,6 +32,9 @@ class KeyCache:
         self._snapshot = Snapshot()
         # Callers by key hash for the current snapshot: built once, not per request.
         self._callers: dict[str, Caller] = {}
+        # secret_name -> last successful authentication; taken in batches by the service,
+        # which writes them to the store off the request path.
+        self._last_used: dict[str, datetime] = {}
 
     def snapshot(self) -> Snapshot:
         generation = self._store.generation()
@@ -52,14 +50,7 @@ class KeyCache:
         return self.snapshot().teams.get(team_id)
 
     def authenticate(self, authorization: str | None) -> Caller:
-        if not authorization:
-            raise Unauthorized(f"missing Authorization header: {_HOW}")
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() not in _SCHEMES:
-            raise Unauthorized(f"unsupported authorization scheme: {_HOW}")
-        token = token.strip()
-        if not token:
-            raise Unauthorized(f"missing API key: {_HOW}")
+        token = credential(authorization, KEY_SCHEMES, "API key")
         snapshot = self.snapshot()
         digest = key_sha256(token)
         caller = self._callers.get(digest)
@@ -68,12 +59,16 @@ class KeyCache:
             team = None if key is None else snapshot.teams.get(key.team_id)
             if key is None or team is None:
                 raise Unauthorized("invalid API key")
-            if key.status != "active":
-                raise Unauthorized(f"API key is {key.status}")
             caller = Caller(key=key, team=team)
             if self._snapshot is snapshot:
                 self._callers[digest] = caller
-        key = caller.key
-        if key.expires_at is not None and key.expires_at <= datetime.now(timezone.utc):
-            raise Unauthorized("API key has expired")
+        now = datetime.now(timezone.utc)
+        if not usable(caller.key, now):
+            raise Unauthorized("API key is revoked or expired")
+        self._last_used[caller.key.secret_name] = now
         return caller
+
+    def take_last_used(self) -> dict[str, datetime]:
+        """The last uses recorded since the previous call (for Store.touch_keys)."""
+        taken, self._last_used = self._last_used, {}
+        return taken

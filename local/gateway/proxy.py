@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -34,6 +33,8 @@ from local.gateway.upstream import (
     _Connection,
 )
 from local.gateway.writes import WriteBatch
+from shared.catalog.filecatalog import describe
+from shared.catalog.listing import openai_model_list, visible
 from shared.errors import (
     InvalidRequest,
     MaasError,
@@ -423,6 +424,7 @@ class Gateway:
         meter: UsageMeter,
         backends: list[ModelBackend],
         upstream_timeout_s: float,
+        models_created: int = 0,
     ) -> None:
         self._keys = keys
         self._limiter = limiter
@@ -438,7 +440,8 @@ class Gateway:
             pool = pools.setdefault((pool.host_header, pool.base_path), pool)
             self._routes[backend.name] = _Route(backend, pool)
         self._pools = list(pools.values())
-        self._created = int(time.time())
+        # What /v1/models lists: the same entries as the admin API's listing of the models file.
+        self._models = describe(list(backends), created=models_created)
         self._watch = _Watch(upstream_timeout_s)
 
     def close(self) -> None:
@@ -484,12 +487,8 @@ class Gateway:
 
     def _list_models(self, request: Request, responder: Responder) -> None:
         caller = self._keys.authenticate(request.header(b"authorization"))
-        data = [
-            {"id": name, "object": "model", "created": self._created, "owned_by": "maas"}
-            for name in sorted(self._routes)
-            if caller.may_use(name)
-        ]
-        responder.send(200, _JSON, json.dumps({"object": "list", "data": data}).encode())
+        listing = openai_model_list(visible(self._models, caller.key))
+        responder.send(200, _JSON, listing.model_dump_json().encode())
 
     # -- model calls ---------------------------------------------------------------------
 

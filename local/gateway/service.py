@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from local.gateway.auth import KeyCache
 from local.gateway.limiter import TokenLimiter
@@ -10,12 +11,14 @@ from local.gateway.loopthread import LoopThread
 from local.gateway.metrics import UsageMeter
 from local.gateway.proxy import Gateway
 from local.gateway.server import serve
+from shared.catalog.filecatalog import models_file_created
+from shared.errors import MaasError
 from shared.ledger import UsageLedger
 from shared.modelsfile import load_models_file
 from shared.settings import Settings
 from shared.store import Store, open_store
 
-LEDGER_FILE = "usage.db"
+log = logging.getLogger("maas.gateway")
 
 
 class GatewayService:
@@ -32,15 +35,18 @@ class GatewayService:
         self._store = store if store is not None else open_store(settings)
         self.backends = load_models_file(settings.models_file, simulator_port=settings.simulator_port)
         self._own_ledger = ledger is None
-        self.ledger = ledger if ledger is not None else UsageLedger(settings.data_dir / LEDGER_FILE)
+        self.ledger = ledger if ledger is not None else UsageLedger(settings.usage_ledger_path)
         self.limiter = TokenLimiter()
+        self._keys = KeyCache(self._store)
         self._gateway = Gateway(
-            keys=KeyCache(self._store),
+            keys=self._keys,
             limiter=self.limiter,
             meter=UsageMeter(self.ledger),
             backends=self.backends,
             upstream_timeout_s=settings.upstream_timeout_s,
+            models_created=models_file_created(settings),
         )
+        self._last_use_task: asyncio.Task[None] | None = None
         self._thread = LoopThread("maas-gateway")
         self._server: asyncio.AbstractServer | None = None
         self._port: int | None = None
@@ -68,9 +74,29 @@ class GatewayService:
             max_body=self._settings.gateway_max_body_bytes,
             writes=self._gateway.writes,
         )
+        self._last_use_task = asyncio.get_running_loop().create_task(self._record_last_use())
         return int(self._server.sockets[0].getsockname()[1])
 
+    async def _record_last_use(self) -> None:
+        """Keys' last_used_at, written in batches off the request path."""
+        while True:
+            await asyncio.sleep(self._settings.last_used_interval_s)
+            await self._flush_last_use()
+
+    async def _flush_last_use(self) -> None:
+        used = self._keys.take_last_used()  # on the loop thread: no race with the requests
+        if not used:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: self._store.touch_keys(last_used=used))
+        except MaasError as exc:
+            log.warning("could not record when %d key(s) were last used: %s", len(used), exc.message)
+
     async def _shutdown(self) -> None:
+        if self._last_use_task is not None:
+            self._last_use_task.cancel()
+            self._last_use_task = None
+            await self._flush_last_use()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -40,6 +40,28 @@ def http_probe(backend: ModelBackend, timeout_s: float) -> bool:
         return False
 
 
+def describe(backends: list[ModelBackend], *, created: int,
+             readiness: dict[str, bool] | None = None) -> list[ModelInfo]:
+    """The models of a models file as the catalog lists them, sorted by name."""
+    return [
+        ModelInfo(
+            name=backend.name,
+            namespace=NAMESPACE,
+            url=backend.url.removesuffix("/v1"),
+            ready=True if readiness is None else readiness[backend.name],
+            created=created,
+            owned_by=NAMESPACE,
+        )
+        for backend in sorted(backends, key=lambda b: b.name)
+    ]
+
+
+def models_file_created(settings: Settings) -> int:
+    """When the models file was last written: the models' `created` in the OpenAI listing."""
+    path: Path = settings.models_file or DEFAULT_MODELS_FILE
+    return int(path.stat().st_mtime)
+
+
 class FileModelCatalog:
     def __init__(
         self,
@@ -61,24 +83,12 @@ class FileModelCatalog:
     @classmethod
     def from_settings(cls, settings: Settings, *, probe_timeout_s: float = 1.0,
                       cache_s: float = 5.0) -> FileModelCatalog:
-        path: Path = settings.models_file or DEFAULT_MODELS_FILE
         backends = load_models_file(settings.models_file, simulator_port=settings.simulator_port)
-        return cls(backends, created=int(path.stat().st_mtime), probe_timeout_s=probe_timeout_s,
+        return cls(backends, created=models_file_created(settings), probe_timeout_s=probe_timeout_s,
                    cache_s=cache_s)
 
     def list_models(self) -> list[ModelInfo]:
-        readiness = self._readiness()
-        return [
-            ModelInfo(
-                name=backend.name,
-                namespace=NAMESPACE,
-                url=backend.url.removesuffix("/v1"),
-                ready=readiness[backend.name],
-                created=self._created,
-                owned_by=NAMESPACE,
-            )
-            for backend in sorted(self._backends, key=lambda b: b.name)
-        ]
+        return describe(self._backends, created=self._created, readiness=self._readiness())
 
     def list_openai_models(self) -> list[ModelInfo]:
         # On one machine every backend speaks OpenAI: both listings show the same models.

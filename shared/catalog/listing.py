@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.auth import may_use_model
 from shared.catalog.base import ModelCatalog, ModelInfo
 from shared.settings import Settings
 from shared.store import ApiKey
@@ -44,10 +45,9 @@ class OpenAIModelList(_Model):
 
 def visible(models: list[ModelInfo], key: ApiKey | None) -> list[ModelInfo]:
     """What a caller may see: everything for the admin (key None), else the key's models."""
-    if key is None or not key.models_allowed:
+    if key is None:
         return models
-    allowed = set(key.models_allowed)
-    return [m for m in models if m.name in allowed]
+    return [m for m in models if may_use_model(key, m.name)]
 
 
 def model_list(models: list[ModelInfo]) -> ModelList:
