@@ -1,4 +1,6 @@
 # The two commands a new user needs: `make run` and `make test`. Both set up what they need.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +15,9 @@ help: ## Show the targets
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing pinned requirements into $(VENV) ..."
-	@$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@# This machine's pip config names local indexes that may not exist; their warnings are noise.
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 \
+		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@touch $@
 
 venv: $(STAMP) ## Create the virtualenv from the pinned requirements
