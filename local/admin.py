@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import flask
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 import main
 from functions._http import error_response
@@ -44,6 +44,17 @@ def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask
     return app
 
 
+log = logging.getLogger("maas.admin")
+
+
+class _RequestLog(WSGIRequestHandler):
+    """One plain line per request: method, path, status, time. No headers, no bodies, no
+    terminal colour codes (werkzeug's default), so the log reads the same in a file."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.info("%s %s %s", self.command, self.path.partition("?")[0], code)
+
+
 class AdminServer:
     """The admin API in a background thread; `stop()` returns once it has stopped."""
 
@@ -61,11 +72,12 @@ class AdminServer:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((self._host, self._port))
         ssl_context = server_context(self._tls_dir) if self._tls_dir is not None else None
-        self._server = make_server(self._host, self._port, create_admin_app(), threaded=True, ssl_context=ssl_context)
+        self._server = make_server(
+            self._host, self._port, create_admin_app(), threaded=True, ssl_context=ssl_context,
+            request_handler=_RequestLog,
+        )
         scheme = "https" if ssl_context is not None else "http"
         self.url = f"{scheme}://{self._host}:{self._server.server_port}"
-        # werkzeug logs one line per request (method, path, status): no headers, no bodies.
-        logging.getLogger("werkzeug").setLevel(logging.INFO)
         self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api", daemon=True)
         self._thread.start()
 
