@@ -25,6 +25,9 @@ from shared.settings import Settings
 
 DEFAULT_MODELS = ("qwen3-0-6b-instruct", "vllm-simulator")
 DEFAULT_MAX_TOKENS = 16
+# Like a served model's max_model_len: vLLM refuses (400) a request whose prompt plus
+# max_tokens exceeds it, which also keeps one request from occupying the simulator for long.
+MAX_MODEL_LEN = 4096
 _REPLY_WORDS = (
     "This is a simulated reply from the model simulator . It repeats the same words for the "
     "same request so that tests and demos can rely on it , and it counts tokens honestly ."
@@ -112,6 +115,12 @@ class Simulator:
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens", DEFAULT_MAX_TOKENS))
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise InvalidRequest("'max_tokens' must be a positive integer")
+        prompt = prompt_tokens(body)
+        if prompt + max_tokens > MAX_MODEL_LEN:
+            raise InvalidRequest(
+                f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you requested "
+                f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the completion)."
+            )
         return body
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

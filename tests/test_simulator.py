@@ -58,3 +58,19 @@ def test_errors_in_openai_shape(client: httpx.Client) -> None:
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
     assert client.post("/v1/chat/completions", content=b"{").status_code == 400
     assert client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0}).status_code == 422
+
+
+def test_requests_beyond_the_context_length_are_refused_like_vllm(client: httpx.Client) -> None:
+    from local.simulator import MAX_MODEL_LEN
+
+    body = {"model": "qwen3-0-6b-instruct", "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": MAX_MODEL_LEN}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 422
+    assert "maximum context length" in response.json()["error"]["message"]
+    body["max_tokens"] = 10**20  # answered at once, not generated
+    assert client.post("/v1/chat/completions", json=body).status_code == 422
+    from local.simulator import prompt_tokens
+
+    body["max_tokens"] = MAX_MODEL_LEN - prompt_tokens(body)  # exactly the context length: served
+    assert client.post("/v1/chat/completions", json=body).json()["usage"]["total_tokens"] == MAX_MODEL_LEN
