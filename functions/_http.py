@@ -24,12 +24,11 @@ from shared.errors import (
     InvalidRequest,
     MaasError,
     MalformedRequest,
-    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     admin_body,
 )
-from shared.routes import Route, route_for
+from shared.routes import Route, method_not_allowed, route_for
 from shared.schemas import DnsLabel, SecretName, UserId
 from shared.settings import ConfigurationError
 
@@ -129,7 +128,7 @@ def _check_route(route: Route, request: flask.Request) -> dict[str, str]:
     if params is None:
         raise NotFound(f"no such endpoint: {request.path}")
     if request.method != route.method:
-        raise MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+        raise method_not_allowed(request.method, request.path, [route.method])
     return params
 
 

@@ -11,28 +11,43 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import flask
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 import main
 from functions._http import error_response
 from local.tls import server_context
-from shared.errors import MaasError
+from shared.errors import MaasError, MalformedRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from shared.routes import resolve
 
 Target = Callable[[flask.Request], flask.Response]
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+_WERKZEUG_ERRORS: dict[int, type[MaasError]] = {
+    400: MalformedRequest, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
+}
 
 
 def function_targets() -> dict[str, Target]:
     return {name: getattr(main, name) for name in main.__all__}
 
 
+class _AnyPath(PathConverter):
+    """Every path, control characters included: werkzeug's `path` stops at a newline, so
+    `/teams/%0A` would get its bare 404 instead of our routing (401 without credentials, then
+    the 422 naming `team_id`)."""
+
+    regex = r"[\s\S]*?"
+    part_isolating = False  # werkzeug infers True for a regex without "/"
+
+
 def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask:
     table = dict(targets or function_targets())
     app = flask.Flask("maas-admin")
+    app.url_map.converters["anypath"] = _AnyPath
 
     @app.route("/", defaults={"path": ""}, methods=_METHODS)
-    @app.route("/<path:path>", methods=_METHODS)
+    @app.route("/<anypath:path>", methods=_METHODS)
     def dispatch(path: str) -> flask.Response:
         request = flask.request._get_current_object()  # type: ignore[attr-defined]
         try:
@@ -40,6 +55,22 @@ def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask
         except MaasError as error:
             return error_response(error)
         return table[route.target](request)
+
+    @app.errorhandler(HTTPException)
+    def refused_by_werkzeug(error: HTTPException) -> flask.Response | HTTPException:
+        """Werkzeug's own refusals in our JSON error shape, not its HTML page: a method outside
+        _METHODS (TRACE, QUERY, ...) never reaches `dispatch`, so it gets its 405, with the
+        path's real methods in `Allow`, from the routing table here."""
+        request = flask.request
+        if error.code == 405:
+            try:
+                resolve(request.method, request.path)
+            except MaasError as ours:
+                return error_response(ours)
+        ours_for = _WERKZEUG_ERRORS.get(error.code or 0)
+        if ours_for is None:
+            return error
+        return error_response(ours_for(error.description or error.name))
 
     return app
 

@@ -88,17 +88,24 @@ EVENT_TARGETS: tuple[str, ...] = ("cleanup",)
 
 def resolve(method: str, path: str, routes: tuple[Route, ...] = ROUTES) -> tuple[Route, dict[str, str]]:
     """Find the route for a request; NotFound or MethodNotAllowed otherwise."""
-    path_known = False
+    allowed: list[str] = []
     for route in routes:
         params = route.match(path)
         if params is None:
             continue
         if route.method == method.upper():
             return route, params
-        path_known = True
-    if path_known:
-        raise MethodNotAllowed(f"method {method.upper()} is not allowed on {path}")
+        allowed.append(route.method)
+    if allowed:
+        raise method_not_allowed(method, path, allowed)
     raise NotFound(f"no such endpoint: {path}")
+
+
+def method_not_allowed(method: str, path: str, allowed: list[str]) -> MethodNotAllowed:
+    """A 405 with the `Allow` header RFC 9110 requires, listing the path's methods."""
+    return MethodNotAllowed(
+        f"method {method.upper()} is not allowed on {path}", headers={"Allow": ", ".join(sorted(allowed))}
+    )
 
 
 def route_for(target: str, routes: tuple[Route, ...] = ROUTES) -> Route:
