@@ -61,18 +61,20 @@ class Call:
     request: flask.Request
     ctx: Context
     params: dict[str, str]
+    # From the route: an empty body means all defaults (the OpenAPI document says the same).
+    body_optional: bool = False
     # The validated body, once parsed: the audit entry of a refused create still names its team.
     parsed: BaseModel | None = None
 
-    def body(self, model: type[Model], *, optional: bool = False) -> Model:
-        """The JSON body as `model`; with `optional`, an empty body means all defaults."""
+    def body(self, model: type[Model]) -> Model:
+        """The JSON body as `model`; when the route's body is optional, none means all defaults."""
         limit = self.ctx.settings.max_body_bytes
         if self.request.content_length is not None and self.request.content_length > limit:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         raw = self.request.stream.read(limit + 1)
         if len(raw) > limit:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        if optional and not raw.strip():
+        if self.body_optional and not raw.strip():
             raw = b"{}"
         try:
             data = json.loads(raw) if raw.strip() else None
@@ -177,7 +179,8 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
                 if route.auth == "admin":
                     require_admin(ctx.settings, request.headers.get("Authorization"))
                     actor = "admin"
-                call = Call(request=request, ctx=ctx, params=_validated_params(params))
+                call = Call(request=request, ctx=ctx, params=_validated_params(params),
+                            body_optional=route.body_optional)
                 result = handler(call)
                 response = (
                     result if isinstance(result, flask.Response) else json_response(result, route.success_status)

@@ -18,7 +18,7 @@ def revoke_key(call: Call) -> KeyRevoked:
 @functions_framework.http
 @endpoint("rotate_key")
 def rotate_key(call: Call) -> KeyCreated:
-    return keys.rotate_key(call.ctx, call.params["secret_name"], call.body(KeyRotate, optional=True))
+    return keys.rotate_key(call.ctx, call.params["secret_name"], call.body(KeyRotate))
 
 
 @functions_framework.http

@@ -26,6 +26,18 @@ _ERROR = {
         },
     },
 }
+# Under /v1 the clients are OpenAI SDKs, so errors there take OpenAI's shape (shared.errors.openai_body).
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"}},
+        },
+    },
+}
 _ERROR_STATUSES = {
     "400": "Malformed JSON",
     "401": "Missing or invalid credentials",
@@ -70,7 +82,7 @@ def _operation(route: Route) -> dict[str, Any]:
         operation["parameters"] = parameters
     if route.request is not None:
         operation["requestBody"] = {
-            "required": True,
+            "required": not route.body_optional,
             "content": {"application/json": {"schema": {"$ref": _REF.format(model=route.request.__name__)}}},
         }
     success: dict[str, Any] = {"description": "Success"}
@@ -79,10 +91,11 @@ def _operation(route: Route) -> dict[str, Any]:
             "application/json": {"schema": {"$ref": _REF.format(model=route.response.__name__)}}
         }
     responses: dict[str, Any] = {str(route.success_status): success}
+    error_model = "OpenAIError" if route.path.startswith("/v1/") else "Error"
     for status, text in _ERROR_STATUSES.items():
         responses[status] = {
             "description": text,
-            "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=error_model)}}},
         }
     operation["responses"] = responses
     if route.auth == "admin":
@@ -100,6 +113,7 @@ def openapi_document() -> dict[str, Any]:
     )
     schemas = dict(definitions.get("$defs", {}))
     schemas["Error"] = _ERROR
+    schemas["OpenAIError"] = _OPENAI_ERROR
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)

@@ -32,6 +32,8 @@ class Route:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
+    # An absent body means the request model's defaults (rotate: "revoke at once, same expiry").
+    body_optional: bool = False
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -68,7 +70,7 @@ ROUTES: tuple[Route, ...] = (
           response=schemas.KeyRevoked),
     Route("POST", "/keys/{secret_name}/rotate", "rotate_key",
           "Issue a successor key; the old one works until its grace period ends", success_status=201,
-          request=schemas.KeyRotate, response=schemas.KeyCreated),
+          request=schemas.KeyRotate, response=schemas.KeyCreated, body_optional=True),
     Route("GET", "/audit", "list_audit", "Admin actions, newest first, filtered and paged",
           query=schemas.AuditQuery, response=schemas.AuditPage),
     Route("GET", "/users/{user_id}/usage", "user_usage", "A user's token usage across teams",
