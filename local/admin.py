@@ -82,6 +82,10 @@ class _RequestLog(WSGIRequestHandler):
     """One plain line per request: method, path, status, time. No headers, no bodies, no
     terminal colour codes (werkzeug's default), so the log reads the same in a file."""
 
+    # werkzeug writes a response's head and body in separate sends; with Nagle on, the body
+    # waits for the client's ACK of the head (a request took 16 ms here, 4 ms without Nagle).
+    disable_nagle_algorithm = True
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.info("%s %s %s", self.command, self.path.partition("?")[0], code)
 
