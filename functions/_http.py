@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import flask
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from functions._context import context
 from shared import audit
@@ -29,18 +29,13 @@ from shared.errors import (
     admin_body,
 )
 from shared.routes import Route, method_not_allowed, route_for
-from shared.schemas import DnsLabel, SecretName, UserId
+from shared.schemas import PATH_PARAMETERS
 from shared.settings import ConfigurationError
 
 log = logging.getLogger("maas.functions")
 Model = TypeVar("Model", bound=BaseModel)
 
 # Path parameters are validated like body fields, so a bad id is a 422 naming it.
-_PARAM_TYPES: dict[str, TypeAdapter[Any]] = {
-    "team_id": TypeAdapter(DnsLabel),
-    "user_id": TypeAdapter(UserId),
-    "secret_name": TypeAdapter(SecretName),
-}
 
 
 def _field_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, str]]:
@@ -99,7 +94,7 @@ class Call:
 def _validated_params(params: dict[str, str]) -> dict[str, str]:
     details = []
     for name, value in params.items():
-        adapter = _PARAM_TYPES.get(name)
+        adapter = PATH_PARAMETERS.get(name)
         if adapter is None:
             continue
         try:

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared.routes import ROUTES, Route
+from shared.schemas import PATH_PARAMETERS
 from shared.version import VERSION
 
 _REF = "#/components/schemas/{model}"
@@ -61,10 +62,25 @@ def _models() -> list[tuple[type[BaseModel], Literal["validation", "serializatio
     return list(seen.values())
 
 
+def _path_schema(name: str) -> dict[str, Any]:
+    adapter = PATH_PARAMETERS.get(name)
+    return {"type": "string"} if adapter is None else adapter.json_schema()
+
+
+def _query_schema(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """A query field's own schema; a parameter is absent rather than null, so drop `null`."""
+    field = model.model_json_schema()["properties"][name]
+    branches = [b for b in field.get("anyOf", [field]) if b.get("type") != "null"]
+    schema = dict(branches[0]) if len(branches) == 1 else {"anyOf": branches}
+    for key in ("title", "default", "description"):
+        schema.pop(key, None)
+    return schema or {"type": "string"}
+
+
 def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": route.target, "summary": route.summary}
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
         for name in route.params
     ]
     if route.query is not None:
@@ -74,7 +90,7 @@ def _operation(route: Route) -> dict[str, Any]:
                     "name": name,
                     "in": "query",
                     "required": field.is_required(),
-                    "schema": {"type": "string"},
+                    "schema": _query_schema(route.query, name),
                     "description": field.description or "",
                 }
             )

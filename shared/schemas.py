@@ -14,11 +14,13 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
     PlainSerializer,
     StringConstraints,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -34,6 +36,21 @@ def _utc_text(value: datetime) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_utc_text, return_type=str)]
+
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
+
+
+def _rfc3339_only(value: object) -> object:
+    # pydantic would also take a number as a Unix time and other ISO 8601 forms; the API
+    # documents (and so accepts) RFC 3339 only.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2025-08-25T00:00:00Z")
+    return value
+
+
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
 
 DnsLabel = Annotated[
     str,
@@ -85,6 +102,13 @@ TokenLimit = Annotated[int, Field(strict=True, ge=1, le=2**53, description="Toke
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253, strip_whitespace=True)]
 Description = Annotated[str, StringConstraints(max_length=1024)]
 LimitScope = Literal["user", "team"]
+
+# Path parameters are validated like body fields, so a bad id is a 422 naming it.
+PATH_PARAMETERS: dict[str, TypeAdapter[str]] = {
+    "team_id": TypeAdapter(DnsLabel),
+    "user_id": TypeAdapter(UserId),
+    "secret_name": TypeAdapter(SecretName),
+}
 
 
 class Request(BaseModel):
@@ -144,7 +168,7 @@ class KeyCreate(Request):
         default_factory=list, max_length=100, description="Models this key may use; empty means all"
     )
     expires_in: Lifetime | None = Field(default=None, description="Lifetime from now; excludes expires_at")
-    expires_at: AwareDatetime | None = Field(
+    expires_at: Rfc3339 | None = Field(
         default=None, description="RFC 3339 instant in the future; excludes expires_in"
     )
 
@@ -161,7 +185,7 @@ class KeyRotate(Request):
     expires_in: Lifetime | None = Field(
         default=None, description="Lifetime of the new key; default: the old key's lifetime, if it had one"
     )
-    expires_at: AwareDatetime | None = Field(default=None, description="Expiry of the new key (RFC 3339)")
+    expires_at: Rfc3339 | None = Field(default=None, description="Expiry of the new key (RFC 3339)")
 
     @field_validator("expires_at")
     @classmethod
@@ -179,8 +203,8 @@ class AuditQuery(Request):
     outcome: Annotated[str, StringConstraints(pattern=r"^(success|failure|[1-5][0-9][0-9])$")] | None = Field(
         default=None, description="'success' (2xx), 'failure' (anything else) or one status code"
     )
-    since: AwareDatetime | None = Field(default=None, description="RFC 3339, inclusive")
-    until: AwareDatetime | None = Field(default=None, description="RFC 3339, exclusive")
+    since: Rfc3339 | None = Field(default=None, description="RFC 3339, inclusive")
+    until: Rfc3339 | None = Field(default=None, description="RFC 3339, exclusive")
     limit: Annotated[int, Field(ge=1, le=500)] = 100
     cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None = Field(
         default=None, description="next_cursor of the previous page"

@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+
+from shared.schemas import Rfc3339
 
 
 def _utc_text(value: datetime) -> str:
@@ -25,8 +27,8 @@ class UsageQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start: AwareDatetime | None = Field(default=None, description="RFC 3339, e.g. 2025-08-25T00:00:00Z")
-    end: AwareDatetime | None = Field(default=None, description="RFC 3339; default now")
+    start: Rfc3339 | None = Field(default=None, description="RFC 3339, e.g. 2025-08-25T00:00:00Z")
+    end: Rfc3339 | None = Field(default=None, description="RFC 3339; default now")
     window: Duration | None = Field(default=None, description="Range length such as '24h' or '7d'")
 
 
