@@ -14,6 +14,7 @@ from functions._context import install_context, reset_context
 from shared.context import Context, build_context
 from shared.keymaterial import generate_admin_key
 from shared.settings import Settings
+from tests.records import ManualClock
 
 _OWN_VARIABLES = ("ADMIN_KEY", "PROMETHEUS_URL", "NAMESPACE", "FUNCTION_TARGET")
 
@@ -41,5 +42,19 @@ def settings(tmp_path: Path, admin_key: str) -> Settings:
 def ctx(settings: Settings) -> Iterator[Context]:
     """An embedded Context installed for the functions, on a fresh SQLite file."""
     context = build_context(settings)
+    install_context(context)
+    yield context
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def clocked_ctx(settings: Settings, clock: ManualClock) -> Iterator[Context]:
+    """An embedded Context on the test's clock, installed for the functions."""
+    context = build_context(settings)
+    context.clock = clock
     install_context(context)
     yield context

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.store import ApiKey, Team
 
 T0 = datetime(2025, 8, 25, 6, 17, 35, tzinfo=timezone.utc)
+# Where a ManualClock starts, on the hour so that expiry arithmetic in tests reads plainly.
+CLOCK_START = datetime(2025, 8, 25, 6, 0, 0, tzinfo=timezone.utc)
 
 
 def a_team(team_id: str = "test-team", **overrides: object) -> Team:
@@ -40,3 +42,16 @@ def a_key(team_id: str = "test-team", user_id: str = "alice", **overrides: objec
     }
     fields.update(overrides)
     return ApiKey(**fields), api_key  # type: ignore[arg-type]
+
+
+class ManualClock:
+    """A Context clock that a test moves: "an hour later" takes no time."""
+
+    def __init__(self, now: datetime = CLOCK_START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)

@@ -5,46 +5,24 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
-from functions._context import install_context
-from shared.context import Context, build_context
+from shared.context import Context
 from shared.keymaterial import KEY_PREFIX, generate_admin_key
 from shared.routes import ROUTES
 from shared.settings import Settings
 from tests.admin_client import DirectClient, HttpClient
+from tests.records import CLOCK_START, ManualClock
 from tests.runtime import start_runtime
 
-T0 = datetime(2025, 8, 25, 6, 0, 0, tzinfo=timezone.utc)
+T0 = CLOCK_START
 _SAMPLE = {"team_id": "team-a", "user_id": "alice", "secret_name": "apikey-alice-team-a-00000000"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def audited(settings: Settings, clock: Clock) -> Iterator[Context]:
-    ctx = build_context(settings)
-    ctx.clock = clock
-    install_context(ctx)
-    yield ctx
-
-
-@pytest.fixture
-def api(audited: Context, admin_key: str) -> DirectClient:
+def api(clocked_ctx: Context, admin_key: str) -> DirectClient:
     return DirectClient(admin_key)
 
 
@@ -69,7 +47,7 @@ def test_every_route_with_credentials_is_audited(api: DirectClient) -> None:
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", entry["at"])
 
 
-def test_an_entry_says_who_what_when_and_outcome_and_nothing_secret(api: DirectClient, clock: Clock) -> None:
+def test_an_entry_says_who_what_when_and_outcome_and_nothing_secret(api: DirectClient, clock: ManualClock) -> None:
     api.call("POST", "/teams", json={"team_id": "team-a"})
     clock.now = T0 + timedelta(minutes=5)
     created = api.call("POST", "/teams/team-a/keys", json={"user_id": "alice"}).body
@@ -107,7 +85,7 @@ def test_refusals_are_audited_with_who_tried(api: DirectClient) -> None:
     ]
 
 
-def test_filters(api: DirectClient, clock: Clock) -> None:
+def test_filters(api: DirectClient, clock: ManualClock) -> None:
     for n, team_id in enumerate(("team-a", "team-b", "team-a")):
         clock.now = T0 + timedelta(hours=n)
         api.call("POST", "/teams", json={"team_id": team_id})

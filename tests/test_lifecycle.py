@@ -10,54 +10,27 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from functions._context import install_context
 from shared.auth import authenticate, usable
 from shared.cleanup import sweep
-from shared.context import Context, build_context
+from shared.context import Context
 from shared.errors import Unauthorized
 from shared.keymaterial import KEY_PREFIX
-from shared.settings import Settings
 from tests.admin_client import DirectClient, HttpClient
+from tests.records import CLOCK_START, ManualClock
 from tests.runtime import Runtime, start_runtime
 
-T0 = datetime(2025, 8, 25, 6, 0, 0, tzinfo=timezone.utc)
+T0 = CLOCK_START
 MODEL = "qwen3-0-6b-instruct"
 
 
-@dataclass
-class Clock:
-    now: datetime = T0
-    calls: list[datetime] = field(default_factory=list)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def lifecycle_ctx(settings: Settings, clock: Clock) -> Iterator[Context]:
-    ctx = build_context(settings)
-    ctx.clock = clock
-    install_context(ctx)
-    yield ctx
-
-
-@pytest.fixture
-def api(lifecycle_ctx: Context, admin_key: str) -> DirectClient:
+def api(clocked_ctx: Context, admin_key: str) -> DirectClient:
     return DirectClient(admin_key)
 
 
@@ -102,19 +75,19 @@ def test_expires_in_sets_the_expiry(api: DirectClient, expires_in: str, lifetime
 
 
 def test_a_key_is_listed_expired_and_refused_the_moment_it_expires(
-    api: DirectClient, lifecycle_ctx: Context, clock: Clock
+    api: DirectClient, clocked_ctx: Context, clock: ManualClock
 ) -> None:
     _team(api)
     created = _key(api, expires_in="12h")
     clock.advance(hours=11, minutes=59, seconds=59)
     assert _listed(api, created["secret_name"])["status"] == "active"
-    assert _accepted(lifecycle_ctx, created["api_key"])
+    assert _accepted(clocked_ctx, created["api_key"])
     clock.advance(seconds=1)
     # No sweep has run: the listing computes the status at read time.
-    assert lifecycle_ctx.store.get_key(secret_name=created["secret_name"]).status == "active"
+    assert clocked_ctx.store.get_key(secret_name=created["secret_name"]).status == "active"
     assert _listed(api, created["secret_name"])["status"] == "expired"
-    assert not _accepted(lifecycle_ctx, created["api_key"])
-    assert not usable(lifecycle_ctx.store.get_key(secret_name=created["secret_name"]), clock.now)
+    assert not _accepted(clocked_ctx, created["api_key"])
+    assert not usable(clocked_ctx.store.get_key(secret_name=created["secret_name"]), clock.now)
 
 
 def test_expires_at_in_the_future_is_kept_to_the_second(api: DirectClient) -> None:
@@ -147,7 +120,7 @@ def test_bad_expiry_is_422_naming_the_field(api: DirectClient, fields: dict, fie
 # -- revoke ------------------------------------------------------------------------------
 
 
-def test_revoke_refuses_at_once_and_keeps_the_key_listed(api: DirectClient, lifecycle_ctx: Context) -> None:
+def test_revoke_refuses_at_once_and_keeps_the_key_listed(api: DirectClient, clocked_ctx: Context) -> None:
     _team(api)
     created = _key(api)
     other = _key(api)
@@ -156,8 +129,8 @@ def test_revoke_refuses_at_once_and_keeps_the_key_listed(api: DirectClient, life
     assert reply.body == {"message": f"key '{created['secret_name']}' revoked", "secret_name": created["secret_name"],
                           "team_id": "team-a", "user_id": "alice", "status": "revoked"}
     assert created["api_key"] not in reply.text
-    assert not _accepted(lifecycle_ctx, created["api_key"])
-    assert _accepted(lifecycle_ctx, other["api_key"])
+    assert not _accepted(clocked_ctx, created["api_key"])
+    assert _accepted(clocked_ctx, other["api_key"])
     assert _listed(api, created["secret_name"])["status"] == "revoked"
     # Again: same answer, nothing new.
     assert api.call("POST", f"/keys/{created['secret_name']}/revoke").body == reply.body
@@ -173,7 +146,7 @@ def test_revoke_unknown_bad_or_unauthenticated(api: DirectClient) -> None:
 # -- rotate ------------------------------------------------------------------------------
 
 
-def test_rotate_without_grace_replaces_the_key_at_once(api: DirectClient, lifecycle_ctx: Context) -> None:
+def test_rotate_without_grace_replaces_the_key_at_once(api: DirectClient, clocked_ctx: Context) -> None:
     _team(api)
     old = _key(api, user_email="alice@test.com", alias="laptop", models=[MODEL])
     reply = api.call("POST", f"/keys/{old['secret_name']}/rotate")
@@ -184,29 +157,29 @@ def test_rotate_without_grace_replaces_the_key_at_once(api: DirectClient, lifecy
     same = ("user_id", "user_email", "team_id", "team_name", "policy", "role", "models_allowed", "alias")
     assert {k: new[k] for k in same} == {k: old[k] for k in same}
     assert new["status"] == "active"
-    assert not _accepted(lifecycle_ctx, old["api_key"])
-    assert _accepted(lifecycle_ctx, new["api_key"])
+    assert not _accepted(clocked_ctx, old["api_key"])
+    assert _accepted(clocked_ctx, new["api_key"])
     listed = _listed(api, old["secret_name"])
     assert (listed["status"], listed["replaced_by"]) == ("revoked", new["secret_name"])
     assert _listed(api, new["secret_name"])["replaced_by"] is None
 
 
-def test_rotation_grace_period_holds_then_ends(api: DirectClient, lifecycle_ctx: Context, clock: Clock) -> None:
+def test_rotation_grace_period_holds_then_ends(api: DirectClient, clocked_ctx: Context, clock: ManualClock) -> None:
     _team(api)
     old = _key(api)
     new = api.call("POST", f"/keys/{old['secret_name']}/rotate", json={"grace_period": "1h"}).body
     assert _listed(api, old["secret_name"])["expires_at"] == "2025-08-25T07:00:00Z"
     clock.advance(minutes=59, seconds=59)
-    assert _accepted(lifecycle_ctx, old["api_key"]) and _accepted(lifecycle_ctx, new["api_key"])
+    assert _accepted(clocked_ctx, old["api_key"]) and _accepted(clocked_ctx, new["api_key"])
     assert _listed(api, old["secret_name"])["status"] == "active"
     clock.advance(seconds=1)
-    assert not _accepted(lifecycle_ctx, old["api_key"])
-    assert _accepted(lifecycle_ctx, new["api_key"])
+    assert not _accepted(clocked_ctx, old["api_key"])
+    assert _accepted(clocked_ctx, new["api_key"])
     assert _listed(api, old["secret_name"])["status"] == "revoked"
     # The sweep then records it: revoked (a rotation), not expired.
-    summary = sweep(lifecycle_ctx)
+    summary = sweep(clocked_ctx)
     assert (summary.revoked_keys, summary.expired_keys) == ([old["secret_name"]], [])
-    assert lifecycle_ctx.store.get_key(secret_name=old["secret_name"]).status == "revoked"
+    assert clocked_ctx.store.get_key(secret_name=old["secret_name"]).status == "revoked"
 
 
 def test_grace_never_extends_a_key(api: DirectClient) -> None:
@@ -216,7 +189,7 @@ def test_grace_never_extends_a_key(api: DirectClient) -> None:
     assert _listed(api, old["secret_name"])["expires_at"] == old["expires_at"]
 
 
-def test_rotation_keeps_the_lifetime_unless_told_otherwise(api: DirectClient, clock: Clock) -> None:
+def test_rotation_keeps_the_lifetime_unless_told_otherwise(api: DirectClient, clock: ManualClock) -> None:
     _team(api)
     old = _key(api, expires_in="30d")
     clock.advance(days=10)
@@ -229,7 +202,7 @@ def test_rotation_keeps_the_lifetime_unless_told_otherwise(api: DirectClient, cl
     assert rotated["expires_at"] is None
 
 
-def test_only_a_working_key_can_be_rotated(api: DirectClient, clock: Clock) -> None:
+def test_only_a_working_key_can_be_rotated(api: DirectClient, clock: ManualClock) -> None:
     _team(api)
     revoked = _key(api)
     api.call("POST", f"/keys/{revoked['secret_name']}/revoke")
