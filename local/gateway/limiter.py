@@ -64,6 +64,12 @@ class TokenLimiter:
         self._clock = clock
         self._windows: dict[tuple[str, str], _Window] = {}
         self._lengths: dict[str, float] = {}
+        self._open = 0  # reservations admitted and not settled yet
+
+    @property
+    def outstanding(self) -> int:
+        """How many admitted requests have not been settled (0 once all requests are over)."""
+        return self._open
 
     def _length_s(self, time_window: str) -> float:
         length = self._lengths.get(time_window)
@@ -103,6 +109,7 @@ class TokenLimiter:
                 },
             )
         window.reserved += estimate
+        self._open += 1
         return Reservation(counter, window, estimate, team.token_limit, max(0, team.token_limit - used), reset)
 
     def settle(self, reservation: Reservation, *, tokens: int, team: Team) -> None:
@@ -110,6 +117,7 @@ class TokenLimiter:
         if reservation.settled:
             return
         reservation.settled = True
+        self._open -= 1
         reservation.window.reserved -= reservation.amount
         if tokens > 0:
             # The window may have ended while the request ran: then the tokens count in the
