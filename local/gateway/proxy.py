@@ -497,6 +497,8 @@ class Gateway:
             body = _loads(request.body)
         except ValueError as exc:
             raise MalformedRequest("request body is not valid JSON") from exc
+        except RecursionError as exc:  # the decoder recurses per nesting level
+            raise MalformedRequest("request body is nested too deeply") from exc
         if not isinstance(body, dict):
             raise MalformedRequest("request body must be a JSON object")
         return body
