@@ -57,7 +57,9 @@ DEFAULT_COMPLETION_ESTIMATE = 256
 # A token is at least a few bytes of JSON, so body bytes / 4 bounds the prompt from above for
 # ordinary text without tokenizing it.
 _PROMPT_BYTES_PER_TOKEN = 4
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+# At most 9 digits: a larger count is no real call's usage (and would overflow the ledger's
+# SQLite integers, or int()'s digit limit); such a report is ignored like a missing one.
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,9})(?![\d.eE])')
 _JSON = {"Content-Type": "application/json"}
 _PATHS = {b"/v1/chat/completions": b"/chat/completions", b"/v1/completions": b"/completions"}
 _GET_PATHS = (b"/health", b"/metrics", b"/v1/models")
