@@ -290,6 +290,12 @@ class _Call:
                 status = conn.status
                 if 200 <= status < 300:
                     self.total = last_total_tokens(data)
+                elif not 300 <= status < 600:
+                    conn.keep_alive = False  # what follows on it cannot be trusted: not reused
+                    self._release()
+                    self.final = 0
+                    self._fail(UpstreamError(_bad_status(self.route.backend.name, status)))
+                    return
                 else:
                     self.final = 0  # the backend refused the request: nothing generated
                 content_type = conn.header(b"content-type") or b"application/json"
@@ -591,6 +597,10 @@ class Gateway:
             call.final = 0
             raise UpstreamTimeout(f"model '{model}' did not answer within {self._timeout:g} s") from exc
         try:
+            if not 200 <= upstream.status < 600:
+                upstream.discard()
+                call.final = 0
+                raise UpstreamError(_bad_status(model, upstream.status))
             content_type = upstream.header(b"content-type") or b"application/json"
             if call.stream and 200 <= upstream.status < 300:
                 await self._relay(upstream, responder, call, content_type)
@@ -623,6 +633,12 @@ class Gateway:
             log.warning("model '%s' failed mid-stream: %s", call.model, exc)
             raise ConnectionAbortedError("upstream failed") from exc
         responder.end()
+
+
+def _bad_status(model: str, status: int) -> str:
+    # A 1xx is not passed on either: the answer that follows it would be taken for the next
+    # request's on a kept-alive connection.
+    return f"model '{model}' answered with HTTP status {status}, which the gateway does not relay"
 
 
 def _whole_response(status: int, content_type: bytes, reservation: Reservation, responder: Responder, data: bytes) -> bytes:

@@ -226,6 +226,11 @@ class Response:
         parts = [chunk async for chunk in self.chunks()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def discard(self) -> None:
+        """Abort the connection whatever was read: the backend cannot be trusted on it."""
+        self._conn.keep_alive = False
+        self.close()
+
     def close(self) -> None:
         """Give the connection back when the body was read whole; abort the call otherwise."""
         if self._done:
