@@ -103,6 +103,15 @@ class Settings(BaseSettings):
         ge=1024,
         description="Gateway: largest model-call request body accepted; larger ones get 413.",
     )
+    gateway_client_timeout_s: float = Field(
+        default=60.0,
+        validation_alias="MAAS_GATEWAY_CLIENT_TIMEOUT",
+        gt=0,
+        description=(
+            "Gateway: seconds a client may send nothing while it owes the rest of a request "
+            "(then 408) or holds an idle connection (then closed)."
+        ),
+    )
     usage: Literal["embedded", "prometheus"] = Field(
         default="embedded",
         validation_alias="MAAS_USAGE",

@@ -487,11 +487,16 @@ class Gateway:
         return None
 
     def reject(self, responder: Responder, error: MaasError | int, message: str = "") -> None:
-        """Answer with an error in the OpenAI shape (also used by the server for 400/413)."""
+        """Answer with an error in the OpenAI shape (also used by the server: 400, 408, 413)."""
         if isinstance(error, int):
-            error = PayloadTooLarge(message) if error == 413 else MalformedRequest(message)
+            status = error
+            # 408 (a request not completed in time) has no error class: the client's request
+            # was incomplete, so it is worded as a malformed one with the precise status.
+            error = PayloadTooLarge(message) if status == 413 else MalformedRequest(message)
+        else:
+            status = error.status
         headers = {**_JSON, **error.headers}
-        responder.send(error.status, headers, json.dumps(openai_body(error)).encode())
+        responder.send(status, headers, json.dumps(openai_body(error)).encode())
 
     def _list_models(self, request: Request, responder: Responder) -> None:
         caller = self._keys.authenticate(request.header(b"authorization"))

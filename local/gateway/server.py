@@ -10,6 +10,14 @@ coroutine that runs as a task. Most requests take one of the first two ways: a t
 futures per request cost more than the rest of the gateway's work (see bench/). A client that
 disconnects cancels its request (the task, or `on_cancel`), so handlers release what they hold.
 Writes go out at the end of the event-loop round (writes.py).
+
+Hostile or broken clients are bounded: a request head is at most MAX_HEAD_BYTES (at most
+MAX_HEADERS headers), a body over the cap gets 413 as soon as that is known (not after reading
+it), at most MAX_QUEUED pipelined requests wait (reading pauses beyond), no request starts while
+the client is not reading the answers, and a client silent for `client_timeout` seconds while
+it owes the rest of a request (408) or holds an idle connection is let go. A refused request
+ends the connection with a lingering close (answer, half-close, discard what still comes, for
+a while) so that the client reads the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -24,6 +32,12 @@ from typing import Any, cast
 import httptools
 
 from local.gateway.writes import WriteBatch
+
+# Generous for any real client (browsers send a few KiB); bounds what a client can make us hold.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+# Pipelined requests waiting behind the one being answered before reading pauses.
+MAX_QUEUED = 16
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
@@ -142,12 +156,49 @@ Handler = Callable[[Request, Responder], Coroutine[Any, Any, None] | None]
 Reject = Callable[[Responder, int, str], None]
 
 
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a request that was refused."""
+
+
+class _Clients:
+    """The open client connections, and one periodic sweep for their timeouts (no timer each)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._tick = min(timeout / 4, 1.0)
+        self._open: set[_HttpProtocol] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: _HttpProtocol) -> None:
+        self._open.add(protocol)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._sweep)
+
+    def discard(self, protocol: _HttpProtocol) -> None:
+        self._open.discard(protocol)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for protocol in list(self._open):
+            protocol.check_quiet(now, self.timeout)
+        if self._open:
+            self._timer = self._loop.call_later(self._tick, self._sweep)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class _HttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, reject: Reject, max_body: int, writes: WriteBatch) -> None:
+    def __init__(self, handler: Handler, reject: Reject, max_body: int, writes: WriteBatch, clients: _Clients) -> None:
         self._handler = handler
         self._writes = writes
         self._reject = reject
         self._max_body = max_body
+        self._clients = clients
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -155,7 +206,17 @@ class _HttpProtocol(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._size = 0
-        self._too_large = False
+        # Client-side state: in a request's head / anywhere in a request; bytes of a head
+        # that spans reads; whether the client sent anything since the last sweep.
+        self._in_head = False
+        self._partial = False
+        self._head_size = 0
+        self._active = True
+        self._quiet_since = 0.0
+        self._eof = False
+        self._reading_paused = False
+        # Set once a request is refused: what to answer, and that the rest is discarded.
+        self._refusal: tuple[int, str] | None = None
         self._queue: deque[tuple[Request | None, bool]] = deque()
         self._current: Responder | None = None
         self._task: asyncio.Task[None] | None = None
@@ -170,8 +231,11 @@ class _HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._quiet_since = self._loop.time()
+        self._clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._clients.discard(self)
         self._closed = True
         self._queue.clear()
         if self._task is not None and not self._task.done():
@@ -202,6 +266,8 @@ class _HttpProtocol(asyncio.Protocol):
             self._can_write.set_result(None)
         if self._current is not None:
             self._current.on_resume()
+        elif self._queue:
+            self._next()  # held back while the client was not reading
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:
@@ -226,55 +292,124 @@ class _HttpProtocol(asyncio.Protocol):
                 self._can_write = self._loop.create_future()
             await self._can_write
 
+    def eof_received(self) -> bool:
+        """The client is done sending: answer what it asked (HTTP allows a half-close), then close."""
+        self._eof = True
+        return self._current is not None or bool(self._queue)
+
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # refused: what still comes is discarded until the connection closes
+        self._active = True
+        in_head = self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._queue.append((None, False))
-            self._next()
+            self._refuse(400, "malformed HTTP request: protocol upgrades are not supported")
         except httptools.HttpParserError:
-            self._queue.append((None, False))
-            self._next()
+            if self._refusal is None:  # else a callback refused the request and stopped the parser
+                self._refuse(400, "malformed HTTP request")
+        if self._in_head and in_head:
+            # A head that spans reads: all of this read is head (the one where it started is
+            # bounded by the read size; heads within one read are checked at their end).
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD_BYTES:
+                self._refuse(400, f"request head larger than {MAX_HEAD_BYTES} bytes")
 
     # -- parser callbacks ---------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
+        # The first callback of every request (the parser calls only the callbacks a protocol
+        # defines: no on_message_begin, one call fewer per request).
         self._url += url
+        self._in_head = self._partial = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
-        length = self._headers.get(b"content-length")
+        self._in_head = False
+        self._head_size = 0
+        headers = self._headers
+        if b"host" not in headers or len(headers) > MAX_HEADERS or len(self._url) > MAX_HEAD_BYTES:
+            self._check_head()
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
-            self._too_large = True
+            self._refuse(413, "request body too large")
+            raise _Refused
+
+    def _check_head(self) -> None:
+        """The rare heads: no Host (HTTP/1.0 and earlier), too many headers, a huge URL."""
+        if len(self._headers) > MAX_HEADERS:
+            self._refuse(400, f"more than {MAX_HEADERS} request headers")
+            raise _Refused
+        if len(self._url) > MAX_HEAD_BYTES:
+            self._refuse(400, f"request target longer than {MAX_HEAD_BYTES} bytes")
+            raise _Refused
+        if b"host" not in self._headers and self._parser.get_http_version() != "1.0":
+            # HTTP/1.1 requires Host (RFC 9112 3.2); HTTP/0.9 is not spoken here.
+            self._refuse(400, "malformed HTTP request: HTTP/1.1 requires a Host header")
+            raise _Refused
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self._max_body:
-            self._too_large = True
-            self._body = []
-        elif not self._too_large:
-            self._body.append(body)
+            self._refuse(413, "request body too large")
+            raise _Refused
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
-        keep_alive = self._parser.should_keep_alive()
-        if self._too_large:
-            self._queue.append((None, True))
-        else:
-            url = self._url
-            path = url.split(b"?", 1)[0] if b"?" in url else url
-            parts = self._body
-            body = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._queue.append((Request(self._parser.get_method(), path, self._headers, body), keep_alive))
-        # Ready for the next message here rather than in an on_message_begin callback: one
-        # call fewer per request (the parser calls only the callbacks a protocol defines).
+        url = self._url
+        path = url.split(b"?", 1)[0] if b"?" in url else url
+        parts = self._body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        queue = self._queue
+        queue.append((Request(self._parser.get_method(), path, self._headers, body), self._parser.should_keep_alive()))
+        # Ready for the next message here rather than in an on_message_begin callback.
         self._url = b""
         self._headers = {}
         self._body = []
         self._size = 0
-        self._too_large = False
+        self._partial = False
+        if len(queue) > MAX_QUEUED and self._transport is not None:
+            # A client pipelining faster than it is answered: stop reading until caught up.
+            self._reading_paused = True
+            self._transport.pause_reading()
         self._next()
+
+    # -- refusals and timeouts -------------------------------------------------------------
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` after the requests before it, then close; discard the rest."""
+        if self._refusal is not None:
+            return
+        self._refusal = (status, message)
+        self._in_head = False
+        self._queue.append((None, False))
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()  # to discard, so the client can finish sending
+        self._next()
+
+    def check_quiet(self, now: float, timeout: float) -> None:
+        """Called by the sweep: let a client go that has sent nothing for `timeout` seconds
+        while it owed the rest of a request or held the connection idle."""
+        if self._active or (self._current is not None and not self._closed):
+            # Sent something, or is waiting for its answer (the upstream timeout's business).
+            self._active = False
+            self._quiet_since = now
+            return
+        transport = self._transport
+        if now - self._quiet_since < timeout or transport is None:
+            return
+        if self._closed or self._refusal is not None or self._queue:
+            # A lingering close that lasted long enough, or a client not reading its answers.
+            transport.abort()
+        elif self._partial:
+            self._quiet_since = now  # the lingering close gets its own timeout
+            self._refuse(408, f"request not completed within {timeout:g} s")
+        else:
+            self._close()  # idle
 
     # -- running handlers, one at a time per connection ---------------------------------
 
@@ -283,12 +418,16 @@ class _HttpProtocol(asyncio.Protocol):
             return  # the loop below picks the request up
         self._dispatching = True
         try:
-            while self._current is None and self._queue and not self._closed:
+            while self._current is None and self._queue and not self._closed and not self._paused:
                 request, keep_alive = self._queue.popleft()
+                if self._reading_paused and len(self._queue) <= MAX_QUEUED // 2:
+                    self._reading_paused = False
+                    if self._transport is not None:
+                        self._transport.resume_reading()
                 responder = self._current = Responder(self, keep_alive and request is not None)
                 if request is None:
-                    # keep_alive here marks "too large" (413) versus unparsable (400).
-                    self._reject(responder, 413 if keep_alive else 400, "request body too large" if keep_alive else "malformed HTTP request")
+                    status, message = self._refusal or (400, "malformed HTTP request")
+                    self._reject(responder, status, message)
                     continue
                 try:
                     work = self._handler(request, responder)
@@ -327,9 +466,12 @@ class _HttpProtocol(asyncio.Protocol):
         self._current = None
         if not responder.keep_alive:
             self._close()
-        elif self._queue and not self._dispatching:
-            # After the handler's remaining work (settling) rather than inside it.
-            self._loop.call_soon(self._next)
+        elif self._queue:
+            if not self._dispatching:
+                # After the handler's remaining work (settling) rather than inside it.
+                self._loop.call_soon(self._next)
+        elif self._eof:
+            self._close()  # the client half-closed and has had all its answers
 
     def abort(self, responder: Responder) -> None:
         responder.on_cancel = responder.on_pause = responder.on_resume = _nothing
@@ -342,16 +484,35 @@ class _HttpProtocol(asyncio.Protocol):
         self._writes.flush()  # what this response wrote goes before the close
         self._closed = True
         self._queue.clear()
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        if self._refusal is not None and not self._eof and transport.can_write_eof():
+            # A lingering close: closing with unread bytes would reset the connection, and a
+            # reset can destroy the answer before the client reads it. Half-close instead and
+            # discard what comes until the client closes (or the timeout sweep aborts it).
+            transport.write_eof()
+            self._active = False
+            self._quiet_since = self._loop.time()
+        else:
+            transport.close()
 
 
 async def serve(
-    handler: Handler, reject: Reject, *, host: str, port: int, max_body: int, writes: WriteBatch | None = None
+    handler: Handler,
+    reject: Reject,
+    *,
+    host: str,
+    port: int,
+    max_body: int,
+    client_timeout: float = 60.0,
+    writes: WriteBatch | None = None,
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
     batch = writes if writes is not None else WriteBatch()
     batch.bind(loop)
-    return await loop.create_server(
-        lambda: _HttpProtocol(handler, reject, max_body, batch), host, port, backlog=1024, reuse_address=True
+    clients = _Clients(loop, client_timeout)
+    server = await loop.create_server(
+        lambda: _HttpProtocol(handler, reject, max_body, batch, clients), host, port, backlog=1024, reuse_address=True
     )
+    return server

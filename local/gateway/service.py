@@ -72,6 +72,7 @@ class GatewayService:
             host=self._settings.host,
             port=self._settings.gateway_port,
             max_body=self._settings.gateway_max_body_bytes,
+            client_timeout=self._settings.gateway_client_timeout_s,
             writes=self._gateway.writes,
         )
         self._last_use_task = asyncio.get_running_loop().create_task(self._record_last_use())
