@@ -7,6 +7,7 @@
     ├── Forbidden             403  credential valid, action not allowed (e.g. model not allowed)
     ├── NotFound              404  unknown team, key, route or model
     ├── MethodNotAllowed      405
+    ├── RequestTimeout        408  a client did not finish sending its request in time
     ├── Conflict              409  duplicate
     ├── PayloadTooLarge       413
     ├── RateLimited           429  over the token limit (carries rate-limit headers)
@@ -79,6 +80,12 @@ class MethodNotAllowed(MaasError):
     status = 405
     openai_type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(MaasError):
+    status = 408
+    openai_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class Conflict(MaasError):

@@ -40,6 +40,8 @@ CREATE INDEX IF NOT EXISTS usage_team ON usage(team_id, bucket);
 CREATE INDEX IF NOT EXISTS usage_user ON usage(user_id, bucket);
 """
 
+# Per bucket and counter: far above any real count, and summable in SQLite's 64-bit integers.
+_LARGEST = 2**53
 _UPSERT = """
 INSERT INTO usage (bucket, team_id, user_id, model, tokens, authorized_calls, limited_calls)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -122,9 +124,12 @@ class UsageLedger:
                 batch, self._pending = self._pending, {}
             if not batch:
                 return
+            # A count SQLite cannot hold (a caller's bug) must not wedge every later flush:
+            # clamp it to the column's range rather than fail the whole batch forever.
+            rows = [(*key, *(min(max(c, 0), _LARGEST) for c in counts)) for key, counts in batch.items()]
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(_UPSERT, [(*key, *counts) for key, counts in batch.items()])
+                self._conn.executemany(_UPSERT, rows)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:

@@ -485,7 +485,8 @@ def test_a_client_that_stalls_mid_request_does_not_block_others(port: int, clien
             responses, closed = _read(sock, 1, CLIENT_TIMEOUT * 6)
             assert closed or responses, "a stalled client was never let go"
             if responses:
-                _assert_openai_error(responses[0][0], responses[0][2], 408)
+                error = _assert_openai_error(responses[0][0], responses[0][2], 408)
+                assert error["code"] == "request_timeout"
                 _, closed = _read(sock, 1, 1)
                 assert closed
     finally:

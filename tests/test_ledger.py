@@ -120,3 +120,16 @@ def test_kill_9_loses_at_most_one_second_of_counts(tmp_path: Path) -> None:
     finally:
         ledger.close()
     assert recorded_before <= row.tokens <= progress[-1][1] + 50
+
+
+def test_a_count_beyond_sqlite_range_does_not_wedge_the_ledger(tmp_path: Path) -> None:
+    ledger = UsageLedger(tmp_path / "usage.db", flush_interval_s=60)
+    try:
+        ledger.record(team_id="t", user_id="u", model="m", tokens=10**30, authorized_calls=1)
+        ledger.flush()
+        ledger.record(team_id="t", user_id="u", model="m", tokens=5, authorized_calls=1)
+        ledger.flush()
+        [row] = ledger.totals()
+        assert row.authorized_calls == 2 and row.tokens == 2**53 + 5
+    finally:
+        ledger.close()

@@ -43,6 +43,7 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     UpstreamError,
     UpstreamTimeout,
     openai_body,
@@ -63,6 +64,8 @@ _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,9})(?![\d.eE])')
 _JSON = {"Content-Type": "application/json"}
 _PATHS = {b"/v1/chat/completions": b"/chat/completions", b"/v1/completions": b"/completions"}
 _GET_PATHS = (b"/health", b"/metrics", b"/v1/models")
+# What the HTTP server refuses by status before a request reaches the gateway.
+_SERVER_REFUSALS: dict[int, type[MaasError]] = {408: RequestTimeout, 413: PayloadTooLarge}
 
 
 def last_total_tokens(data: bytes) -> int | None:
@@ -489,14 +492,9 @@ class Gateway:
     def reject(self, responder: Responder, error: MaasError | int, message: str = "") -> None:
         """Answer with an error in the OpenAI shape (also used by the server: 400, 408, 413)."""
         if isinstance(error, int):
-            status = error
-            # 408 (a request not completed in time) has no error class: the client's request
-            # was incomplete, so it is worded as a malformed one with the precise status.
-            error = PayloadTooLarge(message) if status == 413 else MalformedRequest(message)
-        else:
-            status = error.status
+            error = _SERVER_REFUSALS.get(error, MalformedRequest)(message)
         headers = {**_JSON, **error.headers}
-        responder.send(status, headers, json.dumps(openai_body(error)).encode())
+        responder.send(error.status, headers, json.dumps(openai_body(error)).encode())
 
     def _list_models(self, request: Request, responder: Responder) -> None:
         caller = self._keys.authenticate(request.header(b"authorization"))
