@@ -122,6 +122,14 @@ class _Misbehaving(asyncio.Protocol):
         elif mode == "continue":
             # A 1xx, then an answer that must not be taken for the next request's.
             out.write(b"HTTP/1.1 100 Continue\r\n\r\n" + _whole(_reply(b"7777")))
+        elif mode == "extra-answer":
+            # An answer, then at once a second one nobody asked for: it must not become the
+            # answer to the next request sent on this kept-alive connection (any user's).
+            out.write(_whole(_reply(str(USAGE_TOTAL).encode())) + _whole(_reply(b"8888")))
+        elif mode == "late-extra-answer":
+            out.write(_whole(_reply(str(USAGE_TOTAL).encode())))
+            await asyncio.sleep(0.05)  # arrives while the connection sits idle in the pool
+            out.write(_whole(_reply(b"8888")))
         elif mode == "bad-status":
             out.write(b"HTTP/1.1 999 Whatever\r\nContent-Length: 2\r\n\r\n{}")
         elif stream:
@@ -647,6 +655,8 @@ def test_huge_max_tokens_is_reserved_and_released(client: httpx.Client, gateway:
         ("bad-status", False, {502}),
         ("continue", False, {502}),
         ("no-usage", False, {200}),
+        ("extra-answer", False, {200}),
+        ("late-extra-answer", False, {200}),
         ("invalid-json", False, {200, 502}),
         ("huge-usage", False, {200, 502}),
         ("big-usage", False, {200, 502}),
@@ -671,6 +681,8 @@ def test_a_misbehaving_backend_is_502_or_passed_through_with_a_sane_charge(
         spent, reserved = _spent(gateway)
         assert reserved == 0
         assert 0 <= spent - spent_before <= ceiling, (mode, spent - spent_before)
+        if mode == "late-extra-answer":
+            time.sleep(0.1)  # let the unsolicited answer reach the idle connection first
         # A good call right after (on whatever connection the pool has left) gets its own answer.
         good = client.post("/v1/chat/completions", content=_chat_body())
         assert good.status_code == 200 and good.json()["usage"]["total_tokens"] == USAGE_TOTAL

@@ -58,6 +58,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._parser: httptools.HttpResponseParser | None = None
+        # Set when a response completes within a read; cleared at the next read.
+        self._answered_in_read = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._headers_ready: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
@@ -76,14 +78,17 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = True
         if self.sink is not None:
             self.last_read = self.loop.time()
-        if self._parser is None:
-            self._fail(UpstreamConnectError("unexpected data from the backend"))
+        if self._parser is None or self.complete:
+            # Nothing was asked (no request yet, or the last answer is complete and no new
+            # request is out): bytes now would be taken for the next request's answer.
+            self._fail(UpstreamConnectError("unsolicited data from the backend"))
             return
         sink = self.sink
+        self._answered_in_read = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamConnectError(f"malformed response from the backend: {exc}"))
+            self._fail(UpstreamConnectError(f"malformed or unsolicited response from the backend: {exc}"))
         finally:
             if sink is not None and sink.relaying:
                 sink.on_read_end()
@@ -92,6 +97,12 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if not self.complete:
             self._fail(UpstreamConnectError("the backend closed the connection"))
+
+    def on_message_begin(self) -> None:
+        if self._answered_in_read:
+            # A second response in the read that completed the first: nobody asked for it
+            # (requests are never pipelined to a backend). Stop parsing; drop the connection.
+            raise UpstreamConnectError("unsolicited response from the backend")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -114,6 +125,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self._parser is not None
         self.complete = True
+        self._answered_in_read = True
         self.keep_alive = self._parser.should_keep_alive()
         sink = self.sink
         if sink is not None:
