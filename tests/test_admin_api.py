@@ -33,19 +33,32 @@ def runtime(tmp_path_factory: pytest.TempPathFactory, module_admin_key: str) -> 
     assert not re.search(rf"{KEY_PREFIX}[A-Za-z0-9_-]{{20,}}", running.text)
 
 
-@pytest.fixture(params=["direct", "http"])
-def api(request: pytest.FixtureRequest, module_admin_key: str, tmp_path: Path) -> AdminClient:
+@pytest.fixture(params=["direct", "http", "kubernetes"])
+def api(request: pytest.FixtureRequest, module_admin_key: str, tmp_path: Path) -> Iterator[AdminClient]:
+    """The same endpoint tests: into the function targets on SQLite, over HTTPS against the
+    local runtime, and into the function targets on the Kubernetes store (the API double, with
+    the Kuadrant policies synced after every team change, as in a cluster)."""
+    from pydantic import SecretStr
+
+    from functions._context import install_context
+    from shared.context import Context, build_context
+    from shared.settings import Settings
+
     if request.param == "direct":
-        from pydantic import SecretStr
-
-        from functions._context import install_context
-        from shared.context import build_context
-        from shared.settings import Settings
-
         install_context(build_context(Settings(admin_key=SecretStr(module_admin_key), data_dir=tmp_path)))
-        return DirectClient(module_admin_key)
-    runtime = request.getfixturevalue("runtime")
-    return HttpClient(module_admin_key, runtime.admin_url)
+        yield DirectClient(module_admin_key)
+    elif request.param == "kubernetes":
+        from shared.kubeapply import policy_syncer
+        from shared.store.kube import KubernetesStore
+        from tests.kube_double import running_double
+
+        settings = Settings(admin_key=SecretStr(module_admin_key), store="kubernetes", namespace="llm")
+        with running_double() as (_, client):
+            store = KubernetesStore(client, namespace="llm", key_selector=settings.key_selector)
+            install_context(Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings)))
+            yield DirectClient(module_admin_key)
+    else:
+        yield HttpClient(module_admin_key, request.getfixturevalue("runtime").admin_url)
 
 
 def unique(prefix: str = "team") -> str:
