@@ -42,11 +42,21 @@ def _stream_body() -> bytes:
 _STREAM = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + _stream_body()
 
 
-class _Responder(asyncio.Protocol):
+class RequestReader(asyncio.Protocol):
+    """Reads HTTP/1.1 requests off a connection and hands each whole body to `on_request`.
+
+    The canned backend here and the tests' scripted backends answer on top of it.
+    """
+
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._body = b""
         self._transport: asyncio.Transport | None = None
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -55,8 +65,7 @@ class _Responder(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            assert self._transport is not None
-            self._transport.close()
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         self._body = b""
@@ -65,8 +74,15 @@ class _Responder(asyncio.Protocol):
         self._body += body
 
     def on_message_complete(self) -> None:
-        assert self._transport is not None
-        self._transport.write(_STREAM if b'"stream":true' in self._body.replace(b" ", b"") else _PLAIN)
+        self.on_request(self._body)
+
+    def on_request(self, body: bytes) -> None:
+        raise NotImplementedError
+
+
+class _Responder(RequestReader):
+    def on_request(self, body: bytes) -> None:
+        self.transport.write(_STREAM if b'"stream":true' in body.replace(b" ", b"") else _PLAIN)
 
 
 async def _main(port: int) -> None:

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from bench.backend import RequestReader
 from local.gateway import GatewayService
 from local.gateway.loopthread import LoopThread
 from local.simulator import SimulatorService
@@ -63,38 +64,16 @@ def _whole(body: bytes, status: bytes = b"200 OK") -> bytes:
     return b"HTTP/1.1 %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (status, len(body), body)
 
 
-class _Misbehaving(asyncio.Protocol):
-    def __init__(self) -> None:
-        self._parser = httptools.HttpRequestParser(self)
-        self._body = b""
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
+class _Misbehaving(RequestReader):
+    def on_request(self, body: bytes) -> None:
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            assert self._transport is not None
-            self._transport.close()
-
-    def on_url(self, url: bytes) -> None:
-        self._body = b""
-
-    def on_body(self, body: bytes) -> None:
-        self._body += body
-
-    def on_message_complete(self) -> None:
-        try:
-            request = json.loads(self._body)
+            request = json.loads(body)
         except ValueError:
             request = {}
         asyncio.get_running_loop().create_task(self._answer(request if isinstance(request, dict) else {}))
 
     async def _answer(self, request: dict[str, Any]) -> None:
-        out = self._transport
-        assert out is not None
+        out = self.transport
         mode = request.get("mode")
         stream = request.get("stream") is True
         usage_asked = isinstance(request.get("stream_options"), dict) and request["stream_options"].get("include_usage") is True
