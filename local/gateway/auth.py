@@ -6,6 +6,7 @@ deleted or revoked key is refused on the very next request and no request reads 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -34,7 +35,7 @@ class KeyCache:
         self._callers: dict[str, Caller] = {}
         # secret_name -> last successful authentication; taken in batches by the service,
         # which writes them to the store off the request path.
-        self._last_used: dict[str, datetime] = {}
+        self._last_used: dict[str, float] = {}
 
     def snapshot(self) -> Snapshot:
         generation = self._store.generation()
@@ -62,13 +63,15 @@ class KeyCache:
             caller = Caller(key=key, team=team)
             if self._snapshot is snapshot:
                 self._callers[digest] = caller
-        now = datetime.now(timezone.utc)
-        if not usable(caller.key, now):
+        key = caller.key
+        # An active key without expiry is usable at any time: only read the clock when the
+        # rule depends on it.
+        if (key.status != "active" or key.expires_at is not None) and not usable(key, datetime.now(timezone.utc)):
             raise Unauthorized("API key is revoked or expired")
-        self._last_used[caller.key.secret_name] = now
+        self._last_used[key.secret_name] = time.time()
         return caller
 
     def take_last_used(self) -> dict[str, datetime]:
         """The last uses recorded since the previous call (for Store.touch_keys)."""
         taken, self._last_used = self._last_used, {}
-        return taken
+        return {name: datetime.fromtimestamp(at, timezone.utc) for name, at in taken.items()}
