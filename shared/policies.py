@@ -38,7 +38,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "maas-key-manager", "app.kubernete
 # Authorization prefixes accepted on model calls, by authentication entry name.
 KEY_PREFIXES = {"api-key": "APIKEY", "bearer": "Bearer"}
 
-# Secret annotations (DESIGN.md "Kubernetes shapes") and the identity fields built from them.
+# Secret annotations (docs/ARCHITECTURE.md, "Kubernetes shapes") and the identity fields built
+# from them.
 IDENTITY_ANNOTATIONS = {
     "userid": "secret.kuadrant.io/user-id",
     "team": "maas/team-id",

@@ -1,6 +1,7 @@
 """KubernetesStore through the real kubernetes client against the API double: the exact Secret
-shapes of DESIGN.md, conditional writes under injected conflicts, ownerReferences and garbage
-collection, selector lookups, and the translation of API failures into our errors."""
+shapes (docs/ARCHITECTURE.md, "Kubernetes shapes"), conditional writes under injected conflicts,
+ownerReferences and garbage collection, selector lookups, and the translation of API failures
+into our errors."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The cluster Store: teams and API keys as Kubernetes Secrets that Authorino reads directly.
 
-Shapes (DESIGN.md "Kubernetes shapes", built and read in `shared.store.kubeshapes`): a team is
-the Secret `team-<team_id>-config`, its fields in annotations; a key is the Secret named by its
-`secret_name`, holding the plaintext key in `api_key` (Authorino compares plaintext), labelled so
-that the AuthPolicy's selector finds it, with an ownerReference to its team Secret so that
-garbage collection backs up the explicit cascade of `delete_team`.
+Shapes (docs/ARCHITECTURE.md, "Kubernetes shapes"; built and read in `shared.store.kubeshapes`):
+a team is the Secret `team-<team_id>-config`, its fields in annotations; a key is the Secret
+named by its `secret_name`, holding the plaintext key in `api_key` (Authorino compares
+plaintext), labelled so that the AuthPolicy's selector finds it, with an ownerReference to its
+team Secret so that garbage collection backs up the explicit cascade of `delete_team`.
 
 Concurrency is the API server's: a racing create loses with AlreadyExists (-> Conflict); every
 read-modify-write is a patch conditioned on the resourceVersion it read, retried a bounded number

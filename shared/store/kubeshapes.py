@@ -1,13 +1,13 @@
-"""Teams, keys and audit entries as Kubernetes objects: the shapes of DESIGN.md "Kubernetes
-shapes", as plain dicts to send and as records read back.
+"""Teams, keys and audit entries as Kubernetes objects (docs/ARCHITECTURE.md, "Kubernetes
+shapes"), as plain dicts to send and as records read back.
 
 Pure functions, no client: `shared.store.kube` talks to the API server with them. Readers take
 the kubernetes client's models (`V1Secret`, `V1ConfigMap`) by their attributes only
 (`metadata.labels`, `metadata.annotations`, `data`, ...), so this module needs no import of it.
 
-Besides the annotations DESIGN.md lists, a key carries `maas/role`, `maas/last-used-at` and
-`maas/replaced-by`, the rest of its record. Only an active key carries the `app` and
-`kuadrant.io/auth-secret` labels Authorino selects by.
+A key's annotations hold its whole record: the identity and status Authorino reads, and also
+`maas/role`, `maas/last-used-at` and `maas/replaced-by`. Only an active key carries the `app`
+and `kuadrant.io/auth-secret` labels Authorino selects by.
 """
 
 from __future__ import annotations
