@@ -1,4 +1,4 @@
-"""Strict validation of Kubernetes objects against the upstream CRD schemas in ../shared/crds.
+"""Strict validation of Kubernetes objects against the upstream CRD schemas in tests/crds/.
 
 The API server prunes unknown fields silently, so a misspelt field in a generated policy would
 be dropped without a word and the policy would do less than we think. Here it fails instead:
@@ -12,7 +12,8 @@ and the `x-kubernetes-validations` CEL rules are evaluated (with cel-python) on 
 in the object; a rule that is false, or that cannot be evaluated, is a violation. Transition
 rules (those reading `oldSelf`) only apply to updates and are skipped.
 
-The CRD folder is `../shared/crds` beside the repository, or `MAAS_CRDS_DIR` when set.
+The CRD folder is the repository's own `tests/crds/` (trimmed upstream copies; their sources and
+licences are in its README), or `MAAS_CRDS_DIR` when set, e.g. to check against untrimmed files.
 """
 
 from __future__ import annotations
@@ -46,15 +47,15 @@ class InvalidManifest(AssertionError):
     """An object does not validate; the message lists every violation with its path."""
 
 
+VENDORED_CRDS = REPO_ROOT / "tests" / "crds"
+
+
 def crds_dir() -> Path:
-    """Where the upstream CRDs are: the env override, else the sibling `shared/crds`."""
-    candidates = [Path(_CRDS_DIR_OVERRIDE)] if _CRDS_DIR_OVERRIDE else []
-    candidates += [REPO_ROOT.parent / "shared" / "crds", REPO_ROOT / "shared" / "crds"]
-    for candidate in candidates:
-        if (candidate / FUNC_YAML_SCHEMA).is_file():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"no CRD folder found (tried {tried}); set {CRDS_DIR_ENV}")
+    """Where the upstream CRDs are: the env override, else the repository's own copies."""
+    candidate = Path(_CRDS_DIR_OVERRIDE) if _CRDS_DIR_OVERRIDE else VENDORED_CRDS
+    if not (candidate / FUNC_YAML_SCHEMA).is_file():
+        raise FileNotFoundError(f"no CRD folder at {candidate} (it needs {FUNC_YAML_SCHEMA}); check {CRDS_DIR_ENV}")
+    return candidate
 
 
 # ---------------------------------------------------------------- schema preparation
