@@ -113,7 +113,8 @@ def json_response(payload: BaseModel | dict[str, Any], status: int = 200,
         if isinstance(payload, BaseModel)
         else json.dumps(payload, separators=(",", ":"))
     )
-    return flask.Response(text, status=status, mimetype="application/json", headers=headers)
+    # The final newline keeps a terminal's prompt (and the next curl's output) off the JSON's line.
+    return flask.Response(text + "\n", status=status, mimetype="application/json", headers=headers)
 
 
 def error_response(error: MaasError) -> flask.Response:

@@ -270,6 +270,22 @@ def test_key_response_is_compact_json_for_the_quickstart(api: AdminClient) -> No
     assert found is not None and found.group(1) == reply.body["api_key"]
 
 
+def test_every_json_answer_ends_with_a_newline(api: AdminClient) -> None:
+    # Without it a terminal's prompt, or the next curl's output, runs on after the JSON.
+    team_id = unique()
+    answers = [
+        api.call("POST", "/teams", json={"team_id": team_id, "team_name": "T", "token_limit": 10}),
+        api.call("POST", f"/teams/{team_id}/keys", json={"user_id": "u1", "user_email": "u1@test.com"}),
+        api.call("GET", "/teams"), api.call("GET", f"/teams/{team_id}/keys"),
+        api.call("GET", "/nope"), api.call("PUT", "/teams"), api.call("POST", "/teams", content=b"{"),
+        api.call("GET", "/health", auth=None), api.call("GET", "/teams", auth=None),
+        api.call("DELETE", f"/teams/{team_id}"),
+    ]
+    for reply in answers:
+        assert reply.text.endswith("}\n"), (reply.status, reply.text[-40:])
+        assert reply.text.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("user_id", ""), ("user_id", "has space"), ("user_id", "x" * 64), ("user_id", ".dot"),
