@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench manifests clean
+.PHONY: help venv run test bench manifests clean reset
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,5 +38,17 @@ bench: $(STAMP) ## Benchmark the gateway against a direct backend
 manifests: $(STAMP) ## Render the deployable Kubernetes set to dist/manifests.yaml
 	@$(BIN)/python -m tools.manifests --out dist/manifests.yaml
 
-clean: ## Remove the virtualenv and local state
-	rm -rf $(VENV) .maas dist
+clean: ## Remove what can be rebuilt (the virtualenv, dist/, caches); keeps your data in .maas/
+	rm -rf $(VENV) dist .pytest_cache bench/results
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
+
+DATA_DIR := $(or $(MAAS_DATA_DIR),.maas)
+reset: ## Delete the local data: teams, keys, usage, the admin key and certificate (asks; YES=1 skips)
+	@test -e "$(DATA_DIR)" || { echo "nothing to delete: $(DATA_DIR) does not exist"; exit 0; }; \
+	if [ "$(YES)" != 1 ]; then \
+		echo "This deletes $(DATA_DIR)/: every team, key and usage record, and the admin key."; \
+		echo "Stop \`make run\` first. Type YES to delete (or run make reset YES=1):"; \
+		read -r answer || answer=; \
+		[ "$$answer" = YES ] || { echo "not deleted"; exit 1; }; \
+	fi; \
+	rm -rf "$(DATA_DIR)" && echo "deleted $(DATA_DIR)/"

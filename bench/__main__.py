@@ -5,9 +5,10 @@ generator is wrk (Debian package, installed here when missing), one thread, fixe
 Printed per case: direct and gateway numbers, throughput ratio, added p50 latency. Each side
 is measured `--runs` times, alternating direct and gateway so that both see the same load
 from whatever else runs on the machine, and the medians are reported.
-Issue 3's targets on a 2-core machine: at concurrency 32 (non-streaming), gateway >= 25% of
-direct throughput; at concurrency 1, added p50 <= 1 ms. The end of the output says whether
-each is met, and the last results are written to bench/RESULTS.md.
+The targets, on a 2-core machine: at concurrency 32 (non-streaming), gateway >= 25% of direct
+throughput; at concurrency 1, added p50 <= 1 ms. The end of the output says whether each is
+met. Each run's report is written to bench/results/ (ignored by git), the newest also as
+bench/results/latest.md.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from shared.store.base import ApiKey, Team
 from shared.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 0.25  # gateway / direct requests/s at c=32, non-streaming
 TARGET_ADDED_P50_MS = 1.0  # at c=1
 MODEL = "bench"
@@ -223,7 +224,7 @@ def main() -> None:
                     )
             say()
             say(f"load average after: {_load()}")
-            say("targets (issue 3):")
+            say("targets:")
             for line in _verdicts(rows):
                 say(f"  {line}")
             _write_results(started, out)
@@ -240,14 +241,17 @@ def main() -> None:
 
 def _write_results(started: datetime, lines: list[str]) -> None:
     text = (
-        "# Last `make bench` results\n\n"
-        "Written by `python -m bench` (bench/__main__.py) at the end of each run; other jobs on the\n"
+        "# `make bench` results\n\n"
+        "Written by `python -m bench` (bench/__main__.py) at the end of a run; other jobs on the\n"
         "machine share its cores, so compare runs with their load averages in mind.\n\n"
         f"Date: {started:%Y-%m-%d %H:%M} UTC\n\n"
         "```\n" + "\n".join(lines) + "\n```\n"
     )
-    RESULTS.write_text(text)
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    report = RESULTS_DIR / f"{started:%Y%m%dT%H%M%SZ}.md"
+    report.write_text(text)
+    (RESULTS_DIR / "latest.md").write_text(text)
+    print(f"\nwritten to {report.relative_to(ROOT)} (and {RESULTS_DIR.relative_to(ROOT)}/latest.md)")
 
 
 if __name__ == "__main__":
