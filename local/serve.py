@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Protocol
 
 from functions._context import install_context, reset_context
@@ -14,8 +15,11 @@ from local.adminkey import ensure_admin_key
 from local.events import EventsService
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
-from shared.context import build_context
+from shared.catalog.base import ModelInfo
+from shared.catalog.filecatalog import FileModelCatalog
+from shared.context import Context, build_context
 from shared.ledger import UsageLedger
+from shared.modelsfile import ModelsFile, ModelsTable
 from shared.settings import Settings
 from shared.version import VERSION
 
@@ -34,6 +38,51 @@ class CannotStart(Exception):
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+class _FollowingCatalog:
+    """The admin API's model listing over the one models file the gateway follows too."""
+
+    def __init__(self, models: ModelsFile) -> None:
+        self._catalog = self._build(models.table)
+        models.subscribe(self._use)
+
+    @staticmethod
+    def _build(table: ModelsTable) -> FileModelCatalog:
+        return FileModelCatalog(list(table.backends), created=table.created)
+
+    def _use(self, table: ModelsTable) -> None:
+        self._catalog = self._build(table)  # one assignment: a listing sees one table or the next
+
+    def list_models(self) -> list[ModelInfo]:
+        return self._catalog.list_models()
+
+    def list_openai_models(self) -> list[ModelInfo]:
+        return self._catalog.list_openai_models()
+
+
+def _follow_models_file(ctx: Context, models: ModelsFile) -> None:
+    """Make the context's catalog (GET /models, /v1/models) list `models` as it changes."""
+    # Context builds its catalog on first use from the settings (a second, unwatched reading):
+    # give it this one before anything asks.
+    ctx._catalog = _FollowingCatalog(models)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _open_models_file(settings: Settings) -> ModelsFile:
+    try:
+        return ModelsFile(settings.models_file, simulator_port=settings.simulator_port)
+    except ValueError as exc:
+        raise CannotStart(
+            f"{exc}. Fix it (config/models.local.yaml describes every field) or point MAAS_MODELS_FILE "
+            "at another file (unset: the built-in simulator)."
+        ) from None
 
 
 def serve(settings: Settings) -> int:
@@ -58,20 +107,29 @@ def serve(settings: Settings) -> int:
     # includes counts not yet flushed.
     ledger = UsageLedger(settings.usage_ledger_path)
     ctx = None
+    models: ModelsFile | None = None
     try:
         simulator = SimulatorService(settings)
         launch("simulator", simulator)
         # The default models file points at the simulator: use the port it actually bound.
         settings = settings.model_copy(update={"simulator_port": int(simulator.url.rsplit(":", 1)[1])})
+        models = _open_models_file(settings)
         ctx = build_context(settings, ledger=ledger)
+        _follow_models_file(ctx, models)
         install_context(ctx)
-        launch("gateway", GatewayService(settings, ctx.store, ledger=ledger))
+        launch("gateway", GatewayService(settings, ctx.store, ledger=ledger, models=models))
+        models.start()
+        # `kill -HUP` re-reads the file now rather than within the second.
+        signal.signal(signal.SIGHUP, lambda *_: models.poke())
         # Knative Eventing's part: the cleanup function fed on team deletes and on a timer.
         launch("cleanup", EventsService(ctx, interval_s=settings.cleanup_interval_s))
         launch("admin API", AdminServer(host=settings.host, port=settings.admin_port, tls_dir=settings.data_dir / "tls"))
         _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
         for label, service in reversed(services):
             _say(f"  {label:<11} {service.url}")
+        count = len(models.table.backends)
+        _say(f"  {'models':<11} {_shown(models.path)} ({count} model{'' if count == 1 else 's'}; "
+             "edits are picked up within a second, no restart)")
         if generated and settings.admin_key is not None:
             _say(f"  admin key   {settings.admin_key.get_secret_value()}  (generated; shown once, kept 0600 in {key_file})")
         elif key_file is not None:
@@ -85,6 +143,8 @@ def serve(settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
+        if models is not None:
+            models.stop()
         for _, service in reversed(services):
             service.stop()
         if ctx is not None:

@@ -1,16 +1,30 @@
 """The models file: the default points at the simulator; mistakes name the entry in one line;
-edits are followed, and a bad edit keeps the last good table."""
+edits are followed (the gateway over HTTP)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from bench.backend import RequestReader
+from local.gateway import GatewayService
+from local.gateway.loopthread import LoopThread
+from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.modelsfile import ModelsFile, load_models_file
+from shared.settings import Settings
+from shared.store.base import ApiKey, Team
+from shared.store.sqlite import SqliteStore
 
 
 def test_default_file_serves_both_models_from_the_simulator_port() -> None:
@@ -115,3 +129,164 @@ def test_models_file_watcher_thread_notices_an_edit_within_a_second(tmp_path: Pa
         assert changed.wait(3) and models.table.names == ["b"]
     finally:
         models.stop()
+
+
+# -- the gateway over HTTP: edits picked up, replies under the client's name ---------------
+
+UPSTREAM = "Qwen/Qwen3-0.6B"
+CLIENT = "qwen-small"
+TEAM = Team("t1", "t1", "", "t1", 10**9, "1h", "user", datetime.now(timezone.utc))
+USAGE_TOTAL = 8
+# The reply quotes a "model" member inside its text: it must arrive as written.
+CONTENT = 'a JSON line: {"model": "Qwen/Qwen3-0.6B"}'
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class _Answering(RequestReader):
+    """Answers under the name it was asked for, as vLLM does; a stream's events are each
+    written in two pieces cut inside the `"model"` value, so they reach the gateway split."""
+
+    asked: list[str]
+
+    def on_request(self, body: bytes) -> None:
+        asyncio.get_running_loop().create_task(self._answer(json.loads(body)))
+
+    async def _answer(self, request: dict[str, Any]) -> None:
+        out = self.transport
+        model = request["model"]
+        type(self).asked.append(model)
+        usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": USAGE_TOTAL}
+        if request.get("stream") is not True:
+            body = json.dumps({"id": "x", "object": "chat.completion", "model": model, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": CONTENT}, "finish_reason": "stop"}],
+                "usage": usage}).encode()
+            out.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                      % (len(body), body))
+            return
+        out.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        events = [{"id": "x", "object": "chat.completion.chunk", "model": model,
+                   "choices": [{"index": 0, "delta": {"content": word}}]} for word in CONTENT.split(" ")]
+        if request.get("stream_options", {}).get("include_usage") is True:
+            events.append({"id": "x", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage})
+        for event in events:
+            data = b"data: " + json.dumps(event).encode() + b"\r\n\r\n"
+            cut = data.index(b"Qwen3") if b"Qwen3" in data else len(data) // 2
+            for piece in (data[:cut], data[cut:]):
+                out.write(_chunk(piece))
+                await asyncio.sleep(0.003)  # a read each
+        out.write(_chunk(b"data: [DONE]\r\n\r\n") + b"0\r\n\r\n")
+
+
+@pytest.fixture
+def backend() -> Iterator[tuple[int, list[str]]]:
+    asked: list[str] = []
+    handler = type("Answering", (_Answering,), {"asked": asked})
+    thread = LoopThread("answering-backend")
+    thread.start()
+    servers: list[asyncio.AbstractServer] = []
+
+    async def listen() -> int:
+        servers.append(await asyncio.get_running_loop().create_server(handler, "127.0.0.1", 0))
+        return int(servers[0].sockets[0].getsockname()[1])
+
+    async def close() -> None:
+        servers[0].close()
+
+    port = thread.call(listen)
+    yield port, asked
+    thread.stop(close)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "maas.db")
+    store.create_team(team=TEAM)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def api_key(store: SqliteStore) -> str:
+    key = generate_api_key()
+    store.create_key(
+        key=ApiKey(secret_name_for("alice", "t1"), key_sha256(key), "t1", "alice", "alice@example.com",
+                   "member", "active", datetime.now(timezone.utc)),
+        api_key=key,
+    )
+    return key
+
+
+def _gateway(tmp_path: Path, store: SqliteStore, models_text: str) -> tuple[GatewayService, Path]:
+    path = tmp_path / "models.yaml"
+    path.write_text(models_text)
+    service = GatewayService(Settings(gateway_port=0, data_dir=tmp_path / "data", models_file=path), store)  # type: ignore[call-arg]
+    service.start()
+    return service, path
+
+
+def _entry(name: str, port: int, upstream: str | None = None) -> str:
+    text = f"  - name: {name}\n    url: http://127.0.0.1:{port}/v1\n"
+    return text + (f"    upstream_model: {upstream}\n" if upstream else "")
+
+
+def _chat(client: httpx.Client, model: str, **extra: object) -> httpx.Response:
+    return client.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}],
+                                                     "max_tokens": 5, **extra})
+
+
+def _stream_events(client: httpx.Client, model: str) -> list[str]:
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True,
+    }) as response:
+        assert response.status_code == 200
+        return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def _until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_gateway_follows_edits_to_the_models_file_and_keeps_serving_through_a_bad_one(
+    tmp_path: Path, store: SqliteStore, api_key: str, backend: tuple[int, list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port, _ = backend
+    gateway, path = _gateway(tmp_path, store, "models:\n" + _entry("first", port))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=10, headers={"Authorization": f"APIKEY {api_key}"}) as http:
+
+            def listed() -> list[str]:
+                return [m["id"] for m in http.get("/v1/models").json()["data"]]
+
+            assert _chat(http, "first").status_code == 200
+            assert _chat(http, "second").status_code == 404
+            started = time.monotonic()
+            _write(path, "models:\n" + _entry("first", port) + _entry("second", port, UPSTREAM))
+            assert _until(lambda: _chat(http, "second").status_code == 200)
+            assert time.monotonic() - started < 3  # within the watcher's second, plus slack
+            assert listed() == ["first", "second"]
+
+            with caplog.at_level(logging.WARNING, logger="maas.models"):
+                _write(path, "models:\n  - name: first\n    url: http://127.0.0.1:1/api\n")  # no /v1
+                assert _until(lambda: any(r.name == "maas.models" for r in caplog.records))
+                time.sleep(1.5)  # more ticks: still one line
+            records = [r for r in caplog.records if r.name == "maas.models"]
+            assert len(records) == 1 and str(path) in records[0].getMessage() and records[0].exc_info is None
+            assert "/v1" in records[0].getMessage()
+            assert _chat(http, "first").status_code == 200 and _chat(http, "second").status_code == 200
+            assert listed() == ["first", "second"]
+
+            _write(path, "models:\n" + _entry("second", port))  # fixed: only "second", not renamed
+            assert _until(lambda: _chat(http, "first").status_code == 404)
+            assert listed() == ["second"]
+            assert _chat(http, "second").status_code == 200
+    finally:
+        gateway.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -142,3 +143,110 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
     finally:
         assert first.stop() == 0
+
+
+# -- the models file -------------------------------------------------------------------------
+
+_BAD_MODELS_FILES = {
+    "missing": None,
+    "bad-yaml": "models: [\n  - name: q\n",
+    "no-url": "models:\n  - name: q\n",
+    "no-v1": "models:\n  - name: q\n    url: http://127.0.0.1:9/api\n",
+    "duplicate": "models:\n  - name: q\n    url: http://127.0.0.1:9/v1\n  - name: q\n    url: http://127.0.0.1:9/v1\n",
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_MODELS_FILES))
+def test_a_bad_models_file_is_one_line_naming_the_file_and_the_fix(tmp_path: Path, case: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.runtime import ROOT
+
+    path = tmp_path / "models.yaml"
+    text = _BAD_MODELS_FILES[case]
+    if text is not None:
+        path.write_text(text)
+    env = {**os.environ, "MAAS_DATA_DIR": str(tmp_path / "data"), "MAAS_MODELS_FILE": str(path),
+           "MAAS_ADMIN_PORT": "0", "MAAS_GATEWAY_PORT": "0", "MAAS_SIMULATOR_PORT": "0",
+           "ADMIN_KEY": generate_admin_key()}
+    done = subprocess.run([sys.executable, "-m", "local", "serve"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: models file {path}: ") and "MAAS_MODELS_FILE" in line
+    assert "Press Ctrl-C" not in done.stdout
+
+
+def _models_yaml(*entries: tuple[str, str | None]) -> str:
+    text = "models:\n"
+    for name, upstream in entries:
+        text += f"  - name: {name}\n    url: http://127.0.0.1:{{simulator_port}}/v1\n"
+        if upstream is not None:
+            text += f"    upstream_model: {upstream}\n"
+    return text
+
+
+def test_the_runtime_follows_edits_to_the_models_file(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    admin_key = generate_admin_key()
+    models = tmp_path / "models.yaml"
+    models.write_text(_models_yaml(("qwen3-0-6b-instruct", None)))
+    runtime = start_runtime(tmp_path / "data", env={"ADMIN_KEY": admin_key, "MAAS_MODELS_FILE": str(models)})
+
+    def until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return True
+            time.sleep(0.1)
+        return check()
+
+    try:
+        assert f"  models      {models} (1 model; edits are picked up within a second, no restart)" in runtime.text
+        with client(runtime.admin_url, admin_key) as admin, \
+                httpx.Client(base_url=runtime.urls["gateway"], timeout=30) as gateway:
+            assert admin.post("/teams", json={"team_id": "t"}).status_code == 201
+            api_key = admin.post("/teams/t/keys", json={"user_id": "u"}).json()["api_key"]
+            gateway.headers["Authorization"] = f"APIKEY {api_key}"
+
+            def listings() -> tuple[list[str], list[str], list[str]]:
+                return ([m["name"] for m in admin.get("/models").json()["models"]],
+                        [m["id"] for m in admin.get("/v1/models").json()["data"]],
+                        [m["id"] for m in gateway.get("/v1/models").json()["data"]])
+
+            def chat(model: str) -> httpx.Response:
+                return gateway.post("/v1/chat/completions", json={
+                    "model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5})
+
+            one = ["qwen3-0-6b-instruct"]
+            assert listings() == (one, one, one)
+            assert chat("renamed").status_code == 404
+
+            # A new model the simulator knows under another name; the client sees its own.
+            models.write_text(_models_yaml(("qwen3-0-6b-instruct", None), ("renamed", "vllm-simulator")))
+            runtime.process.send_signal(signal.SIGHUP)  # checks now; and must not stop the process
+            two = ["qwen3-0-6b-instruct", "renamed"]
+            assert until(lambda: listings() == (two, two, two)), listings()
+            reply = chat("renamed")
+            assert reply.status_code == 200
+            tokens = reply.json()["usage"]["total_tokens"]
+            assert until(lambda: {m["model"]: m["token_usage"] for m in admin.get("/teams/t/usage").json()[
+                "model_breakdown"]} == {"renamed": tokens})  # counted under the client's name
+
+            models.write_text("models: [\n  - name: broken\n")  # a bad edit: the last good table stays
+            assert until(lambda: f"models file {models}: not valid YAML" in runtime.text)
+            time.sleep(1.5)
+            [warning] = [line for line in runtime.output if "still serving the previous" in line]  # one line
+            assert f"models file {models}: not valid YAML at line 2" in warning and "Traceback" not in runtime.text
+            assert listings() == (two, two, two) and chat("renamed").status_code == 200
+
+            models.write_text(_models_yaml(("vllm-simulator", None)))  # fixed: picked up again
+            assert until(lambda: listings() == (["vllm-simulator"],) * 3), listings()
+            assert chat("renamed").status_code == 404 and chat("vllm-simulator").status_code == 200
+    finally:
+        assert runtime.stop() == 0
+    assert "Traceback" not in runtime.text and api_key not in runtime.text

@@ -5,6 +5,9 @@ must change: for streams (to inject `stream_options.include_usage`) or when the 
 the model under another name. Usage is read from the response's `usage.total_tokens` without
 decoding the response.
 
+The model table is swapped whole (`Gateway.use`) when the models file changes: a request takes
+the routes of the moment it arrives, and a call in flight finishes on the route it started on.
+
 Everything up to the upstream call runs synchronously in the server's parser callback. With a
 kept-alive backend connection at hand (the common case), the `_Call` is driven by the
 connection's parser callbacks: no task, future, coroutine or timer per request. Otherwise (a new
@@ -17,7 +20,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from local.gateway.auth import Caller, KeyCache
@@ -33,6 +36,7 @@ from local.gateway.upstream import (
     _Connection,
 )
 from local.gateway.writes import WriteBatch
+from shared.catalog.base import ModelInfo
 from shared.catalog.filecatalog import describe
 from shared.catalog.listing import openai_model_list, visible
 from shared.errors import (
@@ -443,21 +447,37 @@ class Gateway:
         self._timeout = upstream_timeout_s
         # One batch for the client and backend sides: see writes.py.
         self.writes = WriteBatch()
-        pools: dict[tuple[str, str], Pool] = {}
+        self._pools: dict[str, Pool] = {}
         self._routes: dict[str, _Route] = {}
-        for backend in backends:
-            pool = Pool(backend.url, writes=self.writes)
-            # One pool per backend server: models served by one server share its connections.
-            pool = pools.setdefault((pool.host_header, pool.base_path), pool)
-            self._routes[backend.name] = _Route(backend, pool)
-        self._pools = list(pools.values())
-        # What /v1/models lists: the same entries as the admin API's listing of the models file.
-        self._models = describe(list(backends), created=models_created)
+        self._models: list[ModelInfo] = []
+        self.use(backends, created=models_created)
         self._watch = _Watch(upstream_timeout_s)
+
+    def use(self, backends: Sequence[ModelBackend], *, created: int) -> None:
+        """Serve this model table from the next request on; call it on the gateway's loop.
+
+        Servers still in the table keep their pool (and its kept-alive connections); a server
+        no longer in it has its idle connections closed, and those of calls still on it are
+        closed when those calls end.
+        """
+        pools: dict[str, Pool] = {}
+        routes: dict[str, _Route] = {}
+        for backend in backends:
+            # One pool per backend server: models served by one server share its connections.
+            server = backend.url
+            pool = pools.get(server) or self._pools.get(server) or Pool(server, writes=self.writes)
+            pools[server] = pool
+            routes[backend.name] = _Route(backend, pool)
+        dropped = [pool for server, pool in self._pools.items() if server not in pools]
+        # What /v1/models lists: the same entries as the admin API's listing of the models file.
+        self._routes, self._pools = routes, pools
+        self._models = describe(list(backends), created=created)
+        for pool in dropped:
+            pool.close()
 
     def close(self) -> None:
         self._watch.close()
-        for pool in self._pools:
+        for pool in self._pools.values():
             pool.close()
 
     # -- entry points --------------------------------------------------------------------

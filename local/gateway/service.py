@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from local.gateway.auth import KeyCache
 from local.gateway.limiter import TokenLimiter
@@ -11,10 +12,9 @@ from local.gateway.loopthread import LoopThread
 from local.gateway.metrics import UsageMeter
 from local.gateway.proxy import Gateway
 from local.gateway.server import serve
-from shared.catalog.filecatalog import models_file_created
 from shared.errors import MaasError
 from shared.ledger import UsageLedger
-from shared.modelsfile import load_models_file
+from shared.modelsfile import ModelsFile, ModelsTable
 from shared.settings import Settings
 from shared.store import Store, open_store
 
@@ -27,13 +27,22 @@ class GatewayService:
     Without a `store`, the service opens (and closes) the one the settings name; likewise the
     usage ledger (settings.data_dir / "usage.db"). Pass the `ledger` that the usage endpoints
     read when both run in one process, so they see counts before they are flushed.
+
+    The model table follows `models` (the models file the settings name, watched by the
+    service itself when none is given): an edit is served from the next request on.
     """
 
-    def __init__(self, settings: Settings, store: Store | None = None, *, ledger: UsageLedger | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, *, ledger: UsageLedger | None = None,
+                 models: ModelsFile | None = None) -> None:
         self._settings = settings
+        self._own_models = models is None
+        # Raises ValueError (one line naming the file) for a bad models file.
+        self.models = models if models is not None else ModelsFile(settings.models_file,
+                                                                    simulator_port=settings.simulator_port)
+        self._table = self.models.table
+        self._unsubscribe: Callable[[], None] | None = None
         self._own_store = store is None
         self._store = store if store is not None else open_store(settings)
-        self.backends = load_models_file(settings.models_file, simulator_port=settings.simulator_port)
         self._own_ledger = ledger is None
         self.ledger = ledger if ledger is not None else UsageLedger(settings.usage_ledger_path)
         self.limiter = TokenLimiter()
@@ -42,9 +51,9 @@ class GatewayService:
             keys=self._keys,
             limiter=self.limiter,
             meter=UsageMeter(self.ledger),
-            backends=self.backends,
+            backends=self._table.backends,
             upstream_timeout_s=settings.upstream_timeout_s,
-            models_created=models_file_created(settings),
+            models_created=self._table.created,
         )
         self._last_use_task: asyncio.Task[None] | None = None
         self._thread = LoopThread("maas-gateway")
@@ -64,6 +73,20 @@ class GatewayService:
         except BaseException:
             self._thread.stop()
             raise
+        self._unsubscribe = self.models.subscribe(self._use)
+        if self.models.table is not self._table:
+            self._use(self.models.table)  # changed since this service was made
+        if self._own_models:
+            self.models.start()
+
+    def _use(self, table: ModelsTable) -> None:
+        """A new models table (on the watcher's thread): swapped in on the gateway's loop."""
+        self._table = table
+        try:
+            loop = self._thread.loop
+        except RuntimeError:
+            return  # stopping
+        loop.call_soon_threadsafe(lambda: self._gateway.use(table.backends, created=table.created))
 
     async def _listen(self) -> int:
         self._server = await serve(
@@ -105,6 +128,11 @@ class GatewayService:
         self._gateway.close()
 
     def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._own_models:
+            self.models.stop()
         try:
             self._thread.stop(self._shutdown)
         finally:

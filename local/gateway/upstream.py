@@ -267,6 +267,9 @@ class Pool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle: list[_Connection] = []
+        # Closed when the models file no longer names this server: calls still on it finish,
+        # and their connections are not kept.
+        self._closed = False
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -318,7 +321,7 @@ class Pool:
         raise UpstreamConnectError(f"cannot reach {self.host}:{self.port}")
 
     def release(self, conn: _Connection) -> None:
-        if conn.complete and conn.keep_alive and not conn.closed and len(self._idle) < self._max_idle:
+        if conn.complete and conn.keep_alive and not conn.closed and not self._closed and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         elif not conn.closed:
             conn.closed = True
@@ -326,6 +329,7 @@ class Pool:
             conn.transport.abort()  # cancels the backend's work on an unfinished response
 
     def close(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             if conn.transport is not None:
