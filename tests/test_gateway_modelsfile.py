@@ -1,5 +1,5 @@
 """The models file: the default points at the simulator; mistakes name the entry in one line;
-edits are followed (the gateway over HTTP)."""
+edits are followed (the gateway over HTTP); replies carry the client's model name."""
 
 from __future__ import annotations
 
@@ -245,6 +245,32 @@ def _stream_events(client: httpx.Client, model: str) -> list[str]:
         return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
 
 
+def test_replies_carry_the_clients_model_name_not_the_backends(
+    tmp_path: Path, store: SqliteStore, api_key: str, backend: tuple[int, list[str]]
+) -> None:
+    port, asked = backend
+    gateway, _ = _gateway(tmp_path, store, "models:\n" + _entry(CLIENT, port, UPSTREAM))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=10, headers={"Authorization": f"APIKEY {api_key}"}) as http:
+            for _ in range(2):  # the first on a new backend connection, the second on the kept-alive one
+                reply = _chat(http, CLIENT)
+                assert reply.status_code == 200, reply.text
+                body = reply.json()
+                assert body["model"] == CLIENT and body["choices"][0]["message"]["content"] == CONTENT
+                assert int(reply.headers["Content-Length"]) == len(reply.content)
+            for _ in range(2):
+                events = _stream_events(http, CLIENT)
+                assert events[-1] == "[DONE]"
+                parsed = [json.loads(event) for event in events[:-1]]
+                assert [event["model"] for event in parsed] == [CLIENT] * len(parsed)
+                assert " ".join(e["choices"][0]["delta"]["content"] for e in parsed if e["choices"]) == CONTENT
+                assert parsed[-1]["usage"]["total_tokens"] == USAGE_TOTAL
+        assert asked == [UPSTREAM] * 4  # the backend was asked under its own name
+        assert gateway.limiter.state(team=TEAM, user_id="alice") == (4 * USAGE_TOTAL, 0)  # usage still counted
+    finally:
+        gateway.stop()
+
+
 def _until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -273,6 +299,7 @@ def test_gateway_follows_edits_to_the_models_file_and_keeps_serving_through_a_ba
             assert _until(lambda: _chat(http, "second").status_code == 200)
             assert time.monotonic() - started < 3  # within the watcher's second, plus slack
             assert listed() == ["first", "second"]
+            assert _chat(http, "second").json()["model"] == "second"  # renamed from the edit on
 
             with caplog.at_level(logging.WARNING, logger="maas.models"):
                 _write(path, "models:\n  - name: first\n    url: http://127.0.0.1:1/api\n")  # no /v1
@@ -287,6 +314,7 @@ def test_gateway_follows_edits_to_the_models_file_and_keeps_serving_through_a_ba
             _write(path, "models:\n" + _entry("second", port))  # fixed: only "second", not renamed
             assert _until(lambda: _chat(http, "first").status_code == 404)
             assert listed() == ["second"]
-            assert _chat(http, "second").status_code == 200
+            reply = _chat(http, "second")
+            assert reply.status_code == 200 and reply.json()["model"] == "second"
     finally:
         gateway.stop()

@@ -232,7 +232,7 @@ def test_the_runtime_follows_edits_to_the_models_file(tmp_path: Path) -> None:
             two = ["qwen3-0-6b-instruct", "renamed"]
             assert until(lambda: listings() == (two, two, two)), listings()
             reply = chat("renamed")
-            assert reply.status_code == 200
+            assert reply.status_code == 200 and reply.json()["model"] == "renamed"
             tokens = reply.json()["usage"]["total_tokens"]
             assert until(lambda: {m["model"]: m["token_usage"] for m in admin.get("/teams/t/usage").json()[
                 "model_breakdown"]} == {"renamed": tokens})  # counted under the client's name

@@ -3,7 +3,9 @@
 Bodies are parsed once (to read `model`, `max_tokens`, `stream`) and re-encoded only when they
 must change: for streams (to inject `stream_options.include_usage`) or when the backend knows
 the model under another name. Usage is read from the response's `usage.total_tokens` without
-decoding the response.
+decoding the response. When the backend knows the model under another name (`upstream_model`),
+the reply's `"model"` members are rewritten to the client's name with one regular-expression
+substitution over the bytes: the whole body, or a stream's complete lines as they arrive.
 
 The model table is swapped whole (`Gateway.use`) when the models file changes: a request takes
 the routes of the moment it arrives, and a call in flight finishes on the route it started on.
@@ -20,7 +22,8 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any
 
 from local.gateway.auth import Caller, KeyCache
@@ -97,6 +100,16 @@ def _loads(body: bytes) -> Any:
 
 _USAGE_OPTION = b',"stream_options":{"include_usage":true}}'
 
+# A `"model": "<any JSON string>"` member. In valid JSON it cannot match inside a string value
+# (a quote there is escaped), nor a "model" string value (a colon never follows one).
+_MODEL_MEMBER = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+
+
+def renamer(name: str) -> Callable[[bytes], bytes]:
+    """Rewrites every `"model"` member of a reply (or of complete SSE lines) to `name`."""
+    member = b'"model":' + json.dumps(name).encode()
+    return partial(_MODEL_MEMBER.sub, member.replace(b"\\", b"\\\\"))  # a template: \ is special
+
 
 def _with_usage_option(body: bytes) -> bytes | None:
     """A JSON object without a top-level `stream_options`, with one asking for usage.
@@ -114,6 +127,8 @@ class _Route:
     def __init__(self, backend: ModelBackend, pool: Pool) -> None:
         self.backend = backend
         self.pool = pool
+        # Set when the backend answers under another name: what turns its name into the client's.
+        self.rename = renamer(backend.name) if backend.renamed else None
         auth = b""
         if backend.api_key is not None:
             auth = b"Authorization: Bearer " + backend.api_key.get_secret_value().encode("latin-1") + b"\r\n"
@@ -155,6 +170,7 @@ class _Call:
         "path",
         "paused",
         "payload",
+        "pending",
         "prompt_estimate",
         "relaying",
         "released",
@@ -190,6 +206,7 @@ class _Call:
         self.tail = b""
         self.paused = False
         self.released = False
+        self.pending = b""
 
     def tokens(self) -> int:
         if self.final is not None:
@@ -216,6 +233,23 @@ class _Call:
                 self.total = total
         self.events += chunk.count(b"data:")
         return window[-64:]
+
+    def renamed(self, data: bytes) -> bytes:
+        """A renamed stream's complete lines; a line's start waits for its end in `pending`.
+
+        A `"model"` member never spans lines (JSON strings hold no raw newline), so rewriting
+        whole lines catches every one, however the backend's writes split them.
+        """
+        assert self.route.rename is not None
+        data = self.pending + data if self.pending else data
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]
+        return self.route.rename(data[:cut]) if cut else b""
+
+    def rest(self) -> bytes:
+        """What a renamed stream still holds back (its end, or up to a failure)."""
+        pending, self.pending = self.pending, b""
+        return self.route.rename(pending) if pending and self.route.rename is not None else pending
 
     def stream_head(self, status: int, content_type: bytes, responder: Responder) -> bytes:
         return b"".join((
@@ -279,8 +313,17 @@ class _Call:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         parts.clear()
         assert self.responder is not None
+        if self.route.rename is not None:
+            data = self.renamed(data)
         self.responder.write_now(data)
         self.tail = self.count_stream(self.tail, data)
+
+    def _relay_rest(self) -> None:
+        if self.pending:
+            data = self.rest()
+            assert self.responder is not None
+            self.responder.write_now(data)
+            self.tail = self.count_stream(self.tail, data)
 
     def on_complete(self) -> None:
         self.gateway._watch.discard(self)
@@ -290,6 +333,7 @@ class _Call:
             if self.relaying:
                 if self.parts:
                     self._relay_parts()
+                self._relay_rest()
                 responder.end()
             else:
                 parts = self.parts
@@ -297,6 +341,8 @@ class _Call:
                 status = conn.status
                 if 200 <= status < 300:
                     self.total = last_total_tokens(data)
+                    if self.route.rename is not None:
+                        data = self.route.rename(data)
                 elif not 300 <= status < 600:
                     conn.keep_alive = False  # what follows on it cannot be trusted: not reused
                     self._release()
@@ -332,6 +378,7 @@ class _Call:
                 log.warning("model '%s' failed mid-stream: %s", model, exc)
                 if self.parts:
                     self._relay_parts()  # what arrived before the failure, as the client is owed
+                self._relay_rest()
                 self.settle()
                 responder.abort()
             else:
@@ -353,6 +400,7 @@ class _Call:
         try:
             if self.relaying:
                 log.warning("model '%s' stalled mid-stream; cutting the response", self.model)
+                self._relay_rest()
                 self.settle()
                 assert self.responder is not None
                 self.responder.abort()
@@ -556,7 +604,7 @@ class Gateway:
         call: _Call | None = None
         try:
             payload = request.body
-            if route.backend.upstream_model is not None or (stream and "stream_options" in body):
+            if route.rename is not None or (stream and "stream_options" in body):
                 if stream:
                     options = body.get("stream_options")
                     body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -636,6 +684,8 @@ class Gateway:
                 raise UpstreamError(f"model '{model}' failed while answering: {exc}") from exc
             if 200 <= upstream.status < 300:
                 call.total = last_total_tokens(data)
+                if route.rename is not None:
+                    data = route.rename(data)
             else:
                 call.final = 0  # the backend refused the request: nothing generated
             responder.send_raw(_whole_response(upstream.status, content_type, call.reservation, responder, data))
@@ -645,16 +695,25 @@ class Gateway:
     async def _relay(self, upstream: Response, responder: Responder, call: _Call, content_type: bytes) -> None:
         responder.start_raw(call.stream_head(upstream.status, content_type, responder))
         tail = b""
+        renaming = call.route.rename is not None
         try:
             async for chunk in upstream.chunks():
+                if renaming:
+                    chunk = call.renamed(chunk)
                 await responder.write(chunk)
                 tail = call.count_stream(tail, chunk)
         except UpstreamReadTimeout as exc:
             log.warning("model '%s' stalled mid-stream; cutting the response", call.model)
+            await responder.write(call.rest())
             raise ConnectionAbortedError("upstream stalled") from exc
         except UpstreamConnectError as exc:
             log.warning("model '%s' failed mid-stream: %s", call.model, exc)
+            await responder.write(call.rest())
             raise ConnectionAbortedError("upstream failed") from exc
+        rest = call.rest()
+        if rest:
+            await responder.write(rest)
+            call.count_stream(tail, rest)
         responder.end()
 
 
