@@ -115,7 +115,7 @@ def test_every_target_has_a_scale_to_zero_knative_service(rendered: list[dict[st
 
         assert env["FUNCTION_TARGET"]["value"] == target
         assert env["MAAS_STORE"]["value"] == "kubernetes"
-        assert env["MAAS_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env["MAAS_NAMESPACE"] == {"name": "MAAS_NAMESPACE", "value": service["metadata"]["namespace"]}
         assert template["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
         assert template["spec"]["serviceAccountName"] == manifests.SERVICE_ACCOUNT
         assert service["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"

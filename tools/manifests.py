@@ -89,7 +89,9 @@ def knative_service(target: str, settings: Settings, func: dict[str, Any], image
     env: list[dict[str, Any]] = [
         {"name": "FUNCTION_TARGET", "value": target},
         {"name": "MAAS_STORE", "value": "kubernetes"},
-        {"name": "MAAS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # A literal, not a fieldRef: Knative rejects `valueFrom.fieldRef` unless the cluster turned on
+        # `kubernetes.podspec-fieldref` (off by default); tests/cluster/test_knative.py.
+        {"name": "MAAS_NAMESPACE", "value": settings.namespace},
     ]
     http_route = next((route for route in ROUTES if route.target == target), None)
     if http_route is None:
