@@ -16,6 +16,10 @@ either way (`shared.auth.usable`), so the sweep's cadence never decides security
 
 Everything is idempotent: the same event handled twice changes nothing the second time (the
 policy regeneration writes the same objects again).
+
+An event nothing can be done with, now or on a redelivery (a delete event whose `data` is not an
+object), raises InvalidRequest; an event that is well formed but not ours (another type, a
+Secret that is not a team's) is answered with a summary saying why it was ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.context import Context
-from shared.errors import NotFound
+from shared.errors import InvalidRequest, NotFound
 from shared.expiry import duration, effective_status
 from shared.identifiers import DNS_LABEL_RE
 from shared.schemas import CleanupSummary
@@ -46,6 +50,9 @@ def on_event(ctx: Context, *, event_type: str, data: Any) -> CleanupSummary:
     if event_type == PING:
         return sweep(ctx, event_type=event_type)
     if event_type in SECRET_DELETED:
+        if not isinstance(data, Mapping):
+            # An ApiServerSource always sends the object (or its reference): this event is broken.
+            raise InvalidRequest(f"'{event_type}' event data is not an object")
         team_id, why_not = deleted_team(ctx, data)
         if team_id is None:
             return _summary(event_type, ignored=why_not)

@@ -1,20 +1,27 @@
 """The `cleanup` CloudEvent function: over real HTTP under the functions-framework CLI (binary
 and structured mode, built with the cloudevents SDK as Knative sends them), in-process through
-functions-framework's app, and fed by local/events.py's EventsService."""
+functions-framework's app, and fed by local/events.py's EventsService.
+
+Every reply is empty (202 handled, 5xx retry, 4xx never retry: tests/cluster/test_eventing.py
+holds the Broker's side); what was done is read from the store and from the one log line each
+event gets."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import functions_framework
 import httpx
@@ -23,6 +30,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
 from functions._context import install_context
+from functions.cleanup import HANDLED
 from local.events import EventsService, ping_event, team_deleted_event
 from shared import teams
 from shared.context import Context, build_context
@@ -89,19 +97,36 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, SqliteStore, Path]]:
-    """`functions-framework --target=cleanup` on a free port, and the store it works on."""
-    data_dir = tmp_path / "data"
-    store = SqliteStore(data_dir / "maas.db")
+class Served(NamedTuple):
+    base: str
+    store: SqliteStore
+    database: Path
+    log: Path
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """The summaries the target logged, one line per handled event, oldest first."""
+        return summaries_in(self.log.read_text())
+
+
+_SUMMARY_LINE = re.compile(r"^INFO maas\.cleanup: cleanup \S+ \S+: 202 (\{.*\})$", re.MULTILINE)
+
+
+def summaries_in(log: str) -> list[dict[str, Any]]:
+    return [json.loads(found) for found in _SUMMARY_LINE.findall(log)]
+
+
+@contextmanager
+def cleanup_target(data_dir: Path, log: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """`functions-framework --target=cleanup` on a free port, its stderr in `log`; yields its URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_") and k != "FUNCTION_TARGET"}
-    env.update({"MAAS_DATA_DIR": str(data_dir), "MAAS_NAMESPACE": NAMESPACE})
+    env.update({"MAAS_DATA_DIR": str(data_dir), "MAAS_NAMESPACE": NAMESPACE, **(extra_env or {})})
     cli = Path(sys.executable).parent / "functions-framework"
-    process = subprocess.Popen(
-        [str(cli), "--source", "main.py", "--target", "cleanup", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [str(cli), "--source", "main.py", "--target", "cleanup", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     try:
@@ -110,16 +135,31 @@ def served(tmp_path: Path) -> Iterator[tuple[str, SqliteStore, Path]]:
                 httpx.get(base, timeout=2)
                 break
             except httpx.TransportError:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert process.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "cleanup target did not start"
                 time.sleep(0.2)
-        yield base, store, data_dir / "maas.db"
+        yield base
     finally:
         process.terminate()
         process.wait(timeout=20)
-        if process.stderr is not None:
-            process.stderr.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """The cleanup target under the CLI, and the store it works on."""
+    data_dir = tmp_path / "data"
+    store = SqliteStore(data_dir / "maas.db")
+    try:
+        with cleanup_target(data_dir, tmp_path / "cleanup.log") as base:
+            yield Served(base, store, data_dir / "maas.db", tmp_path / "cleanup.log")
+    finally:
         store.close()
+
+
+def assert_empty(reply: httpx.Response | Any, status: int = HANDLED) -> None:
+    """The status, and no body: what the Broker takes for the end of the delivery."""
+    content = reply.content if isinstance(reply, httpx.Response) else reply.data
+    assert (reply.status_code, content) == (status, b""), content[:300]
 
 
 def _send(base: str, event: CloudEvent, mode: str) -> httpx.Response:
@@ -128,29 +168,28 @@ def _send(base: str, event: CloudEvent, mode: str) -> httpx.Response:
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
-def test_team_secret_delete_removes_the_teams_keys_once(served: tuple[str, SqliteStore, Path], mode: str) -> None:
-    base, store, database = served
+def test_team_secret_delete_removes_the_teams_keys_once(served: Served, mode: str) -> None:
+    base, store, database, _ = served
     _team(store, "team-a")
     _team(store, "team-b")
     left = sorted(_key(store, "team-a", user).secret_name for user in ("alice", "bob"))
     kept = _key(store, "team-b")
     _orphan_team(database, "team-a")
 
-    reply = _send(base, _secret_event("team-a"), mode)
-    assert reply.status_code == 200, reply.text
-    assert reply.json() == {"event_type": DELETE, "team_id": "team-a", "deleted_keys": left, "expired_keys": [],
-                            "revoked_keys": [], "policies_synced": True, "audit_pruned": 0, "ignored": None}
+    assert_empty(_send(base, _secret_event("team-a"), mode))
     assert store.list_keys() == [kept]
+    assert served.summaries() == [{"event_type": DELETE, "team_id": "team-a", "deleted_keys": left,
+                                   "expired_keys": [], "revoked_keys": [], "policies_synced": True,
+                                   "audit_pruned": 0, "ignored": None}]
     # The same event again (Knative delivers at least once): nothing left to change.
-    again = _send(base, _secret_event("team-a"), "structured" if mode == "binary" else "binary")
-    assert again.status_code == 200
-    assert again.json()["deleted_keys"] == []
+    assert_empty(_send(base, _secret_event("team-a"), "structured" if mode == "binary" else "binary"))
+    assert served.summaries()[-1]["deleted_keys"] == []
     assert store.list_keys() == [kept]
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
-def test_ping_reconciles_everything_once(served: tuple[str, SqliteStore, Path], mode: str) -> None:
-    base, store, database = served
+def test_ping_reconciles_everything_once(served: Served, mode: str) -> None:
+    base, store, database, _ = served
     now = _now()
     _team(store, "live")
     _team(store, "gone")
@@ -163,9 +202,8 @@ def test_ping_reconciles_everything_once(served: tuple[str, SqliteStore, Path], 
     rotated = _key(store, "live", "rotated", expires_at=now - timedelta(seconds=1), replaced_by=successor.secret_name)
     revoked = _key(store, "live", "revoked", status="revoked")
 
-    reply = _send(base, _ping(), mode)
-    assert reply.status_code == 200, reply.text
-    body = reply.json()
+    assert_empty(_send(base, _ping(), mode))
+    (body,) = served.summaries()
     assert body["event_type"] == PING and body["policies_synced"] is True
     # The long-expired key is marked expired and, past the 7-day retention, deleted in the same sweep.
     assert sorted(body["deleted_keys"]) == sorted([orphan.secret_name, long_expired.secret_name])
@@ -175,13 +213,14 @@ def test_ping_reconciles_everything_once(served: tuple[str, SqliteStore, Path], 
     assert statuses == {fine.secret_name: "active", expired.secret_name: "expired", successor.secret_name: "active",
                         rotated.secret_name: "revoked", revoked.secret_name: "revoked"}
 
-    again = _send(base, _ping(), mode).json()
+    assert_empty(_send(base, _ping(), mode))
+    again = served.summaries()[-1]
     assert (again["deleted_keys"], again["expired_keys"], again["revoked_keys"]) == ([], [], [])
     assert {key.secret_name: key.status for key in store.list_keys()} == statuses
 
 
-def test_events_that_are_not_for_cleanup_change_nothing(served: tuple[str, SqliteStore, Path]) -> None:
-    base, store, database = served
+def test_events_that_are_not_for_cleanup_change_nothing(served: Served) -> None:
+    base, store, database, _ = served
     _team(store, "team-a")
     key = _key(store, "team-a")
     _orphan_team(database, "team-a")
@@ -189,28 +228,48 @@ def test_events_that_are_not_for_cleanup_change_nothing(served: tuple[str, Sqlit
         "Secret is not a team Secret": _secret_event("team-a", kind="team-key"),
         "not 'llm'": _secret_event("team-a", namespace="elsewhere"),
         "not handled": CloudEvent({"type": "dev.knative.apiserver.resource.add", "source": "x"}, {}),
-        "not an object": CloudEvent({"type": DELETE, "source": "x"}, None),
     }
     for reason, event in cases.items():
-        reply = _send(base, event, "binary")
-        assert reply.status_code == 200, reply.text
-        assert reason in reply.json()["ignored"]
-        assert reply.json()["deleted_keys"] == []
-    assert store.list_keys() == [key]
-    # Not a CloudEvent at all: refused by functions-framework, nothing done.
-    assert httpx.post(base, content=b"{}", headers={"Content-Type": "application/json"}, timeout=10).status_code == 400
+        assert_empty(_send(base, event, "binary"))
+        summary = served.summaries()[-1]
+        assert reason in summary["ignored"]
+        assert summary["deleted_keys"] == []
+    # A delete event without an object can never be acted on: 422, and no summary.
+    assert_empty(_send(base, CloudEvent({"type": DELETE, "source": "x"}, None), "binary"), 422)
+    assert "event data is not an object" in served.log.read_text()
+    # Not a CloudEvent at all: refused by functions-framework, with its page emptied.
+    assert_empty(httpx.post(base, content=b"{}", headers={"Content-Type": "application/json"}, timeout=10), 400)
+    assert len(served.summaries()) == len(cases)
     assert store.list_keys() == [key]
 
 
-def test_reference_mode_event_names_the_team_by_its_secret(served: tuple[str, SqliteStore, Path]) -> None:
-    base, store, database = served
+def test_reference_mode_event_names_the_team_by_its_secret(served: Served) -> None:
+    base, store, database, _ = served
     _team(store, "team-r")
     key = _key(store, "team-r")
     _orphan_team(database, "team-r")
     event = CloudEvent({"type": "dev.knative.apiserver.ref.delete", "source": "x"},
                        {"kind": "Secret", "namespace": NAMESPACE, "name": "team-team-r-config", "apiVersion": "v1"})
-    reply = _send(base, event, "structured")
-    assert reply.json()["deleted_keys"] == [key.secret_name]
+    assert_empty(_send(base, event, "structured"))
+    assert served.summaries()[-1]["deleted_keys"] == [key.secret_name]
+    assert store.list_keys() == []
+
+
+def test_the_log_line_never_carries_key_material(served: Served) -> None:
+    base, store, database, _ = served
+    _team(store, "team-a")
+    api_key = generate_api_key()
+    key = ApiKey(secret_name=secret_name_for("alice", "team-a"), key_sha256=key_sha256(api_key), team_id="team-a",
+                 user_id="alice", user_email="", role="member", status="active", created_at=_now())
+    store.create_key(key=key, api_key=api_key)
+    _orphan_team(database, "team-a")
+    # Resource mode: the event carries the deleted object; a Secret's data must never reach the log.
+    event = _secret_event("team-a")
+    event.data["data"] = {"api_key": api_key}  # type: ignore[index]
+    assert_empty(_send(base, event, "binary"))
+    assert served.summaries()[-1]["deleted_keys"] == [key.secret_name]
+    log = served.log.read_text()
+    assert api_key not in log and key_sha256(api_key) not in log
 
 
 # -- in-process: functions-framework's own app, with a counted policy callback ---------
@@ -225,7 +284,9 @@ def counted(settings: Settings) -> Iterator[tuple[Context, list[int]]]:
     yield ctx, calls
 
 
-def test_in_process_delete_leaves_no_key_and_regenerates_policies(counted: tuple[Context, list[int]]) -> None:
+def test_in_process_delete_leaves_no_key_and_regenerates_policies(
+    counted: tuple[Context, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
     ctx, calls = counted
     client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
     teams.create_team(ctx, TeamCreate(team_id="doomed"))
@@ -233,25 +294,27 @@ def test_in_process_delete_leaves_no_key_and_regenerates_policies(counted: tuple
     teams.delete_team(ctx, "doomed")
     before = len(calls)
     headers, body = to_binary(_secret_event("doomed"))
-    reply = client.post("/", headers=headers, data=body)
-    assert reply.status_code == 200
-    assert reply.json["team_id"] == "doomed" and reply.json["policies_synced"] is True
+    with caplog.at_level("INFO", logger="maas.cleanup"):
+        assert_empty(client.post("/", headers=headers, data=body))
+    (summary,) = summaries_in("\n".join(f"INFO {r.name}: {r.getMessage()}" for r in caplog.records))
+    assert summary["team_id"] == "doomed" and summary["policies_synced"] is True
     assert len(calls) == before + 1, "the policies are regenerated from the remaining teams"
     assert ctx.store.list_keys(team_id="doomed") == []
 
 
-def test_a_recreated_team_keeps_its_keys(counted: tuple[Context, list[int]]) -> None:
+def test_a_recreated_team_keeps_its_keys(counted: tuple[Context, list[int]], caplog: pytest.LogCaptureFixture) -> None:
     ctx, calls = counted
     client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
     teams.create_team(ctx, TeamCreate(team_id="phoenix"))
     key = _key(ctx.store, "phoenix")
     headers, body = to_structured(_secret_event("phoenix"))
-    reply = client.post("/", headers=headers, data=body)
-    assert "exists" in reply.json["ignored"]
+    with caplog.at_level("INFO", logger="maas.cleanup"):
+        assert_empty(client.post("/", headers=headers, data=body))
+    assert "team 'phoenix' exists (re-created)" in caplog.text
     assert ctx.store.list_keys(team_id="phoenix") == [key]
 
 
-def test_a_busy_store_answers_503_so_knative_redelivers(settings: Settings) -> None:
+def test_a_busy_store_answers_503_so_knative_redelivers(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     ctx = build_context(settings)
     install_context(ctx)
     client = functions_framework.create_app(target="cleanup", source=str(ROOT / "main.py")).test_client()
@@ -264,15 +327,15 @@ def test_a_busy_store_answers_503_so_knative_redelivers(settings: Settings) -> N
     blocker.execute("BEGIN IMMEDIATE")
     try:
         headers, body = to_binary(_ping())
-        reply = client.post("/", headers=headers, data=body)
-        assert reply.status_code == 503, reply.data
-        assert "SQLite" in reply.json["error"]
+        assert_empty(client.post("/", headers=headers, data=body), 503)
+        assert "SQLite store unavailable" in caplog.text
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
     assert len(ctx.store.list_keys()) == 1
     headers, body = to_binary(_ping())
-    assert client.post("/", headers=headers, data=body).json["deleted_keys"], "the redelivery does the work"
+    assert_empty(client.post("/", headers=headers, data=body))
+    assert ctx.store.list_keys() == [], "the redelivery does the work"
 
 
 # -- local/events.py: the same events in-process, on delete and on a timer --------------
