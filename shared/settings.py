@@ -56,6 +56,29 @@ class Settings(BaseSettings):
         validation_alias="MAAS_API_HOSTNAME",
         description="Host name of the key manager's HTTPRoute in a cluster; unset: every host.",
     )
+    route_rule_names: bool = Field(
+        default=True,
+        validation_alias="MAAS_ROUTE_RULE_NAMES",
+        description="Name the key manager's HTTPRoute rules (Gateway API >= v1.4 standard channel, or "
+        "experimental >= v1.2); false for older Gateway API CRDs, which do not know `rules[].name`.",
+    )
+    route_backend_service: str | None = Field(
+        default=None,
+        validation_alias="MAAS_ROUTE_BACKEND_SERVICE",
+        description="Service every key manager HTTPRoute rule sends to (with a Host rewrite to the "
+        "function), e.g. `knative-local-gateway`; unset: each function's own Knative Service "
+        "(an ExternalName Service, which Istio follows and Envoy Gateway does not).",
+    )
+    route_backend_namespace: str | None = Field(
+        default=None,
+        validation_alias="MAAS_ROUTE_BACKEND_NAMESPACE",
+        description="Namespace of MAAS_ROUTE_BACKEND_SERVICE (a ReferenceGrant is rendered there); "
+        "default: MAAS_NAMESPACE.",
+    )
+    route_backend_port: int = Field(
+        default=80, validation_alias="MAAS_ROUTE_BACKEND_PORT", ge=1, le=65535,
+        description="Port of MAAS_ROUTE_BACKEND_SERVICE.",
+    )
     host: str = Field(
         default="127.0.0.1", validation_alias="MAAS_HOST", description="Address the local runtime binds."
     )

@@ -147,6 +147,7 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
     """The settings every function shares, so that they apply the policies we render here."""
     data = {
         "MAAS_KEY_SELECTOR": settings.key_selector,
+        "MAAS_AUTHORINO_SECRET_LABEL": settings.authorino_secret_label,
         "MAAS_GATEWAY_NAME": settings.gateway_name,
         "MAAS_GATEWAY_NAMESPACE": settings.policy_namespace,
         "MAAS_USAGE": "prometheus",
@@ -199,15 +200,57 @@ def http_routes(settings: Settings, routes: Sequence[Route] = ROUTES) -> list[di
 
 def _rule(route: Route, settings: Settings) -> dict[str, Any]:
     name = service_name(route.target)
-    return {
-        "name": f"{route.method.lower()}-{route.target.replace('_', '-')}",
+    rule: dict[str, Any] = {}
+    if settings.route_rule_names:
+        # `rules[].name` is Standard from Gateway API v1.4.0 (Experimental from v1.2.0); older CRDs
+        # prune or reject it, hence MAAS_ROUTE_RULE_NAMES=false (tests/cluster/test_gateway_api.py).
+        rule["name"] = rule_name(route)
+    return rule | {
         "matches": [{"path": path_match(route.path), "method": route.method}],
-        # The Knative Service is an ExternalName to Knative's local gateway, which routes by Host.
+        # Knative's local gateway routes by Host: to the function's cluster-local name.
         "filters": [
             {"type": "URLRewrite", "urlRewrite": {"hostname": f"{name}.{settings.namespace}.svc.cluster.local"}}
         ],
-        "backendRefs": [{"group": "", "kind": "Service", "name": name, "port": 80}],
+        "backendRefs": [backend_ref(route, settings)],
     }
+
+
+def rule_name(route: Route) -> str:
+    """`<method>-<target>`: a DNS label, unique because (method, path) -> target is one-to-one."""
+    return f"{route.method.lower()}-{route.target.replace('_', '-')}"
+
+
+def backend_ref(route: Route, settings: Settings) -> dict[str, Any]:
+    """The function's Knative Service (an ExternalName to Knative's local gateway: Istio follows
+    it, Envoy Gateway does not), or one configured Service such as `knative-local-gateway`."""
+    if settings.route_backend_service is None:
+        return {"group": "", "kind": "Service", "name": service_name(route.target), "port": 80}
+    ref: dict[str, Any] = {"group": "", "kind": "Service", "name": settings.route_backend_service}
+    if _backend_namespace(settings) != settings.namespace:
+        ref["namespace"] = _backend_namespace(settings)
+    return ref | {"port": settings.route_backend_port}
+
+
+def _backend_namespace(settings: Settings) -> str:
+    return settings.route_backend_namespace or settings.namespace
+
+
+def reference_grants(settings: Settings) -> list[dict[str, Any]]:
+    """A backend in another namespace needs that namespace's consent (Gateway API ReferenceGrant)."""
+    namespace = _backend_namespace(settings)
+    if settings.route_backend_service is None or namespace == settings.namespace:
+        return []
+    return [
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1beta1",
+            "kind": "ReferenceGrant",
+            "metadata": {"name": f"{HTTP_ROUTE}-{settings.namespace}", "namespace": namespace, "labels": dict(PART_OF)},
+            "spec": {
+                "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": settings.namespace}],
+                "to": [{"group": "", "kind": "Service", "name": settings.route_backend_service}],
+            },
+        }
+    ]
 
 
 def admin_route_auth(route: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +398,7 @@ def render(
         *static,
         *(knative_service(target, settings, func, image) for target in function_targets()),
         *routes,
+        *reference_grants(settings),
         *(admin_route_auth(route) for route in routes),
         *generate_policies(example_teams, settings),
     ]
