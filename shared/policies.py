@@ -5,10 +5,14 @@ them). The team Secrets are the source of truth; a policy is never read back for
 
 - AuthPolicy: API keys are Secrets labelled `kuadrant.io/auth-secret: "true"` and
   `app: <key selector>`, sent as `Authorization: APIKEY <key>` or `Bearer <key>` (one
-  authentication entry per prefix, since an entry carries one prefix). Success exposes
+  authentication entry per prefix, since an entry carries one prefix). Kuadrant writes the
+  AuthConfig into Authorino's own namespace, so the keys are found only with `allNamespaces`
+  (tests/cluster/SOURCES.md §1); a key must then also live in the keys' namespace, or anyone
+  able to label a Secret elsewhere could mint one. Success exposes
   `auth.identity.{userid,team,groups}` from the Secret's annotations to the rate limiter and the
   metrics; a key whose `maas/status` is not `active`, or whose `maas/expires-at` has passed, is
-  refused with 401.
+  refused with 401. These checks are `patternMatching` predicates, which deny when they fail to
+  evaluate; a `when` condition that fails to evaluate is skipped instead, i.e. fails open (§3).
 - TokenRateLimitPolicy: one limit per team, named after it, active when
   `auth.identity.team == "<team_id>"`; counted per user (`auth.identity.userid`) or, with
   `limit_scope: team`, once for the whole team. Omitted when there is no team, because the CRD
@@ -19,6 +23,7 @@ them). The team Secrets are the source of truth; a policy is never read back for
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,17 +87,18 @@ def generate_policies(teams: Iterable[Team], settings: Settings) -> list[dict[st
 
 def auth_policy(settings: Settings) -> dict[str, Any]:
     selector = {"matchLabels": {"kuadrant.io/auth-secret": "true", "app": settings.key_selector}}
-    api_key: dict[str, Any] = {"selector": selector}
-    if settings.namespace != settings.policy_namespace:
-        # Authorino looks for key Secrets in the policy's namespace only, unless told otherwise;
-        # widen it only when the keys live elsewhere, since any labelled Secret then counts.
-        api_key["allNamespaces"] = True
+    api_key: dict[str, Any] = {"selector": selector, "allNamespaces": True}
     authentication = {
-        name: {"apiKey": api_key, "credentials": {"authorizationHeader": {"prefix": prefix}}}
+        name: {"apiKey": copy.deepcopy(api_key), "credentials": {"authorizationHeader": {"prefix": prefix}}}
         for name, prefix in KEY_PREFIXES.items()
     }
     annotations = "auth.identity.metadata.annotations"
     authorization = {
+        "key-in-keys-namespace": {
+            "patternMatching": {
+                "patterns": [{"predicate": f"auth.identity.metadata.namespace == {json.dumps(settings.namespace)}"}]
+            }
+        },
         "key-active": {
             "patternMatching": {
                 "patterns": [{"predicate": f'{annotations}["{STATUS_ANNOTATION}"] == "active"'}]
@@ -103,8 +109,9 @@ def auth_policy(settings: Settings) -> dict[str, Any]:
                 "patterns": [
                     {
                         "predicate": (
+                            # request.time is {seconds, nanos}, not a timestamp (§3).
                             f'!("{EXPIRES_ANNOTATION}" in {annotations}) || '
-                            f'timestamp({annotations}["{EXPIRES_ANNOTATION}"]) > request.time'
+                            f'int(timestamp({annotations}["{EXPIRES_ANNOTATION}"])) > int(request.time.seconds)'
                         )
                     }
                 ]

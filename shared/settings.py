@@ -41,6 +41,15 @@ class Settings(BaseSettings):
         validation_alias="MAAS_KEY_SELECTOR",
         description="Value of the `app` label that the AuthPolicy selects API-key Secrets by.",
     )
+    authorino_secret_label: str = Field(
+        default="authorino.kuadrant.io/managed-by=authorino",
+        validation_alias="MAAS_AUTHORINO_SECRET_LABEL",
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_./]{0,252}=[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+        description=(
+            "The label Authorino's Secret watcher selects by (its --secret-label-selector), as "
+            "key=value; every key Secret carries it, or Authorino never sees keys change."
+        ),
+    )
     gateway_name: str = Field(
         default="maas-gateway",
         validation_alias="MAAS_GATEWAY_NAME",
@@ -182,6 +191,11 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: str) -> str:
         return normalize_window(value)
+
+    @property
+    def authorino_watch_label(self) -> tuple[str, str]:
+        key, _, value = self.authorino_secret_label.partition("=")
+        return key, value
 
     @property
     def policy_namespace(self) -> str:

@@ -83,6 +83,7 @@ def test_key_secret_has_exactly_the_design_shape(cluster: tuple[KubeDouble, Kube
     assert meta["labels"] == {
         "kuadrant.io/auth-secret": "true",
         "app": SELECTOR,
+        "authorino.kuadrant.io/managed-by": "authorino",  # Authorino's watcher (SOURCES.md §2)
         "maas/resource-type": "team-key",
         "maas/team-id": "data-science",
         "maas/user-id": "alice",
@@ -219,6 +220,8 @@ def test_status_changes_survive_conflicts_and_drop_the_selector_labels(cluster: 
     assert store.set_key_status(secret_name=key.secret_name, status="revoked") == replace(key, status="revoked")
     labels = double.get("secrets", NS, key.secret_name)["metadata"]["labels"]  # type: ignore[index]
     assert "app" not in labels and "kuadrant.io/auth-secret" not in labels
+    # Authorino must still watch it, or it never hears that the key left the selector.
+    assert labels["authorino.kuadrant.io/managed-by"] == "authorino"
     assert store.set_key_status(secret_name=key.secret_name, status="active") == key
     labels = double.get("secrets", NS, key.secret_name)["metadata"]["labels"]  # type: ignore[index]
     assert labels["app"] == SELECTOR and labels["kuadrant.io/auth-secret"] == "true"

@@ -93,9 +93,10 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
     assert policy["metadata"] == {"name": "maas-api-keys", "namespace": "llm", "labels": LABELS}
     rules = policy["spec"]["rules"]
     assert policy["spec"]["targetRef"] == GATEWAY_REF
+    lookup = {"selector": selector, "allNamespaces": True}
     assert rules["authentication"] == {
-        "api-key": {"apiKey": {"selector": selector}, "credentials": {"authorizationHeader": {"prefix": "APIKEY"}}},
-        "bearer": {"apiKey": {"selector": selector}, "credentials": {"authorizationHeader": {"prefix": "Bearer"}}},
+        "api-key": {"apiKey": lookup, "credentials": {"authorizationHeader": {"prefix": "APIKEY"}}},
+        "bearer": {"apiKey": lookup, "credentials": {"authorizationHeader": {"prefix": "Bearer"}}},
     }
     assert rules["response"]["success"] == {
         "filters": {
@@ -115,10 +116,12 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
         for rule in rules["authorization"].values()
         for pattern in rule["patternMatching"]["patterns"]
     ]
+    # What these predicates mean to Authorino is tested in tests/cluster/test_authorino.py.
     assert predicates == [
+        'auth.identity.metadata.namespace == "llm"',
         'auth.identity.metadata.annotations["maas/status"] == "active"',
         '!("maas/expires-at" in auth.identity.metadata.annotations) || '
-        'timestamp(auth.identity.metadata.annotations["maas/expires-at"]) > request.time',
+        'int(timestamp(auth.identity.metadata.annotations["maas/expires-at"])) > int(request.time.seconds)',
     ]
     for denial in ("unauthenticated", "unauthorized"):
         response = rules["response"][denial]
@@ -129,7 +132,7 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
         assert body["error"]["type"] == "authentication_error"
 
 
-def test_policies_follow_the_gateway_namespace_and_widen_key_lookup() -> None:
+def test_policies_follow_the_gateway_namespace() -> None:
     settings = Settings(namespace="llm", gateway_namespace="gateways", gateway_name="edge")
     policies = generate_policies([team("alpha")], settings)
 

@@ -148,6 +148,7 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
     data = {
         "MAAS_KEY_SELECTOR": settings.key_selector,
         "MAAS_AUTHORINO_SECRET_LABEL": settings.authorino_secret_label,
+        "MAAS_AUTHORINO_SECRET_LABEL": settings.authorino_secret_label,
         "MAAS_GATEWAY_NAME": settings.gateway_name,
         "MAAS_GATEWAY_NAMESPACE": settings.policy_namespace,
         "MAAS_USAGE": "prometheus",

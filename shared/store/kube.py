@@ -76,6 +76,7 @@ from shared.store.base import (
 )
 from shared.store.kubeshapes import (
     AUDIT_TYPE,
+    AUTHORINO_WATCH_LABEL,
     DNS_LABEL,
     DNS_SUBDOMAIN,
     KEY_TYPE,
@@ -209,6 +210,7 @@ class KubernetesStore:
         *,
         namespace: str,
         key_selector: str,
+        watch_label: tuple[str, str] = AUTHORINO_WATCH_LABEL,
         generation_check_s: float = 2.0,
         request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> None:
@@ -216,6 +218,7 @@ class KubernetesStore:
         self._core = CoreV1Api(api_client)
         self._namespace = namespace
         self._selector = key_selector
+        self._watch_label = watch_label
         self._timeout = request_timeout
         self._check_every = generation_check_s
         self._lock = threading.Lock()
@@ -226,7 +229,12 @@ class KubernetesStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubernetesStore:
-        return cls(api_client_from_config(), namespace=settings.namespace, key_selector=settings.key_selector)
+        return cls(
+            api_client_from_config(),
+            namespace=settings.namespace,
+            key_selector=settings.key_selector,
+            watch_label=settings.authorino_watch_label,
+        )
 
     @property
     def api_client(self) -> ApiClient:
@@ -369,7 +377,9 @@ class KubernetesStore:
         team_secret = self._read_team(key.team_id)
         if self.find_key(key_sha256=key.key_sha256) is not None:
             raise Conflict("an identical API key already exists")
-        body = key_body(key, api_key, team_from_secret(team_secret), team_secret.metadata.uid, self._selector)
+        body = key_body(
+            key, api_key, team_from_secret(team_secret), team_secret.metadata.uid, self._selector, self._watch_label
+        )
         with kube_errors(f"key '{key.secret_name}'"):
             written = self._core.create_namespaced_secret(self._namespace, body, _request_timeout=self._timeout)
         self._bump(written)

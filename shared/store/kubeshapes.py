@@ -7,7 +7,11 @@ the kubernetes client's models (`V1Secret`, `V1ConfigMap`) by their attributes o
 
 A key's annotations hold its whole record: the identity and status Authorino reads, and also
 `maas/role`, `maas/last-used-at` and `maas/replaced-by`. Only an active key carries the `app`
-and `kuadrant.io/auth-secret` labels Authorino selects by.
+and `kuadrant.io/auth-secret` labels the AuthPolicy selects by. Every key, active or not, carries
+the label Authorino's Secret watcher selects by (tests/cluster/SOURCES.md §2): without it
+Authorino reads keys only when it rebuilds an AuthConfig, so new keys fail and revoked ones go
+on working until then. Authorino keeps the Secret it indexed until the key leaves the selector
+(§8): a change it must see is made through the selector labels, never an annotation alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ KEY_TYPE = "team-key"
 AUDIT_TYPE = "audit"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
+# Authorino's default --secret-label-selector (authorino main.go; Kuadrant keeps the default).
+AUTHORINO_WATCH_LABEL = ("authorino.kuadrant.io/managed-by", "authorino")
 
 DNS_LABEL = DNS_LABEL_RE
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -129,12 +135,20 @@ def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
     return notes
 
 
-def key_body(key: ApiKey, api_key: str, team: Team, team_uid: str, selector: str) -> dict[str, Any]:
+def key_body(
+    key: ApiKey,
+    api_key: str,
+    team: Team,
+    team_uid: str,
+    selector: str,
+    watch_label: tuple[str, str] = AUTHORINO_WATCH_LABEL,
+) -> dict[str, Any]:
     labels = {
         RESOURCE_TYPE: KEY_TYPE,
         TEAM_ID_LABEL: key.team_id,
         "maas/user-id": key.user_id,
         SHA_LABEL: key.key_sha256[:SHA_PREFIX_LEN],
+        watch_label[0]: watch_label[1],
     }
     labels.update({k: v for k, v in selected_labels(key, selector).items() if v is not None})
     return {

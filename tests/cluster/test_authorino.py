@@ -1,0 +1,222 @@
+"""What Authorino does with the keys we write and the AuthPolicy we render (tests/cluster/SOURCES.md
+§1-§3, §8; the model and its upstream sources are in tests/cluster/authorino.py).
+
+Keys are made and changed through the admin API's function targets on the Kubernetes store,
+against the in-process API server double, as in a cluster; Authorino is the model, fed by the
+double's Secrets as its informer would be, and never rebuilt unless a test says so: a key that
+works only after a rebuild does not work in a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kubernetes.client import CoreV1Api
+from pydantic import SecretStr
+
+from functions._context import context, install_context, reset_context
+from shared.context import Context
+from shared.keymaterial import generate_admin_key
+from shared.kubeapply import policy_syncer
+from shared.policies import auth_policy
+from shared.settings import Settings
+from shared.store.kube import KubernetesStore
+from tests.admin_client import DirectClient
+from tests.cluster.authorino import Authorino
+from tests.kube_double import KubeDouble, running_double
+
+NS = "llm"
+NOW = datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[KubeDouble, DirectClient, Settings]]:
+    """The default layout: keys, functions, Gateway and policies all in `llm`."""
+    admin_key = generate_admin_key()
+    settings = Settings(admin_key=SecretStr(admin_key), store="kubernetes", namespace=NS)
+    with running_double() as (double, client):
+        store = KubernetesStore(client, namespace=NS, key_selector=settings.key_selector,
+                                watch_label=settings.authorino_watch_label)
+        install_context(Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings)))
+        try:
+            yield double, DirectClient(admin_key), settings
+        finally:
+            reset_context()
+
+
+def new_key(api: DirectClient, team_id: str = "alpha", **fields: object) -> dict:
+    if api.call("GET", f"/teams/{team_id}").status == 404:
+        made = api.call("POST", "/teams", json={"team_id": team_id, "team_name": team_id, "token_limit": 1000})
+        assert made.status == 201, made.text
+    reply = api.call("POST", f"/teams/{team_id}/keys",
+                     json={"user_id": "alice", "user_email": "alice@example.com", **fields})
+    assert reply.status == 201, reply.text
+    return reply.body
+
+
+def test_a_new_key_works_without_an_authconfig_rebuild(cluster) -> None:
+    double, api, settings = cluster
+    authorino = Authorino(double, auth_policy(settings))  # built before the key exists
+    key = new_key(api)
+    for header in (f"APIKEY {key['api_key']}", f"Bearer {key['api_key']}"):
+        decision = authorino.check(header, now=NOW)
+        assert decision.status == 200, decision.reason
+        # What the rate limiter and the metrics read as auth.identity (SOURCES.md §10).
+        assert decision.identity == {"userid": "alice", "team": "alpha", "groups": "alpha"}
+    assert authorino.check("APIKEY maas_not-a-key", now=NOW).status == 401
+    assert authorino.check(None, now=NOW).status == 401
+
+
+def test_keys_are_found_although_the_authconfig_is_in_authorinos_namespace(cluster) -> None:
+    """§1: Kuadrant puts the AuthConfig in kuadrant-system; without allNamespaces the keys in
+    `llm` are never found, even when the AuthPolicy and the keys share a namespace."""
+    double, api, settings = cluster
+    key = new_key(api)
+    policy = auth_policy(settings)
+    assert Authorino(double, policy).check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+    narrow = copy.deepcopy(policy)
+    for entry in narrow["spec"]["rules"]["authentication"].values():
+        entry["apiKey"].pop("allNamespaces")
+    assert Authorino(double, narrow).check(f"APIKEY {key['api_key']}", now=NOW).status == 401
+
+
+def test_a_revoked_key_is_refused_at_once(cluster) -> None:
+    double, api, settings = cluster
+    key = new_key(api)
+    authorino = Authorino(double, auth_policy(settings))
+    assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+    assert api.call("POST", f"/keys/{key['secret_name']}/revoke").status == 200
+    assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
+
+
+def test_a_revoked_key_keeps_working_where_the_watcher_cannot_see_it(cluster) -> None:
+    """The control for the test above: an Authorino watching another label never hears of the
+    revocation (§2). This is what every key got before they carried the watcher's label."""
+    double, api, settings = cluster
+    key = new_key(api)
+    blind = Authorino(double, auth_policy(settings), watch_selector={"example.com/other": "x"})
+    assert blind.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+    assert api.call("POST", f"/keys/{key['secret_name']}/revoke").status == 200
+    assert blind.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+    blind.build()  # only a rebuild (AuthPolicy change, restart) drops it
+    assert blind.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
+
+
+def test_a_deleted_key_is_refused_at_once(cluster) -> None:
+    double, api, settings = cluster
+    by_handle, by_value = new_key(api), new_key(api)
+    authorino = Authorino(double, auth_policy(settings))
+    assert api.call("DELETE", f"/keys/{by_handle['secret_name']}").status == 200
+    assert api.call("DELETE", "/delete_key", json={"key": by_value["api_key"]}).status == 200
+    for key in (by_handle, by_value):
+        assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
+
+
+def test_deleting_the_team_refuses_its_keys(cluster) -> None:
+    double, api, settings = cluster
+    key = new_key(api, "doomed")
+    authorino = Authorino(double, auth_policy(settings))
+    assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+    assert api.call("DELETE", "/teams/doomed").status == 200
+    assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
+
+
+def test_a_key_with_an_expiry_works_until_it_and_not_after(cluster) -> None:
+    """§3: request.time is {seconds, nanos}; the predicate must compare seconds, and a predicate
+    that cannot be evaluated denies."""
+    double, api, settings = cluster
+    key = new_key(api, expires_in="1h")
+    authorino = Authorino(double, auth_policy(settings))
+    header = f"APIKEY {key['api_key']}"
+    expires = datetime.fromisoformat(key["expires_at"].replace("Z", "+00:00"))
+    assert authorino.check(header, now=expires - timedelta(seconds=2)).status == 200
+    assert authorino.check(header, now=expires + timedelta(seconds=1)).status == 401
+    assert authorino.check(header, now=expires + timedelta(days=400)).status == 401
+
+
+def test_the_old_expiry_predicate_refused_every_key_with_an_expiry(cluster) -> None:
+    """The control: `timestamp(...) > request.time` compares a timestamp with a map, an
+    evaluation error, so Authorino denied keys whose expiry was a year away."""
+    double, api, settings = cluster
+    key = new_key(api, expires_in="365d")
+    policy = auth_policy(settings)
+    rule = policy["spec"]["rules"]["authorization"]["key-not-expired"]["patternMatching"]["patterns"][0]
+    rule["predicate"] = (
+        '!("maas/expires-at" in auth.identity.metadata.annotations) || '
+        'timestamp(auth.identity.metadata.annotations["maas/expires-at"]) > request.time'
+    )
+    decision = Authorino(double, policy).check(f"APIKEY {key['api_key']}", now=NOW)
+    assert decision.status == 401 and "evaluation error" in decision.reason
+
+
+def test_a_labelled_secret_outside_the_keys_namespace_is_no_key(cluster) -> None:
+    """allNamespaces makes every Secret with the selector's labels a candidate (§1); the policy
+    admits only those in the keys' namespace."""
+    double, api, settings = cluster
+    stolen = new_key(api)
+    client = double.api_client()
+
+    forged = {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "forged", "labels": {"app": settings.key_selector, "kuadrant.io/auth-secret": "true",
+                                                   "authorino.kuadrant.io/managed-by": "authorino"},
+                     "annotations": {"maas/status": "active", "maas/team-id": "alpha",
+                                     "secret.kuadrant.io/user-id": "mallory"}},
+        "stringData": {"api_key": "maas_forged-key-of-mallory-0123456789"},
+    }
+    try:
+        CoreV1Api(client).create_namespaced_secret("elsewhere", forged)
+    finally:
+        client.close()
+    authorino = Authorino(double, auth_policy(settings))
+    decision = authorino.check("APIKEY maas_forged-key-of-mallory-0123456789", now=NOW)
+    assert decision.status == 401 and decision.reason.startswith("key-in-keys-namespace")
+    assert authorino.check(f"APIKEY {stolen['api_key']}", now=NOW).status == 200
+
+
+def test_a_reactivated_key_is_indexed_again(cluster) -> None:
+    double, api, settings = cluster
+    key = new_key(api)
+    authorino = Authorino(double, auth_policy(settings))
+    assert api.call("POST", f"/keys/{key['secret_name']}/revoke").status == 200
+    assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
+    context().store.set_key_status(secret_name=key["secret_name"], status="active")
+    assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+
+
+def test_team_secrets_are_never_keys(cluster) -> None:
+    """Anything with the selector labels and an api_key is a key to Authorino (§2)."""
+    double, api, settings = cluster
+    new_key(api)
+    authorino = Authorino(double, auth_policy(settings))
+    indexed = {secret["metadata"]["name"] for entry in authorino.entries for secret in entry.secrets.values()}
+    assert indexed and all(name.startswith("apikey-") for name in indexed)
+
+
+def test_keys_carry_whatever_label_the_operator_told_authorino_to_watch() -> None:
+    """An Authorino CR may set its own secretLabelSelectors (§2); the deployment's
+    MAAS_AUTHORINO_SECRET_LABEL (rendered into maas-config) must then label every key with it."""
+    from tools.manifests import render
+
+    admin_key = generate_admin_key()
+    settings = Settings(admin_key=SecretStr(admin_key), store="kubernetes", namespace=NS,
+                        authorino_secret_label="example.com/authorino-watch=maas")
+    config = next(o for o in render(settings) if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "maas-config")
+    deployed = Settings.model_validate({**config["data"], "ADMIN_KEY": admin_key})
+    assert deployed.authorino_watch_label == ("example.com/authorino-watch", "maas")
+    with running_double() as (double, client):
+        store = KubernetesStore(client, namespace=NS, key_selector=deployed.key_selector,
+                                watch_label=deployed.authorino_watch_label)
+        install_context(Context(settings=deployed, store=store, teams_changed=policy_syncer(store, deployed)))
+        try:
+            api = DirectClient(admin_key)
+            key = new_key(api)
+            authorino = Authorino(double, auth_policy(deployed), watch_selector={"example.com/authorino-watch": "maas"})
+            assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+            assert api.call("POST", f"/keys/{key['secret_name']}/revoke").status == 200
+            assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
+        finally:
+            reset_context()
