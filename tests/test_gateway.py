@@ -298,7 +298,8 @@ def test_streams_pass_through_and_count_the_usage_chunk(
     assert len(text.split()) == 7
     [row] = gateway.ledger.totals(user_id="alice")
     assert (row.tokens, row.authorized_calls) == (10, 1)
-    assert 'authorized_hits{model="qwen3-0-6b-instruct",team="t1",user="alice"} 10' in client.get("/metrics").text
+    assert ('authorized_hits{limitador_namespace="local/maas-models",model="qwen3-0-6b-instruct",team="t1",'
+            'user="alice"} 10') in client.get("/metrics").text
 
 
 def test_upstream_down_is_502_naming_the_model_and_releases_the_reservation(
@@ -375,11 +376,21 @@ def test_metrics_expose_limitador_series(client: httpx.Client, store: SqliteStor
     _chat(client, api_key)
     response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
-    labels = '{model="qwen3-0-6b-instruct",team="t1",user="alice"}'
+    # Limitador's shapes under Kuadrant (tests/cluster/SOURCES.md 5 and 16): `model` only on the
+    # Report's authorized_hits, `limitador_namespace` on every series.
+    route = 'limitador_namespace="local/maas-models"'
     lines = response.text.splitlines()
-    for name, value in (("authorized_hits", HELLO_TOKENS), ("authorized_calls", 1), ("limited_calls", 1)):
+    for name, labels, value in (
+        ("authorized_hits", f'{{{route},model="qwen3-0-6b-instruct",team="t1",user="alice"}}', HELLO_TOKENS),
+        ("authorized_calls", f'{{{route},team="t1",user="alice"}}', 1),
+        ("limited_calls", f'{{{route},team="t1",user="alice"}}', 1),
+    ):
         assert f"# TYPE {name} counter" in lines
         assert f"{name}{labels} {value}" in lines
+    samples = [line for line in lines if not line.startswith("#")]
+    assert len(samples) == 3
+    assert all(route in line for line in samples)
+    assert [line for line in samples if "model=" in line] == [samples[0]]
     assert "_total" not in response.text
 
 

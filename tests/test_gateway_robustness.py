@@ -692,7 +692,7 @@ def test_zz_after_everything_the_gateway_serves_and_leaks_nothing(
         assert response.status_code == 200 and "[DONE]" in response.read().decode()
     assert _settled(gateway) == 0
     metrics = client.get("/metrics")
-    assert metrics.status_code == 200 and 'authorized_calls{model="scripted",team="t1",user="alice"}' in metrics.text
+    assert metrics.status_code == 200 and 'authorized_hits{limitador_namespace="local/maas-models",model="scripted",team="t1",user="alice"}' in metrics.text
     assert key not in metrics.text
     assert not any(key in line for line in log_lines)
     assert not any(key_sha256(key) in line for line in log_lines)

@@ -1,9 +1,23 @@
 """Usage counting: the ledger (ranges, kept on disk) and /metrics (Limitador's series).
 
-/metrics is rendered in Prometheus' text format with Limitador's exact names and labels
-(`authorized_hits`, `authorized_calls`, `limited_calls`; `user`, `team`, `model`), so the same
-PromQL works against Limitador in a cluster. prometheus_client's counters would add a `_total`
-suffix, which Limitador's series do not have, hence this small renderer.
+/metrics is rendered in Prometheus' text format with the names and label *shapes* Limitador
+exposes under Kuadrant, so the same PromQL (shared/usage/prometheus.py) is tested locally
+against what a cluster produces (tests/cluster/SOURCES.md, findings 5 and 16):
+
+- `authorized_hits` (tokens) carries `user`, `team` and `model`: in a cluster it is counted by
+  the response-phase Report, the only action the TelemetryPolicy's `requestBodyJSON("/model")`
+  label is attached to.
+- `authorized_calls` and `limited_calls` carry `user` and `team` only: they are counted by the
+  request-phase Check, from which Kuadrant drops every label that reads the body. The ledger
+  still counts calls per model; /metrics, like Limitador, cannot.
+- every series carries `limitador_namespace`, which Limitador always adds: the
+  `<route namespace>/<route name>` of the HTTPRoute the request went through. The local gateway
+  is one route serving every model, so it is one fixed value (`LIMITADOR_NAMESPACE`), as in a
+  cluster whose models share one HTTPRoute; a cluster with one route per model has one series
+  set per route, which the reader sums.
+
+prometheus_client's counters would add a `_total` suffix, which Limitador's series do not
+have, hence this small renderer.
 """
 
 from __future__ import annotations
@@ -12,15 +26,23 @@ from shared.ledger import UsageLedger
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_FAMILIES = (
-    ("authorized_hits", "Tokens charged to authorized requests (Limitador's hits are tokens here)"),
-    ("authorized_calls", "Requests admitted under the token limit"),
-    ("limited_calls", "Requests refused with 429 over the token limit"),
-)
+# `<route namespace>/<route name>` of the one route the local gateway stands for: namespace
+# `local` (the catalog's namespace in local mode), route `maas-models` (the shared model route
+# of finding 5).
+LIMITADOR_NAMESPACE = "local/maas-models"
+
+_TOKENS_HELP = "Tokens charged to authorized requests (Limitador's hits are tokens here)"
+_AUTHORIZED_HELP = "Requests admitted under the token limit"
+_LIMITED_HELP = "Requests refused with 429 over the token limit"
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    """Labels in Prometheus' text format, sorted by name (the order Limitador's exporter uses)."""
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in sorted(labels.items()))
 
 
 class UsageMeter:
@@ -28,33 +50,39 @@ class UsageMeter:
 
     def __init__(self, ledger: UsageLedger) -> None:
         self._ledger = ledger
-        # (team, user, model) -> [tokens, authorized calls, limited calls], since start.
-        self._counters: dict[tuple[str, str, str], list[int]] = {}
+        # Since start: tokens per (team, user, model); [authorized, limited] calls per (team, user).
+        self._tokens: dict[tuple[str, str, str], int] = {}
+        self._calls: dict[tuple[str, str], list[int]] = {}
 
-    def _counts(self, team_id: str, user_id: str, model: str) -> list[int]:
-        key = (team_id, user_id, model)
-        counts = self._counters.get(key)
+    def _call_counts(self, team_id: str, user_id: str) -> list[int]:
+        key = (team_id, user_id)
+        counts = self._calls.get(key)
         if counts is None:
-            counts = self._counters[key] = [0, 0, 0]
+            counts = self._calls[key] = [0, 0]
         return counts
 
     def authorized(self, *, team_id: str, user_id: str, model: str, tokens: int) -> None:
-        counts = self._counts(team_id, user_id, model)
-        counts[0] += tokens
-        counts[1] += 1
+        key = (team_id, user_id, model)
+        self._tokens[key] = self._tokens.get(key, 0) + tokens
+        self._call_counts(team_id, user_id)[0] += 1
         self._ledger.record(team_id=team_id, user_id=user_id, model=model, tokens=tokens, authorized_calls=1)
 
     def limited(self, *, team_id: str, user_id: str, model: str) -> None:
-        self._counts(team_id, user_id, model)[2] += 1
+        self._call_counts(team_id, user_id)[1] += 1
         self._ledger.record(team_id=team_id, user_id=user_id, model=model, limited_calls=1)
 
     def exposition(self) -> bytes:
-        lines: list[str] = []
-        series = sorted(self._counters.items())
-        for index, (name, help_text) in enumerate(_FAMILIES):
+        ns = LIMITADOR_NAMESPACE
+        lines = [f"# HELP authorized_hits {_TOKENS_HELP}", "# TYPE authorized_hits counter"]
+        for (team, user, model), tokens in sorted(self._tokens.items()):
+            lines.append(f"authorized_hits{{{_labels(limitador_namespace=ns, model=model, team=team, user=user)}}} {tokens}")
+        calls = sorted(self._calls.items())
+        for name, help_text, index in (("authorized_calls", _AUTHORIZED_HELP, 0),
+                                       ("limited_calls", _LIMITED_HELP, 1)):
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} counter")
-            for (team, user, model), counts in series:
-                labels = f'model="{_escape(model)}",team="{_escape(team)}",user="{_escape(user)}"'
-                lines.append(f"{name}{{{labels}}} {counts[index]}")
+            for (team, user), counts in calls:
+                if not counts[index]:
+                    continue  # as in Limitador, a series exists from its first increment
+                lines.append(f"{name}{{{_labels(limitador_namespace=ns, team=team, user=user)}}} {counts[index]}")
         return ("\n".join(lines) + "\n").encode("utf-8")
