@@ -8,6 +8,12 @@ that our adapters rely on:
 - generic custom objects under /apis/{group}/{version}[/namespaces/{ns}]/{plural}[/{name}[/status]],
   with a status subresource (writes to the main resource keep the stored status, as for every
   CRD we use) and metadata.generation bumped on spec changes;
+- cluster-scoped objects (CLUSTER_SCOPED: CustomResourceDefinitions under
+  /apis/apiextensions.k8s.io/v1/customresourcedefinitions, Gateway API GatewayClasses, and
+  core Namespaces under /api/v1/namespaces[/{name}]), which have no namespace; a namespaced path
+  to one of them is 404, as a cluster-scoped-only path to a namespaced kind is;
+- core v1 Services (stored as given: no ClusterIP allocation, no endpoints), and GET /version
+  (`KubeDouble.version`, the API server's version.Info);
 - label selectors (=, ==, !=, in, notin, exists, !exists) and simple field selectors,
   limit/continue paging;
 - a monotonic resourceVersion; replace/patch/delete with a stale resourceVersion or uid
@@ -57,8 +63,18 @@ from kubernetes.client import ApiClient, Configuration
 JSON = dict[str, Any]
 
 # The core resources the product stores: Secrets (teams, keys) and ConfigMaps (audit entries).
-CORE_KINDS = {"secrets": "Secret", "configmaps": "ConfigMap"}
+CORE_KINDS = {"secrets": "Secret", "configmaps": "ConfigMap", "services": "Service", "namespaces": "Namespace"}
 SECRETS = ("", "v1", "secrets")
+# (group, plural) of the kinds that live outside namespaces; stored under the namespace "".
+CLUSTER_SCOPED = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("gateway.networking.k8s.io", "gatewayclasses"),
+    ("", "namespaces"),
+}
+
+
+def _cluster_scoped(res: tuple[str, str, str]) -> bool:
+    return (res[0], res[2]) in CLUSTER_SCOPED
 
 
 def _is_core(res: tuple[str, str, str]) -> bool:
@@ -541,12 +557,24 @@ class Rbac:
 # -- the HTTP server -------------------------------------------------------------------------
 
 
+def version_info(git_version: str) -> JSON:
+    """GET /version's body for a release such as "v1.31.2" (every field the client requires)."""
+    major, minor = git_version.removeprefix("v").split(".")[:2]
+    return {
+        "major": major, "minor": minor, "gitVersion": git_version, "gitCommit": "0" * 40,
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0",
+        "compiler": "gc", "platform": "linux/amd64",
+    }
+
+
 class KubeDouble:
     """The running double: `url`, the state, and the fault hooks."""
 
     def __init__(self, rbac: Rbac | None = None) -> None:
         self.cluster = Cluster()
         self.rbac = rbac
+        # What GET /version answers (the API server's version.Info).
+        self.version: JSON = version_info("v1.31.2")
         self._conflicts = 0
         self._dropping = False
         self._forbidden = False
@@ -626,6 +654,8 @@ class KubeDouble:
                 f'{method.lower()} resource "{res[2]}" in API group "{res[0]}"',
                 {"kind": res[2]},
             )
+        if path.rstrip("/") == "/version" and method == "GET":
+            return 200, copy.deepcopy(self.version)
         routed = _route(path)
         if routed is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -633,9 +663,15 @@ class KubeDouble:
         if self.rbac is not None:
             resource = f"{res[2]}/{subresource}" if subresource else res[2]
             self.rbac.authorize(Access(namespace, res[0], resource, request_verb(method, name, query), name))
+        if _cluster_scoped(res):
+            if namespace is not None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            namespace = ""  # the key of cluster-scoped objects
+            if name is None and method == "DELETE":
+                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         if name is None:
             if method == "GET":
-                return 200, self._list(res, namespace, query)
+                return 200, self._list(res, namespace or None, query)
             if method == "POST" and namespace is not None:
                 return 201, self._create(res, namespace, body, query)
             if method == "DELETE" and namespace is not None:
@@ -722,9 +758,12 @@ class KubeDouble:
             self.cluster.kinds[res] = obj["kind"]
         meta = obj.setdefault("metadata", {}) or {}
         obj["metadata"] = meta
-        if meta.get("namespace") not in (None, "", namespace):
-            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
-        meta["namespace"] = namespace
+        if _cluster_scoped(res):
+            meta.pop("namespace", None)  # the API server clears it on cluster-scoped kinds
+        else:
+            if meta.get("namespace") not in (None, "", namespace):
+                raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+            meta["namespace"] = namespace
         for empty in ("labels", "annotations", "ownerReferences"):
             if empty in meta and not meta[empty]:
                 del meta[empty]
@@ -734,7 +773,7 @@ class KubeDouble:
         causes = _validate_meta(obj["metadata"])
         if res == SECRETS:
             causes += _fold_secret(obj)
-        elif _is_core(res):
+        elif res == ("", "v1", "configmaps"):
             causes += _check_config_map(obj)
         if causes:
             raise invalid(obj["kind"], res, obj["metadata"].get("name", ""), causes)
@@ -879,8 +918,9 @@ def _spec(obj: JSON) -> JSON:
 
 
 _CORE_PATH = re.compile(
-    r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>secrets|configmaps)(?:/(?P<name>[^/]+))?/?$"
+    r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>secrets|configmaps|services)(?:/(?P<name>[^/]+))?/?$"
 )
+_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
 _GROUP_PATH = re.compile(
     r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)"
     r"(?:/(?P<name>[^/]+)(?:/(?P<sub>status))?)?/?$"
@@ -891,6 +931,9 @@ def _route(path: str) -> tuple[tuple[str, str, str], str | None, str | None, str
     match = _CORE_PATH.match(path)
     if match:
         return ("", "v1", match["plural"]), match["ns"], match["name"], None
+    match = _NAMESPACE_PATH.match(path)
+    if match:
+        return ("", "v1", "namespaces"), None, match["name"], None
     match = _GROUP_PATH.match(path)
     if match and match["plural"] != "namespaces":
         return (match["group"], match["version"], match["plural"]), match["ns"], match["name"], match["sub"]

@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from shared.errors import BackendUnavailable, Conflict, InvalidRequest, MaasError, NotFound
 from shared.store.kube import translate
-from tests.kube_double import KubeDouble, parse_label_selector, running_double
+from tests.kube_double import KubeDouble, parse_label_selector, running_double, version_info
 
 NS = "llm"
 REPO = Path(__file__).resolve().parents[1]
@@ -189,3 +189,46 @@ def test_every_api_answer_maps_to_one_of_our_errors(status: int, reason: str, er
     mapped = translate(exc, "team 't'")
     assert type(mapped) is error and words in mapped.message
 
+
+
+def test_cluster_scoped_kinds_have_no_namespace(kube: tuple[KubeDouble, ApiClient]) -> None:
+    double, client = kube
+    api, core = CustomObjectsApi(client), CoreV1Api(client)
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.example.com", "namespace": "ignored"},
+        "spec": {"group": "example.com", "scope": "Namespaced", "names": {"plural": "things", "kind": "Thing"},
+                 "versions": [{"name": "v1", "served": True, "storage": True}]},
+    }
+    made = api.create_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", crd)
+    assert "namespace" not in made["metadata"] and made["metadata"]["uid"]
+    got = api.get_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", "things.example.com")
+    assert got["spec"]["versions"][0]["name"] == "v1"
+    listed = api.list_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["things.example.com"]
+    # A namespaced path to a cluster-scoped kind does not exist, as on the API server.
+    assert status_of(lambda: api.get_namespaced_custom_object(
+        "apiextensions.k8s.io", "v1", NS, "customresourcedefinitions", "things.example.com"))["code"] == 404
+    api.delete_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", "things.example.com")
+    assert status_of(lambda: api.get_cluster_custom_object(
+        "apiextensions.k8s.io", "v1", "customresourcedefinitions", "things.example.com"))["code"] == 404
+    # A namespaced kind still has no cluster-scoped object by name.
+    assert status_of(lambda: api.get_cluster_custom_object("kuadrant.io", "v1", "authpolicies", "x"))["code"] == 404
+    core.create_namespace({"metadata": {"name": "llm", "labels": {"team": "a"}}})
+    assert core.read_namespace("llm").metadata.labels == {"team": "a"}
+    assert [n.metadata.name for n in core.list_namespace().items] == ["llm"]
+    assert status_of(lambda: core.read_namespace("nope"))["details"] == {"name": "nope", "kind": "namespaces"}
+    assert double.get("namespaces", "", "llm") is not None
+
+
+def test_services_and_version(kube: tuple[KubeDouble, ApiClient]) -> None:
+    from kubernetes.client import VersionApi
+
+    double, client = kube
+    core = CoreV1Api(client)
+    core.create_namespaced_service(NS, {"metadata": {"name": "gw"}, "spec": {"ports": [{"port": 80}]}})
+    assert core.read_namespaced_service("gw", NS).spec.ports[0].port == 80
+    assert status_of(lambda: core.read_namespaced_service("gw", "other"))["reason"] == "NotFound"
+    assert VersionApi(client).get_code().git_version == "v1.31.2"
+    double.version = version_info("v1.27.0")
+    assert VersionApi(client).get_code().minor == "27"
