@@ -1,53 +1,69 @@
-"""The rendered RBAC is exactly enough, proven by use: the API double authorizes every request
-against the Roles `tools.manifests.function_rbac` renders, as the functions' ServiceAccount, while
-the real client drives every KubernetesStore method, the policy sync and both KServe listings.
+"""The rendered RBAC is exactly enough for each function, proven by use: the API double
+authorizes every request against the Roles `tools.manifests.function_rbac` binds to the
+function's own ServiceAccount, while the real function code (the HTTP targets through the
+routing table, the cleanup handler) does its job on a seeded cluster.
 
-- enough: nothing is refused;
-- least: every granted (namespace, group, resource, verb) is used, or listed in NOT_EXERCISED with
-  the reason it is granted anyway, so a new over-grant fails here until it is justified;
-- necessary: taking away any used grant makes the run fail with our 503 naming RBAC.
+Per account (tools.manifests.ACCOUNT_RULES; every function target has one, FUNCTION_ACCOUNTS):
+- enough: every function of the account succeeds and nothing is refused;
+- least: every granted (namespace, group, resource, verb) is used by a function of the account,
+  or listed in NOT_EXERCISED with the reason it is granted anyway, so a new over-grant fails here
+  until it is justified;
+- necessary: taking away any used grant makes a function of the account fail (a 503 naming
+  RBAC, or a lost audit entry) with exactly that request refused.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1DeleteOptions
 from kubernetes.client.exceptions import ApiException
+from pydantic import SecretStr
 
+from functions._context import install_context, reset_context
+from shared import cleanup
 from shared.catalog.kserve import (
     INFERENCE_SERVICE,
     LLM_INFERENCE_SERVICE,
     KServeCatalog,
 )
+from shared.context import Context
 from shared.errors import BackendUnavailable, MaasError
-from shared.kubeapply import sync_policies
+from shared.keymaterial import generate_admin_key
+from shared.kubeapply import policy_syncer, sync_policies
 from shared.settings import Settings
-from shared.store.base import AuditEntry, AuditFilter, KeyChanges, TeamChanges
+from shared.store.base import AuditEntry
 from shared.store.kube import KubernetesStore
+from shared.store.kubeshapes import team_secret_name
 from tests import records
+from tests.admin_client import DirectClient, Reply
 from tests.kube_double import Access, KubeDouble, Rbac, request_verb, running_double
-from tools.manifests import function_rbac
+from tools.manifests import ACCOUNT_RULES, FUNCTION_ACCOUNTS, account_name, function_rbac, function_targets
 
 T0 = datetime(2025, 8, 25, 6, 17, 35, tzinfo=timezone.utc)
 KUADRANT_GROUPS = ("kuadrant.io", "extensions.kuadrant.io")
+ADMIN_KEY = generate_admin_key()
 
-# The policies beside a Gateway in its own namespace (two Roles), and everything in one (two
-# Roles in the same namespace): both layouts the Settings allow.
+# The policies beside a Gateway in its own namespace, and everything in one namespace: both
+# layouts the Settings allow.
 LAYOUTS = {
-    "gateway-namespace": Settings(namespace="llm", gateway_namespace="gateway-system", key_selector="maas-api-key", gateway_name="maas-gateway"),
-    "one-namespace": Settings(namespace="llm", gateway_namespace=None, key_selector="maas-api-key", gateway_name="maas-gateway"),
+    "gateway-namespace": dict(namespace="llm", gateway_namespace="gateway-system"),
+    "one-namespace": dict(namespace="llm", gateway_namespace=None),
 }
 
-# Granted but not exercised by any code path, and why each is granted anyway. tests/test_manifests.py
-# pins these grants; drop one there and in function_rbac together, and remove it here.
-NOT_EXERCISED: dict[tuple[str, str, str], str] = {}
+# Granted but not exercised by any code path, and why each is granted anyway, per account.
+# tests/test_manifests.py pins these grants; drop one there and in tools/manifests.py together,
+# and remove it here.
+NOT_EXERCISED: dict[str, dict[tuple[str, str, str], str]] = {}
 
 ISVC: dict[str, Any] = {
     "apiVersion": "serving.kserve.io/v1beta1",
@@ -63,24 +79,29 @@ LLMISVC: dict[str, Any] = {
 }
 
 
-# -- the functions' identity, from the rendered documents ------------------------------------------
+def layout_settings(layout: str, data_dir: Path) -> Settings:
+    return Settings(
+        admin_key=SecretStr(ADMIN_KEY), store="kubernetes", data_dir=data_dir, key_selector="maas-api-key",
+        gateway_name="maas-gateway", **LAYOUTS[layout],
+    )
 
 
-def functions_rbac(settings: Settings, drop: tuple[str, str, str] | None = None) -> Rbac:
-    """The rules of the Roles bound to the functions' ServiceAccount; `drop` one (group,
+# -- an account's identity, from the rendered documents ---------------------------------------------
+
+
+def account_rbac(settings: Settings, account: str, drop: tuple[str, str, str] | None = None) -> Rbac:
+    """The rules of the Roles bound to one account's ServiceAccount; `drop` one (group,
     resource, verb) from them to take that grant away."""
     documents = function_rbac(settings)
-    [account] = [d for d in documents if d["kind"] == "ServiceAccount"]
-    name, namespace = account["metadata"]["name"], account["metadata"]["namespace"]
+    name, namespace = account_name(account), settings.namespace
+    assert any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == name for d in documents)
+    subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
     bound = {
         (b["metadata"]["namespace"], b["roleRef"]["name"])
         for b in documents
-        if b["kind"] == "RoleBinding"
-        and b["roleRef"]["kind"] == "Role"
-        and {"kind": "ServiceAccount", "name": name, "namespace": namespace} in b["subjects"]
+        if b["kind"] == "RoleBinding" and b["roleRef"]["kind"] == "Role" and subject in b["subjects"]
     }
     roles = [d for d in documents if d["kind"] == "Role" and (d["metadata"]["namespace"], d["metadata"]["name"]) in bound]
-    assert len(roles) == len([d for d in documents if d["kind"] == "Role"]), "every Role is bound to the account"
     if drop is not None:
         roles = copy.deepcopy(roles)
         for role in roles:
@@ -105,29 +126,214 @@ def expected_namespace(settings: Settings, group: str) -> str:
     return settings.policy_namespace if group in KUADRANT_GROUPS else settings.namespace
 
 
-@pytest.fixture
-def seeded_double() -> Iterator[tuple[KubeDouble, ApiClient]]:
-    """A double holding the models KServe would have made (written as a cluster admin, before the
-    functions' RBAC is switched on)."""
-    with running_double() as (double, client):
-        api = CustomObjectsApi(client)
-        for obj, resource in ((ISVC, INFERENCE_SERVICE), (LLMISVC, LLM_INFERENCE_SERVICE)):
-            group, version, plural = resource
-            body = copy.deepcopy(obj)
-            api.create_namespaced_custom_object(group, version, "llm", plural, body)
-            api.patch_namespaced_custom_object_status(
-                group, version, "llm", plural, body["metadata"]["name"],
-                {"status": {"url": f"http://{body['metadata']['name']}.llm", "conditions": [{"type": "Ready", "status": "True"}]}},
+# -- the seeded cluster ------------------------------------------------------------------------------
+
+
+@dataclass
+class Seed:
+    """What the cluster holds before a function runs, written as a cluster admin."""
+
+    keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # user -> (secret name, api key)
+
+
+def seed(client: ApiClient, settings: Settings) -> Seed:
+    """Two teams with keys (one long expired), an orphaned key, old audit entries, the models;
+    no policies yet (the first policy write is a create)."""
+    api = CustomObjectsApi(client)
+    for obj, resource in ((ISVC, INFERENCE_SERVICE), (LLMISVC, LLM_INFERENCE_SERVICE)):
+        group, version, plural = resource
+        body = copy.deepcopy(obj)
+        api.create_namespaced_custom_object(group, version, settings.namespace, plural, body)
+        api.patch_namespaced_custom_object_status(
+            group, version, settings.namespace, plural, body["metadata"]["name"],
+            {"status": {"url": f"http://{body['metadata']['name']}.llm", "conditions": [{"type": "Ready", "status": "True"}]}},
+        )
+    store = KubernetesStore(client, namespace=settings.namespace, key_selector=settings.key_selector, generation_check_s=0)
+    store.create_team(team=records.a_team("alpha", policy="alpha-tokens"))
+    store.create_team(team=records.a_team("beta", policy="beta-tokens", limit_scope="team"))
+    store.create_team(team=records.a_team("gone", policy="gone-tokens"))
+    planted = Seed()
+    for team, user, extra in (
+        ("alpha", "alice", {}),
+        ("alpha", "bob", {}),
+        ("beta", "carol", {}),
+        ("beta", "dave", {}),
+        ("alpha", "old", {"expires_at": T0 + timedelta(days=1)}),  # expired long ago: marked, then deleted
+        ("gone", "orphan", {}),
+    ):
+        record, plaintext = records.a_key(team, user, **extra)
+        store.create_key(key=record, api_key=plaintext)
+        planted.keys[user] = (record.secret_name, plaintext)
+    # The team Secret goes, its key stays (as if the garbage collector had not run yet).
+    CoreV1Api(client).delete_namespaced_secret(
+        team_secret_name("gone"), settings.namespace, body=V1DeleteOptions(propagation_policy="Orphan")
+    )
+    store.record_audit(entry=AuditEntry(at=T0, actor="admin", action="create_team", method="POST", path="/teams", outcome=201, team_id="alpha"))
+    return planted
+
+
+# -- what each account's functions do ----------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One account's functions against the double: the replies that were not as expected."""
+
+    double: KubeDouble
+    settings: Settings
+    seed: Seed
+    api: DirectClient
+    ctx: Context
+    problems: list[str] = field(default_factory=list)
+
+    def call(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Reply:
+        reply = self.api.call(method, path, **kwargs)
+        if reply.status != expect:
+            self.problems.append(f"{method} {path}: {reply.status} {reply.text.strip()[:200]}")
+        return reply
+
+    def audited(self, calls: Callable[[], None]) -> None:
+        """Admin calls record an audit entry each, which a refusal must not lose silently."""
+        before = len(self._audit_entries())
+        count = len(self.double.requests)
+        calls()
+        made = sum(1 for method, path in self.double.requests[count:] if method == "POST" and path.endswith("/configmaps"))
+        if len(self._audit_entries()) - before < made or made == 0:
+            self.problems.append(f"audit: {len(self._audit_entries()) - before} entries recorded for {made} attempts")
+
+    def _audit_entries(self) -> list[str]:
+        return [n for n in self.double.names("configmaps", self.settings.namespace) if n.startswith("maas-audit-")]
+
+
+TEAM_INDEPENDENT_POLICIES = (
+    ("kuadrant.io", "v1", "authpolicies", "maas-api-keys"),
+    ("extensions.kuadrant.io", "v1alpha1", "telemetrypolicies", "maas-usage-labels"),
+)
+
+
+def drift(run: Run) -> None:
+    """Hand edits (as a cluster admin) to the policies that do not depend on the teams."""
+    with as_cluster_admin(run.double) as admin:
+        for group, version, plural, name in TEAM_INDEPENDENT_POLICIES:
+            try:
+                CustomObjectsApi(admin).patch_namespaced_custom_object(
+                    group, version, run.settings.policy_namespace, plural, name, {"metadata": {"labels": {"edited": "by-hand"}}}
+                )
+            except ApiException as exc:  # never written (a refused create): `repaired` reports it
+                if exc.status != 404:
+                    raise
+
+
+def repaired(run: Run) -> None:
+    """The next sync replaced both edited policies."""
+    for group, version, plural, name in TEAM_INDEPENDENT_POLICIES:
+        policy = run.double.get(plural, run.settings.policy_namespace, name, group, version)
+        if policy is None or "edited" in (policy["metadata"].get("labels") or {}):
+            run.problems.append(f"{plural}/{name} was not repaired")
+
+
+def run_none(run: Run) -> None:
+    body = run.call("GET", "/openapi.json").body
+    if not isinstance(body, dict) or "paths" not in body:
+        run.problems.append("openapi: no document")
+
+
+def run_health(run: Run) -> None:
+    run.call("GET", "/health")
+
+
+def run_reader(run: Run) -> None:
+    def calls() -> None:
+        run.call("GET", "/teams")
+        run.call("GET", "/teams/alpha")
+        run.call("GET", "/teams/alpha/keys")
+        run.call("GET", "/users/alice/keys")
+        run.call("GET", "/audit")
+        run.call("GET", "/users/alice/usage")
+        run.call("GET", "/teams/alpha/usage")
+
+    run.audited(calls)
+
+
+def run_models(run: Run) -> None:
+    def calls() -> None:
+        listed = run.call("GET", "/models").body
+        if not listed or [m["name"] for m in listed.get("models", listed.get("data", []))] != ["granite-8b"]:
+            run.problems.append(f"/models: {listed}")
+        run.call("GET", "/v1/models", auth=f"APIKEY {run.seed.keys['alice'][1]}")
+
+    run.audited(calls)
+
+
+def run_writer(run: Run) -> None:
+    """Every key write, then every team write (the last team's delete drops the limits)."""
+    def calls() -> None:
+        created = run.call("POST", "/teams/alpha/keys", 201, json={"user_id": "erin", "user_email": "erin@test.com"}).body or {}
+        run.call("POST", f"/keys/{created.get('secret_name', 'missing')}/revoke")
+        run.call("POST", f"/keys/{run.seed.keys['alice'][0]}/rotate", 201, json={"grace_period": "1h"})
+        run.call("DELETE", f"/keys/{run.seed.keys['bob'][0]}")
+        run.call("DELETE", "/delete_key", json={"key": run.seed.keys["carol"][1]})
+        run.call("POST", "/teams", 201, json={"team_id": "gamma", "token_limit": 500, "time_window": "1h"})
+        drift(run)  # a hand edit of the policies that do not depend on the teams
+        run.call("PATCH", "/teams/alpha", json={"policy": "alpha-gold"})  # regroups keys, repairs the edit
+        for team in ("gamma", "alpha", "beta"):
+            run.call("DELETE", f"/teams/{team}")  # the last one deletes the TokenRateLimitPolicy
+
+    run.audited(calls)
+    repaired(run)
+    if run.double.get("secrets", run.settings.namespace, run.seed.keys["dave"][0]) is not None:
+        run.problems.append("beta's keys outlived their team")
+    if run.double.names("tokenratelimitpolicies", run.settings.policy_namespace, "kuadrant.io", "v1alpha1"):
+        run.problems.append("the TokenRateLimitPolicy outlived the last team")
+
+
+def run_cleanup(run: Run) -> None:
+    """The sweep (marks and deletes the expired key, deletes the orphan, prunes the audit log,
+    creates the policies), then two teams' deletion events after hand edits of the policies:
+    the first rewrites all three, the second, for the last team, deletes the limits."""
+    swept = cleanup.on_event(run.ctx, event_type=cleanup.PING, data={})
+    if sorted(swept.deleted_keys) != sorted([run.seed.keys["old"][0], run.seed.keys["orphan"][0]]) or swept.audit_pruned != 1:
+        run.problems.append(f"sweep: {swept}")
+    policies = run.settings.policy_namespace
+    for team, users in (("beta", ("carol", "dave")), ("alpha", ("alice", "bob"))):
+        with as_cluster_admin(run.double) as admin:
+            CoreV1Api(admin).delete_namespaced_secret(
+                team_secret_name(team), run.settings.namespace, body=V1DeleteOptions(propagation_policy="Orphan")
             )
-        yield double, client
+        drift(run)
+        labels = {"maas/resource-type": "team-config", "maas/team-id": team}
+        event = {"kind": "Secret", "metadata": {"namespace": run.settings.namespace, "labels": labels}}
+        handled = cleanup.on_event(run.ctx, event_type=cleanup.SECRET_DELETED[0], data=event)
+        if sorted(handled.deleted_keys) != sorted(run.seed.keys[user][0] for user in users):
+            run.problems.append(f"team {team} deleted: {handled}")
+        repaired(run)
+        limits = run.double.get("tokenratelimitpolicies", policies, "maas-team-token-limits", "kuadrant.io", "v1alpha1")
+        if (limits is None) != (team == "alpha"):
+            run.problems.append(f"limits after team {team} went: {limits}")
 
 
-# -- what the functions do ---------------------------------------------------------------------------
+SCENARIOS: dict[str, Callable[[Run], None]] = {
+    "none": run_none,
+    "health": run_health,
+    "reader": run_reader,
+    "models": run_models,
+    "writer": run_writer,
+    "cleanup": run_cleanup,
+}
+# Which targets each scenario calls: every target of the account, and only those.
+CALLED = {
+    "none": {"openapi"},
+    "health": {"health"},
+    "reader": {"list_teams", "get_team", "list_team_keys", "list_user_keys", "list_audit", "user_usage", "team_usage"},
+    "models": {"list_models", "list_openai_models"},
+    "writer": {"create_key", "revoke_key", "rotate_key", "delete_key", "delete_key_legacy", "create_team", "update_team", "delete_team"},
+    "cleanup": {"cleanup"},
+}
 
 
 @contextmanager
 def as_cluster_admin(double: KubeDouble) -> Iterator[ApiClient]:
-    """Someone else's unchecked writes (an admin's kubectl edit), not the functions'."""
+    """Someone else's unchecked writes (an admin's kubectl), not the functions'."""
     rbac, double.rbac = double.rbac, None
     client = double.api_client()
     try:
@@ -137,141 +343,143 @@ def as_cluster_admin(double: KubeDouble) -> Iterator[ApiClient]:
         double.rbac = rbac
 
 
-def drift(double: KubeDouble, settings: Settings) -> None:
-    """Hand edits to the policies that do not depend on the teams: the next sync repairs them."""
-    with as_cluster_admin(double) as admin:
-        api = CustomObjectsApi(admin)
-        for group, version, plural, name in (
-            ("kuadrant.io", "v1", "authpolicies", "maas-api-keys"),
-            ("extensions.kuadrant.io", "v1alpha1", "telemetrypolicies", "maas-usage-labels"),
-        ):
-            api.patch_namespaced_custom_object(group, version, settings.policy_namespace, plural, name, {"metadata": {"labels": {"edited": "by-hand"}}})
-
-
-def run_everything(double: KubeDouble, client: ApiClient, settings: Settings) -> None:
-    """Every Store method, the policy sync over teams of both scopes then none, both listings."""
+def run_as(double: KubeDouble, settings: Settings, planted: Seed, account: str, rbac: Rbac) -> Run:
+    """The account's functions, on a fresh Context (its own client and store), as that account."""
+    client = double.api_client()
     store = KubernetesStore(client, namespace=settings.namespace, key_selector=settings.key_selector, generation_check_s=0)
-    store.generation()
-    alpha = store.create_team(team=records.a_team("alpha", policy="alpha-tokens"))
-    store.create_team(team=records.a_team("beta", policy="beta-tokens", limit_scope="team"))
-    assert store.get_team(team_id="alpha") == alpha
-    assert [t.team_id for t in store.list_teams()] == ["alpha", "beta"]
-    sync_policies(store, client, settings)
+    ctx = Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings))
+    ctx._catalog = KServeCatalog(client, namespace=settings.namespace)
+    install_context(ctx)
+    run = Run(double=double, settings=settings, seed=planted, api=DirectClient(ADMIN_KEY), ctx=ctx)
+    double.rbac = rbac
+    try:
+        SCENARIOS[account](run)
+    except MaasError as error:  # the cleanup handler raises what the HTTP targets answer
+        run.problems.append(f"{account}: {error.status} {error.message}")
+    finally:
+        double.rbac = None
+        reset_context()
+    return run
 
-    key, api_key = records.a_key("alpha", "alice")
-    other, other_key = records.a_key("alpha", "bob")
-    third, third_key = records.a_key("beta", "carol")
-    for record, plaintext in ((key, api_key), (other, other_key), (third, third_key)):
-        store.create_key(key=record, api_key=plaintext)
-    assert store.get_key(secret_name=key.secret_name) == key
-    assert store.find_key(key_sha256=key.key_sha256) == key
-    assert len(store.list_keys()) == 3
-    assert [k.user_id for k in store.list_keys(team_id="alpha", user_id="bob")] == ["bob"]
 
-    store.update_team(team_id="alpha", changes=TeamChanges(token_limit=7, policy="alpha-gold"))  # regroups keys
-    drift(double, settings)
-    sync_policies(store, client, settings)  # replaces all three policies
-    policies = settings.policy_namespace
-    assert "edited" not in (double.get("authpolicies", policies, "maas-api-keys", "kuadrant.io", "v1") or {})["metadata"]["labels"]
-    store.update_key(secret_name=key.secret_name, changes=KeyChanges(expires_at=T0 + timedelta(days=1)))
-    assert store.set_key_status(secret_name=other.secret_name, status="revoked").status == "revoked"
-    assert store.touch_keys(last_used={key.secret_name: T0 + timedelta(hours=1)}) == 1
-    store.delete_key(secret_name=other.secret_name)
-
-    recorded = store.record_audit(entry=AuditEntry(at=T0, actor="admin", action="create_team", method="POST", path="/teams", outcome=201, team_id="alpha"))
-    assert store.list_audit(where=AuditFilter(action="create_team", team_id="alpha")) == [recorded]
-    assert store.prune_audit(before=T0 + timedelta(seconds=1)) == 1
-
-    snapshot = store.snapshot()
-    assert set(snapshot.teams) == {"alpha", "beta"} and len(snapshot.keys_by_sha256) == 2
-    store.generation()
-
-    assert [k.user_id for k in store.delete_team(team_id="alpha")] == ["alice"]
-    store.delete_team(team_id="beta")
-    sync_policies(store, client, settings)  # no team: the TokenRateLimitPolicy is deleted
-
-    catalog = KServeCatalog(client, namespace=settings.namespace)
-    assert [m.name for m in catalog.list_models()] == ["granite-8b"]
-    assert [m.name for m in catalog.list_openai_models()] == ["qwen3-0-6b-instruct"]
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[KubeDouble, Settings, Seed]]:
+    settings = layout_settings(getattr(request, "param", "gateway-namespace"), tmp_path / "data")
+    with running_double() as (double, client):
+        yield double, settings, seed(client, settings)
 
 
 # -- enough, and least -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_the_grants_are_enough_and_each_is_used_or_justified(
-    seeded_double: tuple[KubeDouble, ApiClient], layout: str
+def test_every_function_has_an_account_and_a_scenario() -> None:
+    assert set(FUNCTION_ACCOUNTS) == set(function_targets())
+    assert set(SCENARIOS) == set(ACCOUNT_RULES) == set(CALLED)
+    for account, targets in CALLED.items():
+        assert targets == {t for t, a in FUNCTION_ACCOUNTS.items() if a == account}, account
+
+
+@pytest.mark.parametrize("cluster", sorted(LAYOUTS), indirect=True)
+@pytest.mark.parametrize("account", sorted(SCENARIOS))
+def test_each_account_is_enough_and_each_grant_is_used_or_justified(
+    cluster: tuple[KubeDouble, Settings, Seed], account: str
 ) -> None:
-    double, client = seeded_double
-    settings = LAYOUTS[layout]
-    double.rbac = rbac = functions_rbac(settings)
+    double, settings, planted = cluster
+    rbac = account_rbac(settings, account)
+    run = run_as(double, settings, planted, account, rbac)
 
-    run_everything(double, client, settings)
-
+    assert run.problems == []
     assert rbac.denied == []
-    policies = settings.policy_namespace
-    assert double.names("tokenratelimitpolicies", policies, "kuadrant.io", "v1alpha1") == []  # deleted at the end
-    assert double.names("authpolicies", policies, "kuadrant.io", "v1") == ["maas-api-keys"]
     granted = rbac.granted()
     for namespace, group, _, _ in granted:
         assert namespace == expected_namespace(settings, group), (namespace, group)
+    justified = NOT_EXERCISED.get(account, {})
     unused = {(group, resource, verb) for _, group, resource, verb in granted - rbac.used}
-    assert unused == set(NOT_EXERCISED), (
-        "granted but never used (over-granted unless justified in NOT_EXERCISED): "
-        f"{sorted(unused - set(NOT_EXERCISED))}; justified but now used or no longer granted: "
-        f"{sorted(set(NOT_EXERCISED) - unused)}"
+    assert unused == set(justified), (
+        f"{account}: granted but never used (over-granted unless justified in NOT_EXERCISED): "
+        f"{sorted(unused - set(justified))}; justified but now used or no longer granted: "
+        f"{sorted(set(justified) - unused)}"
     )
 
 
-def test_every_used_grant_is_needed(seeded_double: tuple[KubeDouble, ApiClient]) -> None:
-    """Taking away any one grant the run uses makes it fail as a 503 that points at RBAC."""
-    double, client = seeded_double
-    settings = LAYOUTS["gateway-namespace"]
+def test_the_static_account_makes_no_api_request(cluster: tuple[KubeDouble, Settings, Seed]) -> None:
+    double, settings, planted = cluster
+    count = len(double.requests)
+    run = run_as(double, settings, planted, "none", account_rbac(settings, "none"))
+    assert run.problems == [] and double.requests[count:] == []
+
+
+@pytest.mark.parametrize("account", sorted(a for a, rules in ACCOUNT_RULES.items() if rules))
+def test_every_used_grant_is_needed(cluster: tuple[KubeDouble, Settings, Seed], account: str) -> None:
+    """Taking away any one grant the account's functions use makes one of them fail, with
+    exactly that request refused."""
+    double, settings, planted = cluster
     pristine = copy.deepcopy(double.cluster.objects)
-    double.rbac = full = functions_rbac(settings)
-    run_everything(double, client, settings)
+    full = account_rbac(settings, account)
+    assert run_as(double, settings, planted, account, full).problems == []
     used = sorted({(group, resource, verb) for _, group, resource, verb in full.used})
-    assert len(used) <= 30  # the loop below is bounded by what the run used
+    assert 0 < len(used) <= 20  # the loop below is bounded by what the run used
 
     for grant in used:
         with double.cluster.lock:
             double.cluster.objects = copy.deepcopy(pristine)
-        double.rbac = functions_rbac(settings, drop=grant)
-        with pytest.raises(BackendUnavailable, match="RBAC") as caught:
-            run_everything(double, client, settings)
-        assert caught.value.status == 503
-        assert {(a.group, a.resource, a.verb) for a in double.rbac.denied} == {grant}, grant
+        rbac = account_rbac(settings, account, drop=grant)
+        run = run_as(double, settings, planted, account, rbac)
+        assert run.problems, f"{account} still does its job without {grant}"
+        assert {(a.group, a.resource, a.verb) for a in rbac.denied} == {grant}, grant
 
 
-def test_without_secrets_create_the_store_answers_503_about_rbac(seeded_double: tuple[KubeDouble, ApiClient]) -> None:
-    double, client = seeded_double
-    settings = LAYOUTS["one-namespace"]
-    double.rbac = functions_rbac(settings, drop=("", "secrets", "create"))
-    store = KubernetesStore(client, namespace="llm", key_selector="maas-api-key")
-
-    with pytest.raises(BackendUnavailable, match="RBAC") as caught:
-        store.create_team(team=records.a_team("alpha"))
-    assert isinstance(caught.value, MaasError) and caught.value.status == 503
-    cause = caught.value.__cause__
-    assert isinstance(cause, ApiException) and cause.status == 403
-    body = json.loads(cause.body)
-    assert body["reason"] == "Forbidden" and body["kind"] == "Status" and body["code"] == 403
-    assert body["message"] == (
-        'secrets is forbidden: User "system:serviceaccount:llm:maas-key-manager" cannot create '
+def test_a_refused_write_answers_503_about_rbac(cluster: tuple[KubeDouble, Settings, Seed]) -> None:
+    double, settings, _ = cluster
+    install_context(Context(settings=settings, store=KubernetesStore(double.api_client(), namespace="llm", key_selector="maas-api-key")))
+    double.rbac = account_rbac(settings, "writer", drop=("", "secrets", "create"))
+    reply = DirectClient(ADMIN_KEY).call("POST", "/teams", json={"team_id": "delta"})
+    assert reply.status == 503
+    assert "RBAC" in reply.text
+    assert [(a.resource, a.verb) for a in double.rbac.denied] == [("secrets", "create")]
+    assert double.rbac.forbidden(double.rbac.denied[0]).message == (
+        'secrets is forbidden: User "system:serviceaccount:llm:maas-key-manager-writer" cannot create '
         'resource "secrets" in API group "" in the namespace "llm"'
     )
-    assert store.list_teams() == []  # reading is still granted
-    assert double.names("secrets", "llm") == []
+    assert double.get("secrets", "llm", team_secret_name("delta")) is None
 
 
-def test_listing_models_in_every_namespace_needs_more_than_these_roles(seeded_double: tuple[KubeDouble, ApiClient]) -> None:
+def test_readers_cannot_write(cluster: tuple[KubeDouble, Settings, Seed]) -> None:
+    """The read-only account is refused every write a key or team function makes."""
+    double, settings, planted = cluster
+    rbac = account_rbac(settings, "reader")
+    run = run_as(double, settings, planted, "writer", rbac)
+    assert run.problems
+    assert {a.verb for a in rbac.denied} <= {"create", "patch", "delete"} and rbac.denied
+
+
+def test_listing_models_in_every_namespace_needs_more_than_these_roles(cluster: tuple[KubeDouble, Settings, Seed]) -> None:
     """KServeCatalog(namespace=None) is a cluster-scope list: Roles cannot grant it, so the
     functions list their own namespace (KServeCatalog.from_settings)."""
-    double, client = seeded_double
-    double.rbac = functions_rbac(LAYOUTS["one-namespace"])
+    double, settings, _ = cluster
+    client = double.api_client()
+    double.rbac = account_rbac(settings, "models")
     with pytest.raises(BackendUnavailable, match="RBAC"):
         KServeCatalog(client, namespace=None).list_models()
     assert [(a.namespace, a.resource, a.verb) for a in double.rbac.denied] == [(None, "inferenceservices", "list")]
+
+
+def test_policy_grants_name_their_objects(cluster: tuple[KubeDouble, Settings, Seed]) -> None:
+    """get/update/delete carry resourceNames: another object of the same kind is refused."""
+    double, settings, _ = cluster
+    with as_cluster_admin(double) as admin:
+        CustomObjectsApi(admin).create_namespaced_custom_object(
+            "kuadrant.io", "v1", settings.policy_namespace, "authpolicies",
+            {"apiVersion": "kuadrant.io/v1", "kind": "AuthPolicy", "metadata": {"name": "someone-elses"}, "spec": {}},
+        )
+    double.rbac = account_rbac(settings, "writer")
+    api = CustomObjectsApi(double.api_client())
+    with pytest.raises(ApiException) as caught:
+        api.get_namespaced_custom_object("kuadrant.io", "v1", settings.policy_namespace, "authpolicies", "someone-elses")
+    assert caught.value.status == 403
+    with pytest.raises(ApiException):
+        api.delete_namespaced_custom_object("kuadrant.io", "v1alpha1", settings.policy_namespace, "tokenratelimitpolicies", "someone-elses")
+    assert {(a.verb, a.name) for a in double.rbac.denied} == {("get", "someone-elses"), ("delete", "someone-elses")}
 
 
 # -- the double's authorizer itself ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.policies import generate_policies
 from shared.routes import EVENT_TARGETS, ROUTES, Route
 from shared.settings import Settings
 from tests import crds
@@ -117,7 +118,8 @@ def test_every_target_has_a_scale_to_zero_knative_service(rendered: list[dict[st
         assert env["MAAS_STORE"]["value"] == "kubernetes"
         assert env["MAAS_NAMESPACE"] == {"name": "MAAS_NAMESPACE", "value": service["metadata"]["namespace"]}
         assert template["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
-        assert template["spec"]["serviceAccountName"] == manifests.SERVICE_ACCOUNT
+        assert template["spec"]["serviceAccountName"] == manifests.function_account(target)
+        assert template["spec"]["serviceAccountName"] in named(rendered, "ServiceAccount")
         assert service["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
         assert container["envFrom"] == [{"configMapRef": {"name": manifests.CONFIG_MAP}}]
     assert images == {yaml.safe_load((REPO_ROOT / "func.yaml").read_text())["image"]}
@@ -272,24 +274,43 @@ def test_rbac_has_no_wildcards_and_no_cluster_scope(rendered: list[dict[str, Any
         assert rule["verbs"], name
 
 
-def test_rbac_grants_what_the_functions_need_and_models_read_only(rendered: list[dict[str, Any]]) -> None:
+def _account_grants(documents: list[dict[str, Any]], account: str) -> dict[tuple[str, str], set[str]]:
+    """(group, resource) -> verbs, over the Roles bound to one ServiceAccount."""
+    roles = named(documents, "Role")
     grants: dict[tuple[str, str], set[str]] = {}
-    for name, rule in _rules(rendered):
-        if name.startswith(manifests.SERVICE_ACCOUNT):
+    for binding in of_kind(documents, "RoleBinding"):
+        if {"kind": "ServiceAccount", "name": account, "namespace": "llm"} not in binding["subjects"]:
+            continue
+        for rule in roles[binding["roleRef"]["name"]]["rules"]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     grants.setdefault((group, resource), set()).update(rule["verbs"])
-    assert grants[("", "secrets")] == {"get", "list", "create", "patch", "delete"}
-    # The Kubernetes store keeps the audit log as ConfigMaps.
-    assert grants[("", "configmaps")] == {"list", "create", "delete"}
-    for policy in ("authpolicies", "tokenratelimitpolicies"):
-        assert {"get", "create", "update"} <= grants[("kuadrant.io", policy)]
-    assert {"get", "create", "update"} <= grants[("extensions.kuadrant.io", "telemetrypolicies")]
-    # Only the policy that zero teams do not produce is ever deleted.
-    assert "delete" in grants[("kuadrant.io", "tokenratelimitpolicies")]
-    assert "delete" not in grants[("kuadrant.io", "authpolicies")]
-    for model in ("inferenceservices", "llminferenceservices"):
-        assert grants[("serving.kserve.io", model)] == {"list"}
+    return grants
+
+
+def test_rbac_grants_each_function_what_it_needs(rendered: list[dict[str, Any]]) -> None:
+    assert set(manifests.FUNCTION_ACCOUNTS) == set(manifests.function_targets())
+    grants = {account: _account_grants(rendered, manifests.account_name(account)) for account in manifests.ACCOUNT_RULES}
+    assert grants["none"] == {}
+    assert grants["health"] == {("", "secrets"): {"list"}}
+    assert grants["reader"] == {("", "secrets"): {"get", "list"}, ("", "configmaps"): {"list", "create"}}
+    models = ("serving.kserve.io", "inferenceservices"), ("serving.kserve.io", "llminferenceservices")
+    assert grants["models"] == {("", "secrets"): {"list"}, ("", "configmaps"): {"create"}} | {m: {"list"} for m in models}
+    writes = {"get", "list", "create", "patch", "delete"}
+    for account in ("writer", "cleanup"):
+        for policy in ("authpolicies", "tokenratelimitpolicies"):
+            assert {"get", "create", "update"} <= grants[account][("kuadrant.io", policy)]
+        assert {"get", "create", "update"} <= grants[account][("extensions.kuadrant.io", "telemetrypolicies")]
+        # Only the policy that zero teams do not produce is ever deleted.
+        assert "delete" in grants[account][("kuadrant.io", "tokenratelimitpolicies")]
+        assert "delete" not in grants[account][("kuadrant.io", "authpolicies")]
+    assert grants["writer"][("", "secrets")] == writes
+    assert grants["writer"][("", "configmaps")] == {"create"}
+    assert grants["cleanup"][("", "secrets")] == writes - {"create"}
+    assert grants["cleanup"][("", "configmaps")] == {"list", "delete"}
+    # Only the models account may see models, and only list them.
+    for account, granted in grants.items():
+        assert account == "models" or not any(group == "serving.kserve.io" for group, _ in granted)
 
     bindings = named(rendered, "RoleBinding")
     accounts = set(named(rendered, "ServiceAccount"))
@@ -297,6 +318,17 @@ def test_rbac_grants_what_the_functions_need_and_models_read_only(rendered: list
     for binding in bindings.values():
         assert binding["roleRef"]["name"] in roles
         assert {s["name"] for s in binding["subjects"]} <= accounts
+
+
+def test_functions_without_api_access_mount_no_token(rendered: list[dict[str, Any]]) -> None:
+    services = named(rendered, "Service")
+    accounts = named(rendered, "ServiceAccount")
+    openapi = services[manifests.service_name("openapi")]["spec"]["template"]["spec"]
+    assert openapi["automountServiceAccountToken"] is False
+    assert accounts[openapi["serviceAccountName"]]["automountServiceAccountToken"] is False
+    for target in manifests.function_targets():
+        spec = services[manifests.service_name(target)]["spec"]["template"]["spec"]
+        assert ("automountServiceAccountToken" in spec) == (target == "openapi"), target
 
 
 def test_cleanup_plumbing_reaches_the_cleanup_function(rendered: list[dict[str, Any]]) -> None:
@@ -327,7 +359,11 @@ def test_policies_are_rendered_for_the_example_teams(rendered: list[dict[str, An
     examples = manifests.load_example_teams()
     (limits,) = of_kind(rendered, "TokenRateLimitPolicy")
     assert examples, "config/examples/ should hold a few teams"
-    assert list(limits["spec"]["limits"]) == sorted(team.team_id for team in examples)
+    # Exactly what shared.policies makes of those teams (its own tests say what that is), and
+    # only because of them: no teams, no limits.
+    generated = {p["kind"]: p for p in generate_policies(examples, Settings())}
+    assert limits == generated["TokenRateLimitPolicy"]
+    assert "TokenRateLimitPolicy" not in {p["kind"] for p in generate_policies([], Settings())}
     assert of_kind(rendered, "TelemetryPolicy")
 
 

@@ -135,7 +135,9 @@ def knative_service(target: str, settings: Settings, func: dict[str, Any], image
             "template": {
                 "metadata": {"labels": {**PART_OF, "maas/function": target}, "annotations": annotations},
                 "spec": {
-                    "serviceAccountName": deploy.get("serviceAccountName", SERVICE_ACCOUNT),
+                    # Per function, not func.yaml's one account (that is for `func deploy` of one target).
+                    "serviceAccountName": function_account(target),
+                    **({"automountServiceAccountToken": False} if not _uses_the_api(target) else {}),
                     "containers": [container],
                 },
             }
@@ -143,11 +145,15 @@ def knative_service(target: str, settings: Settings, func: dict[str, Any], image
     }
 
 
+def _uses_the_api(target: str) -> bool:
+    account = FUNCTION_ACCOUNTS[target]
+    return bool(ACCOUNT_RULES[account]) or account in POLICY_WRITERS
+
+
 def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
     """The settings every function shares, so that they apply the policies we render here."""
     data = {
         "MAAS_KEY_SELECTOR": settings.key_selector,
-        "MAAS_AUTHORINO_SECRET_LABEL": settings.authorino_secret_label,
         "MAAS_AUTHORINO_SECRET_LABEL": settings.authorino_secret_label,
         "MAAS_GATEWAY_NAME": settings.gateway_name,
         "MAAS_GATEWAY_NAMESPACE": settings.policy_namespace,
@@ -278,63 +284,136 @@ def admin_route_auth(route: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ RBAC
 
+# Which ServiceAccount each function runs as. RBAC cannot narrow Secrets by label, and
+# `resourceNames` cannot narrow list or create (tests/cluster/SOURCES.md 12), so the one lever is
+# to give each kind of function only the verbs it uses. Every deployed target must be listed.
+# Not done yet (docs/DEPLOY.md, prerequisites): teams and keys in a namespace of their own, apart
+# from the functions and maas-admin-key; it needs a store/catalog/ApiServerSource namespace setting.
+FUNCTION_ACCOUNTS: dict[str, str] = {
+    "openapi": "none",
+    "health": "health",
+    "list_teams": "reader",
+    "get_team": "reader",
+    "list_team_keys": "reader",
+    "list_user_keys": "reader",
+    "list_audit": "reader",
+    "user_usage": "reader",
+    "team_usage": "reader",
+    "list_models": "models",
+    "list_openai_models": "models",
+    "create_key": "writer",
+    "delete_key": "writer",
+    "delete_key_legacy": "writer",
+    "revoke_key": "writer",
+    "rotate_key": "writer",
+    "create_team": "writer",
+    "update_team": "writer",
+    "delete_team": "writer",
+    "cleanup": "cleanup",
+}
+# What each account may do in MAAS_NAMESPACE; the policy writers also get the policies Role.
+# tests/test_kube_rbac.py drives every function as its account against an API double: each
+# grant is used by a function of that account, and taking any one away breaks one of them.
+_WRITE_SECRETS = ["get", "list", "create", "patch", "delete"]
+_AUDIT = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}  # every admin call is audited
+ACCOUNT_RULES: dict[str, list[dict[str, Any]]] = {
+    # The OpenAPI document is static: no API access, and no token mounted.
+    "none": [],
+    # /health lists teams to prove the store is reachable (functions/meta.health): list only.
+    "health": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+    "reader": [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create"]},
+    ],
+    # An API key is looked up by a label of its hash (list); models are listed, never read one by one.
+    "models": [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]},
+        _AUDIT,
+        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices", "llminferenceservices"], "verbs": ["list"]},
+    ],
+    # Teams and keys: RBAC cannot tell a team Secret from a key Secret, so one account writes both.
+    # Read-modify-write is a merge patch conditioned on the resourceVersion read.
+    "writer": [{"apiGroups": [""], "resources": ["secrets"], "verbs": _WRITE_SECRETS}, _AUDIT],
+    # Marks expired keys, deletes orphaned and long-expired ones, prunes the audit log.
+    "cleanup": [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "delete"]},
+    ],
+}
+# Whose work ends in sync_policies: team changes, a rotation that shortens the old key's expiry
+# (shared.keys.rotate_key), and cleanup.
+POLICY_WRITERS = ("writer", "cleanup")
+
+
+def account_name(account: str) -> str:
+    return f"{SERVICE_ACCOUNT}-{account}"
+
+
+def function_account(target: str) -> str:
+    """The ServiceAccount a function target runs as."""
+    return account_name(FUNCTION_ACCOUNTS[target])
+
+
+def policy_rules(settings: Settings) -> list[dict[str, Any]]:
+    """The Kuadrant policies, by name where RBAC can: get/update/delete name their object;
+    create cannot (the name is not known when it is authorized), so it is a rule of its own.
+
+    Policies are written whole: read, then create or replace (PUT); never listed, watched or
+    patched. Only a policy that zero teams do not produce is ever deleted (sync_policies).
+    """
+    always_present = {document["kind"] for document in generate_policies([], settings)}
+    rules: list[dict[str, Any]] = []
+    creatable: dict[str, list[str]] = {}
+    for ref in managed_policies(settings):
+        group, plural = ref.api_version.split("/")[0], _plural(ref.kind)
+        verbs = ["get", "update"] if ref.kind in always_present else ["get", "update", "delete"]
+        rules.append({"apiGroups": [group], "resources": [plural], "resourceNames": [ref.name], "verbs": verbs})
+        creatable.setdefault(group, []).append(plural)
+    rules.extend(
+        {"apiGroups": [group], "resources": sorted(plurals), "verbs": ["create"]}
+        for group, plurals in sorted(creatable.items())
+    )
+    return rules
+
 
 def function_rbac(settings: Settings) -> list[dict[str, Any]]:
-    """The functions' ServiceAccount and least-privilege Roles: explicit verbs, no wildcards.
+    """One ServiceAccount per kind of function, each with a least-privilege Role: explicit verbs,
+    no wildcards, `resourceNames` only on verbs that name an object.
 
-    tests/test_kube_rbac.py runs everything the functions do through an API double enforcing
-    these Roles: a grant is either used there or listed there with the reason it stays.
-    No watch: the functions read per request; the ApiServerSource has its own account.
+    tests/test_kube_rbac.py runs every function through an API double enforcing these Roles: a
+    grant is either used there or listed there with the reason it stays. No watch: the functions
+    read per request; the ApiServerSource has its own account.
     """
-    # Secrets: read-modify-write is a merge patch conditioned on the resourceVersion read.
-    secrets = ["get", "list", "create", "patch", "delete"]
-    # Policies are written whole: read, then create or replace (PUT); never listed, watched or
-    # patched. Only a policy that zero teams do not produce is ever deleted (sync_policies).
-    always_present = {document["kind"] for document in generate_policies([], settings)}
-    policy_rules: dict[tuple[str, bool], list[str]] = {}
-    for ref in managed_policies(settings):
-        group = ref.api_version.split("/")[0]
-        policy_rules.setdefault((group, ref.kind not in always_present), []).append(_plural(ref.kind))
-    roles = {
-        (SERVICE_ACCOUNT, settings.namespace): [
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": secrets},
-            # The audit log: one ConfigMap per entry, written and listed by the store, pruned by cleanup.
-            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create", "delete"]},
-            # Models are listed per call (the catalog), never read one by one or watched.
-            {
-                "apiGroups": ["serving.kserve.io"],
-                "resources": ["inferenceservices", "llminferenceservices"],
-                "verbs": ["list"],
-            },
-        ],
-        (f"{SERVICE_ACCOUNT}-policies", settings.policy_namespace): [
-            {
-                "apiGroups": [group],
-                "resources": sorted(resources),
-                "verbs": ["get", "create", "update", "delete"] if deletable else ["get", "create", "update"],
-            }
-            for (group, deletable), resources in sorted(policy_rules.items())
-        ],
-    }
-    documents: list[dict[str, Any]] = [
-        {
+    documents: list[dict[str, Any]] = []
+    for account, rules in ACCOUNT_RULES.items():
+        name = account_name(account)
+        service_account: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": {"name": SERVICE_ACCOUNT, "namespace": settings.namespace, "labels": dict(PART_OF)},
+            "metadata": {"name": name, "namespace": settings.namespace, "labels": dict(PART_OF)},
         }
-    ]
-    for (name, namespace), rules in roles.items():
-        metadata = {"name": name, "namespace": namespace, "labels": dict(PART_OF)}
-        documents.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": metadata, "rules": rules})
-        documents.append(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": dict(metadata),
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-                "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": settings.namespace}],
-            }
-        )
+        if not rules and account not in POLICY_WRITERS:
+            service_account["automountServiceAccountToken"] = False
+        documents.append(service_account)
+        roles = [(name, settings.namespace, rules)]
+        if account in POLICY_WRITERS:
+            roles.append((f"{name}-policies", settings.policy_namespace, policy_rules(settings)))
+        for role_name, namespace, role_rules in roles:
+            if not role_rules:
+                continue
+            metadata = {"name": role_name, "namespace": namespace, "labels": dict(PART_OF)}
+            documents.append(
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": metadata, "rules": role_rules}
+            )
+            documents.append(
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": dict(metadata),
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": settings.namespace}],
+                }
+            )
     return documents
 
 

@@ -1,0 +1,239 @@
+"""Kubernetes RBAC rules for the Roles `make manifests` renders, from tests/cluster/SOURCES.md
+section 12 (kubernetes/website `content/en/docs/reference/access-authn-authz/rbac.md`,
+"Referring to resources"):
+
+- `resourceNames` cannot restrict `create` or `deletecollection` (the name is not known when the
+  request is authorized), and restricts `list`/`watch` only for requests that carry a matching
+  `metadata.name` field selector; none of our lists do, so such a rule would simply refuse them
+  (or, worse, look like a restriction while another rule grants the verb). So: `resourceNames`
+  only with get/update/patch/delete.
+- A PolicyRule has no label selector: a Secret right covers every Secret of the namespace. The
+  one lever is the verbs each function's account gets (tools/manifests.FUNCTION_ACCOUNTS), and
+  no wildcard anywhere.
+- The accounts of the functions that need no API (openapi) have no Role and mount no token; the
+  health function only lists (functions/meta.health lists teams to prove the store reachable).
+
+tests/test_kube_rbac.py proves the grants are exactly what each function uses; this file
+checks the rendered shape, under default and non-default settings, and shows each check fails
+on a Role broken its way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from shared.settings import Settings
+from tools import manifests
+
+JSON = dict[str, Any]
+
+NAMELESS_VERBS = {"list", "watch", "create", "deletecollection"}  # resourceNames cannot restrict these
+NAMED_VERBS = {"get", "update", "patch", "delete"}
+
+RENDERINGS = {
+    "default": Settings(),
+    "non-default": Settings(namespace="maas-system", gateway_namespace="gateway-system", key_selector="team-keys"),
+}
+
+
+def _of(documents: list[JSON], kind: str) -> list[JSON]:
+    return [d for d in documents if d["kind"] == kind]
+
+
+def _rules(documents: list[JSON]) -> Iterator[tuple[str, JSON]]:
+    for role in _of(documents, "Role") + _of(documents, "ClusterRole"):
+        for rule in role.get("rules") or []:
+            yield role["metadata"]["name"], rule
+
+
+def account_grants(documents: list[JSON], account: str, namespace: str) -> dict[tuple[str, str, str], set[str]]:
+    """(role namespace, group, resource) -> verbs, over the Roles bound to one ServiceAccount."""
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in _of(documents, "Role")}
+    grants: dict[tuple[str, str, str], set[str]] = {}
+    for binding in _of(documents, "RoleBinding") + _of(documents, "ClusterRoleBinding"):
+        if subject not in binding["subjects"]:
+            continue
+        role = roles.get((binding["metadata"].get("namespace"), binding["roleRef"]["name"]))
+        assert role is not None and binding["roleRef"]["kind"] == "Role", binding["metadata"]["name"]
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    grants.setdefault((role["metadata"]["namespace"], group, resource), set()).update(rule["verbs"])
+    return grants
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def resource_names(documents: list[JSON]) -> Iterator[str]:
+    """rbac.md "Referring to resources": resourceNames never with list/watch/create/deletecollection."""
+    for role, rule in _rules(documents):
+        if rule.get("resourceNames"):
+            for verb in sorted(set(rule["verbs"]) & NAMELESS_VERBS):
+                yield f"{role}: resourceNames with {verb} (ineffective: it cannot name the object)"
+
+
+def wildcards(documents: list[JSON]) -> Iterator[str]:
+    """No `*` in verbs, resources, apiGroups or resourceNames; no cluster-wide grants."""
+    for role, rule in _rules(documents):
+        for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+            if any("*" in value for value in rule.get(key) or []):
+                yield f"{role}: wildcard in {key}"
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        for document in _of(documents, kind):
+            yield f"{kind} {document['metadata']['name']}"
+
+
+def quiet_accounts(documents: list[JSON], settings: Settings) -> Iterator[str]:
+    """openapi's account: no rights and no token; health's: Secrets `list`, nothing else."""
+    namespace = settings.namespace
+    none = manifests.function_account("openapi")
+    if account_grants(documents, none, namespace):
+        yield f"{none} has rights"
+    (service_account,) = [d for d in _of(documents, "ServiceAccount") if d["metadata"]["name"] == none]
+    if service_account.get("automountServiceAccountToken") is not False:
+        yield f"{none} mounts a token"
+    health = manifests.function_account("health")
+    grants = account_grants(documents, health, namespace)
+    if grants != {(namespace, "", "secrets"): {"list"}}:
+        yield f"{health} has {grants}"
+    for account in (none, health):
+        for (_, group, resource), verbs in account_grants(documents, account, namespace).items():
+            if (group, resource) == ("", "secrets") and verbs - {"list"}:
+                yield f"{account} may {sorted(verbs - {'list'})} Secrets"
+
+
+def read_only(documents: list[JSON], settings: Settings) -> Iterator[str]:
+    """The accounts of endpoints that only read may write nothing but their audit entry."""
+    for account in ("reader", "models", "health"):
+        name = manifests.account_name(account)
+        for (_, group, resource), verbs in account_grants(documents, name, settings.namespace).items():
+            writes = verbs - {"get", "list"} - ({"create"} if (group, resource) == ("", "configmaps") else set())
+            if writes:
+                yield f"{name} may {sorted(writes)} {resource}"
+
+
+def placement(documents: list[JSON], settings: Settings) -> Iterator[str]:
+    """Secrets, ConfigMaps and models in MAAS_NAMESPACE; Kuadrant policies beside the Gateway;
+    every function on its own account; the event source's account used by no function."""
+    for role in _of(documents, "Role"):
+        for rule in role["rules"]:
+            kuadrant = any(group.endswith("kuadrant.io") for group in rule["apiGroups"])
+            expected = settings.policy_namespace if kuadrant else settings.namespace
+            if role["metadata"]["namespace"] != expected:
+                yield f"{role['metadata']['name']}: {rule['resources']} granted in {role['metadata']['namespace']}"
+    services = {
+        d["metadata"]["labels"]["maas/function"]: d["spec"]["template"]["spec"]
+        for d in documents if d["kind"] == "Service" and d["apiVersion"] == "serving.knative.dev/v1"
+    }
+    for target, spec in services.items():
+        if spec["serviceAccountName"] != manifests.function_account(target):
+            yield f"{target} runs as {spec['serviceAccountName']}"
+    for source in _of(documents, "ApiServerSource"):
+        if source["spec"]["serviceAccountName"] in {spec["serviceAccountName"] for spec in services.values()}:
+            yield "the ApiServerSource shares an account with a function"
+
+
+def named_objects(documents: list[JSON], settings: Settings) -> Iterator[str]:
+    """resourceNames name only the policies we manage, and get/update/delete on policies always
+    carry them (create cannot)."""
+    managed = {ref.name for ref in manifests.managed_policies(settings)}
+    for role, rule in _rules(documents):
+        names = set(rule.get("resourceNames") or [])
+        if names - managed:
+            yield f"{role}: names {sorted(names - managed)}"
+        kuadrant = any(group.endswith("kuadrant.io") for group in rule["apiGroups"])
+        if kuadrant and not names and set(rule["verbs"]) & NAMED_VERBS:
+            yield f"{role}: {sorted(set(rule['verbs']) & NAMED_VERBS)} on {rule['resources']} without resourceNames"
+
+
+CHECKS: dict[str, Callable[[list[JSON], Settings], list[str]]] = {
+    "resource_names": lambda documents, settings: list(resource_names(documents)),
+    "wildcards": lambda documents, settings: list(wildcards(documents)),
+    "quiet_accounts": lambda documents, settings: list(quiet_accounts(documents, settings)),
+    "read_only": lambda documents, settings: list(read_only(documents, settings)),
+    "placement": lambda documents, settings: list(placement(documents, settings)),
+    "named_objects": lambda documents, settings: list(named_objects(documents, settings)),
+}
+
+
+@pytest.mark.parametrize("rendering", sorted(RENDERINGS))
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_the_rendered_rbac_keeps_the_rule(rendering: str, check: str) -> None:
+    settings = RENDERINGS[rendering]
+    documents = manifests.render(settings)
+    assert _of(documents, "Role") and _of(documents, "RoleBinding")
+    assert CHECKS[check](documents, settings) == []
+
+
+def test_resource_names_are_used_where_they_work() -> None:
+    """Not vacuous: the policy Roles do name their objects."""
+    documents = manifests.render(RENDERINGS["default"])
+    named = [rule for _, rule in _rules(documents) if rule.get("resourceNames")]
+    assert named and all(set(rule["verbs"]) <= NAMED_VERBS for rule in named)
+    assert {n for rule in named for n in rule["resourceNames"]} == {r.name for r in manifests.managed_policies(Settings())}
+
+
+# ------------------------------------------------------------------ each check can fail
+
+
+def _role(documents: list[JSON], name: str) -> JSON:
+    (role,) = [d for d in _of(documents, "Role") if d["metadata"]["name"] == name]
+    return role
+
+
+def _policy_role(documents: list[JSON]) -> JSON:
+    return _role(documents, manifests.account_name("writer") + "-policies")
+
+
+def _add_rule(name: str, rule: JSON) -> Callable[[list[JSON]], None]:
+    return lambda documents: _role(documents, manifests.account_name(name))["rules"].append(rule)
+
+
+def _bind_openapi(documents: list[JSON]) -> None:
+    binding = next(d for d in _of(documents, "RoleBinding") if d["metadata"]["name"] == manifests.account_name("reader"))
+    binding["subjects"].append({"kind": "ServiceAccount", "name": manifests.function_account("openapi"), "namespace": "llm"})
+
+
+MUTATIONS: dict[str, tuple[str, Callable[[list[JSON]], None]]] = {
+    "named create": ("resource_names", lambda d: _policy_role(d)["rules"][-1].update({"resourceNames": ["maas-api-keys"]})),
+    "named list": ("resource_names", _add_rule("reader", {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"], "resourceNames": ["team-a-config"]})),
+    "wildcard verb": ("wildcards", _add_rule("reader", {"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]})),
+    "wildcard resource": ("wildcards", _add_rule("reader", {"apiGroups": [""], "resources": ["*"], "verbs": ["get"]})),
+    "a ClusterRole": ("wildcards", lambda d: d.append({"kind": "ClusterRole", "metadata": {"name": "x"}, "rules": []})),
+    "openapi bound to a Role": ("quiet_accounts", _bind_openapi),
+    "openapi mounts a token": ("quiet_accounts", lambda d: next(
+        s for s in _of(d, "ServiceAccount") if s["metadata"]["name"] == manifests.function_account("openapi")
+    ).pop("automountServiceAccountToken")),
+    "health reads Secrets one by one": ("quiet_accounts", _add_rule("health", {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})),
+    "reader patches Secrets": ("read_only", _add_rule("reader", {"apiGroups": [""], "resources": ["secrets"], "verbs": ["patch"]})),
+    "models deletes audit entries": ("read_only", _add_rule("models", {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["delete"]})),
+    "Secrets beside the Gateway": ("placement", lambda d: _policy_role(d)["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})),
+    "a function on another's account": ("placement", lambda d: next(
+        s for s in d if s["kind"] == "Service" and s["metadata"]["name"] == "maas-openapi"
+    )["spec"]["template"]["spec"].update({"serviceAccountName": manifests.account_name("writer")})),
+    "the event source on a function's account": ("placement", lambda d: _of(d, "ApiServerSource")[0]["spec"].update(
+        {"serviceAccountName": manifests.account_name("writer")})),
+    "a policy grant without names": ("named_objects", lambda d: _policy_role(d)["rules"][0].pop("resourceNames")),
+    "naming someone else's object": ("named_objects", lambda d: _policy_role(d)["rules"][0]["resourceNames"].append("other")),
+}
+
+
+def test_every_check_has_a_mutation() -> None:
+    assert {check for check, _ in MUTATIONS.values()} == set(CHECKS)
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_each_check_catches_its_mutation(mutation: str) -> None:
+    check, mutate = MUTATIONS[mutation]
+    settings = Settings(gateway_namespace="gateway-system")
+    documents = manifests.render(settings)
+    assert CHECKS[check](documents, settings) == []
+    broken = copy.deepcopy(documents)
+    mutate(broken)
+    assert CHECKS[check](broken, settings), f"{check} let '{mutation}' through"
