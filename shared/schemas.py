@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from shared import identifiers
-from shared.durations import normalize_window, window_ms
+from shared.durations import normalize_rate_window, normalize_window, window_ms
 from shared.expiry import MAX_GRACE
 
 
@@ -70,8 +70,10 @@ SecretName = Annotated[
 TimeWindow = Annotated[
     str,
     StringConstraints(max_length=32),
-    AfterValidator(normalize_window),
-    Field(description="Limitador duration such as '1h', '30m', '1h30m'; 'Nd' is normalized to hours"),
+    # Whole seconds, at least 1s: Kuadrant truncates a window to whole seconds (shared/durations.py).
+    AfterValidator(normalize_rate_window),
+    Field(description="Limitador duration such as '1h', '30m', '1h30m', a whole number of seconds "
+          "of at least 1s; 'Nd' is normalized to hours"),
 ]
 Lifetime = Annotated[
     str,
