@@ -29,8 +29,9 @@ def _nothing() -> None:
 class Context:
     settings: Settings
     store: Store
-    # Called after every committed change to teams, so a cluster deployment can regenerate
-    # and apply its Kuadrant policies; on one machine the gateway reads the store directly.
+    # Called after every committed change the Kuadrant policies depend on (teams, and a rotated
+    # key's grace period), so a cluster deployment can regenerate and apply them; on one machine
+    # the gateway reads the store directly.
     teams_changed: Callable[[], None] = field(default=_nothing)
     clock: Callable[[], datetime] = field(default=utc_now)
     # On one machine the gateway's own ledger, so usage includes counts not yet flushed.

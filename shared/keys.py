@@ -119,6 +119,10 @@ def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> KeyCreated
     except MaasError:
         ctx.store.delete_key(secret_name=created.secret_name)
         raise
+    if changes.status is None:
+        # The old key's expiry got shorter: in a cluster, Authorino sees that only once the
+        # policies' identity revision changes (shared.policies).
+        ctx.teams_changed()
     return created
 
 

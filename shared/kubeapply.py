@@ -179,7 +179,7 @@ def sync_policies(store: Store, api_client: ApiClient, settings: Settings) -> No
             ident = _ident(obj, None)
             current[ident] = verbs.get(obj, ident)
         # Teams are listed after the policies were read: see the module docstring.
-        desired = generate_policies(store.list_teams(), settings)
+        desired = generate_policies(store.list_teams(), settings, keys_in_grace=store.list_keys(in_grace=True))
         produced = set()
         for obj in desired:
             ident = _ident(obj, settings.policy_namespace)

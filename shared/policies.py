@@ -13,10 +13,16 @@ them). The team Secrets are the source of truth; a policy is never read back for
   metrics; a key whose `maas/status` is not `active`, or whose `maas/expires-at` has passed, is
   refused with 401. These checks are `patternMatching` predicates, which deny when they fail to
   evaluate; a `when` condition that fails to evaluate is skipped instead, i.e. fails open (§3).
-- TokenRateLimitPolicy: one limit per team, named after it, active when
-  `auth.identity.team == "<team_id>"`; counted per user (`auth.identity.userid`) or, with
-  `limit_scope: team`, once for the whole team. Omitted when there is no team, because the CRD
-  requires at least one limit: the caller deletes it then (see `managed_policies`).
+- TokenRateLimitPolicy: one limit per budget tier (shared.tiers), active when
+  `auth.identity.tier` names it, counted per team and user (`limit_scope: user`) or per team
+  (`team`): each team keeps its own counters while the number of limits stays the number of
+  distinct budgets (§10). Omitted when there is no team, because the CRD requires at least one
+  limit: the caller deletes it then (see `managed_policies`).
+- Authorino keeps the key Secret it indexed until it rebuilds the AuthConfig (§8), so the
+  values a key carries of its team (policy, tier) and a rotated key's shortened expiry would
+  not reach it. The AuthPolicy carries an identity revision that changes with exactly those
+  values: Kuadrant then rewrites the AuthConfig, and Authorino rebuilds it, re-reading every
+  key Secret as it is now.
 - TelemetryPolicy: `user`, `team` and `model` labels on Limitador's metrics, which the usage
   queries group by.
 """
@@ -24,6 +30,7 @@ them). The team Secrets are the source of truth; a policy is never read back for
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +39,8 @@ from typing import Any
 from shared.durations import normalize_window
 from shared.errors import Unauthorized, openai_body
 from shared.settings import Settings
-from shared.store.base import Team
+from shared.store.base import ApiKey, Team
+from shared.tiers import TIER_ANNOTATION, tier_of
 
 AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
 TOKEN_RATE_LIMIT_POLICY = ("kuadrant.io/v1alpha1", "TokenRateLimitPolicy", "maas-team-token-limits")
@@ -49,6 +57,7 @@ IDENTITY_ANNOTATIONS = {
     "userid": "secret.kuadrant.io/user-id",
     "team": "maas/team-id",
     "groups": "kuadrant.io/groups",
+    "tier": TIER_ANNOTATION,
 }
 STATUS_ANNOTATION = "maas/status"
 EXPIRES_ANNOTATION = "maas/expires-at"
@@ -75,17 +84,29 @@ def managed_policies(settings: Settings) -> list[PolicyRef]:
     ]
 
 
-def generate_policies(teams: Iterable[Team], settings: Settings) -> list[dict[str, Any]]:
+def generate_policies(teams: Iterable[Team], settings: Settings, *,
+                      keys_in_grace: Iterable[ApiKey] = ()) -> list[dict[str, Any]]:
     """All the policies for these teams, in a stable order and with stable content."""
     ordered = sorted(teams, key=lambda team: team.team_id)
-    policies = [auth_policy(settings)]
+    policies = [auth_policy(settings, revision=identity_revision(ordered, keys_in_grace))]
     if ordered:
         policies.append(token_rate_limit_policy(ordered, settings))
     policies.append(telemetry_policy(settings))
     return policies
 
 
-def auth_policy(settings: Settings) -> dict[str, Any]:
+def identity_revision(teams: Iterable[Team], keys_in_grace: Iterable[ApiKey]) -> str:
+    """A digest of what key Secrets carry that can change after Authorino indexed them."""
+    digest = hashlib.sha256()
+    for team in sorted(teams, key=lambda t: t.team_id):
+        digest.update(json.dumps([team.team_id, team.policy, tier_of(team)]).encode())
+    for key in sorted(keys_in_grace, key=lambda k: k.secret_name):
+        expires = key.expires_at.isoformat() if key.expires_at else ""
+        digest.update(json.dumps(["grace", key.secret_name, expires]).encode())
+    return digest.hexdigest()[:16]
+
+
+def auth_policy(settings: Settings, *, revision: str = "") -> dict[str, Any]:
     selector = {"matchLabels": {"kuadrant.io/auth-secret": "true", "app": settings.key_selector}}
     api_key: dict[str, Any] = {"selector": selector, "allNamespaces": True}
     authentication = {
@@ -98,6 +119,10 @@ def auth_policy(settings: Settings) -> dict[str, Any]:
             "patternMatching": {
                 "patterns": [{"predicate": f"auth.identity.metadata.namespace == {json.dumps(settings.namespace)}"}]
             }
+        },
+        # Always true; its text changes with the identity revision, which is the point (above).
+        "identity-revision": {
+            "patternMatching": {"patterns": [{"predicate": f"{json.dumps(revision or 'none')} != \"\""}]}
         },
         "key-active": {
             "patternMatching": {
@@ -142,14 +167,18 @@ def auth_policy(settings: Settings) -> dict[str, Any]:
 
 def token_rate_limit_policy(teams: Iterable[Team], settings: Settings) -> dict[str, Any]:
     limits: dict[str, Any] = {}
-    for team in sorted(teams, key=lambda t: t.team_id):
-        limit: dict[str, Any] = {
-            "rates": [{"limit": team.token_limit, "window": normalize_window(team.time_window)}],
-            "when": [{"predicate": f"auth.identity.team == {json.dumps(team.team_id)}"}],
-        }
+    for team in sorted(teams, key=tier_of):
+        tier = tier_of(team)
+        if tier in limits:
+            continue
+        counters = [{"expression": "auth.identity.team"}]
         if team.limit_scope == "user":
-            limit["counters"] = [{"expression": "auth.identity.userid"}]
-        limits[team.team_id] = limit
+            counters.append({"expression": "auth.identity.userid"})
+        limits[tier] = {
+            "rates": [{"limit": team.token_limit, "window": normalize_window(team.time_window)}],
+            "when": [{"predicate": f"auth.identity.tier == {json.dumps(tier)}"}],
+            "counters": counters,
+        }
     return _policy(TOKEN_RATE_LIMIT_POLICY, settings, {"targetRef": _gateway_ref(settings), "limits": limits})
 
 

@@ -194,7 +194,7 @@ def test_sync_applies_what_policies_generates_and_follows_team_changes(kube: tup
     double.inject_conflicts(2)
     sync()
     limits = policies(double)["TokenRateLimitPolicy"]["spec"]["limits"]
-    assert limits["alpha"]["rates"][0]["limit"] == 7
+    assert limits["7-per-3600s-user"]["rates"][0]["limit"] == 7
 
     store.delete_team(team_id="alpha")
     store.delete_team(team_id="beta")
@@ -210,10 +210,10 @@ def test_sync_rereads_the_teams_when_it_loses_a_race(kube: tuple[KubeDouble, Any
     store = KubernetesStore(client, namespace=NS, key_selector="maas-api-key")
     store.create_team(team=team("alpha"))
     sync_policies(store, client, settings)
-    lists_before = sum(1 for m, p in double.requests if m == "GET" and p.endswith("/secrets"))
     store.update_team(team_id="alpha", changes=TeamChanges(token_limit=3))
+    lists_before = sum(1 for m, p in double.requests if m == "GET" and p.endswith("/secrets"))
     double.inject_conflicts(1)
     sync_policies(store, client, settings)
     lists = sum(1 for m, p in double.requests if m == "GET" and p.endswith("/secrets")) - lists_before
-    assert lists == 2  # the teams were listed again for the second attempt
-    assert policies(double)["TokenRateLimitPolicy"]["spec"]["limits"]["alpha"]["rates"][0]["limit"] == 3
+    assert lists == 4  # the teams (and the keys in grace) were listed again for the second attempt
+    assert policies(double)["TokenRateLimitPolicy"]["spec"]["limits"]["3-per-3600s-user"]["rates"][0]["limit"] == 3

@@ -43,17 +43,22 @@ def test_policies_follow_every_team_change_made_through_the_api(cluster: tuple[K
         {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k in ours}} for obj in applied.values()
     )
     limits = applied["TokenRateLimitPolicy"]["spec"]["limits"]
-    assert set(limits) == {"alpha", "beta"}
-    assert limits["alpha"]["rates"] == [{"limit": 500, "window": "1h"}]
-    assert limits["alpha"].get("counters") and not limits["beta"].get("counters")
+    alpha, beta = "500-per-3600s-user", "100000-per-3600s-team"  # their budget tiers
+    assert set(limits) == {alpha, beta}
+    assert limits[alpha]["rates"] == [{"limit": 500, "window": "1h"}]
+    assert len(limits[alpha]["counters"]) == 2 and len(limits[beta]["counters"]) == 1
+    revision = applied["AuthPolicy"]["spec"]["rules"]["authorization"]["identity-revision"]
 
     assert api.call("PATCH", "/teams/alpha", json={"token_limit": 20, "time_window": "1m"}).status == 200
-    assert policies(double)["TokenRateLimitPolicy"]["spec"]["limits"]["alpha"]["rates"] == [
+    applied = policies(double)
+    assert applied["TokenRateLimitPolicy"]["spec"]["limits"]["20-per-60s-user"]["rates"] == [
         {"limit": 20, "window": "1m"}
     ]
+    # The keys' tier changed: Authorino must re-read them (SOURCES.md §8).
+    assert applied["AuthPolicy"]["spec"]["rules"]["authorization"]["identity-revision"] != revision
 
     assert api.call("DELETE", "/teams/alpha").status == 200
-    assert set(policies(double)["TokenRateLimitPolicy"]["spec"]["limits"]) == {"beta"}
+    assert set(policies(double)["TokenRateLimitPolicy"]["spec"]["limits"]) == {beta}
     assert api.call("DELETE", "/teams/beta").status == 200
     assert sorted(policies(double)) == ["AuthPolicy", "TelemetryPolicy"]
 

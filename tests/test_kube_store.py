@@ -92,6 +92,7 @@ def test_key_secret_has_exactly_the_design_shape(cluster: tuple[KubeDouble, Kube
     assert meta["annotations"] == {
         "secret.kuadrant.io/user-id": "alice",
         "kuadrant.io/groups": "ds-tokens",
+        "maas/tier": "50000-per-86400s-user",  # the team's budget, read by the token limits
         "maas/team-id": "data-science",
         "maas/user-email": "alice@example.com",
         "maas/models-allowed": "qwen3-0-6b-instruct,vllm-simulator",
@@ -211,6 +212,17 @@ def test_policy_change_follows_into_key_groups(cluster: tuple[KubeDouble, Kubern
     store.update_team(team_id="data-science", changes=TeamChanges(policy="premium"))
     secret = double.get("secrets", NS, key.secret_name)
     assert secret is not None and secret["metadata"]["annotations"]["kuadrant.io/groups"] == "premium"
+
+
+def test_budget_change_follows_into_key_tiers(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    _, key, _ = seeded(store)
+    for changes, tier in ((TeamChanges(token_limit=7), "7-per-86400s-user"),
+                          (TeamChanges(time_window="1h"), "7-per-3600s-user"),
+                          (TeamChanges(limit_scope="team"), "7-per-3600s-team")):
+        store.update_team(team_id="data-science", changes=changes)
+        secret = double.get("secrets", NS, key.secret_name)
+        assert secret is not None and secret["metadata"]["annotations"]["maas/tier"] == tier
 
 
 def test_status_changes_survive_conflicts_and_drop_the_selector_labels(cluster: tuple[KubeDouble, KubernetesStore]) -> None:

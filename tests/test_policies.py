@@ -25,6 +25,7 @@ from tests import crds
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 LABELS = {"app.kubernetes.io/managed-by": "maas-key-manager", "app.kubernetes.io/part-of": "maas"}
+ALPHA_TIER = "1000-per-3600s-user"  # team("alpha")'s budget
 GATEWAY_REF = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "maas-gateway"}
 
 
@@ -53,9 +54,11 @@ def by_kind(policies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ exact shapes
 
 
-def test_token_limits_one_per_team_user_and_team_scope(cluster_settings: Settings) -> None:
+def test_token_limits_one_per_budget_tier_with_the_team_in_the_counters(cluster_settings: Settings) -> None:
     policy = token_rate_limit_policy(
-        [team("zeta", 20, "1m", "team"), team("alpha", 100000, "1h", "user")], cluster_settings
+        [team("zeta", 20, "1m", "team"), team("alpha", 100000, "1h", "user"), team("beta", 100000, "60m", "user"),
+         team("gamma", 20, "60s", "team")],
+        cluster_settings,
     )
 
     assert policy == {
@@ -65,24 +68,31 @@ def test_token_limits_one_per_team_user_and_team_scope(cluster_settings: Setting
         "spec": {
             "targetRef": GATEWAY_REF,
             "limits": {
-                "alpha": {
+                "100000-per-3600s-user": {
                     "rates": [{"limit": 100000, "window": "1h"}],
-                    "when": [{"predicate": 'auth.identity.team == "alpha"'}],
-                    "counters": [{"expression": "auth.identity.userid"}],
+                    "when": [{"predicate": 'auth.identity.tier == "100000-per-3600s-user"'}],
+                    "counters": [{"expression": "auth.identity.team"}, {"expression": "auth.identity.userid"}],
                 },
-                "zeta": {
+                "20-per-60s-team": {
                     "rates": [{"limit": 20, "window": "1m"}],
-                    "when": [{"predicate": 'auth.identity.team == "zeta"'}],
+                    "when": [{"predicate": 'auth.identity.tier == "20-per-60s-team"'}],
+                    "counters": [{"expression": "auth.identity.team"}],
                 },
             },
         },
     }
-    assert list(policy["spec"]["limits"]) == ["alpha", "zeta"]
 
 
 def test_token_limit_window_in_days_becomes_hours(cluster_settings: Settings) -> None:
     policy = token_rate_limit_policy([team("weekly", 5, "7d")], cluster_settings)
-    assert policy["spec"]["limits"]["weekly"]["rates"] == [{"limit": 5, "window": "168h"}]
+    assert policy["spec"]["limits"]["5-per-604800s-user"]["rates"] == [{"limit": 5, "window": "168h"}]
+
+
+def test_ten_thousand_teams_make_as_many_limits_as_budgets(cluster_settings: Settings) -> None:
+    teams = [team(f"t{i}", limit=(1000, 5000, 20000)[i % 3], scope=("user", "team")[i % 2]) for i in range(10_000)]
+    policy = token_rate_limit_policy(teams, cluster_settings)
+    assert len(policy["spec"]["limits"]) == 6
+    assert len(json.dumps(policy)) < 4096  # no team ids: its size does not grow with the teams
 
 
 def test_auth_policy_shape(cluster_settings: Settings) -> None:
@@ -106,6 +116,7 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
                         "userid": {"selector": r"auth.identity.metadata.annotations.secret\.kuadrant\.io/user-id"},
                         "team": {"selector": "auth.identity.metadata.annotations.maas/team-id"},
                         "groups": {"selector": r"auth.identity.metadata.annotations.kuadrant\.io/groups"},
+                        "tier": {"selector": "auth.identity.metadata.annotations.maas/tier"},
                     }
                 }
             }
@@ -119,6 +130,7 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
     # What these predicates mean to Authorino is tested in tests/cluster/test_authorino.py.
     assert predicates == [
         'auth.identity.metadata.namespace == "llm"',
+        '"none" != ""',
         'auth.identity.metadata.annotations["maas/status"] == "active"',
         '!("maas/expires-at" in auth.identity.metadata.annotations) || '
         'int(timestamp(auth.identity.metadata.annotations["maas/expires-at"])) > int(request.time.seconds)',
@@ -229,25 +241,25 @@ def assert_policy_cel_rules(policy: dict[str, Any]) -> None:
 
 def test_validator_rejects_an_unknown_field(cluster_settings: Settings) -> None:
     policy = token_rate_limit_policy([team("alpha")], cluster_settings)
-    policy["spec"]["limits"]["alpha"]["counter"] = [{"expression": "auth.identity.userid"}]
+    policy["spec"]["limits"][ALPHA_TIER]["counter"] = [{"expression": "auth.identity.userid"}]
 
-    with pytest.raises(crds.InvalidManifest, match=r"spec\.limits\.alpha.*'counter' was unexpected"):
+    with pytest.raises(crds.InvalidManifest, match=r"spec\.limits\.1000-per-3600s-user.*'counter' was unexpected"):
         crds.validate(policy)
 
 
 def test_validator_rejects_a_wrong_type(cluster_settings: Settings) -> None:
     policy = token_rate_limit_policy([team("alpha")], cluster_settings)
-    policy["spec"]["limits"]["alpha"]["rates"][0]["limit"] = "1000"
+    policy["spec"]["limits"][ALPHA_TIER]["rates"][0]["limit"] = "1000"
 
     assert crds.validation_errors(policy) == [
-        ".spec.limits.alpha.rates[0].limit: '1000' is not of type 'integer'"
+        ".spec.limits.1000-per-3600s-user.rates[0].limit: '1000' is not of type 'integer'"
     ]
 
 
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda p: p["spec"]["limits"]["alpha"]["rates"][0].update(window="1d"), "does not match"),
+        (lambda p: p["spec"]["limits"][ALPHA_TIER]["rates"][0].update(window="1d"), "does not match"),
         (lambda p: p["metadata"].update(uid="x"), "'uid' was unexpected"),
         (lambda p: p.update(apiVersion="kuadrant.io/v1"), "no schema"),
         (lambda p: p.update(status={}), "'status' was unexpected"),

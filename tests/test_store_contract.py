@@ -17,7 +17,6 @@ from tests.records import T0, a_key, a_team
 from tests.store_backends import BACKENDS
 
 
-
 @pytest.fixture(params=sorted(BACKENDS), ids=sorted(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     with BACKENDS[request.param](tmp_path) as backend:
@@ -209,6 +208,25 @@ def test_update_key_changes_only_given_fields(store: Store) -> None:
     assert store.update_key(secret_name=key.secret_name, changes=KeyChanges()) == revoked
     with pytest.raises(NotFound):
         store.update_key(secret_name="apikey-nobody-test-team-00000000", changes=KeyChanges(status="revoked"))
+
+
+def test_keys_in_grace_are_the_rotated_keys_still_active(store: Store) -> None:
+    from shared.store.base import KeyChanges
+
+    store.create_team(team=team())
+    plain, plain_key = new_key()
+    rotated, rotated_key = new_key(user_id="bob")
+    gone, gone_key = new_key(user_id="carol")
+    for key, value in ((plain, plain_key), (rotated, rotated_key), (gone, gone_key)):
+        store.create_key(key=key, api_key=value)
+    store.update_key(secret_name=rotated.secret_name,
+                     changes=KeyChanges(expires_at=T0 + timedelta(hours=1), replaced_by="apikey-bob-test-team-0000ffff"))
+    store.update_key(secret_name=gone.secret_name,
+                     changes=KeyChanges(replaced_by="apikey-carol-test-team-0000ffff", status="revoked"))
+    assert [k.secret_name for k in store.list_keys(in_grace=True)] == [rotated.secret_name]
+    store.set_key_status(secret_name=rotated.secret_name, status="revoked")  # its grace ended
+    assert store.list_keys(in_grace=True) == []
+    assert len(store.list_keys()) == 3
 
 
 def test_key_lifecycle_changes_move_the_generation(store: Store) -> None:

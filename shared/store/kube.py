@@ -79,6 +79,7 @@ from shared.store.kubeshapes import (
     AUTHORINO_WATCH_LABEL,
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    GRACE_LABEL,
     KEY_TYPE,
     LABEL_VALUE,
     RESOURCE_TYPE,
@@ -96,6 +97,7 @@ from shared.store.kubeshapes import (
     team_annotations,
     team_body,
     team_from_secret,
+    team_identity,
     team_secret_name,
     timestamp,
 )
@@ -329,19 +331,27 @@ class KubernetesStore:
 
         updated = retry_on_conflict(attempt, f"team '{team_id}'")
         self._bump()
-        if changes.policy is not None:
+        if any(value is not None for value in (changes.policy, changes.token_limit, changes.time_window,
+                                               changes.limit_scope)):
             self._regroup_keys(updated)
         return updated
 
     def _regroup_keys(self, team: Team) -> None:
-        """Keys carry their team's policy as Authorino's `kuadrant.io/groups`: follow a change."""
+        """Keys carry their team's policy and budget tier in Authorino's identity: follow a change.
+
+        Authorino keeps the Secret it indexed (tests/cluster/SOURCES.md §8): the new values reach
+        it when the AuthPolicy's identity revision changes, which the policy sync after every
+        team change does (shared.policies.identity_revision).
+        """
+        wanted = team_identity(team)
         for secret in self._list(f"{RESOURCE_TYPE}={KEY_TYPE},{TEAM_ID_LABEL}={team.team_id}", "keys"):
             name = secret.metadata.name
 
             def attempt(name: str = name) -> None:
                 current = self._read_key(name)
-                if (current.metadata.annotations or {}).get("kuadrant.io/groups") != team.policy:
-                    self._patch(current, {"metadata": {"annotations": {"kuadrant.io/groups": team.policy}}})
+                notes = current.metadata.annotations or {}
+                if any(notes.get(k) != v for k, v in wanted.items()):
+                    self._patch(current, {"metadata": {"annotations": wanted}})
 
             try:
                 retry_on_conflict(attempt, f"key '{name}'")
@@ -398,8 +408,9 @@ class KubernetesStore:
                 return record
         return None
 
-    def list_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> list[ApiKey]:
-        selector = f"{RESOURCE_TYPE}={KEY_TYPE}"
+    def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
+                  in_grace: bool = False) -> list[ApiKey]:
+        selector = f"{RESOURCE_TYPE}={KEY_TYPE}" + (f",{GRACE_LABEL}=true" if in_grace else "")
         for label, value in ((TEAM_ID_LABEL, team_id), ("maas/user-id", user_id)):
             if value is None:
                 continue

@@ -26,6 +26,7 @@ from shared.errors import BackendUnavailable
 from shared.identifiers import DNS_LABEL_RE
 from shared.keymaterial import key_sha256 as sha256_of
 from shared.store.base import ApiKey, AuditEntry, AuditFilter, Team
+from shared.tiers import TIER_ANNOTATION, tier_of
 
 RESOURCE_TYPE = "maas/resource-type"
 TEAM_TYPE = "team-config"
@@ -34,6 +35,7 @@ KEY_TYPE = "team-key"
 AUDIT_TYPE = "audit"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
+GRACE_LABEL = "maas/in-grace"
 # Authorino's default --secret-label-selector (authorino main.go; Kuadrant keeps the default).
 AUTHORINO_WATCH_LABEL = ("authorino.kuadrant.io/managed-by", "authorino")
 
@@ -108,15 +110,25 @@ def team_from_secret(secret: Any) -> Team:
 
 
 def selected_labels(key: ApiKey, selector: str) -> dict[str, str | None]:
-    """The labels Authorino selects by: present only while the key is active."""
+    """The labels Authorino selects by, present only while the key is active; and the mark of a
+    rotated key in its grace period, whose shortened expiry Authorino must be made to re-read."""
     active = key.status == "active"
-    return {"kuadrant.io/auth-secret": "true" if active else None, "app": selector if active else None}
+    return {
+        "kuadrant.io/auth-secret": "true" if active else None,
+        "app": selector if active else None,
+        GRACE_LABEL: "true" if active and key.replaced_by else None,
+    }
+
+
+def team_identity(team: Team) -> dict[str, str]:
+    """What a key carries of its team for Authorino's identity: follows every team change."""
+    return {"kuadrant.io/groups": team.policy, TIER_ANNOTATION: tier_of(team)}
 
 
 def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
     notes = {
         "secret.kuadrant.io/user-id": key.user_id,
-        "kuadrant.io/groups": team.policy,
+        **team_identity(team),
         TEAM_ID_LABEL: key.team_id,
         "maas/user-email": key.user_email,
         "maas/models-allowed": ",".join(key.models_allowed),

@@ -315,8 +315,9 @@ class SqliteStore:
             ).fetchone()
         return None if row is None else _key(row)
 
-    def list_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> list[ApiKey]:
-        clauses, args = [], []
+    def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
+                  in_grace: bool = False) -> list[ApiKey]:
+        clauses, args = ["status = 'active' AND replaced_by IS NOT NULL"] if in_grace else [], []
         if team_id is not None:
             clauses.append("team_id = ?")
             args.append(team_id)

@@ -27,6 +27,11 @@ from (commits and line numbers in tests/cluster/SOURCES.md):
 - An authorization `patternMatching` predicate that is false or fails to evaluate denies
   (pkg/evaluators/authorization/json.go, pkg/service/auth_pipeline.go
   evaluateAuthorizationConfigs). §3
+- Any change to the AuthPolicy's rules makes Kuadrant rewrite the AuthConfig, and Authorino
+  then rebuilds it from scratch, listing the Secrets afresh (authorino
+  controllers/auth_config_controller.go, Reconcile: translateAuthConfig builds new evaluators
+  each time). Given the AuthPolicy's place in the cluster instead of a fixed policy, the model
+  re-reads it at each sync and rebuilds when its spec changed.
 - The success filter's `selector` values are gjson paths, `\\.` escaping a dot
   (api/v1beta3/auth_config_types.go, ValueOrSelector).
 
@@ -105,25 +110,42 @@ class Authorino:
     def __init__(
         self,
         double: KubeDouble,
-        auth_policy: JSON,
+        auth_policy: JSON | tuple[str, str],
         *,
         namespace: str = KUADRANT_AUTHORINO_NAMESPACE,
         cluster_wide: bool = True,
         watch_selector: dict[str, str] | None = None,
     ) -> None:
         self.double = double
-        self.policy = auth_policy
+        # A policy object, or the (namespace, name) of the AuthPolicy to follow in the cluster.
+        self._policy_ref = auth_policy if isinstance(auth_policy, tuple) else None
+        self._namespace, self._cluster_wide = namespace, cluster_wide
         self.watch_selector = DEFAULT_WATCH_SELECTOR if watch_selector is None else watch_selector
-        rules = auth_policy["spec"]["rules"]
-        self.entries = []
-        for name, spec in rules["authentication"].items():
-            api_key = spec["apiKey"]
-            scope = "" if api_key.get("allNamespaces") and cluster_wide else namespace
-            prefix = spec["credentials"]["authorizationHeader"]["prefix"]
-            self.entries.append(Entry(name, prefix, api_key["selector"]["matchLabels"], scope))
         self._env = celpy.Environment()
         self._seen: dict[tuple[str, str], JSON] = {}
+        self.rebuilds = 0
+        self.policy: JSON = {}
+        self._translate(self._read_policy() if self._policy_ref else auth_policy)  # type: ignore[arg-type]
+
+    def _read_policy(self) -> JSON:
+        assert self._policy_ref is not None
+        namespace, name = self._policy_ref
+        with self.double.cluster.lock:
+            found = self.double.cluster.objects.get(("kuadrant.io", "v1", "authpolicies", namespace, name))
+        assert found is not None, f"no AuthPolicy {namespace}/{name} in the cluster"
+        return copy.deepcopy(found)
+
+    def _translate(self, policy: JSON) -> None:
+        """Kuadrant writes the AuthConfig; Authorino builds its evaluators and lists the keys."""
+        self.policy = policy
+        self.entries = []
+        for name, spec in policy["spec"]["rules"]["authentication"].items():
+            api_key = spec["apiKey"]
+            scope = "" if api_key.get("allNamespaces") and self._cluster_wide else self._namespace
+            prefix = spec["credentials"]["authorizationHeader"]["prefix"]
+            self.entries.append(Entry(name, prefix, api_key["selector"]["matchLabels"], scope))
         self.build()
+        self.rebuilds += 1
 
     # -- the Secret index ---------------------------------------------------------------------
 
@@ -152,7 +174,13 @@ class Authorino:
         return all(labels.get(k) == v for k, v in self.watch_selector.items())
 
     def sync(self) -> None:
-        """Deliver the Secret events since the last sync, as the informer would (coalesced)."""
+        """Deliver the Secret events since the last sync, as the informer would (coalesced), and
+        rebuild if the AuthPolicy being followed changed."""
+        if self._policy_ref is not None:
+            policy = self._read_policy()
+            if policy["spec"] != self.policy["spec"]:
+                self._translate(policy)
+                return
         current = self._secrets()
         for ref in sorted(set(current) | set(self._seen)):
             old, new = self._seen.get(ref), current.get(ref)

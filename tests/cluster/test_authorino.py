@@ -65,7 +65,8 @@ def test_a_new_key_works_without_an_authconfig_rebuild(cluster) -> None:
         decision = authorino.check(header, now=NOW)
         assert decision.status == 200, decision.reason
         # What the rate limiter and the metrics read as auth.identity (SOURCES.md §10).
-        assert decision.identity == {"userid": "alice", "team": "alpha", "groups": "alpha"}
+        assert decision.identity == {"userid": "alice", "team": "alpha", "groups": "alpha",
+                                     "tier": "1000-per-3600s-user"}
     assert authorino.check("APIKEY maas_not-a-key", now=NOW).status == 401
     assert authorino.check(None, now=NOW).status == 401
 
@@ -220,3 +221,51 @@ def test_keys_carry_whatever_label_the_operator_told_authorino_to_watch() -> Non
             assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
         finally:
             reset_context()
+
+
+FOLLOWED = (NS, "maas-api-keys")  # the AuthPolicy as the policy sync applied it to the cluster
+
+
+def test_a_budget_change_reaches_the_identity_of_existing_keys(cluster) -> None:
+    """§8: Authorino keeps the Secret it indexed; the tier a key carries changes with its team's
+    budget, and the policy's identity revision makes Authorino re-read it."""
+    double, api, settings = cluster
+    key = new_key(api)
+    authorino = Authorino(double, FOLLOWED)
+    header = f"APIKEY {key['api_key']}"
+    assert authorino.check(header, now=NOW).identity["tier"] == "1000-per-3600s-user"
+    frozen = Authorino(double, auth_policy(settings))  # the control: a policy that never changes
+    assert api.call("PATCH", "/teams/alpha", json={"token_limit": 20, "time_window": "1m"}).status == 200
+    assert authorino.check(header, now=NOW).identity["tier"] == "20-per-60s-user"
+    assert authorino.rebuilds == 2
+    assert frozen.check(header, now=NOW).identity["tier"] == "1000-per-3600s-user"
+
+
+def test_a_rotated_keys_grace_ends_when_it_says(cluster) -> None:
+    """Rotation shortens the old key's expiry, an annotation Authorino would not re-read (§8):
+    it must stop working at the end of its grace period, not at the next sweep."""
+    double, api, settings = cluster
+    old = new_key(api)
+    authorino = Authorino(double, FOLLOWED)
+    frozen = Authorino(double, auth_policy(settings))
+    rotated = api.call("POST", f"/keys/{old['secret_name']}/rotate", json={"grace_period": "1h"})
+    assert rotated.status == 201, rotated.text
+    ends = datetime.now(timezone.utc) + timedelta(hours=1)
+    for moment, old_status in ((ends - timedelta(minutes=1), 200), (ends + timedelta(seconds=5), 401)):
+        assert authorino.check(f"APIKEY {old['api_key']}", now=moment).status == old_status
+        assert authorino.check(f"APIKEY {rotated.body['api_key']}", now=moment).status == 200
+    # Without the revision, Authorino still holds the old key as it was: no expiry at all.
+    assert frozen.check(f"APIKEY {old['api_key']}", now=ends + timedelta(days=30)).status == 200
+
+
+def test_the_identity_revision_is_stable_while_nothing_it_covers_changes(cluster) -> None:
+    """A rebuild re-reads every key: it must not happen on every unrelated write."""
+    double, api, settings = cluster
+    new_key(api)
+    authorino = Authorino(double, FOLLOWED)
+    new_key(api)
+    assert api.call("PATCH", "/teams/alpha", json={"team_name": "Alpha", "description": "x"}).status == 200
+    first = new_key(api)
+    assert api.call("POST", f"/keys/{first['secret_name']}/revoke").status == 200
+    authorino.check(None, now=NOW)
+    assert authorino.rebuilds == 1
