@@ -90,3 +90,12 @@ def test_no_document_points_outside_the_repository() -> None:
             if target.startswith(("http://", "https://")):
                 continue
             assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
+
+
+def test_every_models_file_field_is_documented() -> None:
+    from shared.modelsfile import ModelBackend
+
+    text = README.read_text()
+    table = text[text.index("### The models file"):text.index("## Errors")]
+    documented = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert sorted(documented) == sorted(ModelBackend.model_fields), "README's models file table is not complete"
