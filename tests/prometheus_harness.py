@@ -3,13 +3,17 @@
 The binary comes from Debian's `prometheus` package (tools/ensure_prometheus.sh installs it;
 `make test` calls that). Tests skip with the reason when it cannot be found.
 
-Also a tiny exporter serving Limitador's three usage series (`authorized_hits`,
-`authorized_calls`, `limited_calls`, labels user/team/model, no `_total`), so the Prometheus
-side can be tested without the gateway.
+Also two tiny exporters, so the Prometheus side can be tested without the gateway:
+- UsageExporter serves Limitador's three usage series (`authorized_hits`, `authorized_calls`,
+  `limited_calls`, no `_total`) in the shapes Limitador gives them under Kuadrant
+  (tests/cluster/SOURCES.md 5 and 16): `model` on `authorized_hits` only, `limitador_namespace`
+  (the HTTPRoute, `<ns>/<name>`) on every series.
+- TextExporter serves whatever exposition text the test sets, byte for byte.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
 import socket
@@ -127,17 +131,21 @@ class Prometheus:
         time.sleep(count * SCRAPE_INTERVAL_S + 0.3)
 
 
-Key = tuple[str, str, str]  # (team, user, model)
+ROUTE = "llm/maas-models"  # limitador_namespace of series added without a route
 
 
 @dataclass
 class UsageExporter:
-    """Serves authorized_hits / authorized_calls / limited_calls as Limitador names them."""
+    """Serves authorized_hits / authorized_calls / limited_calls as Limitador shapes them.
+
+    Tokens per (route, team, user, model); calls per (route, team, user), since Limitador's
+    Check never sees the model. A series exists from its first add, as in Limitador.
+    """
 
     port: int = 0
-    tokens: dict[Key, int] = field(default_factory=dict)
-    authorized: dict[Key, int] = field(default_factory=dict)
-    limited: dict[Key, int] = field(default_factory=dict)
+    tokens: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    authorized: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    limited: dict[tuple[str, str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: object | None = None
 
@@ -146,32 +154,37 @@ class UsageExporter:
         return f"127.0.0.1:{self.port}"
 
     def add(self, *, team: str, user: str, model: str, tokens: int = 0, authorized_calls: int = 0,
-            limited_calls: int = 0) -> None:
-        key = (team, user, model)
+            limited_calls: int = 0, route: str = ROUTE) -> None:
+        """Count some traffic; with no counts at all, create the three series at 0 (a start for
+        `increase`), else a call series appears with its first call."""
+        touch = not (tokens or authorized_calls or limited_calls)
         with self._lock:
+            key = (route, team, user, model)
             self.tokens[key] = self.tokens.get(key, 0) + tokens
-            self.authorized[key] = self.authorized.get(key, 0) + authorized_calls
-            self.limited[key] = self.limited.get(key, 0) + limited_calls
+            for counts, n in ((self.authorized, authorized_calls), (self.limited, limited_calls)):
+                if n or touch or (route, team, user) in counts:
+                    counts[(route, team, user)] = counts.get((route, team, user), 0) + n
 
     def reset(self) -> None:
         """What a gateway restart looks like: every counter starts again from 0."""
         with self._lock:
             for counts in (self.tokens, self.authorized, self.limited):
                 for key in counts:
-                    counts[key] = 0
+                    counts[key] = 0  # type: ignore[index]
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            snapshot = {
-                "authorized_hits": dict(self.tokens),
-                "authorized_calls": dict(self.authorized),
-                "limited_calls": dict(self.limited),
-            }
-        for name, counts in snapshot.items():
-            # As a "counter" prometheus_client would name it `_total`; Limitador's names have none.
-            family = Metric(name, f"{name} per user, team and model", "unknown")
-            for (team, user, model), value in sorted(counts.items()):
-                family.add_sample(name, {"user": user, "team": team, "model": model}, value)
+            tokens, authorized, limited = dict(self.tokens), dict(self.authorized), dict(self.limited)
+        # As a "counter" prometheus_client would name it `_total`; Limitador's names have none.
+        family = Metric("authorized_hits", "tokens per route, user, team and model", "unknown")
+        for (route, team, user, model), value in sorted(tokens.items()):
+            family.add_sample("authorized_hits", {"limitador_namespace": route, "user": user, "team": team,
+                                                  "model": model}, value)
+        yield family
+        for name, counts in (("authorized_calls", authorized), ("limited_calls", limited)):
+            family = Metric(name, f"{name} per route, user and team", "unknown")
+            for (route, team, user), value in sorted(counts.items()):
+                family.add_sample(name, {"limitador_namespace": route, "user": user, "team": team}, value)
             yield family
 
     def start(self) -> UsageExporter:
@@ -190,6 +203,45 @@ class UsageExporter:
             self._server = None
 
 
+class TextExporter:
+    """Serves `text` (Prometheus' text exposition format) at every path; `text` may change."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.port = 0
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> TextExporter:
+        exporter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = exporter.text.encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
 class _Adapter(Collector):
     def __init__(self, exporter: UsageExporter) -> None:
         self._exporter = exporter
@@ -198,4 +250,4 @@ class _Adapter(Collector):
         yield from self._exporter.collect()
 
 
-__all__ = ["Prometheus", "UsageExporter", "free_port", "prometheus_binary"]
+__all__ = ["ROUTE", "Prometheus", "TextExporter", "UsageExporter", "free_port", "prometheus_binary"]

@@ -1,8 +1,10 @@
 """The Prometheus UsageSource against a real Prometheus: same traffic, same numbers as the ledger.
 
 One Prometheus (module scope, ~6 s to start and discover its target) scrapes a tiny exporter
-serving Limitador's three series; the same traffic is recorded in an embedded ledger, and the
-usage bodies built from both sources must be equal per user, per team and per model.
+serving Limitador's three series in Limitador's shapes (`model` on tokens only, one series set
+per route); the same traffic is recorded in an embedded ledger, and the usage bodies built from
+both sources must be equal per user, per team and in tokens per model. Calls per model are the
+one thing Prometheus cannot know: null there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from shared.usage.prometheus import PrometheusUsage, label_value, selector
 from shared.usage.schemas import TeamUsageQuery, UsageQuery
 from shared.usage.service import team_usage, user_usage
 from tests.prometheus_harness import Prometheus, UsageExporter, free_port, prometheus_binary
+
+ROUTES = ("llm/qwen3-0-6b-instruct", "llm/vllm-simulator", "llm/maas-models")
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(90)]
 
@@ -82,11 +86,23 @@ def ledger(tmp_path: Path) -> Iterator[UsageLedger]:
 
 
 def _send(ledger: UsageLedger, exporter: UsageExporter, traffic: list[tuple[str, str, str, int, int, int]]) -> None:
-    for team, user, model, tokens, authorized, limited in traffic:
+    """Each entry through another HTTPRoute (limitador_namespace) in turn: a team's traffic spans
+    several series sets, as with one KServe route per model."""
+    for n, (team, user, model, tokens, authorized, limited) in enumerate(traffic):
         ledger.record(team_id=team, user_id=user, model=model, tokens=tokens,
                       authorized_calls=authorized, limited_calls=limited)
         exporter.add(team=team, user=user, model=model, tokens=tokens, authorized_calls=authorized,
-                     limited_calls=limited)
+                     limited_calls=limited, route=ROUTES[n % len(ROUTES)])
+
+
+def _pairs(rows: list[UsageRow]) -> list[UsageRow]:
+    """The ledger's rows summed per (team, user): the rows Prometheus answers (calls have no model)."""
+    summed: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        counts = summed.setdefault((r.team_id, r.user_id), [0, 0, 0])
+        for i, n in enumerate((r.tokens, r.authorized_calls, r.limited_calls)):
+            counts[i] += n
+    return [UsageRow(team, user, "", *counts) for (team, user), counts in sorted(summed.items())]
 
 
 def _until_equal(source: UsageSource, expected: list[UsageRow], within_s: float = 10.0) -> list[UsageRow]:
@@ -97,6 +113,16 @@ def _until_equal(source: UsageSource, expected: list[UsageRow], within_s: float 
         if got == expected or time.monotonic() > deadline:
             return got
         time.sleep(0.25)
+
+
+def _without_model_calls(bodies: dict[str, object], *, calls: type) -> dict[str, object]:
+    """Drop each model's calls after checking their type: int from the ledger, None from Prometheus."""
+    for name, body in bodies.items():
+        assert isinstance(body, dict)
+        for entry in body["model_breakdown"]:
+            assert isinstance(entry.pop("authorized_calls"), calls), name
+            assert isinstance(entry.pop("limited_calls"), calls), name
+    return bodies
 
 
 def _bodies(store: SqliteStore, source: UsageSource, now: datetime) -> dict[str, object]:
@@ -116,11 +142,14 @@ def test_same_traffic_same_numbers_from_both_backends(
     embedded = EmbeddedUsage(ledger)
     remote = PrometheusUsage(prometheus.url, timeout_s=5)
     _send(ledger, exporter, TRAFFIC)
-    expected = embedded.totals()
-    assert len(expected) == len(TRAFFIC)
+    assert len(embedded.totals()) == len(TRAFFIC)
+    expected = _pairs(embedded.totals())
+    # One row per (team, user), its tokens and its calls together, summed over routes and models.
+    assert len(expected) == 4 and expected[3] == UsageRow("test-team", "test.user-1", "", 160, 5, 1)
     assert _until_equal(remote, expected) == expected
     now = datetime.now(timezone.utc)
-    from_ledger, from_prometheus = _bodies(store, embedded, now), _bodies(store, remote, now)
+    from_ledger = _without_model_calls(_bodies(store, embedded, now), calls=int)
+    from_prometheus = _without_model_calls(_bodies(store, remote, now), calls=type(None))
     assert from_prometheus == from_ledger
     user = from_ledger["user test.user-1"]
     assert isinstance(user, dict) and user["total_token_usage"] == 514
@@ -131,10 +160,11 @@ def test_same_traffic_same_numbers_from_both_backends(
     prometheus.wait_for_scrapes()
     more = [("test-team", "mittens", "qwen3-0-6b-instruct", 5, 1, 0), ("premium", "a_b", "vllm-simulator", 3, 1, 1)]
     _send(ledger, exporter, more)
-    expected = embedded.totals()
+    expected = _pairs(embedded.totals())
     assert _until_equal(remote, expected) == expected
-    assert remote.totals(team_id="premium", user_id="a_b") == embedded.totals(team_id="premium", user_id="a_b")
-    assert _bodies(store, remote, now) == _bodies(store, embedded, now)
+    assert remote.totals(team_id="premium", user_id="a_b") == _pairs(embedded.totals(team_id="premium", user_id="a_b"))
+    assert (_without_model_calls(_bodies(store, remote, now), calls=type(None))
+            == _without_model_calls(_bodies(store, embedded, now), calls=int))
     remote.close()
 
 
@@ -158,6 +188,33 @@ def test_ranges_are_increase_estimates_close_to_the_ledger(
     assert points and {p.row.user_id for p in points} == {user}
     assert abs(sum(p.row.tokens for p in points) - 100) <= 25
     assert all(end - timedelta(minutes=3) <= p.start < end for p in points)
+    remote.close()
+
+
+def test_any_model_label_value_bounded_breakdown_exact_totals(
+    prometheus: Prometheus, exporter: UsageExporter
+) -> None:
+    """`model` is whatever the client sent: odd strings and many of them. The breakdown names the
+    `max_models` with most tokens, sums the rest under "other", and adds up to the total."""
+    team, user = "wild-team", "wild.user"
+    odd = ['a"b', "back\\slash", "new\nline", "ünï €", "{x=\"y\"}", "", "other", " "]
+    models = odd + [f"random-{n:03d}" for n in range(40)]
+    for n, model in enumerate(models):
+        exporter.add(team=team, user=user, model=model, tokens=n + 1, authorized_calls=1,
+                     route=ROUTES[n % len(ROUTES)])
+    total = sum(range(1, len(models) + 1))
+    remote = PrometheusUsage(prometheus.url, timeout_s=5, max_models=5)
+    expected = [UsageRow(team, user, "", total, len(models), 0)]
+    deadline = time.monotonic() + 10
+    while remote.totals(team_id=team) != expected and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert remote.totals(team_id=team) == expected
+    breakdown = dict(remote.model_tokens(team_id=team))
+    # The five largest (random-035..039), and everything else, the "other" label's 7 included.
+    assert breakdown == {**{f"random-{n:03d}": len(odd) + n + 1 for n in range(35, 40)},
+                         "other": total - sum(len(odd) + n + 1 for n in range(35, 40))}
+    everything = dict(PrometheusUsage(prometheus.url, timeout_s=5).model_tokens(team_id=team))
+    assert everything == {model: n + 1 for n, model in enumerate(models)}
     remote.close()
 
 

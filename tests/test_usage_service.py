@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from shared.errors import InvalidRequest, NotFound
-from shared.ledger import UsageLedger
+from shared.ledger import UsageLedger, UsageRow
 from shared.store.base import ApiKey, Team
 from shared.store.sqlite import SqliteStore
+from shared.usage.base import UsagePoint
 from shared.usage.embedded import EmbeddedUsage
 from shared.usage.schemas import TeamUsageQuery, UsageQuery
 from shared.usage.service import resolve_range, team_usage, user_usage
@@ -154,3 +155,47 @@ def test_start_alone_runs_to_now_and_end_alone_from_the_beginning() -> None:
     only_end = resolve_range(UsageQuery(end=start), NOW)
     assert only_end.start is None and only_end.end == start
     assert resolve_range(UsageQuery(start=start, window="1h"), NOW).end == start + timedelta(hours=1)
+
+
+class _NoCallsByModel:
+    """A source shaped like Prometheus over Limitador: rows per (team, user), tokens per model."""
+
+    calls_by_model = False
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, object]] = []
+
+    def totals(self, **_: object) -> list[UsageRow]:
+        return [UsageRow("premium", "testuser", "", 30, 3, 2), UsageRow("test-team", "testuser", "", 50, 2, 1)]
+
+    def model_tokens(self, **query: object) -> list[tuple[str, int]]:
+        self.asked.append(query)
+        return [("other", 5), ("qwen3-0-6b-instruct", 75)]
+
+    def series(self, **_: object) -> list[UsagePoint]:
+        return []
+
+    def close(self) -> None: ...
+
+
+def test_a_source_without_calls_per_model_gives_tokens_per_model_and_null_calls(
+    store: SqliteStore, ledger: UsageLedger
+) -> None:
+    source = _NoCallsByModel()
+    start = NOW - timedelta(hours=1)
+    body = user_usage(store=store, source=source, user_id="testuser", query=UsageQuery(window="1h"), now=NOW)
+    assert (body.total_token_usage, body.total_authorized_calls, body.total_limited_calls) == (80, 5, 3)
+    assert [(t.team_id, t.token_usage, t.authorized_calls) for t in body.team_breakdown] == [
+        ("premium", 30, 3), ("test-team", 50, 2)]
+    assert body.model_dump(mode="json")["model_breakdown"] == [
+        {"model": "other", "token_usage": 5, "authorized_calls": None, "limited_calls": None},
+        {"model": "qwen3-0-6b-instruct", "token_usage": 75, "authorized_calls": None, "limited_calls": None},
+    ]
+    team = team_usage(store=store, source=source, team_id="test-team", query=TeamUsageQuery(), now=NOW)
+    assert all(m.authorized_calls is None and m.limited_calls is None for m in team.model_breakdown)
+    # Asked for the same range and the same user / team as the rows.
+    assert source.asked == [{"start": start, "end": NOW, "team_id": None, "user_id": "testuser"},
+                            {"start": None, "end": None, "team_id": "test-team", "user_id": None}]
+    # The ledger knows calls per model: ints there.
+    assert user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser", query=UsageQuery(),
+                      now=NOW).model_breakdown[0].authorized_calls == 7

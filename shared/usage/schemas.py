@@ -42,11 +42,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_CALLS_BY_MODEL = (
+    "null when the usage source cannot count calls per model: with MAAS_USAGE=prometheus the "
+    "calls come from Limitador's authorized_calls/limited_calls, counted before the request body "
+    "(and its model) is read, so they carry no model"
+)
+
+
 class ModelUsage(_Model):
-    model: str
+    model: str = Field(description="The model the client asked for. With MAAS_USAGE=prometheus, "
+                                   "'other' also sums the models past the breakdown's first 100 "
+                                   "(and those the TelemetryPolicy maps to 'other')")
     token_usage: int
-    authorized_calls: int
-    limited_calls: int
+    authorized_calls: int | None = Field(description=_CALLS_BY_MODEL)
+    limited_calls: int | None = Field(description=_CALLS_BY_MODEL)
 
 
 class TeamUsageOfUser(_Model):

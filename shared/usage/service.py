@@ -3,6 +3,8 @@
 Counts come from the UsageSource; names, emails and policies from the Store. A breakdown lists
 what had traffic in the range, sorted by id: a user with no traffic gets zeros and an empty
 breakdown. Traffic of a team deleted since keeps its team_id with an empty name and policy.
+A source that cannot count calls per model (Prometheus: Limitador's call counters carry no
+`model`) gives the model breakdown's tokens only, its calls null.
 """
 
 from __future__ import annotations
@@ -110,12 +112,24 @@ def _sum(rows: Iterable[UsageRow], key: Callable[[UsageRow], str]) -> dict[str, 
     return dict(sorted(grouped.items()))
 
 
-def _models(rows: list[UsageRow]) -> list[ModelUsage]:
-    return [
-        ModelUsage(model=model, token_usage=c.tokens, authorized_calls=c.authorized_calls,
-                   limited_calls=c.limited_calls)
-        for model, c in _sum(rows, lambda r: r.model).items()
-    ]
+def _models(rows: list[UsageRow], source: UsageSource, span: UsageRange, *, team_id: str | None = None,
+            user_id: str | None = None) -> list[ModelUsage]:
+    """The model breakdown: from the rows, or tokens only from a source whose calls have no model.
+
+    Prometheus (Limitador) counts calls in the request phase, before the body and its model are
+    read: such a source says `calls_by_model = False` and answers `model_tokens`; its models'
+    `authorized_calls` and `limited_calls` are null (unknown, not zero).
+    """
+    if getattr(source, "calls_by_model", True):
+        return [
+            ModelUsage(model=model, token_usage=c.tokens, authorized_calls=c.authorized_calls,
+                       limited_calls=c.limited_calls)
+            for model, c in _sum(rows, lambda r: r.model).items()
+        ]
+    tokens = source.model_tokens(start=span.start, end=span.end,  # type: ignore[attr-defined]
+                                 team_id=team_id, user_id=user_id)
+    return [ModelUsage(model=model, token_usage=n, authorized_calls=None, limited_calls=None)
+            for model, n in tokens]
 
 
 def _team_or_none(store: Store, team_id: str) -> Team | None:
@@ -149,7 +163,7 @@ def user_usage(*, store: Store, source: UsageSource, user_id: str, query: UsageQ
         total_authorized_calls=total.authorized_calls,
         total_limited_calls=total.limited_calls,
         team_breakdown=breakdown,
-        model_breakdown=_models(rows),
+        model_breakdown=_models(rows, source, span, user_id=user_id),
         start=span.start,
         end=span.end,
         last_updated=now,
@@ -190,7 +204,7 @@ def team_usage(*, store: Store, source: UsageSource, team_id: str, query: TeamUs
         total_authorized_calls=total.authorized_calls,
         total_limited_calls=total.limited_calls,
         user_breakdown=users,
-        model_breakdown=_models(rows),
+        model_breakdown=_models(rows, source, span, team_id=team_id),
         start=span.start,
         end=span.end,
         step_seconds=step_s,
