@@ -194,6 +194,16 @@ def _check_bodies(admin: httpx.Client, seen: dict[tuple[str, str, str], list[int
     return {"user": user, "team": team}
 
 
+def _more_bodies(admin: httpx.Client) -> dict[str, Any]:
+    """The other users' and teams' all-time usage (read after _check_bodies has seen the traffic)."""
+    bodies = {}
+    for path in ("/users/mittens/usage", "/users/nobody/usage", "/teams/tiny/usage"):
+        response = admin.get(path)
+        assert response.status_code == 200, response.text
+        bodies[" ".join(path.split("/")[1:3]).replace("users", "user").replace("teams", "team")] = response.json()
+    return bodies
+
+
 def test_usage_from_the_ledger_equals_what_clients_saw(traffic: dict[str, Any], admin: httpx.Client,
                                                         use: Any) -> None:
     use(usage="embedded")
@@ -231,23 +241,29 @@ def test_usage_from_prometheus_equals_the_ledger_then_503_when_it_stops(
     if binary is None:
         pytest.skip("no prometheus binary (Debian package 'prometheus'; run tools/ensure_prometheus.sh)")
     use(usage="embedded")
-    from_ledger = _check_bodies(admin, traffic["seen"])
+    from_ledger = {**_check_bodies(admin, traffic["seen"]), **_more_bodies(admin)}
     prometheus = Prometheus(binary, tmp_path_factory.mktemp("prom"), [gateway.url.removeprefix("http://")]).start()
     try:
         use(usage="prometheus", prometheus_url=prometheus.url, prometheus_timeout_s=2.0)
-        from_prometheus = _check_bodies(admin, traffic["seen"])
+        from_prometheus = {**_check_bodies(admin, traffic["seen"]), **_more_bodies(admin)}
+        assert from_prometheus["team tiny"]["total_limited_calls"] >= 1
         for body in (*from_ledger.values(), *from_prometheus.values()):
             body.pop("last_updated")
         # Limitador's call counters carry no model (the gateway's /metrics neither): Prometheus
         # knows a model's tokens, not its calls, and says so with null. Everything else (totals,
         # per team, per user, tokens per model) is exactly the ledger's.
         for name, body in from_prometheus.items():
-            assert body["model_breakdown"], name
+            assert body["model_breakdown"] or name == "user nobody", name
             for entry in body["model_breakdown"]:
                 assert (entry.pop("authorized_calls"), entry.pop("limited_calls")) == (None, None), name
         for body in from_ledger.values():
             for entry in body["model_breakdown"]:
                 assert isinstance(entry.pop("authorized_calls"), int) and isinstance(entry.pop("limited_calls"), int)
+        # For the same reason a model that had calls and no tokens (tiny's vllm-simulator call was
+        # refused) is in the ledger's breakdown only.
+        assert {"model": SIM, "token_usage": 0} in from_ledger["team tiny"]["model_breakdown"]
+        for body in from_ledger.values():
+            body["model_breakdown"] = [m for m in body["model_breakdown"] if m["token_usage"]]
         assert from_prometheus == from_ledger
     finally:
         prometheus.stop()
