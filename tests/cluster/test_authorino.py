@@ -15,46 +15,23 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from kubernetes.client import CoreV1Api
-from pydantic import SecretStr
 
-from functions._context import context, install_context, reset_context
-from shared.context import Context
+from functions._context import context
 from shared.keymaterial import generate_admin_key
-from shared.kubeapply import policy_syncer
 from shared.policies import auth_policy
 from shared.settings import Settings
-from shared.store.kube import KubernetesStore
 from tests.admin_client import DirectClient
 from tests.cluster.authorino import Authorino
-from tests.kube_double import KubeDouble, running_double
+from tests.cluster.deployment import NS, deployed, new_key
+from tests.kube_double import KubeDouble
 
-NS = "llm"
 NOW = datetime.now(timezone.utc)
 
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[KubeDouble, DirectClient, Settings]]:
-    """The default layout: keys, functions, Gateway and policies all in `llm`."""
-    admin_key = generate_admin_key()
-    settings = Settings(admin_key=SecretStr(admin_key), store="kubernetes", namespace=NS)
-    with running_double() as (double, client):
-        store = KubernetesStore(client, namespace=NS, key_selector=settings.key_selector,
-                                watch_label=settings.authorino_watch_label)
-        install_context(Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings)))
-        try:
-            yield double, DirectClient(admin_key), settings
-        finally:
-            reset_context()
-
-
-def new_key(api: DirectClient, team_id: str = "alpha", **fields: object) -> dict:
-    if api.call("GET", f"/teams/{team_id}").status == 404:
-        made = api.call("POST", "/teams", json={"team_id": team_id, "team_name": team_id, "token_limit": 1000})
-        assert made.status == 201, made.text
-    reply = api.call("POST", f"/teams/{team_id}/keys",
-                     json={"user_id": "alice", "user_email": "alice@example.com", **fields})
-    assert reply.status == 201, reply.text
-    return reply.body
+    with deployed() as running:
+        yield running
 
 
 def test_a_new_key_works_without_an_authconfig_rebuild(cluster) -> None:
@@ -202,25 +179,15 @@ def test_keys_carry_whatever_label_the_operator_told_authorino_to_watch() -> Non
     MAAS_AUTHORINO_SECRET_LABEL (rendered into maas-config) must then label every key with it."""
     from tools.manifests import render
 
-    admin_key = generate_admin_key()
-    settings = Settings(admin_key=SecretStr(admin_key), store="kubernetes", namespace=NS,
-                        authorino_secret_label="example.com/authorino-watch=maas")
-    config = next(o for o in render(settings) if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "maas-config")
-    deployed = Settings.model_validate({**config["data"], "ADMIN_KEY": admin_key})
-    assert deployed.authorino_watch_label == ("example.com/authorino-watch", "maas")
-    with running_double() as (double, client):
-        store = KubernetesStore(client, namespace=NS, key_selector=deployed.key_selector,
-                                watch_label=deployed.authorino_watch_label)
-        install_context(Context(settings=deployed, store=store, teams_changed=policy_syncer(store, deployed)))
-        try:
-            api = DirectClient(admin_key)
-            key = new_key(api)
-            authorino = Authorino(double, auth_policy(deployed), watch_selector={"example.com/authorino-watch": "maas"})
-            assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
-            assert api.call("POST", f"/keys/{key['secret_name']}/revoke").status == 200
-            assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
-        finally:
-            reset_context()
+    with deployed(authorino_secret_label="example.com/authorino-watch=maas") as (double, api, settings):
+        config = next(o for o in render(settings) if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "maas-config")
+        deployed_settings = Settings.model_validate({**config["data"], "ADMIN_KEY": generate_admin_key()})
+        assert deployed_settings.authorino_watch_label == ("example.com/authorino-watch", "maas")
+        key = new_key(api)
+        authorino = Authorino(double, auth_policy(settings), watch_selector={"example.com/authorino-watch": "maas"})
+        assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 200
+        assert api.call("POST", f"/keys/{key['secret_name']}/revoke").status == 200
+        assert authorino.check(f"APIKEY {key['api_key']}", now=NOW).status == 401
 
 
 FOLLOWED = (NS, "maas-api-keys")  # the AuthPolicy as the policy sync applied it to the cluster

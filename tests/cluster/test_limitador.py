@@ -8,25 +8,19 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from pydantic import SecretStr
 
-from functions._context import install_context, reset_context
-from shared.context import Context
-from shared.keymaterial import generate_admin_key
-from shared.kubeapply import policy_syncer
 from shared.policies import token_rate_limit_policy
 from shared.settings import Settings
 from shared.store.base import LimitScope, Team
-from shared.store.kube import KubernetesStore
 from shared.tiers import tier_of
 from tests.admin_client import DirectClient
 from tests.cluster.authorino import Authorino
+from tests.cluster.deployment import NS, deployed
 from tests.cluster.limitador import Limitador, go_duration_seconds
-from tests.kube_double import KubeDouble, running_double
+from tests.kube_double import KubeDouble
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 ROUTE = "llm/maas-models"
-NS = "llm"
 
 
 def team(team_id: str, limit: int = 100, window: str = "1h", scope: LimitScope = "user") -> Team:
@@ -140,16 +134,8 @@ def test_windows_become_whole_seconds(window: str, seconds: int) -> None:
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[KubeDouble, DirectClient, Settings]]:
-    admin_key = generate_admin_key()
-    settings = Settings(admin_key=SecretStr(admin_key), store="kubernetes", namespace=NS)
-    with running_double() as (double, client):
-        store = KubernetesStore(client, namespace=NS, key_selector=settings.key_selector,
-                                watch_label=settings.authorino_watch_label)
-        install_context(Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings)))
-        try:
-            yield double, DirectClient(admin_key), settings
-        finally:
-            reset_context()
+    with deployed() as running:
+        yield running
 
 
 def applied_token_limits(double: KubeDouble) -> dict:
