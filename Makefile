@@ -38,6 +38,9 @@ bench: $(STAMP) ## Benchmark the gateway against a direct backend
 manifests: $(STAMP) ## Render the deployable Kubernetes set to dist/manifests.yaml
 	@$(BIN)/python -m tools.manifests --out dist/manifests.yaml
 
+cluster-check: $(STAMP) ## Check a live cluster's prerequisites, then run the quickstart through its gateway (ARGS="--help")
+	@$(BIN)/python -m tools.cluster_check $(ARGS)
+
 clean: ## Remove what can be rebuilt (the virtualenv, dist/, caches); keeps your data in .maas/
 	rm -rf $(VENV) dist .pytest_cache bench/results
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
