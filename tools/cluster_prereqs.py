@@ -10,11 +10,13 @@ placeholder.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, VersionApi
 from kubernetes.client.exceptions import ApiException
 
@@ -99,11 +101,21 @@ class Cluster:
             if not exc.status:
                 raise Unreachable(f"the API server did not answer ({exc.reason})") from None
             raise ClusterError(f"reading {what}: API error {exc.status} {exc.reason}") from None
-        except Exception as exc:  # noqa: BLE001 - urllib3 connection/TLS errors: unreachable
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # connection refused, DNS, TLS, timeouts
             raise Unreachable(f"the API server at {self.host} did not answer ({type(exc).__name__})") from None
+        except ValueError as exc:  # an answer the client could not read into its model
+            raise ClusterError(f"reading {what}: unexpected answer ({type(exc).__name__})") from None
 
-    def version(self) -> Any:
-        return self._call("the server version", lambda: VersionApi(self.client).get_code(_request_timeout=TIMEOUT))
+    def version(self) -> JSON:
+        """GET /version as JSON (read raw: some distributions leave out fields the client's model requires)."""
+        answer = self._call("the server version", lambda: VersionApi(self.client).get_code(
+            _request_timeout=TIMEOUT, _preload_content=False))
+        if answer is None:
+            raise ClusterError("the API server has no /version")
+        try:
+            return dict(json.loads(answer.data))
+        except ValueError:
+            raise ClusterError("the API server's /version is not JSON") from None
 
     def get(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> JSON | None:
         what = f"{plural}.{group} {namespace + '/' if namespace else ''}{name}"
@@ -278,9 +290,9 @@ class Checks:
             self.add("kubernetes API", "FAIL", str(exc),
                      "check that the cluster is up and that KUBECONFIG (or --kubeconfig/--context) points at it")
             return False
-        git_version = getattr(info, "git_version", None) or ""
-        found = parse_version(git_version) or (int(re.sub(r"\D", "", str(getattr(info, "major", "0"))) or 0),
-                                               int(re.sub(r"\D", "", str(getattr(info, "minor", "0"))) or 0))
+        git_version = str(info.get("gitVersion") or "")
+        found = parse_version(git_version) or (int(re.sub(r"\D", "", str(info.get("major", "0"))) or 0),
+                                               int(re.sub(r"\D", "", str(info.get("minor", "0"))) or 0))
         if found[:2] < MIN_KUBERNETES:
             self.add("kubernetes API", "FAIL", f"{git_version} at {self.cluster.host}",
                      f"docs/DEPLOY.md needs Kubernetes {'.'.join(map(str, MIN_KUBERNETES))} or later: upgrade the cluster")
@@ -575,7 +587,8 @@ class Checks:
         missing = [n for n in expected if n not in by_name]
         not_ready = [n for n in expected if n in by_name and not is_true(by_name[n], "Ready")]
         if missing:
-            self.add("knative services", "FAIL", f"{len(missing)} of {len(expected)} missing: {', '.join(missing)}",
+            listed = "none is deployed" if len(missing) == len(expected) else ", ".join(missing)
+            self.add("knative services", "FAIL", f"{len(missing)} of {len(expected)} missing: {listed}",
                      "render and apply dist/manifests.yaml (docs/DEPLOY.md step 4)")
         if not_ready:
             reasons = "; ".join(f"{n}: {why_not(by_name[n], 'Ready')}" for n in not_ready)

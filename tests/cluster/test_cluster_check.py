@@ -381,6 +381,22 @@ def test_settings_that_differ_from_the_deployment_are_a_warning(
     assert "MAAS_KEY_SELECTOR=other-keys" in text
 
 
+def test_a_version_answer_without_every_field_is_read(tmp_path: Path, double: KubeDouble) -> None:
+    double.version = {"major": "1", "minor": "30+", "gitVersion": "v1.30.4-eks-a737599"}
+    code, text = check(tmp_path, double, healthy(Settings()))
+    assert code == 0 and "v1.30.4-eks-a737599" in lines(text)["kubernetes API"][1], text
+
+
+def test_credentials_that_may_not_read_say_so(tmp_path: Path, double: KubeDouble) -> None:
+    load(double, healthy(Settings()))
+    out = io.StringIO()
+    with double.forbid():
+        code = cluster_check.main(["--no-e2e", "--kubeconfig", str(kubeconfig(tmp_path, double.url))], out=out)
+    found = lines(out.getvalue())
+    assert code == 1 and found["kubernetes API"][0] == "FAIL"
+    assert "refused (403" in found["kubernetes API"][1] and "credentials" in found["kubernetes API"][1]
+
+
 def test_an_unreachable_cluster_fails_once_and_stops(tmp_path: Path) -> None:
     with running_double() as (gone, _client):
         url = gone.url
