@@ -171,9 +171,10 @@ def test_same_traffic_same_numbers_from_both_backends(
 def test_ranges_are_increase_estimates_close_to_the_ledger(
     prometheus: Prometheus, exporter: UsageExporter, ledger: UsageLedger
 ) -> None:
-    # A series Prometheus has seen at 0 first, so `increase` has a start to count from.
+    # Series Prometheus has seen at 0 first, so `increase` has a start to count from (on the
+    # route _send puts a one-entry traffic on).
     team, user, model = "range-team", "range.user", "qwen3-0-6b-instruct"
-    exporter.add(team=team, user=user, model=model)
+    exporter.add(team=team, user=user, model=model, route=ROUTES[0])
     prometheus.wait_for_scrapes()
     for _ in range(4):
         _send(ledger, exporter, [(team, user, model, 25, 1, 0)])
