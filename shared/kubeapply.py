@@ -11,11 +11,17 @@ transaction: it reads the policies' resourceVersions *before* listing the teams 
 conditioned on them. Two replicas syncing after concurrent team changes can therefore not leave
 the older view in place: whichever writes second either read the teams after the first one's
 write, or conflicts and starts over with a fresh list.
+
+The same transaction holds the `maas-models` HTTPRoute and its ReferenceGrant
+(shared/modelroute.py), generated from the KServe models listed after the route was read. When
+the models cannot be listed, or there are more than one route can hold, the route is left as it
+is (neither written nor deleted), one line is logged, and the policies are still applied.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -24,13 +30,16 @@ from typing import Any
 from kubernetes.client import ApiClient, CustomObjectsApi, V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
-from shared.errors import BackendUnavailable, NotFound
+from shared.errors import BackendUnavailable, MaasError, NotFound
+from shared.modelroute import ModelRoute, managed_route_objects, model_route
 from shared.policies import generate_policies, managed_policies
 from shared.settings import Settings
 from shared.store.base import Store
 from shared.store.kube import REQUEST_TIMEOUT, KubernetesStore, api_client_from_config, kube_errors, retry_on_conflict
 
 __all__ = ["apply_objects", "delete_objects", "list_custom_objects", "policy_syncer", "resource_of", "sync_policies"]
+
+log = logging.getLogger("maas.kubeapply")
 
 JSON = dict[str, Any]
 Ident = tuple[str, str, str]  # kind, namespace, name
@@ -42,6 +51,7 @@ PLURALS = {
     "TokenRateLimitPolicy": "tokenratelimitpolicies",
     "TelemetryPolicy": "telemetrypolicies",
     "HTTPRoute": "httproutes",
+    "ReferenceGrant": "referencegrants",
     "InferenceService": "inferenceservices",
     "LLMInferenceService": "llminferenceservices",
 }
@@ -165,34 +175,65 @@ def delete_objects(api_client: ApiClient, objects: list[JSON], *, namespace: str
         retry_on_conflict(attempt, _describe(obj, ident))
 
 
-def sync_policies(store: Store, api_client: ApiClient, settings: Settings) -> None:
-    """Regenerate every managed policy from the teams and apply it; drop the ones not produced."""
+def sync_policies(store: Store, api_client: ApiClient, settings: Settings, *, catalog: Any = None) -> ModelRoute:
+    """Regenerate every managed policy from the teams, and the model route from the models, and
+    apply them; drop the ones not produced. Answers what became of the model route.
+
+    `catalog` lists the models (`list_served_models`); default: KServe in MAAS_NAMESPACE.
+    """
+    if catalog is None:
+        from shared.catalog.kserve import KServeCatalog  # kserve imports this module
+
+        catalog = KServeCatalog(api_client, namespace=settings.namespace)
     verbs = _Objects(api_client)
     managed = [
         {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": {"name": ref.name, "namespace": ref.namespace}}
         for ref in managed_policies(settings)
     ]
+    route_managed = managed_route_objects(settings)
+    outcome: list[ModelRoute] = []
 
     def attempt() -> None:
         current: dict[Ident, JSON | None] = {}
-        for obj in managed:
+        for obj in managed + route_managed:
             ident = _ident(obj, None)
             current[ident] = verbs.get(obj, ident)
-        # Teams are listed after the policies were read: see the module docstring.
+        # Teams and models are listed after the objects were read: see the module docstring.
         desired = generate_policies(store.list_teams(), settings, keys_in_grace=store.list_keys(in_grace=True))
+        route = _model_route(catalog, settings)
+        outcome[:] = [route]
+        deletable = list(managed)
+        if route.error is None:
+            desired += route.objects
+            deletable += route_managed
         produced = set()
         for obj in desired:
             ident = _ident(obj, settings.policy_namespace)
             produced.add(ident)
             verbs.write(obj, ident, current[ident] if ident in current else verbs.get(obj, ident))
-        for obj in managed:
+        for obj in deletable:
             ident = _ident(obj, None)
             existing = current[ident]
             if ident not in produced and existing is not None:
                 verbs.delete(obj, ident, existing)
 
-    with _resource_missing("the Kuadrant policies"):
-        retry_on_conflict(attempt, "the Kuadrant policies", also_already_exists=True)
+    with _resource_missing("the Kuadrant policies and the model route"):
+        retry_on_conflict(attempt, "the Kuadrant policies and the model route", also_already_exists=True)
+    (route,) = outcome
+    if route.error is not None:
+        log.error("model route not updated: %s", route.error)
+    elif route.skipped:
+        log.info("model route: %d models routed; skipped: %s", len(route.backends),
+                 "; ".join(f"{model}: {why}" for model, why in route.skipped))
+    return route
+
+
+def _model_route(catalog: Any, settings: Settings) -> ModelRoute:
+    try:
+        models = catalog.list_served_models()
+    except MaasError as exc:
+        return ModelRoute(error=f"the models could not be listed ({exc.message})")
+    return model_route(models, settings)
 
 
 def policy_syncer(store: Store, settings: Settings) -> Callable[[], None]:

@@ -13,6 +13,10 @@ them). The team Secrets are the source of truth; a policy is never read back for
   metrics; a key whose `maas/status` is not `active`, or whose `maas/expires-at` has passed, is
   refused with 401. These checks are `patternMatching` predicates, which deny when they fail to
   evaluate; a `when` condition that fails to evaluate is skipped instead, i.e. fails open (§3).
+  A key with a `maas/models-allowed` list may call only the models in it: Authorino never sees
+  the body (§7), so the model is the first path segment, `/<model>/v1/...` on the `maas-models`
+  route (shared/modelroute.py); on any other path a listed key is refused. `split` is cel-go's
+  strings extension, which Authorino's CEL environment has (§7).
 - TokenRateLimitPolicy: one limit per budget tier (shared.tiers), active when
   `auth.identity.tier` names it, counted per team and user (`limit_scope: user`) or per team
   (`team`): each team keeps its own counters while the number of limits stays the number of
@@ -61,6 +65,8 @@ IDENTITY_ANNOTATIONS = {
 }
 STATUS_ANNOTATION = "maas/status"
 EXPIRES_ANNOTATION = "maas/expires-at"
+# Comma-separated model names, empty (or absent) for every model; set at key creation, never edited.
+MODELS_ANNOTATION = "maas/models-allowed"
 
 # CEL over the request body: Kuadrant's wasm shim parses the JSON body of model calls.
 MODEL_EXPRESSION = 'requestBodyJSON("/model")'
@@ -142,6 +148,19 @@ def auth_policy(settings: Settings, *, revision: str = "") -> dict[str, Any]:
                 ]
             }
         },
+        "key-allows-model": {
+            "patternMatching": {
+                "patterns": [
+                    {
+                        "predicate": (
+                            f'!("{MODELS_ANNOTATION}" in {annotations}) || '
+                            f'{annotations}["{MODELS_ANNOTATION}"] == "" || '
+                            f'request.url_path.split("/")[1] in {annotations}["{MODELS_ANNOTATION}"].split(",")'
+                        )
+                    }
+                ]
+            }
+        },
     }
     identity = {
         field: {"selector": f"{annotations}.{_escape_selector(annotation)}"}
@@ -157,7 +176,7 @@ def auth_policy(settings: Settings, *, revision: str = "") -> dict[str, Any]:
                 "authorization": authorization,
                 "response": {
                     "unauthenticated": _denial("missing or invalid API key"),
-                    "unauthorized": _denial("API key is revoked or expired"),
+                    "unauthorized": _denial("API key is revoked or expired, or may not use this model"),
                     "success": {"filters": {"identity": {"json": {"properties": identity}}}},
                 },
             },

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         validation_alias="MAAS_API_HOSTNAME",
         description="Host name of the key manager's HTTPRoute in a cluster; unset: every host.",
     )
+    models_hostname: str | None = Field(
+        default=None,
+        validation_alias="MAAS_MODELS_HOSTNAME",
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="Host name of the `maas-models` HTTPRoute (one rule per model, `/<model>/v1/...`) "
+        "in a cluster; unset: every host.",
+    )
     route_rule_names: bool = Field(
         default=True,
         validation_alias="MAAS_ROUTE_RULE_NAMES",

@@ -159,6 +159,24 @@ def test_settings_config_map_matches_the_policies(rendered: list[dict[str, Any]]
     assert data["MAAS_USAGE"] == "prometheus"
 
 
+@pytest.mark.parametrize("settings", [
+    Settings(),
+    Settings(namespace="maas-system", gateway_namespace="gateways", models_hostname="models.example.com",
+             route_rule_names=False),
+])
+def test_the_functions_render_the_model_route_with_the_deployments_settings(settings: Settings) -> None:
+    """The functions build maas-models at run time from maas-config: it must carry every setting
+    the route depends on."""
+    from shared.catalog.kserve import ServedModel
+    from shared.modelroute import model_route
+
+    config = named(manifests.render(settings), "ConfigMap")[manifests.CONFIG_MAP]["data"]
+    deployed = Settings.model_validate({**config, "MAAS_NAMESPACE": settings.namespace})
+    model = ServedModel(kind="InferenceService", name="m", namespace=settings.namespace, ready=True,
+                        urls=(f"http://m-predictor.{settings.namespace}.svc.cluster.local",))
+    assert model_route([model], deployed).objects == model_route([model], settings).objects
+
+
 # ------------------------------------------------------------------ routing
 
 
@@ -308,9 +326,19 @@ def test_rbac_grants_each_function_what_it_needs(rendered: list[dict[str, Any]])
     assert grants["writer"][("", "configmaps")] == {"create"}
     assert grants["cleanup"][("", "secrets")] == writes - {"create"}
     assert grants["cleanup"][("", "configmaps")] == {"list", "delete"}
-    # Only the models account may see models, and only list them.
+    # The models account lists models, and so do the policy writers (the maas-models route is
+    # generated from them); nobody reads one by one or writes them.
     for account, granted in grants.items():
-        assert account == "models" or not any(group == "serving.kserve.io" for group, _ in granted)
+        kserve = {resource: verbs for (group, resource), verbs in granted.items() if group == "serving.kserve.io"}
+        expected = {m[1]: {"list"} for m in models} if account in ("models", *manifests.POLICY_WRITERS) else {}
+        assert kserve == expected, account
+        # The model route (and, with the Gateway elsewhere, its ReferenceGrant) by name, created apart.
+        route = granted.get(("gateway.networking.k8s.io", "httproutes"), set())
+        assert route == ({"get", "create", "update", "delete"} if account in manifests.POLICY_WRITERS else set()), account
+    for role in of_kind(rendered, "Role"):
+        for rule in role["rules"]:
+            if "httproutes" in rule["resources"]:
+                assert rule.get("resourceNames") == ["maas-models"] or rule["verbs"] == ["create"], rule
 
     bindings = named(rendered, "RoleBinding")
     accounts = set(named(rendered, "ServiceAccount"))

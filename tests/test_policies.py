@@ -134,7 +134,13 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
         'auth.identity.metadata.annotations["maas/status"] == "active"',
         '!("maas/expires-at" in auth.identity.metadata.annotations) || '
         'int(timestamp(auth.identity.metadata.annotations["maas/expires-at"])) > int(request.time.seconds)',
+        # The model is the path's first segment (the maas-models route); tests/cluster/test_model_access.py.
+        '!("maas/models-allowed" in auth.identity.metadata.annotations) || '
+        'auth.identity.metadata.annotations["maas/models-allowed"] == "" || '
+        'request.url_path.split("/")[1] in auth.identity.metadata.annotations["maas/models-allowed"].split(",")',
     ]
+    # Authorino never sees the body (tests/cluster/SOURCES.md §7): no rule may read it.
+    assert not any("body" in predicate.lower() for predicate in predicates)
     for denial in ("unauthenticated", "unauthorized"):
         response = rules["response"][denial]
         assert response["code"] == 401

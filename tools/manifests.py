@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from shared.gatewayapi import HTTP_ROUTE_API, MAX_RULES_PER_ROUTE, gateway_parent_ref, host_rewrite, reference_grant
+from shared.modelroute import managed_route_objects
 from shared.policies import generate_policies, managed_policies
 from shared.routes import EVENT_TARGETS, ROUTES, Route
 from shared.schemas import TeamCreate
@@ -39,8 +41,7 @@ ADMIN_KEY_SECRET = "maas-admin-key"
 CONFIG_MAP = "maas-config"
 HTTP_ROUTE = "maas-key-manager"
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc.cluster.local:9090"
-# Gateway API caps an HTTPRoute at 16 rules; more routes spill into further HTTPRoutes.
-MAX_RULES_PER_ROUTE = 16
+# Gateway API caps an HTTPRoute at 16 rules (MAX_RULES_PER_ROUTE); more routes spill into further HTTPRoutes.
 CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 _REGEX_META = re.compile(r"([.^$*+?()\[\]|\\])")
 _PARAM = re.compile(r"\{[a-z_]+\}")
@@ -159,7 +160,11 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
         "MAAS_GATEWAY_NAMESPACE": settings.policy_namespace,
         "MAAS_USAGE": "prometheus",
         "PROMETHEUS_URL": prometheus_url,
+        # The policy sync renders the maas-models HTTPRoute with these (shared/modelroute.py).
+        "MAAS_ROUTE_RULE_NAMES": "true" if settings.route_rule_names else "false",
     }
+    if settings.models_hostname:
+        data["MAAS_MODELS_HOSTNAME"] = settings.models_hostname
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -178,21 +183,14 @@ def http_routes(settings: Settings, routes: Sequence[Route] = ROUTES) -> list[di
     documents = []
     for index, chunk in enumerate(chunks):
         spec: dict[str, Any] = {
-            "parentRefs": [
-                {
-                    "group": "gateway.networking.k8s.io",
-                    "kind": "Gateway",
-                    "name": settings.gateway_name,
-                    "namespace": settings.policy_namespace,
-                }
-            ],
+            "parentRefs": [gateway_parent_ref(settings.gateway_name, settings.policy_namespace)],
             "rules": chunk,
         }
         if settings.api_hostname:
             spec = {"hostnames": [settings.api_hostname], **spec}
         documents.append(
             {
-                "apiVersion": "gateway.networking.k8s.io/v1",
+                "apiVersion": HTTP_ROUTE_API,
                 "kind": "HTTPRoute",
                 "metadata": {
                     "name": HTTP_ROUTE if index == 0 else f"{HTTP_ROUTE}-{index + 1}",
@@ -215,9 +213,7 @@ def _rule(route: Route, settings: Settings) -> dict[str, Any]:
     return rule | {
         "matches": [{"path": path_match(route.path), "method": route.method}],
         # Knative's local gateway routes by Host: to the function's cluster-local name.
-        "filters": [
-            {"type": "URLRewrite", "urlRewrite": {"hostname": f"{name}.{settings.namespace}.svc.cluster.local"}}
-        ],
+        "filters": [host_rewrite(f"{name}.{settings.namespace}.svc.cluster.local")],
         "backendRefs": [backend_ref(route, settings)],
     }
 
@@ -248,15 +244,10 @@ def reference_grants(settings: Settings) -> list[dict[str, Any]]:
     if settings.route_backend_service is None or namespace == settings.namespace:
         return []
     return [
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1beta1",
-            "kind": "ReferenceGrant",
-            "metadata": {"name": f"{HTTP_ROUTE}-{settings.namespace}", "namespace": namespace, "labels": dict(PART_OF)},
-            "spec": {
-                "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": settings.namespace}],
-                "to": [{"group": "", "kind": "Service", "name": settings.route_backend_service}],
-            },
-        }
+        reference_grant(
+            f"{HTTP_ROUTE}-{settings.namespace}", namespace, from_namespace=settings.namespace,
+            services=[settings.route_backend_service], labels=PART_OF,
+        )
     ]
 
 
@@ -376,6 +367,26 @@ def policy_rules(settings: Settings) -> list[dict[str, Any]]:
     return rules
 
 
+def model_route_rules(settings: Settings, namespace: str) -> list[dict[str, Any]]:
+    """What the policy sync needs in `namespace` for the model route (shared/modelroute.py):
+    list the models (in MAAS_NAMESPACE), and read, create, replace or delete the route (beside
+    the policies) and its ReferenceGrant (beside the models' Services, when elsewhere) by name.
+    The route is deleted when no model can be routed, so delete is granted too."""
+    rules: list[dict[str, Any]] = []
+    if namespace == settings.namespace:
+        rules.append({"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices", "llminferenceservices"],
+                      "verbs": ["list"]})
+    here = [obj for obj in managed_route_objects(settings) if obj["metadata"]["namespace"] == namespace]
+    for obj in here:
+        group = obj["apiVersion"].split("/")[0]
+        rules.append({"apiGroups": [group], "resources": [_plural(obj["kind"])],
+                      "resourceNames": [obj["metadata"]["name"]], "verbs": ["get", "update", "delete"]})
+    for obj in here:
+        rules.append({"apiGroups": [obj["apiVersion"].split("/")[0]], "resources": [_plural(obj["kind"])],
+                      "verbs": ["create"]})
+    return rules
+
+
 def function_rbac(settings: Settings) -> list[dict[str, Any]]:
     """One ServiceAccount per kind of function, each with a least-privilege Role: explicit verbs,
     no wildcards, `resourceNames` only on verbs that name an object.
@@ -397,7 +408,12 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
         documents.append(service_account)
         roles = [(name, settings.namespace, rules)]
         if account in POLICY_WRITERS:
-            roles.append((f"{name}-policies", settings.policy_namespace, policy_rules(settings)))
+            # The policy sync also applies the model route: its rules go where its objects are.
+            roles = [(name, settings.namespace, rules + model_route_rules(settings, settings.namespace))]
+            policies = policy_rules(settings)
+            if settings.policy_namespace != settings.namespace:
+                policies += model_route_rules(settings, settings.policy_namespace)
+            roles.append((f"{name}-policies", settings.policy_namespace, policies))
         for role_name, namespace, role_rules in roles:
             if not role_rules:
                 continue

@@ -5,10 +5,14 @@ Read on every call (no cache): a listing is one API call, and readiness should b
 `ready` is the `Ready` condition's status; `url` is `status.url`, else the first address KServe
 reports. An LLMInferenceService is listed under the model name it serves (`spec.model.name`),
 falling back to its object name, as vLLM answers under that name.
+
+`list_served_models` is what the `maas-models` HTTPRoute is generated from (shared/modelroute.py):
+the same objects, with every URL KServe reports (in-cluster addresses first) and the annotations.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +44,29 @@ def _url(obj: JSON) -> str:
         if address.get("url"):
             return str(address["url"])
     return ""
+
+
+def _urls(obj: JSON) -> tuple[str, ...]:
+    """Every URL the status reports: `address`, then `addresses[]`, then `url` (in-cluster
+    addresses first: `url` is usually the external one)."""
+    status = obj.get("status") or {}
+    found = [str(a["url"]) for a in [status.get("address") or {}, *(status.get("addresses") or [])]
+             if isinstance(a, dict) and a.get("url")]
+    if status.get("url"):
+        found.append(str(status["url"]))
+    return tuple(dict.fromkeys(found))
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A KServe object as the model route needs it."""
+
+    kind: str  # "InferenceService" or "LLMInferenceService"
+    name: str  # the model name clients ask for (as listed at /models and /v1/models)
+    namespace: str
+    ready: bool
+    urls: tuple[str, ...]
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def _created(meta: JSON) -> int:
@@ -81,6 +108,20 @@ class KServeCatalog:
     def list_models(self) -> list[ModelInfo]:
         models = [_model(obj, str(obj["metadata"]["name"])) for obj in self._list(INFERENCE_SERVICE)]
         return sorted(models, key=lambda m: (m.name, m.namespace))
+
+    def list_served_models(self) -> list[ServedModel]:
+        """InferenceServices (by object name) and LLMInferenceServices (by served name)."""
+        served = []
+        for kind, resource in (("InferenceService", INFERENCE_SERVICE), ("LLMInferenceService", LLM_INFERENCE_SERVICE)):
+            for obj in self._list(resource):
+                meta = obj.get("metadata") or {}
+                name = str(meta["name"])
+                if kind == "LLMInferenceService":
+                    name = str(((obj.get("spec") or {}).get("model") or {}).get("name") or name)
+                annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+                served.append(ServedModel(kind=kind, name=name, namespace=str(meta.get("namespace", "")),
+                                          ready=_ready(obj), urls=_urls(obj), annotations=dict(annotations)))
+        return sorted(served, key=lambda m: (m.name, m.namespace, m.kind))
 
     def list_openai_models(self) -> list[ModelInfo]:
         models = []

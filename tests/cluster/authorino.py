@@ -36,7 +36,12 @@ from (commits and line numbers in tests/cluster/SOURCES.md):
   (api/v1beta3/auth_config_types.go, ValueOrSelector).
 
 CEL is evaluated with cel-python, which has the standard library cel-go has for what we use
-(`int(timestamp)`, `in` on maps); cel-go's extension functions are not modelled.
+(`int(timestamp)`, `in` on maps). Of cel-go's extensions, Authorino enables the strings library
+(`ext.Strings()` in pkg/expressions/cel/expressions.go, Compile; §7); cel-python lacks it, so
+`split` is registered here as an emulation of it (cel-go ext/strings.go, `split` and `splitN`:
+Go's strings.Split and strings.SplitN, so an empty separator splits into characters, a limit n > 0
+keeps at most n parts, 0 gives none, and a negative one all). No other extension function is
+modelled; a predicate using one fails to evaluate here, and is refused.
 """
 
 from __future__ import annotations
@@ -54,6 +59,23 @@ from tests.kube_double import KubeDouble
 
 JSON = dict[str, Any]
 SECRETS = ("", "v1", "secrets")
+
+
+def _go_split(text: Any, separator: Any, limit: Any = -1) -> celpy.celtypes.ListType:
+    """cel-go ext.Strings `split`/`splitN`: Go's strings.Split / strings.SplitN."""
+    text, separator, limit = str(text), str(separator), int(limit)
+    if limit == 0:
+        parts: list[str] = []
+    elif separator == "":
+        chars = list(text)
+        parts = chars if limit < 0 or limit >= len(chars) else [*chars[: limit - 1], "".join(chars[limit - 1:])]
+    else:
+        parts = text.split(separator) if limit < 0 else text.split(separator, limit - 1)
+    return celpy.celtypes.ListType([celpy.celtypes.StringType(part) for part in parts])
+
+
+# The extension functions Authorino's CEL has and cel-python does not (see the module docstring).
+CEL_EXTENSIONS = {"split": _go_split}
 KUADRANT_AUTHORINO_NAMESPACE = "kuadrant-system"
 DEFAULT_WATCH_SELECTOR = {"authorino.kuadrant.io/managed-by": "authorino"}
 
@@ -219,7 +241,8 @@ class Authorino:
         for rule_name, rule in rules.get("authorization", {}).items():
             for pattern in rule["patternMatching"]["patterns"]:
                 try:
-                    verdict = self._env.program(self._env.compile(pattern["predicate"])).evaluate(activation)
+                    program = self._env.program(self._env.compile(pattern["predicate"]), functions=CEL_EXTENSIONS)
+                    verdict = program.evaluate(activation)
                 except celpy.CELEvalError as exc:
                     return Decision(401, f"{rule_name}: evaluation error {exc.args[0]}")
                 if isinstance(verdict, celpy.CELEvalError):
