@@ -174,6 +174,65 @@ def test_models_allowed_limits_models_and_the_listing(client: httpx.Client, stor
     assert client.get("/v1/models").status_code == 401
 
 
+# -- the cluster's URL: /<model>/v1/<endpoint> ------------------------------------------------
+
+
+def test_the_model_may_be_named_in_the_path_as_in_a_cluster(client: httpx.Client, store: SqliteStore) -> None:
+    """`https://<models host>/<model>/v1` is an OpenAI base URL in a cluster (maas-models);
+    the same URL works here, the body's model agreeing or left out."""
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    headers = {"Authorization": f"APIKEY {api_key}"}
+    agreeing = client.post(f"/{MODEL}/v1/chat/completions", json=HELLO, headers=headers)
+    assert agreeing.status_code == 200, agreeing.text
+    assert agreeing.json()["usage"]["total_tokens"] == HELLO_TOKENS and agreeing.json()["model"] == MODEL
+    without = {k: v for k, v in HELLO.items() if k != "model"}
+    implied = client.post("/vllm-simulator/v1/chat/completions", json=without, headers=headers)
+    assert implied.status_code == 200 and implied.json()["model"] == "vllm-simulator"
+    completion = client.post(f"/{MODEL}/v1/completions", json={"prompt": "Hello", "max_tokens": 5}, headers=headers)
+    assert completion.status_code == 200, completion.text
+    with client.stream("POST", f"/{MODEL}/v1/chat/completions", json={**without, "stream": True, "max_tokens": 7},
+                       headers=headers) as streamed:
+        assert streamed.status_code == 200
+        events = _events(list(streamed.iter_lines()))
+    assert json.loads(events[-2])["usage"]["total_tokens"] == 3 + 7  # usage injected, as without the path
+    metrics = client.get("/metrics").text
+    assert 'authorized_calls{limitador_namespace="local/maas-models",team="t1",user="alice"} 4' in metrics
+
+
+def test_a_body_model_other_than_the_paths_is_400_naming_both(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    headers = {"Authorization": f"APIKEY {api_key}"}
+    for body_model in ("vllm-simulator", None, 7):
+        response = client.post(f"/{MODEL}/v1/chat/completions", json={**HELLO, "model": body_model}, headers=headers)
+        assert response.status_code == 400, response.text
+        message = _error(response)["message"]
+        assert MODEL in message and json.dumps(body_model) in message, message
+    assert "vllm-simulator" in _error(
+        client.post(f"/{MODEL}/v1/chat/completions", json={**HELLO, "model": "vllm-simulator"}, headers=headers))["message"]
+    # Nothing was admitted: no call counted, no tokens spent.
+    assert "authorized_calls{" not in client.get("/metrics").text
+
+
+def test_the_path_model_is_checked_like_the_body_model(client: httpx.Client, store: SqliteStore) -> None:
+    store.create_team(team=_team("t1"))
+    listed, _ = _issue(store, "t1", "alice", models_allowed=("vllm-simulator",))
+    without = {k: v for k, v in HELLO.items() if k != "model"}
+    headers = {"Authorization": f"APIKEY {listed}"}
+    refused = client.post(f"/{MODEL}/v1/chat/completions", json=without, headers=headers)
+    assert refused.status_code == 403 and MODEL in _error(refused)["message"]
+    assert client.post("/vllm-simulator/v1/chat/completions", json=without, headers=headers).status_code == 200
+    missing = client.post("/gpt-17/v1/chat/completions", json=without, headers=headers)
+    assert missing.status_code == 404 and "gpt-17" in _error(missing)["message"]
+    assert client.post("/v1/chat/completions", json=without, headers=headers).status_code == 422  # no model at all
+    assert client.post("/no/such/v1/chat/completions", json=HELLO, headers=headers).status_code == 404
+    assert client.post(f"/{MODEL}/v1/embeddings", json=HELLO, headers=headers).status_code == 404
+    assert client.post("//v1/chat/completions", json=HELLO, headers=headers).status_code == 404
+    assert client.get(f"/{MODEL}/v1/chat/completions", headers=headers).status_code == 405
+    assert client.post(f"/{MODEL}/v1/chat/completions", json=without).status_code == 401
+
+
 def test_unknown_model_is_404_and_bad_bodies_are_400_413(client: httpx.Client, store: SqliteStore) -> None:
     store.create_team(team=_team("t1"))
     api_key, _ = _issue(store, "t1", "alice")

@@ -71,6 +71,19 @@ _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,9})(?![\d.eE])')
 _JSON = {"Content-Type": "application/json"}
 _PATHS = {b"/v1/chat/completions": b"/chat/completions", b"/v1/completions": b"/completions"}
 _GET_PATHS = (b"/health", b"/metrics", b"/v1/models")
+
+
+def model_path(path: bytes) -> tuple[bytes, str] | None:
+    """(`/v1/<endpoint>`, model) of `/<model>/v1/<endpoint>`, the URL a cluster's `maas-models`
+    route serves (shared/modelroute.py); None for any other path. Two suffix tests, no regex:
+    only paths that are not one of _PATHS get here."""
+    for endpoint in _PATHS:
+        if path.endswith(endpoint) and path[:1] == b"/":
+            model = path[1 : len(path) - len(endpoint)]
+            if model and b"/" not in model:
+                return endpoint, model.decode("utf-8", "replace")
+    return None
+
 # What the HTTP server refuses by status before a request reaches the gateway.
 _SERVER_REFUSALS: dict[int, type[MaasError]] = {408: RequestTimeout, 413: PayloadTooLarge}
 
@@ -534,8 +547,12 @@ class Gateway:
         """Answer now, or arrange the answer (a callback-driven call, or a coroutine to run)."""
         try:
             method, path = request.method, request.path
-            if method == b"POST" and path in _PATHS:
-                return self._proxy(request, responder)
+            if method == b"POST":
+                if path in _PATHS:
+                    return self._proxy(request, responder, path)
+                found = model_path(path)
+                if found is not None:
+                    return self._proxy(request, responder, *found)
             if method == b"GET":
                 if path == b"/health":
                     responder.send(200, _JSON, b'{"status":"ok"}')
@@ -547,7 +564,7 @@ class Gateway:
                     self._list_models(request, responder)
                     return None
             shown = path.decode("latin-1")
-            if path in _PATHS or path in _GET_PATHS:
+            if path in _PATHS or path in _GET_PATHS or model_path(path) is not None:
                 raise MethodNotAllowed(f"method {method.decode('latin-1')} is not allowed on {shown}")
             raise NotFound(f"no such endpoint: {shown}")
         except MaasError as exc:
@@ -582,11 +599,23 @@ class Gateway:
             raise MalformedRequest("request body must be a JSON object")
         return body
 
-    def _proxy(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
+    def _proxy(self, request: Request, responder: Responder, path: bytes,
+               path_model: str | None = None) -> Coroutine[Any, Any, None] | None:
+        """`path` is the endpoint (`/v1/...`); `path_model` the model a `/<model>/v1/...` path
+        names, which the body must then agree with (or leave out)."""
         # The hot path: helpers inlined where a call per request showed in the profile.
         caller = self._keys.authenticate(request.header(b"authorization"))
         body = self._parse(request)
         model = body.get("model")
+        inserted = False
+        if path_model is not None and model != path_model:
+            if "model" in body:
+                raise MalformedRequest(
+                    f"the path asks for model {json.dumps(path_model)} but the body's 'model' is "
+                    f"{json.dumps(model)}; send one model, or leave 'model' out of the body"
+                )
+            body["model"] = model = path_model
+            inserted = True
         if type(model) is not str or not model:
             raise InvalidRequest("'model' is required and must be a string")
         route = self._routes.get(model)
@@ -604,7 +633,7 @@ class Gateway:
         call: _Call | None = None
         try:
             payload = request.body
-            if route.rename is not None or (stream and "stream_options" in body):
+            if route.rename is not None or inserted or (stream and "stream_options" in body):
                 if stream:
                     options = body.get("stream_options")
                     body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -614,7 +643,7 @@ class Gateway:
                 payload = _with_usage_option(payload) or json.dumps(
                     {**body, "stream_options": {"include_usage": True}}, separators=(",", ":")
                 ).encode()
-            call = _Call(self, caller, model, route, request.path, payload, stream, reservation, prompt_estimate)
+            call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate)
             conn = route.pool.take_idle()
             if conn is not None:
                 call.start(conn, responder)
