@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -31,17 +31,24 @@ from shared.errors import BackendUnavailable
 from shared.settings import ConfigurationError, Settings, load_settings
 from shared.store.kube import api_client_from_config
 from tools.cluster_e2e import SECTION as E2E, EndToEnd, Options
-from tools.cluster_prereqs import SECTION as PREREQS, Checks, Cluster, ClusterError, derive_admin_url
+from tools.cluster_prereqs import (
+    SECTION as PREREQS,
+    Checks,
+    Cluster,
+    ClusterError,
+    derive_admin_url,
+    derive_gateway_url,
+)
 from tools.cluster_report import Report
 
 EXAMPLES = """\
 examples:
-  # everything, URLs derived from the key manager's HTTPRoute and GET /models:
+  # everything, URLs derived from the HTTPRoutes maas-key-manager and maas-models:
   export ADMIN_KEY="$(kubectl -n llm get secret maas-admin-key -o jsonpath='{.data.ADMIN_KEY}' | base64 -d)"
   make cluster-check
 
   # explicit URLs, a private CA, one model:
-  make cluster-check ARGS="--admin-url https://keys.example.com --gateway-url https://models.example.com/llm/qwen3 \\
+  make cluster-check ARGS="--admin-url https://keys.example.com --gateway-url https://models.example.com \\
       --ca-file ca.pem --model qwen3"
 
   # only the prerequisites, as JSON:
@@ -89,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     parts = p.add_argument_group("what to run")
     parts.add_argument("--no-e2e", action="store_true", help="only the prerequisites (needs no admin key)")
     parts.add_argument("--no-prereqs", action="store_true",
-                       help="only the end-to-end run (reads the cluster only to derive --admin-url when absent)")
+                       help="only the end-to-end run (reads the cluster only to derive the URLs not given)")
     parts.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
     cluster = p.add_argument_group("cluster access (default: in-cluster ServiceAccount, else $KUBECONFIG or ~/.kube/config)")
     cluster.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file to use")
@@ -99,8 +106,8 @@ def parser() -> argparse.ArgumentParser:
                      help="the admin API, e.g. https://keys.example.com (default: derived from the HTTPRoute "
                           "maas-key-manager's hostname and the Gateway's listener)")
     e2e.add_argument("--gateway-url", metavar="URL",
-                     help="base URL of the model's OpenAI API through the gateway; model calls are POSTed to "
-                          "URL/v1/chat/completions (default: the model's url from GET /models)")
+                     help="the models' URL through the Gateway, e.g. https://models.example.com; calls are POSTed "
+                          "to URL/<model>/v1/chat/completions (default: derived from the HTTPRoute maas-models)")
     e2e.add_argument("--admin-key-file", metavar="PATH",
                      help="file holding the admin key (default: the ADMIN_KEY environment variable); never printed")
     tls = e2e.add_mutually_exclusive_group()
@@ -161,6 +168,25 @@ class UsageError(Exception):
     pass
 
 
+def _url(report: Report, cluster: Cluster | None, settings: Settings, name: str, given: str | None,
+         derive: Callable[[Cluster, Settings], tuple[str | None, str]], option: str) -> str | None:
+    """`given`, else derived from the cluster (one report line either way it is derived)."""
+    if given:
+        return given
+    if cluster is None:
+        report.add(E2E, name, "FAIL", "no cluster access to derive it from", f"pass {option}")
+        return None
+    try:
+        url, how = derive(cluster, settings)
+    except ClusterError as exc:
+        url, how = None, str(exc)
+    if url is None:
+        report.add(E2E, name, "FAIL", f"cannot derive it: {how}", f"pass {option}")
+    else:
+        report.add(E2E, name, "ok", f"{url} ({how})")
+    return url
+
+
 def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = out or sys.stdout
@@ -182,7 +208,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     report.heading(f"MaaS cluster check: namespace {settings.namespace}, Gateway {context['gateway']}")
 
     cluster: Cluster | None = None
-    needs_cluster = not args.no_prereqs or (not args.no_e2e and not args.admin_url)
+    needs_cluster = not args.no_prereqs or (not args.no_e2e and not (args.admin_url and args.gateway_url))
     if needs_cluster:
         try:
             cluster = Cluster(_api_client(args.kubeconfig, args.context))
@@ -195,24 +221,13 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
 
     if not args.no_e2e:
         assert admin_key is not None
-        admin_url = args.admin_url
-        if admin_url is None and cluster is not None:
-            try:
-                admin_url, how = derive_admin_url(cluster, settings)
-            except ClusterError as exc:
-                admin_url, how = None, str(exc)
-            if admin_url is not None:
-                report.add(E2E, "admin URL", "ok", f"{admin_url} ({how})")
-            else:
-                report.add(E2E, "admin URL", "FAIL", f"cannot derive it: {how}", "pass --admin-url")
-        elif admin_url is None:
-            report.add(E2E, "admin URL", "FAIL", "no cluster access to derive it from", "pass --admin-url")
-        if admin_url is not None:
-            context["admin_url"] = admin_url
-            if args.gateway_url:
-                context["gateway_url"] = args.gateway_url
+        admin_url = _url(report, cluster, settings, "admin URL", args.admin_url, derive_admin_url, "--admin-url")
+        gateway_url = _url(report, cluster, settings, "gateway URL", args.gateway_url, derive_gateway_url,
+                           "--gateway-url")
+        if admin_url is not None and gateway_url is not None:
+            context.update(admin_url=admin_url, gateway_url=gateway_url)
             options = Options(
-                admin_url=admin_url, gateway_url=args.gateway_url, admin_key=admin_key, verify=verify,
+                admin_url=admin_url, gateway_url=gateway_url, admin_key=admin_key, verify=verify,
                 model=args.model, auth_wait=args.auth_wait, revoke_wait=args.revoke_wait,
                 limit_tries=args.limit_tries, interval=args.interval, timeout=args.timeout,
             )

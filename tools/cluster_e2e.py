@@ -29,7 +29,7 @@ USER_ID = "cluster-check"
 @dataclass
 class Options:
     admin_url: str
-    gateway_url: str | None  # None: the model's `url` from GET /models
+    gateway_url: str  # the models' host: calls go to <gateway_url>/<model>/v1/chat/completions
     admin_key: str
     verify: ssl.SSLContext | bool
     model: str | None = None
@@ -192,10 +192,9 @@ class EndToEnd:
                 raise StepFailed(f"no ready model among {len(listed)} listed by GET /models",
                                  "deploy a model (a KServe InferenceService in MAAS_NAMESPACE) or pass --model")
         self.model = str(chosen["name"])
-        base = self.o.gateway_url or str(chosen.get("url") or "")
-        if not base:
-            raise StepFailed(f"{self.model} has no url in GET /models", "pass --gateway-url")
-        self.call_url = base.rstrip("/") + "/v1/chat/completions"
+        # The URL users call on the `maas-models` route (docs/DEPLOY.md, "One route for all models");
+        # the local gateway serves the same path.
+        self.call_url = f"{self.o.gateway_url.rstrip('/')}/{self.model}/v1/chat/completions"
         return f"{self.model}, called at {self.call_url}"
 
     def create_team(self) -> str:
@@ -235,7 +234,8 @@ class EndToEnd:
             )
         if response.status_code == 404:
             raise StepFailed(f"404 from {self.call_url}: {_excerpt(response)}",
-                             "no route to the model there: check --gateway-url or the model's HTTPRoute")
+                             "no route to the model there: check --gateway-url, and that HTTPRoute maas-models "
+                             "has a rule for the model (it is applied at the next policy sync after the model is Ready)")
         if response.status_code != 200:
             raise StepFailed(f"{response.status_code}, expected 200: {_excerpt(response)}",
                              "check the model server and the Gateway's logs")

@@ -20,6 +20,7 @@ import urllib3
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, VersionApi
 from kubernetes.client.exceptions import ApiException
 
+from shared.modelroute import ROUTE_NAME as MODEL_ROUTE
 from shared.settings import Settings
 from tools import manifests
 from tools.cluster_report import Report
@@ -270,6 +271,8 @@ class Checks:
             (f"configmap {self.settings.namespace}/{manifests.CONFIG_MAP}", self.config_map),
             ("knative services", self.knative_services),
             ("httproutes", self.http_routes),
+            (f"httproute {self.settings.policy_namespace}/{MODEL_ROUTE}", self.model_route),
+            ("other routes on the gateway", self.other_routes),
             ("authpolicy", self.auth_policy),
         ]
         for name, step in steps:
@@ -606,21 +609,60 @@ class Checks:
             if route is None:
                 self.add(label, "FAIL", "does not exist", "render and apply dist/manifests.yaml")
                 continue
-            parents = [
-                p for p in (route.get("status") or {}).get("parents") or []
-                if (p.get("parentRef") or {}).get("name") == settings.gateway_name
-                and (p.get("parentRef") or {}).get("namespace", settings.namespace) == settings.policy_namespace
-            ]
-            if not parents:
+            parent = self._attached(route)
+            if parent is None:
                 self.add(label, "FAIL", f"not attached to Gateway {settings.policy_namespace}/{settings.gateway_name}",
                          f"kubectl -n {settings.namespace} describe httproute {name}; check the Gateway's allowedRoutes")
                 continue
-            problems = [why_not(parents[0], kind) for kind in ("Accepted", "ResolvedRefs") if not is_true(parents[0], kind)]
+            problems = [why_not(parent, kind) for kind in ("Accepted", "ResolvedRefs") if not is_true(parent, kind)]
             if problems:
                 self.add(label, "FAIL", "; ".join(problems),
                          f"kubectl -n {settings.namespace} describe httproute {name}")
             else:
                 self.add(label, "ok", "Accepted, ResolvedRefs")
+
+    def _attached(self, route: JSON) -> JSON | None:
+        settings = self.settings
+        for parent in (route.get("status") or {}).get("parents") or []:
+            ref = parent.get("parentRef") or {}
+            route_ns = (route.get("metadata") or {}).get("namespace", settings.namespace)
+            if ref.get("name") == settings.gateway_name and ref.get("namespace", route_ns) == settings.policy_namespace:
+                return parent
+        return None
+
+    def model_route(self) -> None:
+        namespace = self.settings.policy_namespace
+        label = f"httproute {namespace}/{MODEL_ROUTE}"
+        route = self.cluster.get(GATEWAY_API, "v1", "httproutes", MODEL_ROUTE, namespace)
+        if route is None:
+            self.add(label, "warn", "not there yet: the functions apply it at the next policy sync once a model is Ready",
+                     "deploy a model in MAAS_NAMESPACE and wait for a team change or the 15-minute sweep "
+                     "(docs/DEPLOY.md, 'One route for all models')")
+            return
+        parent = self._attached(route)
+        problems = ([f"not attached to Gateway {namespace}/{self.settings.gateway_name}"] if parent is None else
+                    [why_not(parent, kind) for kind in ("Accepted", "ResolvedRefs") if not is_true(parent, kind)])
+        rules = len((route.get("spec") or {}).get("rules") or [])
+        if problems:
+            self.add(label, "FAIL", "; ".join(problems), f"kubectl -n {namespace} describe httproute {MODEL_ROUTE}")
+        else:
+            self.add(label, "ok", f"Accepted, {rules} model(s) routed")
+
+    def other_routes(self) -> None:
+        """docs/DEPLOY.md: a model reached through a route of its own is outside the shared budget."""
+        ours = {MODEL_ROUTE} | {r["metadata"]["name"] for r in manifests.http_routes(self.settings)}
+        others = []
+        for route in self.cluster.list(GATEWAY_API, "v1", "httproutes") or []:
+            meta = route.get("metadata") or {}
+            if self._attached(route) is not None and meta.get("name") not in ours:
+                others.append(f"{meta.get('namespace')}/{meta.get('name')}")
+        if others:
+            self.add("other routes on the gateway", "warn",
+                     f"{', '.join(sorted(others))} also attach to the Gateway: a model reached through its own route "
+                     "is outside the team budgets of maas-models",
+                     "keep KServe's own routes off this Gateway (docs/DEPLOY.md, 'Keep KServe's own routes off')")
+        else:
+            self.add("other routes on the gateway", "ok", "only the key manager's and maas-models")
 
     def auth_policy(self) -> None:
         namespace, name = self.settings.policy_namespace, "maas-api-keys"
@@ -640,9 +682,18 @@ class Checks:
 
 def derive_admin_url(cluster: Cluster, settings: Settings) -> tuple[str | None, str]:
     """The admin API's URL from the key manager's HTTPRoute and its Gateway; (None, why) when it cannot."""
-    route = cluster.get(GATEWAY_API, "v1", "httproutes", manifests.HTTP_ROUTE, settings.namespace)
+    return derive_url(cluster, settings, manifests.HTTP_ROUTE, settings.namespace)
+
+
+def derive_gateway_url(cluster: Cluster, settings: Settings) -> tuple[str | None, str]:
+    """The models' URL (calls go to <it>/<model>/v1/...) from HTTPRoute maas-models and its Gateway."""
+    return derive_url(cluster, settings, MODEL_ROUTE, settings.policy_namespace)
+
+
+def derive_url(cluster: Cluster, settings: Settings, route_name: str, namespace: str) -> tuple[str | None, str]:
+    route = cluster.get(GATEWAY_API, "v1", "httproutes", route_name, namespace)
     if route is None:
-        return None, f"no HTTPRoute {settings.namespace}/{manifests.HTTP_ROUTE}"
+        return None, f"no HTTPRoute {namespace}/{route_name}"
     gateway = cluster.get(GATEWAY_API, "v1", "gateways", settings.gateway_name, settings.policy_namespace)
     listeners = list(((gateway or {}).get("spec") or {}).get("listeners") or [])
     hostnames = list((route.get("spec") or {}).get("hostnames") or [])
@@ -658,7 +709,7 @@ def derive_admin_url(cluster: Cluster, settings: Settings) -> tuple[str | None, 
     port = chosen.get("port")
     default = 443 if scheme == "https" else 80
     suffix = f":{port}" if port and port != default else ""
-    return f"{scheme}://{host}{suffix}", f"from HTTPRoute {manifests.HTTP_ROUTE} and Gateway {settings.gateway_name}"
+    return f"{scheme}://{host}{suffix}", f"from HTTPRoute {route_name} and Gateway {settings.gateway_name}"
 
 
 def _host_fits(pattern: str | None, host: str) -> bool:

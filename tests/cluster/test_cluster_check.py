@@ -39,7 +39,7 @@ from shared.settings import Settings
 from tests.kube_double import KubeDouble, running_double, version_info
 from tests.runtime import ROOT, Runtime, start_runtime
 from tools import cluster_check, manifests
-from tools.cluster_prereqs import Cluster, derive_admin_url, selector_matches
+from tools.cluster_prereqs import Cluster, derive_admin_url, derive_gateway_url, selector_matches
 
 JSON = dict[str, Any]
 CRDS = ROOT / "tests" / "crds"
@@ -114,15 +114,25 @@ def healthy(settings: Settings) -> Objects:
         put(f"ksvc/{name}", "serving.knative.dev/v1", "Service", "services", NS, name, {}, ready())
     for route in manifests.http_routes(settings):
         body = copy.deepcopy(route)
-        body["status"] = {"parents": [{
-            "parentRef": {"group": GW, "kind": "Gateway", "name": settings.gateway_name, "namespace": gateway_ns},
-            "controllerName": "istio.io/gateway-controller",
-            "conditions": [{"type": "Accepted", "status": "True"}, {"type": "ResolvedRefs", "status": "True"}],
-        }]}
+        body["status"] = attached(settings)
         objects[f"httproute/{route['metadata']['name']}"] = ((GW, "v1", "httproutes", NS), body)
     put("authpolicy", "kuadrant.io/v1", "AuthPolicy", "authpolicies", gateway_ns, "maas-api-keys", {},
         ready("Enforced"))
+    put("maas-models", f"{GW}/v1", "HTTPRoute", "httproutes", gateway_ns, "maas-models",
+        {"parentRefs": [{"name": settings.gateway_name}], "hostnames": ["models.example.com"],
+         "rules": [{"name": "qwen3", "backendRefs": [{"name": "qwen3-predictor", "port": 80}]}]},
+        attached(settings))
     return objects
+
+
+def attached(settings: Settings) -> JSON:
+    """An HTTPRoute's status once the Gateway accepted it."""
+    return {"parents": [{
+        "parentRef": {"group": GW, "kind": "Gateway", "name": settings.gateway_name,
+                      "namespace": settings.policy_namespace},
+        "controllerName": "istio.io/gateway-controller",
+        "conditions": [{"type": "Accepted", "status": "True"}, {"type": "ResolvedRefs", "status": "True"}],
+    }]}
 
 
 def load(double: KubeDouble, objects: Objects) -> None:
@@ -206,7 +216,8 @@ def test_a_healthy_cluster_passes_every_check(tmp_path: Path, double: KubeDouble
     for name in ("kubernetes API", "gateway api version", "kuadrant", "authorino", "authorino secret selector",
                  "limitador", f"gateway {NS}/maas-gateway", "gatewayclass istio", "route backends",
                  f"namespace {NS}", f"secret {NS}/maas-admin-key", f"configmap {NS}/maas-config",
-                 "knative services", f"httproute {NS}/maas-key-manager", f"authpolicy {NS}/maas-api-keys"):
+                 "knative services", f"httproute {NS}/maas-key-manager", f"httproute {NS}/maas-models",
+                 "other routes on the gateway", f"authpolicy {NS}/maas-api-keys"):
         assert name in found, f"{name} missing from:\n{text}"
     assert "v1.6.1" in found["gateway api version"][1]
     assert ADMIN_KEY not in text and not KEY_SHAPE.search(text)
@@ -288,6 +299,11 @@ BROKEN: list[tuple[str, Callable[[Objects], None], str, str]] = [
         "conditions": [{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners"},
                        {"type": "ResolvedRefs", "status": "True"}]}])),
      f"httproute {NS}/maas-key-manager", "describe httproute maas-key-manager"),
+    ("models route not accepted", _edit("maas-models", _set("status.parents", [{
+        "parentRef": {"name": "maas-gateway", "namespace": NS},
+        "conditions": [{"type": "Accepted", "status": "True"},
+                       {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound"}]}])),
+     f"httproute {NS}/maas-models", "describe httproute maas-models"),
     ("AuthPolicy not enforced", _edit("authpolicy", _set("status", ready("Enforced", "False", reason="Unknown"))),
      f"authpolicy {NS}/maas-api-keys", "status.conditions"),
 ]
@@ -371,6 +387,21 @@ def test_a_gateway_elsewhere_must_accept_routes_from_our_namespace(
     assert code == 0, text
 
 
+def test_a_missing_models_route_and_kserves_own_routes_are_warnings(tmp_path: Path, double: KubeDouble) -> None:
+    objects = healthy(Settings())
+    objects.pop("maas-models")
+    own = {"apiVersion": f"{GW}/v1", "kind": "HTTPRoute", "metadata": {"name": "qwen3-kserve-route", "namespace": "models"},
+           "spec": {"parentRefs": [{"name": "maas-gateway", "namespace": NS}]}, "status": attached(Settings())}
+    objects["own-route"] = ((GW, "v1", "httproutes", "models"), own)
+    code, text = check(tmp_path, double, objects)
+    found = lines(text)
+    assert code == 0, text
+    assert found[f"httproute {NS}/maas-models"][0] == "warn" and "next policy sync" in found[f"httproute {NS}/maas-models"][1]
+    assert found["other routes on the gateway"][0] == "warn"
+    assert "models/qwen3-kserve-route" in found["other routes on the gateway"][1]
+    assert "Keep KServe's own routes off" in found["other routes on the gateway"][1]
+
+
 def test_settings_that_differ_from_the_deployment_are_a_warning(
     tmp_path: Path, double: KubeDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -420,11 +451,13 @@ def test_a_json_report(tmp_path: Path, double: KubeDouble) -> None:
     assert all(set(c) == {"section", "name", "status", "detail", "fix", "seconds"} for c in report["checks"])
 
 
-def test_the_admin_url_is_derived_from_the_route_and_the_gateway(double: KubeDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_urls_are_derived_from_the_routes_and_the_gateway(double: KubeDouble) -> None:
     settings = Settings(api_hostname="keys.example.com")
-    load(double, {k: v for k, v in healthy(settings).items() if k in ("gateway", "httproute/maas-key-manager")})
+    wanted = ("gateway", "httproute/maas-key-manager", "maas-models")
+    load(double, {k: v for k, v in healthy(settings).items() if k in wanted})
     cluster = Cluster(double.api_client())
     assert derive_admin_url(cluster, settings)[0] == "https://keys.example.com"
+    assert derive_gateway_url(cluster, settings)[0] == "https://models.example.com"
     # Without a hostname, the Gateway's address; without an HTTPS listener, plain HTTP on its port.
     with running_double() as (fresh, client):
         objects = healthy(Settings())
@@ -432,6 +465,7 @@ def test_the_admin_url_is_derived_from_the_route_and_the_gateway(double: KubeDou
         load(fresh, {k: v for k, v in objects.items() if k in ("gateway", "httproute/maas-key-manager")})
         assert derive_admin_url(Cluster(client), Settings())[0] == "http://203.0.113.7:8080"
         assert derive_admin_url(Cluster(client), Settings(namespace="elsewhere"))[0] is None
+        assert derive_gateway_url(Cluster(client), Settings())[0] is None  # no maas-models yet
 
 
 @pytest.mark.parametrize(
@@ -528,6 +562,7 @@ def test_the_quickstart_passes_end_to_end_against_the_local_runtime(runtime: Run
     assert done.returncode == 0, done.stdout + done.stderr
     assert tuple(found) == E2E_STEPS, done.stdout
     assert {status for status, _ in found.values()} == {"ok"}, done.stdout
+    assert f"{runtime.urls['gateway']}/qwen3-0-6b-instruct/v1/chat/completions" in found["model"][1]
     assert found["model call"][1].startswith("200, ") and "tokens" in found["model call"][1]
     assert found["token limit"][1].startswith("429")
     assert found["revoked key refused"][1].startswith("401")
