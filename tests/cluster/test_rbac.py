@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from shared.modelroute import managed_route_objects
 from shared.settings import Settings
 from tools import manifests
 
@@ -121,10 +122,14 @@ def read_only(documents: list[JSON], settings: Settings) -> Iterator[str]:
 def placement(documents: list[JSON], settings: Settings) -> Iterator[str]:
     """Secrets, ConfigMaps and models in MAAS_NAMESPACE; Kuadrant policies beside the Gateway;
     every function on its own account; the event source's account used by no function."""
+    beside_gateway = {(obj["apiVersion"].split("/")[0], manifests._plural(obj["kind"]))
+                      for obj in managed_route_objects(settings) if obj["metadata"]["namespace"] == settings.policy_namespace}
     for role in _of(documents, "Role"):
         for rule in role["rules"]:
             kuadrant = any(group.endswith("kuadrant.io") for group in rule["apiGroups"])
-            expected = settings.policy_namespace if kuadrant else settings.namespace
+            # The one models route lives beside the policies (shared/modelroute.py), its grant beside the models.
+            route = {(g, r) for g in rule["apiGroups"] for r in rule["resources"]} <= beside_gateway
+            expected = settings.policy_namespace if kuadrant or route else settings.namespace
             if role["metadata"]["namespace"] != expected:
                 yield f"{role['metadata']['name']}: {rule['resources']} granted in {role['metadata']['namespace']}"
     services = {
@@ -140,9 +145,9 @@ def placement(documents: list[JSON], settings: Settings) -> Iterator[str]:
 
 
 def named_objects(documents: list[JSON], settings: Settings) -> Iterator[str]:
-    """resourceNames name only the policies we manage, and get/update/delete on policies always
-    carry them (create cannot)."""
-    managed = {ref.name for ref in manifests.managed_policies(settings)}
+    """resourceNames name only the policies and the models route we manage, and get/update/delete
+    on policies always carry them (create cannot)."""
+    managed = _managed_names(settings)
     for role, rule in _rules(documents):
         names = set(rule.get("resourceNames") or [])
         if names - managed:
@@ -176,7 +181,13 @@ def test_resource_names_are_used_where_they_work() -> None:
     documents = manifests.render(RENDERINGS["default"])
     named = [rule for _, rule in _rules(documents) if rule.get("resourceNames")]
     assert named and all(set(rule["verbs"]) <= NAMED_VERBS for rule in named)
-    assert {n for rule in named for n in rule["resourceNames"]} == {r.name for r in manifests.managed_policies(Settings())}
+    assert {n for rule in named for n in rule["resourceNames"]} == _managed_names(Settings())
+
+
+def _managed_names(settings: Settings) -> set[str]:
+    return ({ref.name for ref in manifests.managed_policies(settings)}
+            | {obj["metadata"]["name"] for obj in managed_route_objects(settings)})
+
 
 
 # ------------------------------------------------------------------ each check can fail
