@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from shared.errors import BackendUnavailable, MaasError, NotFound
 from shared.modelroute import ModelRoute, managed_route_objects, model_route
-from shared.policies import generate_policies, managed_policies
+from shared.policies import TELEMETRY_POLICY, generate_policies, managed_policies
 from shared.settings import Settings
 from shared.store.base import Store
 from shared.store.kube import REQUEST_TIMEOUT, KubernetesStore, api_client_from_config, kube_errors, retry_on_conflict
@@ -199,13 +199,18 @@ def sync_policies(store: Store, api_client: ApiClient, settings: Settings, *, ca
             ident = _ident(obj, None)
             current[ident] = verbs.get(obj, ident)
         # Teams and models are listed after the objects were read: see the module docstring.
-        desired = generate_policies(store.list_teams(), settings, keys_in_grace=store.list_keys(in_grace=True))
         route = _model_route(catalog, settings)
         outcome[:] = [route]
+        desired = generate_policies(store.list_teams(), settings, keys_in_grace=store.list_keys(in_grace=True),
+                                    models=[backend.model for backend in route.backends])
         deletable = list(managed)
         if route.error is None:
             desired += route.objects
             deletable += route_managed
+        else:
+            # The models are not known this time: the usage labels stay bounded by the last list.
+            desired = [obj for obj in desired if obj["kind"] != TELEMETRY_POLICY[1]]
+            deletable = [obj for obj in deletable if obj["kind"] != TELEMETRY_POLICY[1]]
         produced = set()
         for obj in desired:
             ident = _ident(obj, settings.policy_namespace)

@@ -70,6 +70,7 @@ MODELS_ANNOTATION = "maas/models-allowed"
 
 # CEL over the request body: Kuadrant's wasm shim parses the JSON body of model calls.
 MODEL_EXPRESSION = 'requestBodyJSON("/model")'
+OTHER_MODEL = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +92,14 @@ def managed_policies(settings: Settings) -> list[PolicyRef]:
 
 
 def generate_policies(teams: Iterable[Team], settings: Settings, *,
-                      keys_in_grace: Iterable[ApiKey] = ()) -> list[dict[str, Any]]:
-    """All the policies for these teams, in a stable order and with stable content."""
+                      keys_in_grace: Iterable[ApiKey] = (), models: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """All the policies for these teams (and the models served, for the usage labels), in a
+    stable order and with stable content."""
     ordered = sorted(teams, key=lambda team: team.team_id)
     policies = [auth_policy(settings, revision=identity_revision(ordered, keys_in_grace))]
     if ordered:
         policies.append(token_rate_limit_policy(ordered, settings))
-    policies.append(telemetry_policy(settings))
+    policies.append(telemetry_policy(settings, models))
     return policies
 
 
@@ -201,8 +203,23 @@ def token_rate_limit_policy(teams: Iterable[Team], settings: Settings) -> dict[s
     return _policy(TOKEN_RATE_LIMIT_POLICY, settings, {"targetRef": _gateway_ref(settings), "limits": limits})
 
 
-def telemetry_policy(settings: Settings) -> dict[str, Any]:
-    labels = {"user": "auth.identity.userid", "team": "auth.identity.team", "model": MODEL_EXPRESSION}
+def model_label(models: Iterable[str]) -> str:
+    """The `model` label: the body's model when it is one we serve, else `other`.
+
+    A client may put any string in the body, and each distinct label value is a series in
+    Prometheus (tests/cluster/SOURCES.md §16): bounded by the catalog, a new model is counted
+    under `other` until the next policy sync. The expression keeps `requestBodyJSON(` even for
+    an empty catalog, which is what keeps Kuadrant from putting it on the call counters.
+    """
+    listed = ", ".join(json.dumps(name) for name in sorted(set(models)))
+    # string(): a number compares unequal to every name, a list or object fails (no label);
+    # either way no value outside the catalog, whatever the CEL engine does with mixed types.
+    model = f"string({MODEL_EXPRESSION})"
+    return f"{model} in [{listed}] ? {model} : {json.dumps(OTHER_MODEL)}"
+
+
+def telemetry_policy(settings: Settings, models: Iterable[str] = ()) -> dict[str, Any]:
+    labels = {"user": "auth.identity.userid", "team": "auth.identity.team", "model": model_label(models)}
     return _policy(
         TELEMETRY_POLICY,
         settings,
