@@ -78,11 +78,32 @@ def _describe(obj: JSON, ident: Ident) -> str:
 
 
 def _same(current: JSON, desired: JSON) -> bool:
-    def view(obj: JSON) -> tuple[Any, ...]:
-        meta = obj.get("metadata") or {}
-        return (meta.get("labels") or {}, meta.get("annotations") or {}, obj.get("spec"))
+    """Whether `current` already holds what we write: our spec, and our labels and annotations
+    among whatever other controllers added (they are theirs, not a difference)."""
+    have, want = current.get("metadata") or {}, desired.get("metadata") or {}
+    for field in ("labels", "annotations"):
+        present = have.get(field) or {}
+        if any(present.get(key) != value for key, value in (want.get(field) or {}).items()):
+            return False
+    return current.get("spec") == desired.get("spec")
 
-    return view(current) == view(desired)
+
+def _replacement(current: JSON, desired: JSON) -> JSON:
+    """`desired` as a whole-object replace of `current` that keeps what is not ours to remove:
+    other controllers' finalizers (Kuadrant puts its own on policies), owner references, labels
+    and annotations. Without them a replace would strip a finalizer and let an object be
+    deleted before its controller cleaned up, or start a tug of war over an annotation."""
+    body = copy.deepcopy(desired)
+    have, meta = current.get("metadata") or {}, body.setdefault("metadata", {})
+    for field in ("labels", "annotations"):
+        merged = {**(have.get(field) or {}), **(meta.get(field) or {})}
+        if merged:
+            meta[field] = merged
+    for field in ("finalizers", "ownerReferences"):
+        if have.get(field):
+            meta[field] = copy.deepcopy(have[field])
+    meta["resourceVersion"] = have["resourceVersion"]
+    return body
 
 
 class _Objects:
@@ -112,9 +133,9 @@ class _Objects:
                 group, version, ident[1], plural, body, _request_timeout=REQUEST_TIMEOUT
             )
         elif not _same(current, body):
-            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             self._api.replace_namespaced_custom_object(
-                group, version, ident[1], plural, ident[2], body, _request_timeout=REQUEST_TIMEOUT
+                group, version, ident[1], plural, ident[2], _replacement(current, body),
+                _request_timeout=REQUEST_TIMEOUT,
             )
 
     def delete(self, obj: JSON, ident: Ident, current: JSON) -> None:

@@ -114,6 +114,30 @@ def test_apply_keeps_the_status_written_by_kuadrant(kube: tuple[KubeDouble, Any]
     assert got["status"] == {"conditions": [{"type": "Accepted", "status": "True"}]}
 
 
+def test_apply_keeps_what_other_controllers_put_in_the_metadata(kube: tuple[KubeDouble, Any]) -> None:
+    """A replace carries the whole object: sent without Kuadrant's finalizer, it would remove it
+    (and the policy could be deleted before Kuadrant cleaned up); sent without another
+    controller's annotation, it would remove that, and every sync would fight over it."""
+    double, client = kube
+    apply_objects(client, [AUTH])
+    theirs = {"finalizers": ["kuadrant.io/authpolicies"],
+              "annotations": {"kuadrant.io/observed": "1"}, "labels": {"team.example.com/owner": "platform"}}
+    CustomObjectsApi(client).patch_namespaced_custom_object("kuadrant.io", "v1", NS, "authpolicies", "keys",
+                                                           {"metadata": theirs})
+    double.requests.clear()
+    apply_objects(client, [AUTH])
+    assert writes(double) == []  # their additions are no difference of ours
+
+    changed = copy.deepcopy(AUTH)
+    changed["spec"]["rules"]["authentication"]["api-key"]["apiKey"]["selector"]["matchLabels"]["app"] = "other"
+    apply_objects(client, [changed])
+    got = stored(double, AUTH)
+    assert got is not None and got["spec"] == changed["spec"]
+    assert got["metadata"]["finalizers"] == ["kuadrant.io/authpolicies"]
+    assert got["metadata"]["annotations"] == {"kuadrant.io/observed": "1"}
+    assert got["metadata"]["labels"] == {**AUTH["metadata"]["labels"], "team.example.com/owner": "platform"}
+
+
 def test_apply_lands_through_conflicts(kube: tuple[KubeDouble, Any]) -> None:
     double, client = kube
     apply_objects(client, [TRLP])
