@@ -41,6 +41,7 @@ from shared.errors import BackendUnavailable, MaasError
 from shared.keymaterial import generate_admin_key
 from shared.kubeapply import policy_syncer, sync_policies
 from shared.modelroute import GRANT_NAME, ROUTE_NAME
+from shared.policies import MANAGED_BY
 from shared.settings import Settings
 from shared.store.base import AuditEntry
 from shared.store.kube import KubernetesStore
@@ -234,6 +235,9 @@ def route_objects(settings: Settings) -> list[tuple[str, str, str, str, str]]:
     return found
 
 
+MANAGED = "app.kubernetes.io/managed-by"  # a label of ours: an edit to it is drift to repair
+
+
 def drift(run: Run) -> None:
     """Hand edits (as a cluster admin) to the policies that do not depend on the teams, and to
     the model route."""
@@ -242,7 +246,7 @@ def drift(run: Run) -> None:
         for group, version, plural, namespace, name in edited + route_objects(run.settings):
             try:
                 CustomObjectsApi(admin).patch_namespaced_custom_object(
-                    group, version, namespace, plural, name, {"metadata": {"labels": {"edited": "by-hand"}}}
+                    group, version, namespace, plural, name, {"metadata": {"labels": {MANAGED: "by-hand"}}}
                 )
             except ApiException as exc:  # never written (a refused create): `repaired` reports it
                 if exc.status != 404:
@@ -253,11 +257,11 @@ def repaired(run: Run) -> None:
     """The next sync replaced both edited policies (and the model route, when there is one)."""
     for group, version, plural, name in TEAM_INDEPENDENT_POLICIES:
         policy = run.double.get(plural, run.settings.policy_namespace, name, group, version)
-        if policy is None or "edited" in (policy["metadata"].get("labels") or {}):
+        if policy is None or (policy["metadata"].get("labels") or {}).get(MANAGED) != MANAGED_BY[MANAGED]:
             run.problems.append(f"{plural}/{name} was not repaired")
     for group, version, plural, namespace, name in route_objects(run.settings):
         found = run.double.get(plural, namespace, name, group, version)
-        if found is not None and "edited" in (found["metadata"].get("labels") or {}):
+        if found is not None and (found["metadata"].get("labels") or {}).get(MANAGED) != MANAGED_BY[MANAGED]:
             run.problems.append(f"{plural}/{name} was not repaired")
 
 
