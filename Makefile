@@ -35,8 +35,8 @@ test: $(STAMP) ## Run the test suite (installs Debian's prometheus for the usage
 bench: $(STAMP) ## Benchmark the gateway against a direct backend
 	@$(BIN)/python -m bench
 
-manifests: $(STAMP) ## Render the deployable Kubernetes set to dist/manifests.yaml
-	@$(BIN)/python -m tools.manifests --out dist/manifests.yaml
+manifests: $(STAMP) ## Render the cluster deployment to dist/manifests.yaml, its starting policies to dist/policies.yaml
+	@$(BIN)/python -m tools.manifests --out dist/manifests.yaml --policies-out dist/policies.yaml
 
 cluster-check: $(STAMP) ## Check a live cluster's prerequisites, then run the quickstart through its gateway (ARGS="--help")
 	@$(BIN)/python -m tools.cluster_check $(ARGS)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.modelroute import managed_route_objects
 from shared.policies import generate_policies
 from shared.routes import EVENT_TARGETS, ROUTES, Route
 from shared.settings import Settings
@@ -24,13 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_VALUES = {"team_id": "team-a1", "user_id": "User.name_1-x", "secret_name": "apikey-u-team-a1-0a1b2c3d"}
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """Run the real command, as `make manifests` does, with no MAAS_* settings around."""
-    out = tmp_path_factory.mktemp("dist") / "manifests.yaml"
+def run_manifests(out_dir: Path, *args: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the real command, as `make manifests` does, with no MAAS_* settings around:
+    (the deployment, the starting policies)."""
+    out, policies = out_dir / "manifests.yaml", out_dir / "policies.yaml"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_") and k != "NAMESPACE"}
     result = subprocess.run(
-        [sys.executable, "-m", "tools.manifests", "--out", str(out)],
+        [sys.executable, "-m", "tools.manifests", "--out", str(out), "--policies-out", str(policies), *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -38,10 +39,26 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"to {out}" in result.stdout
     documents = list(yaml.safe_load_all(out.read_text()))
-    assert f"wrote {len(documents)} objects" in result.stdout
-    return documents
+    starting = list(yaml.safe_load_all(policies.read_text()))
+    assert f"wrote {len(documents)} objects to {out}" in result.stdout
+    assert f"wrote {len(starting)} objects to {policies}" in result.stdout
+    return documents, starting
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return run_manifests(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def rendered(both: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return both[0]
+
+
+@pytest.fixture(scope="module")
+def starting_policies(both: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return both[1]
 
 
 def of_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -149,9 +166,10 @@ def test_event_targets_run_as_cloudevent_functions(rendered: list[dict[str, Any]
         assert "ADMIN_KEY" not in env
 
 
-def test_settings_config_map_matches_the_policies(rendered: list[dict[str, Any]]) -> None:
+def test_settings_config_map_matches_the_policies(rendered: list[dict[str, Any]],
+                                                  starting_policies: list[dict[str, Any]]) -> None:
     data = named(rendered, "ConfigMap")[manifests.CONFIG_MAP]["data"]
-    auth = named(rendered, "AuthPolicy")["maas-api-keys"]
+    auth = named(starting_policies, "AuthPolicy")["maas-api-keys"]
     assert data["MAAS_GATEWAY_NAME"] == auth["spec"]["targetRef"]["name"]
     assert data["MAAS_GATEWAY_NAMESPACE"] == auth["metadata"]["namespace"]
     selector = auth["spec"]["rules"]["authentication"]["api-key"]["apiKey"]["selector"]["matchLabels"]
@@ -383,16 +401,26 @@ def test_cleanup_plumbing_reaches_the_cleanup_function(rendered: list[dict[str, 
         assert sender["spec"]["sink"]["ref"]["name"] in brokers
 
 
-def test_policies_are_rendered_for_the_example_teams(rendered: list[dict[str, Any]]) -> None:
+def test_the_starting_policies_are_what_the_sync_writes_for_no_teams(starting_policies: list[dict[str, Any]]) -> None:
+    # Exactly what shared.policies makes of an empty store (its own tests say what that is):
+    # the API-key check is in place before any team exists; no teams, no limits.
+    assert starting_policies == generate_policies([], Settings())
+    assert [p["kind"] for p in starting_policies] == ["AuthPolicy", "TelemetryPolicy"]
+
+
+def test_example_teams_render_their_policies_for_review(tmp_path: Path) -> None:
     examples = manifests.load_example_teams()
-    (limits,) = of_kind(rendered, "TokenRateLimitPolicy")
     assert examples, "config/examples/ should hold a few teams"
-    # Exactly what shared.policies makes of those teams (its own tests say what that is), and
-    # only because of them: no teams, no limits.
-    generated = {p["kind"]: p for p in generate_policies(examples, Settings())}
-    assert limits == generated["TokenRateLimitPolicy"]
-    assert "TokenRateLimitPolicy" not in {p["kind"] for p in generate_policies([], Settings())}
-    assert of_kind(rendered, "TelemetryPolicy")
+    _, policies = run_manifests(tmp_path, "--example-teams")
+    assert policies == generate_policies(examples, Settings())
+    assert of_kind(policies, "TokenRateLimitPolicy")
+
+
+def test_the_deployment_holds_nothing_the_functions_write(rendered: list[dict[str, Any]]) -> None:
+    """Applying dist/manifests.yaml again must not undo what the policy sync wrote since."""
+    written = {(ref.kind, ref.name) for ref in manifests.managed_policies(Settings())}
+    written |= {(obj["kind"], obj["metadata"]["name"]) for obj in managed_route_objects(Settings())}
+    assert not written & {(d["kind"], d["metadata"]["name"]) for d in rendered}
 
 
 # ------------------------------------------------------------------ image and func.yaml

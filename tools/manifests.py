@@ -1,13 +1,19 @@
-"""Render the whole deployable Kubernetes set into one multi-document YAML file.
+"""Render the deployable Kubernetes set: the deployment, and the starting policies apart.
 
-    python -m tools.manifests --out dist/manifests.yaml      (`make manifests`)
+    python -m tools.manifests --out dist/manifests.yaml --policies-out dist/policies.yaml
 
 What derives from the routing table is generated here, so it cannot drift from it: one Knative
 Service per function target (shared/routes.ROUTES and EVENT_TARGETS), the HTTPRoute that maps
 each (method, path) to its Service, and the function's RBAC. The static pieces are YAML files in
-config/base/ (the admin key Secret, the Broker, the event sources and Triggers); the Kuadrant
-policies come from shared/policies.py for the example teams in config/examples/. Namespace,
+config/base/ (the admin key Secret, the Broker, the event sources and Triggers). Namespace,
 Gateway and key selector come from the same Settings (MAAS_* variables) the functions use.
+
+The Kuadrant policies are in a file of their own: the functions regenerate them from the teams
+(and the models route from the models) on every change, so they are the functions' to keep.
+dist/manifests.yaml can be applied again at any time without undoing them; dist/policies.yaml
+holds what the functions would write for a store with no teams (or, with --example-teams, for
+config/examples/teams.yaml, to review what teams produce), created once so that the models
+are never reachable without the API-key check.
 """
 
 from __future__ import annotations
@@ -478,7 +484,6 @@ def render(
     image: str | None = None,
     prometheus_url: str = DEFAULT_PROMETHEUS_URL,
     config_dir: Path = CONFIG_DIR,
-    teams: Sequence[Team] | None = None,
     skip_admin_key: bool = False,
 ) -> list[dict[str, Any]]:
     func = load_func_yaml()
@@ -487,7 +492,6 @@ def render(
     if skip_admin_key:
         static = [doc for doc in static if not _is_admin_key_secret(doc)]
     routes = http_routes(settings)
-    example_teams = load_example_teams(config_dir / "examples") if teams is None else list(teams)
     return [
         *function_rbac(settings),
         config_map(settings, prometheus_url),
@@ -496,8 +500,12 @@ def render(
         *routes,
         *reference_grants(settings),
         *(admin_route_auth(route) for route in routes),
-        *generate_policies(example_teams, settings),
     ]
+
+
+def render_policies(settings: Settings, *, teams: Sequence[Team] = ()) -> list[dict[str, Any]]:
+    """The starting policies: what the functions' policy sync writes for these teams."""
+    return generate_policies(teams, settings)
 
 
 def _is_admin_key_secret(document: dict[str, Any]) -> bool:
@@ -521,7 +529,12 @@ def dump(documents: Iterable[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.manifests", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("dist/manifests.yaml"), help="file to write")
+    parser.add_argument("--out", type=Path, default=Path("dist/manifests.yaml"),
+                        help="the deployment; apply it (again) with kubectl apply --server-side")
+    parser.add_argument("--policies-out", type=Path, default=Path("dist/policies.yaml"),
+                        help="the starting policies; create them once (kubectl create), the functions keep them")
+    parser.add_argument("--example-teams", action="store_true",
+                        help="starting policies for config/examples/teams.yaml instead of no teams, for review")
     parser.add_argument("--image", help="image of every function (default: func.yaml's image)")
     parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS_URL, help="in-cluster Prometheus")
     parser.add_argument(
@@ -535,14 +548,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     documents = render(
         settings, image=args.image, prometheus_url=args.prometheus_url, skip_admin_key=args.skip_admin_key
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(dump(documents))
-
-    counts: dict[str, int] = {}
-    for document in documents:
-        counts[document["kind"]] = counts.get(document["kind"], 0) + 1
-    summary = ", ".join(f"{count} {kind}" for kind, count in counts.items())
-    print(f"wrote {len(documents)} objects to {args.out} (namespace {settings.namespace}): {summary}")
+    policies = render_policies(settings, teams=load_example_teams() if args.example_teams else ())
+    for path, written in ((args.out, documents), (args.policies_out, policies)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump(written))
+        counts: dict[str, int] = {}
+        for document in written:
+            counts[document["kind"]] = counts.get(document["kind"], 0) + 1
+        summary = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+        print(f"wrote {len(written)} objects to {path} (namespace {settings.namespace}): {summary}")
     return 0
 
 
