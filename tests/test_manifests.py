@@ -455,3 +455,13 @@ def test_the_admin_key_placeholder_can_be_left_out() -> None:
     documents = manifests.render(Settings(), skip_admin_key=True)
     assert manifests.ADMIN_KEY_SECRET not in named(documents, "Secret")
     assert named(documents, "Broker"), "only the admin key Secret is left out"
+
+
+def test_the_yaml_has_no_anchors(tmp_path: Path) -> None:
+    """A dict shared between two places of an object (as the two API-key entries once shared
+    their lookup) comes out as a YAML anchor and alias: valid YAML, but not what anyone reviewing
+    the file, or a tool that re-serialises it, expects to see."""
+    run_manifests(tmp_path, "--example-teams")
+    for name in ("manifests.yaml", "policies.yaml"):
+        text = (tmp_path / name).read_text()
+        assert "&id" not in text and "*id" not in text, name
