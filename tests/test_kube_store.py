@@ -331,7 +331,10 @@ def test_unreachable_api_is_backend_unavailable_naming_kubernetes(cluster: tuple
         with pytest.raises(BackendUnavailable, match="Kubernetes API unreachable"):
             store.create_team(team=a_team("other"))
         store.generation()  # the hot path does not raise; it keeps its view
+        with pytest.raises(BackendUnavailable, match="Kubernetes API unreachable"):
+            store.ping()  # /health says so
     assert store.get_team(team_id="data-science") == a_team()
+    store.ping()
 
 
 def test_refused_connection_is_backend_unavailable() -> None:

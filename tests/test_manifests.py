@@ -328,7 +328,7 @@ def test_rbac_grants_each_function_what_it_needs(rendered: list[dict[str, Any]])
     assert set(manifests.FUNCTION_ACCOUNTS) == set(manifests.function_targets())
     grants = {account: _account_grants(rendered, manifests.account_name(account)) for account in manifests.ACCOUNT_RULES}
     assert grants["none"] == {}
-    assert grants["health"] == {("", "secrets"): {"list"}}
+    assert grants["health"] == {}  # /version needs no grant (Store.ping)
     assert grants["reader"] == {("", "secrets"): {"get", "list"}, ("", "configmaps"): {"list", "create"}}
     models = ("serving.kserve.io", "inferenceservices"), ("serving.kserve.io", "llminferenceservices")
     assert grants["models"] == {("", "secrets"): {"list"}, ("", "configmaps"): {"create"}} | {m: {"list"} for m in models}

@@ -210,6 +210,12 @@ def test_update_key_changes_only_given_fields(store: Store) -> None:
         store.update_key(secret_name="apikey-nobody-test-team-00000000", changes=KeyChanges(status="revoked"))
 
 
+def test_ping_reads_nothing_and_moves_nothing(store: Store) -> None:
+    before = store.generation()
+    store.ping()
+    assert store.generation() == before and store.list_teams() == []
+
+
 def test_keys_in_grace_are_the_rotated_keys_still_active(store: Store) -> None:
     from shared.store.base import KeyChanges
 

@@ -153,8 +153,12 @@ def knative_service(target: str, settings: Settings, func: dict[str, Any], image
 
 
 def _uses_the_api(target: str) -> bool:
-    account = FUNCTION_ACCOUNTS[target]
-    return bool(ACCOUNT_RULES[account]) or account in POLICY_WRITERS
+    return _account_uses_the_api(FUNCTION_ACCOUNTS[target])
+
+
+def _account_uses_the_api(account: str) -> bool:
+    # health has no grant, but calls the API server (/version): it needs its token to reach it.
+    return bool(ACCOUNT_RULES[account]) or account in POLICY_WRITERS or account == "health"
 
 
 def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
@@ -316,8 +320,9 @@ _AUDIT = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}  
 ACCOUNT_RULES: dict[str, list[dict[str, Any]]] = {
     # The OpenAPI document is static: no API access, and no token mounted.
     "none": [],
-    # /health lists teams to prove the store is reachable (functions/meta.health): list only.
-    "health": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+    # /health asks the API server for /version (functions/meta.health, Store.ping), which needs
+    # no grant: its unauthenticated callers reach no Secret through it.
+    "health": [],
     "reader": [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "create"]},
@@ -409,7 +414,7 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
             "kind": "ServiceAccount",
             "metadata": {"name": name, "namespace": settings.namespace, "labels": dict(PART_OF)},
         }
-        if not rules and account not in POLICY_WRITERS:
+        if not _account_uses_the_api(account):
             service_account["automountServiceAccountToken"] = False
         documents.append(service_account)
         roles = [(name, settings.namespace, rules)]

@@ -183,4 +183,9 @@ class Store(Protocol):
         """A number that changes after every committed write, cheap enough for every request."""
         ...
 
+    def ping(self) -> None:
+        """Prove the backend answers, reading nothing: what /health checks, so that its
+        unauthenticated caller needs no right to any team or key. BackendUnavailable if not."""
+        ...
+
     def close(self) -> None: ...

@@ -51,6 +51,7 @@ from kubernetes.client import (
     V1DeleteOptions,
     V1Preconditions,
     V1Secret,
+    VersionApi,
 )
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -545,6 +546,12 @@ class KubernetesStore:
         teams = {t.team_id: t for t in self.list_teams()}
         keys = {k.key_sha256: k for k in (key_from_secret(s) for s in self._list(f"{RESOURCE_TYPE}={KEY_TYPE}", "keys"))}
         return Snapshot(teams=teams, keys_by_sha256=keys)
+
+    def ping(self) -> None:
+        # /version needs no RBAC grant (system:public-info-viewer) and reads no object.
+        with kube_errors("the API server"):
+            # Raw: some distributions leave out fields the client's model of /version requires.
+            VersionApi(self._client).get_code(_preload_content=False, _request_timeout=self._timeout).release_conn()
 
     def generation(self) -> int:
         now = time.monotonic()

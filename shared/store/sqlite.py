@@ -455,6 +455,10 @@ class SqliteStore:
     def generation(self) -> int:
         return self._generation.read()
 
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute("SELECT 1").fetchone()
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
