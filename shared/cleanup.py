@@ -1,9 +1,11 @@
 """Cleanup: what the `cleanup` function does with each CloudEvent, free of any web framework.
 
-Two events drive it (in a cluster from Knative Eventing, on one machine from local/events.py):
+Three events drive it (in a cluster from Knative Eventing, on one machine from local/events.py):
 
 - a team Secret was deleted (ApiServerSource, `dev.knative.apiserver.resource.delete`, or the
   `ref` variant in Reference mode): remove that team's keys and regenerate the policies;
+- a KServe model added, changed or removed (ApiServerSource in Reference mode, an
+  InferenceService or LLMInferenceService): regenerate the policies and the models route;
 - a tick (PingSource, `dev.knative.sources.ping`): reconcile everything. Keys whose team is
   gone are deleted; keys past `expires_at` are marked `expired` (a rotated key past its grace is
   marked `revoked`); expired keys are deleted once they have been expired for longer than
@@ -42,6 +44,8 @@ log = logging.getLogger("maas.cleanup")
 
 PING = "dev.knative.sources.ping"
 SECRET_DELETED = ("dev.knative.apiserver.resource.delete", "dev.knative.apiserver.ref.delete")
+APISERVER_EVENT = "dev.knative.apiserver."
+MODEL_KINDS = ("InferenceService", "LLMInferenceService")  # the maas-models ApiServerSource
 _TEAM_SECRET = re.compile(r"^team-(.+)-config$")
 
 
@@ -49,6 +53,10 @@ def on_event(ctx: Context, *, event_type: str, data: Any) -> CleanupSummary:
     """Handle one event by its CloudEvent `type` and `data`."""
     if event_type == PING:
         return sweep(ctx, event_type=event_type)
+    if event_type.startswith(APISERVER_EVENT) and isinstance(data, Mapping) and data.get("kind") in MODEL_KINDS:
+        # A model was added, changed or removed: the models route and the usage labels follow.
+        ctx.teams_changed()
+        return _summary(event_type, synced=True)
     if event_type in SECRET_DELETED:
         if not isinstance(data, Mapping):
             # An ApiServerSource always sends the object (or its reference): this event is broken.

@@ -382,19 +382,30 @@ def test_cleanup_plumbing_reaches_the_cleanup_function(rendered: list[dict[str, 
     services = named(rendered, "Service")
     triggers = named(rendered, "Trigger").values()
 
-    routed = {t["spec"]["filter"]["attributes"]["type"]: t["spec"]["subscriber"]["ref"] for t in triggers}
-    assert set(routed) == {"dev.knative.apiserver.resource.delete", "dev.knative.sources.ping"}
+    routed = {tuple(sorted(t["spec"]["filter"]["attributes"].items())): t["spec"]["subscriber"]["ref"] for t in triggers}
+    assert set(routed) == {(("type", "dev.knative.apiserver.resource.delete"),), (("type", "dev.knative.sources.ping"),),
+                           (("maasevent", "models-changed"),)}
     for ref in routed.values():
         assert ref["kind"] == "Service" and ref["apiVersion"] == "serving.knative.dev/v1"
         assert services[ref["name"]]["metadata"]["labels"]["maas/function"] in EVENT_TARGETS
     assert {t["spec"]["broker"] for t in triggers} <= brokers
 
-    (source,) = of_kind(rendered, "ApiServerSource")
+    sources = named(rendered, "ApiServerSource")
+    source, models = sources["maas-team-secrets"], sources["maas-models"]
     assert source["spec"]["mode"] == "Resource"  # emits dev.knative.apiserver.resource.*
     assert source["spec"]["resources"] == [
         {"apiVersion": "v1", "kind": "Secret", "selector": {"matchLabels": {"maas/resource-type": "team-config"}}}
     ]
+    # Reference mode: dev.knative.apiserver.ref.*, which the team Trigger (resource.delete) never takes.
+    assert models["spec"]["mode"] == "Reference"
+    assert {r["kind"] for r in models["spec"]["resources"]} == {"InferenceService", "LLMInferenceService"}
+    assert models["spec"]["ceOverrides"]["extensions"] == {"maasevent": "models-changed"}
     assert source["spec"]["serviceAccountName"] in named(rendered, "ServiceAccount")
+    assert models["spec"]["serviceAccountName"] in named(rendered, "ServiceAccount")
+    assert source["spec"]["serviceAccountName"] != models["spec"]["serviceAccountName"]
+    for sender in (source, models):
+        assert sender["spec"]["sink"]["ref"]["kind"] == "Broker"
+        assert sender["spec"]["sink"]["ref"]["name"] in brokers
     (ping,) = of_kind(rendered, "PingSource")
     for sender in (source, ping):
         assert sender["spec"]["sink"]["ref"]["kind"] == "Broker"

@@ -198,7 +198,7 @@ def test_triggers_and_broker_carry_an_explicit_delivery(settings: Settings) -> N
     documents = rendered(settings)
     triggers = [d for d in documents if d["kind"] == "Trigger"]
     (broker,) = [d for d in documents if d["kind"] == "Broker"]
-    assert len(triggers) == 2
+    assert len(triggers) == 3
     for holder in (*triggers, broker):
         validate(holder)
         delivery = holder["spec"].get("delivery")
@@ -251,7 +251,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    (trigger,) = [d for d in rendered() if d["kind"] == "Trigger" and d["spec"]["filter"]["attributes"]["type"] == PING]
+    (trigger,) = [d for d in rendered() if d["kind"] == "Trigger" and d["spec"]["filter"]["attributes"].get("type") == PING]
     with running_double() as (double, client):
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
@@ -307,6 +307,34 @@ def test_a_team_delete_is_handled_once(cluster: Cluster, mode: str) -> None:
     _assert_empty(delivery)
     assert cluster.store.list_keys() == []
     assert cluster.summaries()[-1]["deleted_keys"] == [key]
+
+
+def test_a_model_change_syncs_the_policies_once(cluster: Cluster) -> None:
+    """The maas-models ApiServerSource (Reference mode) reports an InferenceService."""
+    event = CloudEvent({"type": "dev.knative.apiserver.ref.update", "source": "https://10.96.0.1:443",
+                        "maasevent": "models-changed",
+                        "subject": f"/apis/serving.kserve.io/v1beta1/namespaces/{NAMESPACE}/inferenceservices/qwen"},
+                       {"kind": "InferenceService", "namespace": NAMESPACE, "name": "qwen",
+                        "apiVersion": "serving.kserve.io/v1beta1"})
+    delivery = cluster.deliver(event)
+    assert (delivery.attempts, delivery.succeeded, delivery.answers) == (1, True, [202])
+    _assert_empty(delivery)
+    (summary,) = cluster.summaries()
+    assert summary["policies_synced"] is True and summary["ignored"] is None
+    # The sync ran: the policies it writes are in the cluster now.
+    assert cluster.double.get("authpolicies", NAMESPACE, "maas-api-keys", "kuadrant.io", "v1") is not None
+
+
+def test_a_deleted_model_is_not_taken_for_a_team(cluster: Cluster) -> None:
+    """ref.delete is also the team source's type in Reference mode: the kind tells them apart."""
+    event = CloudEvent({"type": "dev.knative.apiserver.ref.delete", "source": "https://10.96.0.1:443",
+                        "maasevent": "models-changed"},
+                       {"kind": "LLMInferenceService", "namespace": NAMESPACE, "name": "team-x-config",
+                        "apiVersion": "serving.kserve.io/v1alpha2"})
+    delivery = cluster.deliver(event)
+    assert delivery.answers == [202]
+    (summary,) = cluster.summaries()
+    assert summary["policies_synced"] is True and summary["team_id"] is None
 
 
 def test_an_unknown_event_type_is_not_redelivered(cluster: Cluster) -> None:
