@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,12 @@ import pytest
 from bench.backend import RequestReader
 from local.gateway import GatewayService
 from local.gateway.loopthread import LoopThread
-from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.modelsfile import ModelsFile, load_models_file
 from shared.settings import Settings
-from shared.store.base import ApiKey, Team
+from shared.store.base import Team
 from shared.store.sqlite import SqliteStore
+from tests.records import a_key
+from tests.waiting import eventually
 
 
 def test_default_file_serves_both_models_from_the_simulator_port() -> None:
@@ -210,13 +211,9 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 @pytest.fixture
 def api_key(store: SqliteStore) -> str:
-    key = generate_api_key()
-    store.create_key(
-        key=ApiKey(secret_name_for("alice", "t1"), key_sha256(key), "t1", "alice", "alice@example.com",
-                   "member", "active", datetime.now(timezone.utc)),
-        api_key=key,
-    )
-    return key
+    key, value = a_key("t1", "alice")
+    store.create_key(key=key, api_key=value)
+    return value
 
 
 def _gateway(tmp_path: Path, store: SqliteStore, models_text: str) -> tuple[GatewayService, Path]:
@@ -271,15 +268,6 @@ def test_replies_carry_the_clients_model_name_not_the_backends(
         gateway.stop()
 
 
-def _until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def test_gateway_follows_edits_to_the_models_file_and_keeps_serving_through_a_bad_one(
     tmp_path: Path, store: SqliteStore, api_key: str, backend: tuple[int, list[str]],
     caplog: pytest.LogCaptureFixture,
@@ -296,14 +284,14 @@ def test_gateway_follows_edits_to_the_models_file_and_keeps_serving_through_a_ba
             assert _chat(http, "second").status_code == 404
             started = time.monotonic()
             _write(path, "models:\n" + _entry("first", port) + _entry("second", port, UPSTREAM))
-            assert _until(lambda: _chat(http, "second").status_code == 200)
+            assert eventually(lambda: _chat(http, "second").status_code == 200)
             assert time.monotonic() - started < 3  # within the watcher's second, plus slack
             assert listed() == ["first", "second"]
             assert _chat(http, "second").json()["model"] == "second"  # renamed from the edit on
 
             with caplog.at_level(logging.WARNING, logger="maas.models"):
                 _write(path, "models:\n  - name: first\n    url: http://127.0.0.1:1/api\n")  # no /v1
-                assert _until(lambda: any(r.name == "maas.models" for r in caplog.records))
+                assert eventually(lambda: any(r.name == "maas.models" for r in caplog.records))
                 time.sleep(1.5)  # more ticks: still one line
             records = [r for r in caplog.records if r.name == "maas.models"]
             assert len(records) == 1 and str(path) in records[0].getMessage() and records[0].exc_info is None
@@ -312,7 +300,7 @@ def test_gateway_follows_edits_to_the_models_file_and_keeps_serving_through_a_ba
             assert listed() == ["first", "second"]
 
             _write(path, "models:\n" + _entry("second", port))  # fixed: only "second", not renamed
-            assert _until(lambda: _chat(http, "first").status_code == 404)
+            assert eventually(lambda: _chat(http, "first").status_code == 404)
             assert listed() == ["second"]
             reply = _chat(http, "second")
             assert reply.status_code == 200 and reply.json()["model"] == "second"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 
 from shared.keymaterial import generate_admin_key
 from tests.runtime import start_runtime
+from tests.waiting import eventually
 
 
 def client(url: str, admin_key: str) -> httpx.Client:
@@ -197,14 +197,6 @@ def test_the_runtime_follows_edits_to_the_models_file(tmp_path: Path) -> None:
     models.write_text(_models_yaml(("qwen3-0-6b-instruct", None)))
     runtime = start_runtime(tmp_path / "data", env={"ADMIN_KEY": admin_key, "MAAS_MODELS_FILE": str(models)})
 
-    def until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return True
-            time.sleep(0.1)
-        return check()
-
     try:
         assert f"  models      {models} (1 model; edits are picked up within a second, no restart)" in runtime.text
         with client(runtime.admin_url, admin_key) as admin, \
@@ -230,22 +222,22 @@ def test_the_runtime_follows_edits_to_the_models_file(tmp_path: Path) -> None:
             models.write_text(_models_yaml(("qwen3-0-6b-instruct", None), ("renamed", "vllm-simulator")))
             runtime.process.send_signal(signal.SIGHUP)  # checks now; and must not stop the process
             two = ["qwen3-0-6b-instruct", "renamed"]
-            assert until(lambda: listings() == (two, two, two)), listings()
+            assert eventually(lambda: listings() == (two, two, two)), listings()
             reply = chat("renamed")
             assert reply.status_code == 200 and reply.json()["model"] == "renamed"
             tokens = reply.json()["usage"]["total_tokens"]
-            assert until(lambda: {m["model"]: m["token_usage"] for m in admin.get("/teams/t/usage").json()[
+            assert eventually(lambda: {m["model"]: m["token_usage"] for m in admin.get("/teams/t/usage").json()[
                 "model_breakdown"]} == {"renamed": tokens})  # counted under the client's name
 
             models.write_text("models: [\n  - name: broken\n")  # a bad edit: the last good table stays
-            assert until(lambda: f"models file {models}: not valid YAML" in runtime.text)
+            assert eventually(lambda: f"models file {models}: not valid YAML" in runtime.text)
             time.sleep(1.5)
             [warning] = [line for line in runtime.output if "still serving the previous" in line]  # one line
             assert f"models file {models}: not valid YAML at line 2" in warning and "Traceback" not in runtime.text
             assert listings() == (two, two, two) and chat("renamed").status_code == 200
 
             models.write_text(_models_yaml(("vllm-simulator", None)))  # fixed: picked up again
-            assert until(lambda: listings() == (["vllm-simulator"],) * 3), listings()
+            assert eventually(lambda: listings() == (["vllm-simulator"],) * 3), listings()
             assert chat("renamed").status_code == 404 and chat("vllm-simulator").status_code == 200
     finally:
         assert runtime.stop() == 0
