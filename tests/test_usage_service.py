@@ -199,3 +199,18 @@ def test_a_source_without_calls_per_model_gives_tokens_per_model_and_null_calls(
     # The ledger knows calls per model: ints there.
     assert user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser", query=UsageQuery(),
                       now=NOW).model_breakdown[0].authorized_calls == 7
+
+
+def test_both_sources_answer_the_one_protocol(ledger: UsageLedger) -> None:
+    from shared.usage.base import UsageSource
+    from shared.usage.prometheus import PrometheusUsage
+
+    embedded = EmbeddedUsage(ledger)
+    assert isinstance(embedded, UsageSource) and embedded.calls_by_model is True
+    assert PrometheusUsage.calls_by_model is False and hasattr(PrometheusUsage, "model_tokens")
+    # The ledger's tokens per model are its rows' tokens, summed by model.
+    by_model: dict[str, int] = {}
+    for row in embedded.totals():
+        by_model[row.model] = by_model.get(row.model, 0) + row.tokens
+    assert embedded.model_tokens() == sorted((m, n) for m, n in by_model.items() if n)
+    assert embedded.model_tokens(team_id="test-team") != embedded.model_tokens(team_id="nobody") == []

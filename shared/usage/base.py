@@ -31,6 +31,11 @@ class UsagePoint:
 class UsageSource(Protocol):
     """Errors: BackendUnavailable (naming the backend) when the numbers cannot be read."""
 
+    # False for Prometheus over Limitador, whose call counters carry no model (they count in
+    # the request phase, before the body is read): its `totals` rows are per (team, user) with
+    # model "", and tokens per model come from `model_tokens`.
+    calls_by_model: bool
+
     def totals(
         self,
         *,
@@ -55,6 +60,17 @@ class UsageSource(Protocol):
         user_id: str | None = None,
     ) -> list[UsagePoint]:
         """Counts per (team, user, model) in consecutive buckets of `step_s` from `start`."""
+        ...
+
+    def model_tokens(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        team_id: str | None = None,
+        user_id: str | None = None,
+    ) -> list[tuple[str, int]]:
+        """Tokens per model in [start, end), sorted by model; models with none left out."""
         ...
 
     def close(self) -> None: ...

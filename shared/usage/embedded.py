@@ -14,8 +14,9 @@ from shared.settings import Settings
 from shared.usage.base import UsagePoint
 
 
-
 class EmbeddedUsage:
+    calls_by_model = True  # the ledger counts calls per model
+
     def __init__(self, ledger: UsageLedger, *, owns_ledger: bool = False) -> None:
         self._ledger = ledger
         self._owns_ledger = owns_ledger
@@ -48,6 +49,19 @@ class EmbeddedUsage:
             start=start, end=end, step_s=step_s, team_id=team_id, user_id=user_id
         )
         return [UsagePoint(start=at, row=row) for at, row in points]
+
+    def model_tokens(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        team_id: str | None = None,
+        user_id: str | None = None,
+    ) -> list[tuple[str, int]]:
+        tokens: dict[str, int] = {}
+        for row in self.totals(start=start, end=end, team_id=team_id, user_id=user_id):
+            tokens[row.model] = tokens.get(row.model, 0) + row.tokens
+        return sorted((model, n) for model, n in tokens.items() if n)
 
     def close(self) -> None:
         if self._owns_ledger:

@@ -120,14 +120,13 @@ def _models(rows: list[UsageRow], source: UsageSource, span: UsageRange, *, team
     read: such a source says `calls_by_model = False` and answers `model_tokens`; its models'
     `authorized_calls` and `limited_calls` are null (unknown, not zero).
     """
-    if getattr(source, "calls_by_model", True):
+    if source.calls_by_model:
         return [
             ModelUsage(model=model, token_usage=c.tokens, authorized_calls=c.authorized_calls,
                        limited_calls=c.limited_calls)
             for model, c in _sum(rows, lambda r: r.model).items()
         ]
-    tokens = source.model_tokens(start=span.start, end=span.end,  # type: ignore[attr-defined]
-                                 team_id=team_id, user_id=user_id)
+    tokens = source.model_tokens(start=span.start, end=span.end, team_id=team_id, user_id=user_id)
     return [ModelUsage(model=model, token_usage=n, authorized_calls=None, limited_calls=None)
             for model, n in tokens]
 
