@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: help venv run test bench manifests clean reset
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ cluster-check: $(STAMP) ## Check a live cluster's prerequisites, then run the qu
 	@$(BIN)/python -m tools.cluster_check $(ARGS)
 
 clean: ## Remove what can be rebuilt (the virtualenv, dist/, caches); keeps your data in .maas/
-	rm -rf $(VENV) dist .pytest_cache bench/results
+	rm -rf $(VENV) dist .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
 
 DATA_DIR := $(or $(MAAS_DATA_DIR),.maas)

@@ -130,8 +130,11 @@ def serve(settings: Settings) -> int:
         count = len(models.table.backends)
         _say(f"  {'models':<11} {_shown(models.path)} ({count} model{'' if count == 1 else 's'}; "
              "edits are picked up within a second, no restart)")
-        if generated and settings.admin_key is not None:
+        if generated and settings.admin_key is not None and sys.stdout.isatty():
             _say(f"  admin key   {settings.admin_key.get_secret_value()}  (generated; shown once, kept 0600 in {key_file})")
+        elif generated:
+            # Output that is not a terminal is a log file or a pipe: the key must not end up there.
+            _say(f"  admin key   generated into {key_file} (0600; not shown, this output is not a terminal)")
         elif key_file is not None:
             _say(f"  admin key   in {key_file}   (export ADMIN_KEY=$(cat {key_file}))")
         else:

@@ -20,6 +20,7 @@ from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team, TeamChanges
 from shared.store.sqlite import SqliteStore
+from tests.records import T0
 
 MODEL = "qwen3-0-6b-instruct"
 HELLO = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 50}
@@ -28,7 +29,9 @@ HELLO_TOKENS = 53
 
 
 def _team(team_id: str, *, token_limit: int = 100_000, time_window: str = "1h", scope: str = "user") -> Team:
-    return Team(team_id, team_id, "", team_id, token_limit, time_window, scope, datetime.now(timezone.utc))  # type: ignore[arg-type]
+    # One fixed created_at: a limiter counter belongs to the team (id and created_at), so a test
+    # reading a counter with a team it builds again must build the same team.
+    return Team(team_id, team_id, "", team_id, token_limit, time_window, scope, T0)  # type: ignore[arg-type]
 
 
 def _issue(store: SqliteStore, team_id: str, user_id: str, **fields: object) -> tuple[str, ApiKey]:
@@ -148,6 +151,19 @@ def test_deleted_key_is_refused_on_the_next_request(client: httpx.Client, store:
     store.delete_key(secret_name=record.secret_name)
     response = _chat(client, api_key)
     assert response.status_code == 401 and api_key not in response.text
+
+
+def test_a_team_created_again_under_its_old_id_starts_with_fresh_counters(client: httpx.Client, store: SqliteStore) -> None:
+    """Deleting a team takes its keys; its successor under the same id must not inherit its
+    spent budget either (found by a new user running the README session, then the quickstart)."""
+    store.create_team(team=_team("t1", token_limit=20))
+    first, _ = _issue(store, "t1", "alice")
+    assert _chat(client, first).status_code == 200  # spends more than 20
+    assert _chat(client, first).status_code == 429
+    store.delete_team(team_id="t1")
+    store.create_team(team=replace(_team("t1", token_limit=20), created_at=T0 + timedelta(minutes=1)))
+    second, _ = _issue(store, "t1", "alice")
+    assert _chat(client, second).status_code == 200
 
 
 def test_revoked_expired_and_teamless_keys_are_refused(client: httpx.Client, store: SqliteStore) -> None:

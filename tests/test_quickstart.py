@@ -88,7 +88,12 @@ def assert_shape(example: Any, actual: Any, where: str = "$", *, exact: bool = F
             assert_shape(value, actual[key], f"{where}.{key}", exact=exact)
     elif isinstance(example, list):
         assert isinstance(actual, list), f"{where}: expected a list, got {actual!r}"
-        if example and actual:
+        if exact:
+            # Our page shows whole answers: as many items as make run gives.
+            assert len(actual) == len(example), f"{where}: {len(actual)} items, the document shows {len(example)}"
+            for index, (shown, answered) in enumerate(zip(example, actual)):
+                assert_shape(shown, answered, f"{where}[{index}]", exact=exact)
+        elif example and actual:
             assert_shape(example[0], actual[0], f"{where}[0]", exact=exact)
     elif isinstance(example, bool):
         assert isinstance(actual, bool), f"{where}: expected a boolean, got {actual!r}"

@@ -63,13 +63,14 @@ def test_a_restart_on_the_same_data_dir_loses_nothing(tmp_path: Path) -> None:
         assert second.stop() == 0
 
 
-def test_generated_admin_key_is_printed_once_and_kept_private(tmp_path: Path) -> None:
-    first = start_runtime(tmp_path)
+def test_generated_admin_key_is_kept_private_and_never_written_to_a_log(tmp_path: Path) -> None:
+    first = start_runtime(tmp_path)  # its output is a pipe, as with nohup or a service manager
     key_file = tmp_path / "admin-key"
     admin_key = key_file.read_text().strip()
     try:
         assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
-        assert first.text.count(admin_key) == 1
+        assert admin_key not in first.text and "maas_admin_" not in first.text
+        assert f"generated into {key_file} (0600; not shown" in first.text
         with client(first.admin_url, admin_key) as http:
             assert http.get("/teams").status_code == 200
             assert http.get("/teams", headers={"Authorization": "ADMIN nope"}).status_code == 401
@@ -81,6 +82,41 @@ def test_generated_admin_key_is_printed_once_and_kept_private(tmp_path: Path) ->
         assert str(key_file) in second.text
     finally:
         assert second.stop() == 0
+
+
+def test_a_terminal_is_shown_the_generated_admin_key_once(tmp_path: Path) -> None:
+    import pty
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.runtime import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_") and k != "ADMIN_KEY"}
+    env.update({"MAAS_DATA_DIR": str(tmp_path), "MAAS_ADMIN_PORT": "0", "MAAS_GATEWAY_PORT": "0",
+                "MAAS_SIMULATOR_PORT": "0", "PYTHONUNBUFFERED": "1"})
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "local", "serve"], cwd=ROOT, env=env,
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"Press Ctrl-C" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(controller, 65536)
+                except OSError:
+                    break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+        os.close(controller)
+    admin_key = (tmp_path / "admin-key").read_text().strip()
+    assert seen.decode().count(admin_key) == 1, seen.decode()
 
 
 def test_admin_api_is_tls_with_a_certificate_for_loopback(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ is visible to the next admission, N concurrent requests overshoot the limit by a
 one request's cost instead of N.
 
 The limit and window length are read from the team on every call, so a PATCH applies to the
-next request; the counter itself survives a change (what was spent stays spent).
+next request; the counter itself survives a change (what was spent stays spent). A counter
+belongs to one team, not to its id: a team deleted and created again under the same id (its
+`created_at` differs) starts with fresh counters, as its keys are new too.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from shared.durations import window_ms
 from shared.errors import RateLimited
 from shared.store.base import Team
+
+
+# (team id, the team's created_at, user id or "" for a team-wide budget)
+Counter = tuple[str, datetime, str]
 
 
 @dataclass(slots=True)
@@ -35,7 +42,7 @@ class Reservation:
 
     __slots__ = ("amount", "counter", "limit", "remaining", "reset", "settled", "window")
 
-    def __init__(self, counter: tuple[str, str], window: _Window, amount: int, limit: int, remaining: int, reset: int) -> None:
+    def __init__(self, counter: Counter, window: _Window, amount: int, limit: int, remaining: int, reset: int) -> None:
         self.counter = counter
         self.window = window
         self.amount = amount
@@ -62,7 +69,7 @@ class Reservation:
 class TokenLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._windows: dict[tuple[str, str], _Window] = {}
+        self._windows: dict[Counter, _Window] = {}
         self._lengths: dict[str, float] = {}
         self._open = 0  # reservations admitted and not settled yet
 
@@ -77,21 +84,21 @@ class TokenLimiter:
             length = self._lengths[time_window] = window_ms(time_window) / 1000.0
         return length
 
-    def _current(self, counter: tuple[str, str], length: float, now: float) -> _Window:
+    def _current(self, counter: Counter, length: float, now: float) -> _Window:
         window = self._windows.get(counter)
         if window is None or now >= window.started + length:
             window = self._windows[counter] = _Window(started=now)
         return window
 
     @staticmethod
-    def counter_for(team: Team, user_id: str) -> tuple[str, str]:
-        return (team.team_id, "" if team.limit_scope == "team" else user_id)
+    def counter_for(team: Team, user_id: str) -> Counter:
+        return (team.team_id, team.created_at, "" if team.limit_scope == "team" else user_id)
 
     def admit(self, *, team: Team, user_id: str, estimate: int) -> Reservation:
         """Reserve `estimate` tokens, or raise RateLimited with Retry-After and X-RateLimit-*."""
         now = self._clock()
         length = self._lengths.get(team.time_window) or self._length_s(team.time_window)
-        counter = (team.team_id, "" if team.limit_scope == "team" else user_id)  # counter_for
+        counter = (team.team_id, team.created_at, "" if team.limit_scope == "team" else user_id)  # counter_for
         window = self._windows.get(counter)
         if window is None or now >= window.started + length:
             window = self._windows[counter] = _Window(started=now)

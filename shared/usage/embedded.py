@@ -1,4 +1,4 @@
-"""The embedded UsageSource: the local gateway's ledger (SQLite), exact at any range.
+"""The embedded UsageSource: the local gateway's ledger (SQLite), exact to the minute (its buckets).
 
 In `make run` the gateway and the admin functions may share one process and one ledger (pass
 it in, so counts not yet flushed are seen too); a separate process opens the same file and
