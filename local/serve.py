@@ -109,6 +109,9 @@ def serve(settings: Settings) -> int:
     ctx = None
     models: ModelsFile | None = None
     try:
+        # A bad models file is the first thing to say, before anything tries to listen: a busy
+        # port would otherwise hide it.
+        _open_models_file(settings)  # read once and dropped (no watcher started)
         simulator = SimulatorService(settings)
         launch("simulator", simulator)
         # The default models file points at the simulator: use the port it actually bound.

@@ -108,9 +108,9 @@ def load_models_file(path: Path | None, *, simulator_port: int = 8001) -> list[M
     backends: list[ModelBackend] = []
     seen: set[str] = set()
     for index, entry in enumerate(document["models"]):
-        label = f"entry {index}"
+        label = f"entry {index + 1}"  # counted as people count them: the first entry is 1
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            label = f"entry {index} ({entry['name']!r})"
+            label = f"entry {index + 1} ({entry['name']!r})"
         if not isinstance(entry, dict):
             raise ValueError(f"models file {source}: {label} must be a mapping with name and url")
         if isinstance(entry.get("url"), str):

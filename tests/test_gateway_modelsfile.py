@@ -48,8 +48,9 @@ def test_optional_fields(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("models: {}", "under 'models:'"),
-        ("models:\n  - name: q\n    url: http://127.0.0.1:9/api\n", "entry 0 ('q'): url"),
-        ("models:\n  - name: q\n", "entry 0 ('q'): url"),
+        ("models:\n  - name: q\n    url: http://127.0.0.1:9/api\n", "entry 1 ('q'): url"),
+        ("models:\n  - name: q\n", "entry 1 ('q'): url"),
+        ("models:\n  - name: a\n    url: http://h/v1\n  - name: q\n", "entry 2 ('q'): url"),
         ("models:\n  - name: q\n    url: http://h/v1\n  - name: q\n    url: http://h/v1\n", "listed twice"),
         ("models:\n  - name: q\n    url: http://h/v1\n    colour: red\n", "colour"),
         ("models: [", "not valid YAML"),

@@ -177,6 +177,11 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         assert done.returncode == 1
         assert "admin API cannot listen" in done.stderr and "MAAS_ADMIN_PORT" in done.stderr
         assert "Traceback" not in done.stderr
+        # Both wrong: the models file is named first, since fixing the port would only reveal it.
+        both = subprocess.run([sys.executable, "-m", "local", "serve"], cwd=ROOT,
+                              env={**env, "MAAS_MODELS_FILE": str(tmp_path / "missing.yaml")},
+                              capture_output=True, text=True, timeout=30)
+        assert both.returncode == 1 and both.stderr.startswith("error: models file ")
     finally:
         assert first.stop() == 0
 
