@@ -133,7 +133,7 @@ class EventsService:
         gone = sorted(self._known - now)
         self._known = now
         for team_id in gone:
-            self._deliver(team_deleted_event(self._ctx.settings.namespace, team_id))
+            self._deliver(team_deleted_event(self._ctx.settings.store_namespace, team_id))
 
     def _deliver(self, event: CloudEvent) -> None:
         summary = handle(self._ctx, event)

@@ -87,8 +87,8 @@ def deleted_team(ctx: Context, data: Any) -> tuple[str | None, str]:
         team_id = found.group(1) if found else None
     if kind not in (None, "Secret"):
         return None, f"object is a {kind}, not a Secret"
-    if namespace not in (None, ctx.settings.namespace):
-        return None, f"Secret is in namespace '{namespace}', not '{ctx.settings.namespace}'"
+    if namespace not in (None, ctx.settings.store_namespace):
+        return None, f"Secret is in namespace '{namespace}', not '{ctx.settings.store_namespace}'"
     if not isinstance(team_id, str) or not DNS_LABEL_RE.match(team_id):
         return None, "Secret is not a team Secret"
     return team_id, ""

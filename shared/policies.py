@@ -125,7 +125,7 @@ def auth_policy(settings: Settings, *, revision: str = "") -> dict[str, Any]:
     authorization = {
         "key-in-keys-namespace": {
             "patternMatching": {
-                "patterns": [{"predicate": f"auth.identity.metadata.namespace == {json.dumps(settings.namespace)}"}]
+                "patterns": [{"predicate": f"auth.identity.metadata.namespace == {json.dumps(settings.store_namespace)}"}]
             }
         },
         # Always true; its text changes with the identity revision, which is the point (above).

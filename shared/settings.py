@@ -34,7 +34,15 @@ class Settings(BaseSettings):
     namespace: str = Field(
         default="llm",
         validation_alias=AliasChoices("MAAS_NAMESPACE", "NAMESPACE"),
-        description="Kubernetes namespace holding the team and key Secrets.",
+        description="Kubernetes namespace of the functions, maas-admin-key and the models (and, unless "
+        "MAAS_KEYS_NAMESPACE says otherwise, of the team and key Secrets).",
+    )
+    keys_namespace: str | None = Field(
+        default=None,
+        validation_alias="MAAS_KEYS_NAMESPACE",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Namespace of the team and key Secrets and the audit ConfigMaps, apart from the "
+        "functions and maas-admin-key (RBAC cannot narrow Secrets by label); default: MAAS_NAMESPACE.",
     )
     key_selector: str = Field(
         default="maas-api-key",
@@ -203,6 +211,11 @@ class Settings(BaseSettings):
     def authorino_watch_label(self) -> tuple[str, str]:
         key, _, value = self.authorino_secret_label.partition("=")
         return key, value
+
+    @property
+    def store_namespace(self) -> str:
+        """Where the store's objects are: team and key Secrets, audit ConfigMaps."""
+        return self.keys_namespace or self.namespace
 
     @property
     def policy_namespace(self) -> str:

@@ -58,11 +58,13 @@ ROUTE_GROUP = "gateway.networking.k8s.io"
 ROUTED = ["/granite-8b/v1", "/qwen3-0-6b-instruct/v1"]
 ADMIN_KEY = generate_admin_key()
 
-# The policies beside a Gateway in its own namespace, and everything in one namespace: both
-# layouts the Settings allow.
+# The policies beside a Gateway in its own namespace, everything in one namespace, and teams,
+# keys and audit entries in a namespace of their own (MAAS_KEYS_NAMESPACE): the layouts the
+# Settings allow.
 LAYOUTS = {
     "gateway-namespace": dict(namespace="llm", gateway_namespace="gateway-system"),
     "one-namespace": dict(namespace="llm", gateway_namespace=None),
+    "keys-namespace": dict(namespace="llm", keys_namespace="llm-keys", gateway_namespace="gateway-system"),
 }
 
 # Granted but not exercised by any code path, and why each is granted anyway, per account.
@@ -128,10 +130,13 @@ def _without(rule: dict[str, Any], drop: tuple[str, str, str]) -> list[dict[str,
 
 
 def expected_namespace(settings: Settings, group: str, resource: str = "") -> str:
-    """Policies and the model route beside the Gateway; the rest (the route's ReferenceGrant
-    too, beside the models' Services) in MAAS_NAMESPACE."""
+    """Policies and the model route beside the Gateway; Secrets and ConfigMaps (the store) in the
+    keys namespace; the rest (the models, the route's ReferenceGrant beside their Services) in
+    MAAS_NAMESPACE."""
     beside_the_gateway = group in KUADRANT_GROUPS or (group, resource) == (ROUTE_GROUP, "httproutes")
-    return settings.policy_namespace if beside_the_gateway else settings.namespace
+    if beside_the_gateway:
+        return settings.policy_namespace
+    return settings.store_namespace if group == "" else settings.namespace
 
 
 # -- the seeded cluster ------------------------------------------------------------------------------
@@ -163,7 +168,7 @@ def seed(client: ApiClient, settings: Settings) -> Seed:
             group, version, settings.namespace, plural, name,
             {"status": statuses[name] | {"conditions": [{"type": "Ready", "status": "True"}]}},
         )
-    store = KubernetesStore(client, namespace=settings.namespace, key_selector=settings.key_selector, generation_check_s=0)
+    store = KubernetesStore(client, namespace=settings.store_namespace, key_selector=settings.key_selector, generation_check_s=0)
     store.create_team(team=records.a_team("alpha", policy="alpha-tokens"))
     store.create_team(team=records.a_team("beta", policy="beta-tokens", limit_scope="team"))
     store.create_team(team=records.a_team("gone", policy="gone-tokens"))
@@ -181,7 +186,7 @@ def seed(client: ApiClient, settings: Settings) -> Seed:
         planted.keys[user] = (record.secret_name, plaintext)
     # The team Secret goes, its key stays (as if the garbage collector had not run yet).
     CoreV1Api(client).delete_namespaced_secret(
-        team_secret_name("gone"), settings.namespace, body=V1DeleteOptions(propagation_policy="Orphan")
+        team_secret_name("gone"), settings.store_namespace, body=V1DeleteOptions(propagation_policy="Orphan")
     )
     store.record_audit(entry=AuditEntry(at=T0, actor="admin", action="create_team", method="POST", path="/teams", outcome=201, team_id="alpha"))
     return planted
@@ -217,7 +222,7 @@ class Run:
             self.problems.append(f"audit: {len(self._audit_entries()) - before} entries recorded for {made} attempts")
 
     def _audit_entries(self) -> list[str]:
-        return [n for n in self.double.names("configmaps", self.settings.namespace) if n.startswith("maas-audit-")]
+        return [n for n in self.double.names("configmaps", self.settings.store_namespace) if n.startswith("maas-audit-")]
 
 
 TEAM_INDEPENDENT_POLICIES = (
@@ -337,7 +342,7 @@ def run_writer(run: Run) -> None:
 
     run.audited(calls)
     repaired(run)
-    if run.double.get("secrets", run.settings.namespace, run.seed.keys["dave"][0]) is not None:
+    if run.double.get("secrets", run.settings.store_namespace, run.seed.keys["dave"][0]) is not None:
         run.problems.append("beta's keys outlived their team")
     if run.double.names("tokenratelimitpolicies", run.settings.policy_namespace, "kuadrant.io", "v1alpha1"):
         run.problems.append("the TokenRateLimitPolicy outlived the last team")
@@ -357,11 +362,11 @@ def run_cleanup(run: Run) -> None:
             remove_models(run)  # this round's sync deletes the route
         with as_cluster_admin(run.double) as admin:
             CoreV1Api(admin).delete_namespaced_secret(
-                team_secret_name(team), run.settings.namespace, body=V1DeleteOptions(propagation_policy="Orphan")
+                team_secret_name(team), run.settings.store_namespace, body=V1DeleteOptions(propagation_policy="Orphan")
             )
         drift(run)
         labels = {"maas/resource-type": "team-config", "maas/team-id": team}
-        event = {"kind": "Secret", "metadata": {"namespace": run.settings.namespace, "labels": labels}}
+        event = {"kind": "Secret", "metadata": {"namespace": run.settings.store_namespace, "labels": labels}}
         handled = cleanup.on_event(run.ctx, event_type=cleanup.SECRET_DELETED[0], data=event)
         if sorted(handled.deleted_keys) != sorted(run.seed.keys[user][0] for user in users):
             run.problems.append(f"team {team} deleted: {handled}")
@@ -406,7 +411,7 @@ def as_cluster_admin(double: KubeDouble) -> Iterator[ApiClient]:
 def run_as(double: KubeDouble, settings: Settings, planted: Seed, account: str, rbac: Rbac) -> Run:
     """The account's functions, on a fresh Context (its own client and store), as that account."""
     client = double.api_client()
-    store = KubernetesStore(client, namespace=settings.namespace, key_selector=settings.key_selector, generation_check_s=0)
+    store = KubernetesStore(client, namespace=settings.store_namespace, key_selector=settings.key_selector, generation_check_s=0)
     ctx = Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings))
     ctx._catalog = KServeCatalog(client, namespace=settings.namespace)
     install_context(ctx)
@@ -453,6 +458,9 @@ def test_each_account_is_enough_and_each_grant_is_used_or_justified(
     granted = rbac.granted()
     for namespace, group, resource, _ in granted:
         assert namespace == expected_namespace(settings, group, resource), (namespace, group, resource)
+    if settings.store_namespace != settings.namespace:
+        # The store's objects stay beside each other, none beside the functions and maas-admin-key.
+        assert double.names("secrets", settings.namespace) == [] and double.names("configmaps", settings.namespace) == []
     justified = NOT_EXERCISED.get(account, {})
     unused = {(group, resource, verb) for _, group, resource, verb in granted - rbac.used}
     assert unused == set(justified), (
@@ -469,6 +477,7 @@ def test_the_static_account_makes_no_api_request(cluster: tuple[KubeDouble, Sett
     assert run.problems == [] and double.requests[count:] == []
 
 
+@pytest.mark.parametrize("cluster", sorted(LAYOUTS), indirect=True)
 @pytest.mark.parametrize("account", sorted(a for a, rules in ACCOUNT_RULES.items() if rules))
 def test_every_used_grant_is_needed(cluster: tuple[KubeDouble, Settings, Seed], account: str) -> None:
     """Taking away any one grant the account's functions use makes one of them fail, with

@@ -109,6 +109,32 @@ def test_names_are_unique_per_kind_and_namespaced(rendered: list[dict[str, Any]]
     assert all(namespace == "llm" for _, _, namespace, _ in seen)
 
 
+KEYS_LAYOUT = Settings(keys_namespace="llm-keys")  # MAAS_KEYS_NAMESPACE: the store apart from the functions
+
+
+def test_every_document_is_strictly_valid_with_a_keys_namespace() -> None:
+    documents = manifests.render(KEYS_LAYOUT)
+    problems = {f"{d['kind']}/{d['metadata']['name']}": crds.validation_errors(d) for d in documents}
+    assert {name: errors for name, errors in problems.items() if errors} == {}
+    seen = [(d["apiVersion"], d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]) for d in documents]
+    assert len(seen) == len(set(seen))
+    # Only the store's side moves: the team source, its account, and the functions' store Roles.
+    moved = {(kind, name) for _, kind, namespace, name in seen if namespace == "llm-keys"}
+    assert moved == {("ApiServerSource", "maas-team-secrets"), ("ServiceAccount", "maas-events"),
+                     ("Role", "maas-events"), ("RoleBinding", "maas-events")} | {
+        (kind, manifests.account_name(account)) for account in ("reader", "models", "writer", "cleanup")
+        for kind in ("Role", "RoleBinding")}
+    assert {namespace for _, _, namespace, _ in seen} == {"llm", "llm-keys"}
+    (config,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    assert config["metadata"]["namespace"] == "llm" and config["data"]["MAAS_KEYS_NAMESPACE"] == "llm-keys"
+
+
+def test_without_a_keys_namespace_the_store_is_in_maas_namespace(rendered: list[dict[str, Any]]) -> None:
+    (config,) = of_kind(rendered, "ConfigMap")
+    assert config["data"]["MAAS_KEYS_NAMESPACE"] == "llm"
+    assert Settings.model_validate(config["data"]).store_namespace == Settings().namespace
+
+
 def test_rendering_is_deterministic() -> None:
     first = manifests.dump(manifests.render(Settings()))
     second = manifests.dump(manifests.render(Settings()))

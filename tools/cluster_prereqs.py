@@ -267,6 +267,8 @@ class Checks:
             ("limitador", self.limitador),
             ("gateway", self.gateway_checks),
             (f"namespace {self.settings.namespace}", self.namespace),
+            *([(f"namespace {self.settings.store_namespace}", self.keys_namespace)]
+              if self.settings.store_namespace != self.settings.namespace else []),
             (f"secret {self.settings.namespace}/{manifests.ADMIN_KEY_SECRET}", self.admin_key_secret),
             (f"configmap {self.settings.namespace}/{manifests.CONFIG_MAP}", self.config_map),
             ("knative services", self.knative_services),
@@ -533,6 +535,15 @@ class Checks:
         else:
             self.add(f"namespace {name}", "ok", "exists")
 
+    def keys_namespace(self) -> None:
+        """MAAS_KEYS_NAMESPACE: the teams, keys and audit entries, apart from the functions."""
+        name = self.settings.store_namespace
+        if self.cluster.namespace(name) is None:
+            self.add(f"namespace {name}", "FAIL", "does not exist (MAAS_KEYS_NAMESPACE: the teams and keys)",
+                     f"kubectl create namespace {name} (or set MAAS_KEYS_NAMESPACE to yours)")
+        else:
+            self.add(f"namespace {name}", "ok", "exists (MAAS_KEYS_NAMESPACE: the teams and keys)")
+
     def admin_key_secret(self) -> None:
         namespace, name = self.settings.namespace, manifests.ADMIN_KEY_SECRET
         label = f"secret {namespace}/{name}"
@@ -571,6 +582,7 @@ class Checks:
             "MAAS_AUTHORINO_SECRET_LABEL": self.settings.authorino_secret_label,
             "MAAS_GATEWAY_NAME": self.settings.gateway_name,
             "MAAS_GATEWAY_NAMESPACE": self.settings.policy_namespace,
+            "MAAS_KEYS_NAMESPACE": self.settings.store_namespace,
         }
         differ = [f"{k}={deployed[k]} (here {v})" for k, v in ours.items() if k in deployed and deployed[k] != v]
         if differ:

@@ -168,6 +168,8 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
         "MAAS_AUTHORINO_SECRET_LABEL": settings.authorino_secret_label,
         "MAAS_GATEWAY_NAME": settings.gateway_name,
         "MAAS_GATEWAY_NAMESPACE": settings.policy_namespace,
+        # Where the store's team and key Secrets and audit ConfigMaps are (and the policy admits keys).
+        "MAAS_KEYS_NAMESPACE": settings.store_namespace,
         "MAAS_USAGE": "prometheus",
         "PROMETHEUS_URL": prometheus_url,
         # The policy sync renders the maas-models HTTPRoute with these (shared/modelroute.py).
@@ -288,8 +290,8 @@ def admin_route_auth(route: dict[str, Any]) -> dict[str, Any]:
 # Which ServiceAccount each function runs as. RBAC cannot narrow Secrets by label, and
 # `resourceNames` cannot narrow list or create (tests/cluster/SOURCES.md 12), so the one lever is
 # to give each kind of function only the verbs it uses. Every deployed target must be listed.
-# Not done yet (docs/DEPLOY.md, prerequisites): teams and keys in a namespace of their own, apart
-# from the functions and maas-admin-key; it needs a store/catalog/ApiServerSource namespace setting.
+# MAAS_KEYS_NAMESPACE puts the teams, keys and audit entries (every Secret and ConfigMap right
+# below) in a namespace of their own, apart from the functions and maas-admin-key (docs/DEPLOY.md).
 FUNCTION_ACCOUNTS: dict[str, str] = {
     "openapi": "none",
     "health": "health",
@@ -312,7 +314,8 @@ FUNCTION_ACCOUNTS: dict[str, str] = {
     "delete_team": "writer",
     "cleanup": "cleanup",
 }
-# What each account may do in MAAS_NAMESPACE; the policy writers also get the policies Role.
+# What each account may do: Secrets and ConfigMaps (the store) in the keys namespace, the models
+# in MAAS_NAMESPACE (rule_namespace); the policy writers also get the policies Role.
 # tests/test_kube_rbac.py drives every function as its account against an API double: each
 # grant is used by a function of that account, and taking any one away breaks one of them.
 _WRITE_SECRETS = ["get", "list", "create", "patch", "delete"]
@@ -417,10 +420,14 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
         if not _account_uses_the_api(account):
             service_account["automountServiceAccountToken"] = False
         documents.append(service_account)
-        roles = [(name, settings.namespace, rules)]
+        placed: dict[str, list[dict[str, Any]]] = {}
+        for rule in rules:
+            placed.setdefault(rule_namespace(rule, settings), []).append(rule)
         if account in POLICY_WRITERS:
             # The policy sync also applies the model route: its rules go where its objects are.
-            roles = [(name, settings.namespace, rules + model_route_rules(settings, settings.namespace))]
+            placed.setdefault(settings.namespace, []).extend(model_route_rules(settings, settings.namespace))
+        roles = [(name, namespace, placed_rules) for namespace, placed_rules in placed.items()]
+        if account in POLICY_WRITERS:
             policies = policy_rules(settings)
             if settings.policy_namespace != settings.namespace:
                 policies += model_route_rules(settings, settings.policy_namespace)
@@ -442,6 +449,12 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
                 }
             )
     return documents
+
+
+def rule_namespace(rule: dict[str, Any], settings: Settings) -> str:
+    """Where an ACCOUNT_RULES rule is granted: the store's core objects (Secrets, ConfigMaps) in
+    the keys namespace, anything else (the models) in MAAS_NAMESPACE."""
+    return settings.store_namespace if rule["apiGroups"] == [""] else settings.namespace
 
 
 def _plural(kind: str) -> str:
@@ -493,7 +506,7 @@ def render(
 ) -> list[dict[str, Any]]:
     func = load_func_yaml()
     image = image or func["image"]
-    static = [_in_namespace(doc, settings.namespace) for doc in load_yaml_documents(static_files(config_dir))]
+    static = [_placed(doc, settings) for doc in load_yaml_documents(static_files(config_dir))]
     if skip_admin_key:
         static = [doc for doc in static if not _is_admin_key_secret(doc)]
     routes = http_routes(settings)
@@ -515,6 +528,28 @@ def render_policies(settings: Settings, *, teams: Sequence[Team] = ()) -> list[d
 
 def _is_admin_key_secret(document: dict[str, Any]) -> bool:
     return document.get("kind") == "Secret" and document["metadata"]["name"] == ADMIN_KEY_SECRET
+
+
+# The team-Secret ApiServerSource and its account watch the store's Secrets: they live in the keys
+# namespace (a Role grants only its own namespace), and send to the Broker in MAAS_NAMESPACE.
+TEAM_SOURCE = "maas-team-secrets"
+TEAM_SOURCE_ACCOUNT = "maas-events"
+
+
+def _placed(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A static document in its namespace: the team source and its RBAC beside the keys, the rest
+    in MAAS_NAMESPACE. A sink in another namespace names it (a KReference defaults to its own)."""
+    name = document.get("metadata", {}).get("name")
+    kind = document.get("kind")
+    beside_the_keys = (kind, name) == ("ApiServerSource", TEAM_SOURCE) or (
+        kind in ("ServiceAccount", "Role", "RoleBinding") and name == TEAM_SOURCE_ACCOUNT
+    )
+    namespace = settings.store_namespace if beside_the_keys else settings.namespace
+    placed = _in_namespace(document, namespace)
+    ref = (placed.get("spec", {}).get("sink") or {}).get("ref")
+    if ref is not None and namespace != settings.namespace:
+        ref.setdefault("namespace", settings.namespace)
+    return placed
 
 
 def _in_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:

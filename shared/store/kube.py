@@ -234,7 +234,7 @@ class KubernetesStore:
     def from_settings(cls, settings: Settings) -> KubernetesStore:
         return cls(
             api_client_from_config(),
-            namespace=settings.namespace,
+            namespace=settings.store_namespace,
             key_selector=settings.key_selector,
             watch_label=settings.authorino_watch_label,
         )

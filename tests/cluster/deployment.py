@@ -22,12 +22,14 @@ NS = "llm"
 
 @contextmanager
 def deployed(**settings_fields: object) -> Iterator[tuple[KubeDouble, DirectClient, Settings]]:
-    """(double, admin client, settings); by default keys, functions, Gateway and policies all in `llm`."""
+    """(double, admin client, settings); by default keys, functions, Gateway and policies all in
+    `llm`. `keys_namespace=...` puts the store (teams, keys, audit entries) in a namespace of its
+    own, as MAAS_KEYS_NAMESPACE does in a cluster."""
     admin_key = generate_admin_key()
     settings = Settings(admin_key=SecretStr(admin_key), store="kubernetes",
                         **{"namespace": NS, **settings_fields})  # type: ignore[arg-type]
     with running_double() as (double, client):
-        store = KubernetesStore(client, namespace=settings.namespace, key_selector=settings.key_selector,
+        store = KubernetesStore(client, namespace=settings.store_namespace, key_selector=settings.key_selector,
                                 watch_label=settings.authorino_watch_label)
         install_context(Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings)))
         try:

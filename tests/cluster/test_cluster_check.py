@@ -412,6 +412,29 @@ def test_settings_that_differ_from_the_deployment_are_a_warning(
     assert "MAAS_KEY_SELECTOR=other-keys" in text
 
 
+def test_a_keys_namespace_of_its_own_must_exist_and_match_the_deployment(
+    tmp_path: Path, double: KubeDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAAS_KEYS_NAMESPACE", "llm-keys")
+    objects = healthy(Settings(keys_namespace="llm-keys"))
+    code, text = check(tmp_path, double, objects)
+    found = lines(text)
+    assert code == 1 and found["namespace llm-keys"][0] == "FAIL", text
+    assert "kubectl create namespace llm-keys" in found["namespace llm-keys"][1]
+    assert found[f"configmap {NS}/maas-config"][0] == "ok", text
+    with running_double() as (fresh, _client):
+        objects["keys-namespace"] = (("", "v1", "namespaces", None),
+                                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "llm-keys"}})
+        code, text = check(tmp_path, fresh, objects)
+        assert code == 0 and lines(text)["namespace llm-keys"][0] == "ok", text
+    # Deployed with the keys in MAAS_NAMESPACE, checked with them apart: the check says so.
+    monkeypatch.delenv("MAAS_KEYS_NAMESPACE")
+    with running_double() as (fresh, _client):
+        code, text = check(tmp_path, fresh, objects)
+    assert "namespace llm-keys" not in lines(text)
+    assert lines(text)[f"configmap {NS}/maas-config"][0] == "warn" and "MAAS_KEYS_NAMESPACE=llm-keys" in text
+
+
 def test_a_version_answer_without_every_field_is_read(tmp_path: Path, double: KubeDouble) -> None:
     double.version = {"major": "1", "minor": "30+", "gitVersion": "v1.30.4-eks-a737599"}
     code, text = check(tmp_path, double, healthy(Settings()))

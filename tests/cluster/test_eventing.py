@@ -213,6 +213,47 @@ def test_triggers_and_broker_carry_an_explicit_delivery(settings: Settings) -> N
         assert delivery == broker["spec"]["delivery"], "a Trigger without one would inherit the Broker's"
 
 
+LAYOUTS = {"one-namespace": Settings(), "keys-namespace": Settings(keys_namespace="llm-keys")}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_the_team_source_watches_the_keys_and_sends_to_the_broker(layout: str) -> None:
+    """The team-Secret ApiServerSource lives beside the Secrets it watches (its Role grants only
+    its own namespace), on an account that can watch them there, and sends to the Broker beside
+    the functions. A sink `ref` without a namespace means the source's own (knative.dev/pkg
+    KReference), so a Broker elsewhere is named; the ApiServerSource webhook validates the sink
+    without a parent namespace (knative/eventing pkg/apis/sources/v1/apiserver_validation.go), so
+    the cross-namespace ref is accepted. The models source and the PingSource stay in MAAS_NAMESPACE."""
+    settings = LAYOUTS[layout]
+    documents = rendered(settings)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    source = by[("ApiServerSource", manifests.TEAM_SOURCE)]
+    validate(source)
+    assert source["metadata"]["namespace"] == settings.store_namespace
+    ref = source["spec"]["sink"]["ref"]
+    broker_namespace = ref.get("namespace", source["metadata"]["namespace"])
+    (broker,) = [d for d in documents if d["kind"] == "Broker"]
+    assert (ref["kind"], ref["name"], broker_namespace) == ("Broker", broker["metadata"]["name"], settings.namespace)
+    assert ("namespace" in ref) == (settings.store_namespace != settings.namespace)
+
+    account = source["spec"]["serviceAccountName"]
+    service_account, role, binding = (by[(kind, account)] for kind in ("ServiceAccount", "Role", "RoleBinding"))
+    for obj in (service_account, role, binding):
+        validate(obj)
+        assert obj["metadata"]["namespace"] == settings.store_namespace, obj["kind"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": settings.store_namespace}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
+
+    for name in ("maas-models",):
+        other = by[("ApiServerSource", name)]
+        assert other["metadata"]["namespace"] == settings.namespace and "namespace" not in other["spec"]["sink"]["ref"]
+    (ping,) = [d for d in documents if d["kind"] == "PingSource"]
+    assert ping["metadata"]["namespace"] == settings.namespace and "namespace" not in ping["spec"]["sink"]["ref"]
+    for trigger in (d for d in documents if d["kind"] == "Trigger"):
+        assert trigger["metadata"]["namespace"] == broker["metadata"]["namespace"] == settings.namespace
+
+
 def test_iso_durations_and_backoff_are_read_right() -> None:
     assert iso_seconds("PT1S") == 1 and iso_seconds("PT0.2S") == 0.2 and iso_seconds("PT1M30S") == 90
     with pytest.raises(AssertionError):

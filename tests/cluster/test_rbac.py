@@ -38,6 +38,8 @@ NAMED_VERBS = {"get", "update", "patch", "delete"}
 RENDERINGS = {
     "default": Settings(),
     "non-default": Settings(namespace="maas-system", gateway_namespace="gateway-system", key_selector="team-keys"),
+    # Teams, keys and audit entries apart from the functions and maas-admin-key (MAAS_KEYS_NAMESPACE).
+    "keys-namespace": Settings(namespace="maas-system", keys_namespace="maas-keys", gateway_namespace="gateway-system"),
 }
 
 
@@ -120,8 +122,9 @@ def read_only(documents: list[JSON], settings: Settings) -> Iterator[str]:
 
 
 def placement(documents: list[JSON], settings: Settings) -> Iterator[str]:
-    """Secrets, ConfigMaps and models in MAAS_NAMESPACE; Kuadrant policies beside the Gateway;
-    every function on its own account; the event source's account used by no function."""
+    """Secrets and ConfigMaps (the store, and the team source's watch) in the keys namespace,
+    models in MAAS_NAMESPACE; Kuadrant policies beside the Gateway; every function on its own
+    account; the event source's account used by no function."""
     beside_gateway = {(obj["apiVersion"].split("/")[0], manifests._plural(obj["kind"]))
                       for obj in managed_route_objects(settings) if obj["metadata"]["namespace"] == settings.policy_namespace}
     for role in _of(documents, "Role"):
@@ -129,7 +132,9 @@ def placement(documents: list[JSON], settings: Settings) -> Iterator[str]:
             kuadrant = any(group.endswith("kuadrant.io") for group in rule["apiGroups"])
             # The one models route lives beside the policies (shared/modelroute.py), its grant beside the models.
             route = {(g, r) for g in rule["apiGroups"] for r in rule["resources"]} <= beside_gateway
-            expected = settings.policy_namespace if kuadrant or route else settings.namespace
+            core = rule["apiGroups"] == [""]
+            expected = (settings.policy_namespace if kuadrant or route
+                        else settings.store_namespace if core else settings.namespace)
             if role["metadata"]["namespace"] != expected:
                 yield f"{role['metadata']['name']}: {rule['resources']} granted in {role['metadata']['namespace']}"
     services = {
@@ -157,6 +162,24 @@ def named_objects(documents: list[JSON], settings: Settings) -> Iterator[str]:
             yield f"{role}: {sorted(set(rule['verbs']) & NAMED_VERBS)} on {rule['resources']} without resourceNames"
 
 
+def secrets_apart(documents: list[JSON], settings: Settings) -> Iterator[str]:
+    """With a keys namespace of its own, no function account has any Secret right in
+    MAAS_NAMESPACE: maas-admin-key reaches the pods that need it as a secretKeyRef (through the
+    kubelet), never through the API; and every Secret right a function has is in the keys
+    namespace. (RBAC cannot narrow Secrets by label: SOURCES.md section 12.)"""
+    if settings.store_namespace == settings.namespace:
+        return
+    for target in manifests.function_targets():
+        account = manifests.function_account(target)
+        for (namespace, group, resource), verbs in account_grants(documents, account, settings.namespace).items():
+            if (group, resource) in (("", "secrets"), ("", "configmaps")) and namespace != settings.store_namespace:
+                yield f"{account} may {sorted(verbs)} {resource} in {namespace}"
+    events = [d for d in _of(documents, "ApiServerSource") if d["metadata"]["name"] == manifests.TEAM_SOURCE]
+    for source in events:
+        if source["metadata"]["namespace"] != settings.store_namespace:
+            yield f"the team source watches {source['metadata']['namespace']}"
+
+
 CHECKS: dict[str, Callable[[list[JSON], Settings], list[str]]] = {
     "resource_names": lambda documents, settings: list(resource_names(documents)),
     "wildcards": lambda documents, settings: list(wildcards(documents)),
@@ -164,6 +187,7 @@ CHECKS: dict[str, Callable[[list[JSON], Settings], list[str]]] = {
     "read_only": lambda documents, settings: list(read_only(documents, settings)),
     "placement": lambda documents, settings: list(placement(documents, settings)),
     "named_objects": lambda documents, settings: list(named_objects(documents, settings)),
+    "secrets_apart": lambda documents, settings: list(secrets_apart(documents, settings)),
 }
 
 
@@ -193,9 +217,30 @@ def _managed_names(settings: Settings) -> set[str]:
 # ------------------------------------------------------------------ each check can fail
 
 
-def _role(documents: list[JSON], name: str) -> JSON:
-    (role,) = [d for d in _of(documents, "Role") if d["metadata"]["name"] == name]
-    return role
+def _role(documents: list[JSON], name: str, namespace: str | None = None) -> JSON:
+    """The Role of that name (in the keys namespace, when an account has one per namespace)."""
+    found = [d for d in _of(documents, "Role") if d["metadata"]["name"] == name]
+    by_namespace = {d["metadata"]["namespace"]: d for d in found}
+    assert len(by_namespace) == len(found), name
+    if namespace is None:
+        namespace = MUTATED[_layout(documents)].store_namespace
+    return by_namespace[namespace] if len(found) > 1 else found[0]
+
+
+def _layout(documents: list[JSON]) -> str:
+    config = next(d for d in _of(documents, "ConfigMap") if d["metadata"]["name"] == manifests.CONFIG_MAP)
+    return next(name for name, settings in MUTATED.items() if config["data"]["MAAS_KEYS_NAMESPACE"] == settings.store_namespace)
+
+
+def _secrets_beside_the_functions(documents: list[JSON]) -> None:
+    """The models account's Role in MAAS_NAMESPACE (its KServe list) also lists Secrets there."""
+    _role(documents, manifests.account_name("models"), "llm")["rules"].append(
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]})
+
+
+def _team_source_beside_the_functions(documents: list[JSON]) -> None:
+    source = next(d for d in _of(documents, "ApiServerSource") if d["metadata"]["name"] == manifests.TEAM_SOURCE)
+    source["metadata"]["namespace"] = "llm"
 
 
 def _policy_role(documents: list[JSON]) -> JSON:
@@ -234,6 +279,13 @@ MUTATIONS: dict[str, tuple[str, Callable[[list[JSON]], None]]] = {
         {"serviceAccountName": manifests.account_name("writer")})),
     "a policy grant without names": ("named_objects", lambda d: _policy_role(d)["rules"][0].pop("resourceNames")),
     "naming someone else's object": ("named_objects", lambda d: _policy_role(d)["rules"][0]["resourceNames"].append("other")),
+    "Secrets beside the functions": ("secrets_apart", _secrets_beside_the_functions),
+    "the team source beside the functions": ("secrets_apart", _team_source_beside_the_functions),
+}
+# Every mutation in both layouts, but those of the check that only a keys namespace of its own has.
+MUTATED = {
+    "gateway-namespace": Settings(gateway_namespace="gateway-system"),
+    "keys-namespace": Settings(gateway_namespace="gateway-system", keys_namespace="llm-keys"),
 }
 
 
@@ -241,10 +293,13 @@ def test_every_check_has_a_mutation() -> None:
     assert {check for check, _ in MUTATIONS.values()} == set(CHECKS)
 
 
-@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
-def test_each_check_catches_its_mutation(mutation: str) -> None:
+@pytest.mark.parametrize(("mutation", "layout"), [
+    (mutation, layout) for mutation in sorted(MUTATIONS) for layout in sorted(MUTATED)
+    if MUTATIONS[mutation][0] != "secrets_apart" or layout == "keys-namespace"
+])
+def test_each_check_catches_its_mutation(mutation: str, layout: str) -> None:
     check, mutate = MUTATIONS[mutation]
-    settings = Settings(gateway_namespace="gateway-system")
+    settings = MUTATED[layout]
     documents = manifests.render(settings)
     assert CHECKS[check](documents, settings) == []
     broken = copy.deepcopy(documents)
