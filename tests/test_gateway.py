@@ -377,6 +377,30 @@ def test_streams_pass_through_and_count_the_usage_chunk(
             'user="alice"} 10') in client.get("/metrics").text
 
 
+@pytest.mark.parametrize("value", [1, 0, "yes", "true", 1.0, [], {}])
+def test_a_stream_flag_that_is_not_a_boolean_is_refused_before_anything_is_spent(
+    client: httpx.Client, store: SqliteStore, gateway: GatewayService, value: object
+) -> None:
+    """vLLM streams on `"stream": 1` too; a gateway that did not take it for a stream would not
+    ask for usage and would charge nothing (issue 11: 30 calls of 4,000 tokens passed a
+    1,000-token limit). Only true, false or null mean anything."""
+    store.create_team(team=_team("t1", token_limit=50))
+    api_key, _ = _issue(store, "t1", "alice")
+    response = _chat(client, api_key, {**HELLO, "stream": value})
+    assert response.status_code == 422
+    assert "'stream' must be true or false" in _error(response)["message"]
+    assert gateway.limiter.state(team=_team("t1", token_limit=50), user_id="alice") == (0, 0)
+    assert gateway.limiter.outstanding == 0
+
+
+@pytest.mark.parametrize("value", [False, None])
+def test_stream_false_or_null_is_a_plain_answer(client: httpx.Client, store: SqliteStore, value: object) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    response = _chat(client, api_key, {**HELLO, "stream": value})
+    assert response.status_code == 200 and response.json()["usage"]["total_tokens"] > 0
+
+
 def test_upstream_down_is_502_naming_the_model_and_releases_the_reservation(
     tmp_path: Path, store: SqliteStore
 ) -> None:

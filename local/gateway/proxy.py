@@ -623,7 +623,12 @@ class Gateway:
             raise NotFound(f"model '{model}' not found")
         if caller.key.models_allowed:
             caller.check_model(model)
-        stream = body.get("stream") is True
+        stream = body.get("stream")
+        if stream is not True and stream is not False and stream is not None:
+            # A lenient backend streams on 1 or "yes" too, and a stream the gateway does not know
+            # for one gets no usage option and is charged nothing: only a boolean is a request.
+            raise InvalidRequest(f"'stream' must be true or false, not {json.dumps(stream)[:40]}")
+        stream = stream is True
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if type(max_tokens) is not int or max_tokens < 1:  # (not a bool either)
             max_tokens = DEFAULT_COMPLETION_ESTIMATE
