@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -391,6 +392,51 @@ def test_a_stream_flag_that_is_not_a_boolean_is_refused_before_anything_is_spent
     assert "'stream' must be true or false" in _error(response)["message"]
     assert gateway.limiter.state(team=_team("t1", token_limit=50), user_id="alice") == (0, 0)
     assert gateway.limiter.outstanding == 0
+
+
+@pytest.mark.parametrize(("fields", "path", "completions"), [
+    ({}, "/v1/chat/completions", 1),
+    ({"n": 5}, "/v1/chat/completions", 5),
+    ({"n": 2, "best_of": 4}, "/v1/completions", 4),
+    ({"prompt": ["a", "b", "c"], "n": 2}, "/v1/completions", 6),
+    ({"prompt": [[1, 2], [3, 4]]}, "/v1/completions", 2),
+    ({"prompt": [1, 2, 3]}, "/v1/completions", 1),  # one prompt, as token ids
+])
+def test_the_reservation_covers_every_completion_the_request_asks_for(
+    tmp_path: Path, store: SqliteStore, fields: dict[str, object], path: str, completions: int
+) -> None:
+    slow = SimulatorService(Settings(simulator_port=0), time_to_first_token_s=0.5)
+    slow.start()
+    service = _gateway(tmp_path, store, slow.url)
+    try:
+        store.create_team(team=_team("t1"))
+        api_key, _ = _issue(store, "t1", "alice")
+        base = {"model": "qwen3-0-6b-instruct", "max_tokens": 20}
+        base.update({"messages": HELLO["messages"]} if path.endswith("chat/completions") else {"prompt": "hi"})
+        body = json.dumps({**base, **fields}).encode()
+        done = threading.Thread(target=lambda: httpx.post(
+            service.url + path, content=body, timeout=10,
+            headers={"Authorization": f"APIKEY {api_key}", "Content-Type": "application/json"}))
+        done.start()
+        deadline = time.monotonic() + 5
+        while service.limiter.state(team=_team("t1"), user_id="alice")[1] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _, reserved = service.limiter.state(team=_team("t1"), user_id="alice")
+        done.join(10)
+        assert reserved == completions * 20 + len(body) // 4
+    finally:
+        service.stop()
+        slow.stop()
+
+
+@pytest.mark.parametrize(("field", "value"), [("n", 0), ("n", "20"), ("n", 2.0), ("best_of", True), ("n", -1)])
+def test_a_completion_count_that_is_not_a_positive_integer_is_refused(
+    client: httpx.Client, store: SqliteStore, field: str, value: object
+) -> None:
+    store.create_team(team=_team("t1"))
+    api_key, _ = _issue(store, "t1", "alice")
+    response = _chat(client, api_key, {**HELLO, field: value})
+    assert response.status_code == 422 and f"'{field}' must be a positive integer" in _error(response)["message"]
 
 
 @pytest.mark.parametrize("value", [False, None])

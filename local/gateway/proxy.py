@@ -124,6 +124,24 @@ def renamer(name: str) -> Callable[[bytes], bytes]:
     return partial(_MODEL_MEMBER.sub, member.replace(b"\\", b"\\\\"))  # a template: \ is special
 
 
+def _completions(body: dict[str, Any]) -> int:
+    """How many completions a request asks for: `n` (or `best_of`, which vLLM generates in full)
+    for each prompt of a `/v1/completions` prompt list. A count a lenient backend would read
+    differently from us (a string, a float) is refused rather than guessed."""
+    copies = 1
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if type(value) is not int or value < 1:
+            raise InvalidRequest(f"'{name}' must be a positive integer, not {json.dumps(value)[:40]}")
+        copies = max(copies, value)
+    prompt = body.get("prompt")
+    # A list of strings, or of token lists, is one prompt each; a list of ints is one tokenized prompt.
+    prompts = len(prompt) if type(prompt) is list and prompt and type(prompt[0]) is not int else 1
+    return copies * prompts
+
+
 def _with_usage_option(body: bytes) -> bytes | None:
     """A JSON object without a top-level `stream_options`, with one asking for usage.
 
@@ -633,7 +651,10 @@ class Gateway:
         if type(max_tokens) is not int or max_tokens < 1:  # (not a bool either)
             max_tokens = DEFAULT_COMPLETION_ESTIMATE
         prompt_estimate = len(request.body) // _PROMPT_BYTES_PER_TOKEN
-        reservation = self._admit(caller, model, max_tokens + prompt_estimate)
+        # What the request can cost: every completion of every prompt (issue 11: 50 concurrent
+        # `n: 20` calls spent 82,041 tokens against 5,000 when one completion was reserved).
+        completions = _completions(body)
+        reservation = self._admit(caller, model, completions * max_tokens + prompt_estimate)
 
         call: _Call | None = None
         try:
