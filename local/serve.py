@@ -15,11 +15,10 @@ from local.adminkey import ensure_admin_key
 from local.events import EventsService
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
-from shared.catalog.base import ModelInfo
-from shared.catalog.filecatalog import FileModelCatalog
-from shared.context import Context, build_context
+from shared.catalog.filecatalog import FollowingCatalog
+from shared.context import build_context
 from shared.ledger import UsageLedger
-from shared.modelsfile import ModelsFile, ModelsTable
+from shared.modelsfile import ModelsFile
 from shared.settings import Settings
 from shared.version import VERSION
 
@@ -38,34 +37,6 @@ class CannotStart(Exception):
 
 def _say(line: str) -> None:
     print(line, flush=True)
-
-
-class _FollowingCatalog:
-    """The admin API's model listing over the one models file the gateway follows too."""
-
-    def __init__(self, models: ModelsFile) -> None:
-        self._catalog = self._build(models.table)
-        models.subscribe(self._use)
-
-    @staticmethod
-    def _build(table: ModelsTable) -> FileModelCatalog:
-        return FileModelCatalog(list(table.backends), created=table.created)
-
-    def _use(self, table: ModelsTable) -> None:
-        self._catalog = self._build(table)  # one assignment: a listing sees one table or the next
-
-    def list_models(self) -> list[ModelInfo]:
-        return self._catalog.list_models()
-
-    def list_openai_models(self) -> list[ModelInfo]:
-        return self._catalog.list_openai_models()
-
-
-def _follow_models_file(ctx: Context, models: ModelsFile) -> None:
-    """Make the context's catalog (GET /models, /v1/models) list `models` as it changes."""
-    # Context builds its catalog on first use from the settings (a second, unwatched reading):
-    # give it this one before anything asks.
-    ctx._catalog = _FollowingCatalog(models)
 
 
 def _shown(path: Path) -> str:
@@ -117,8 +88,8 @@ def serve(settings: Settings) -> int:
         # The default models file points at the simulator: use the port it actually bound.
         settings = settings.model_copy(update={"simulator_port": int(simulator.url.rsplit(":", 1)[1])})
         models = _open_models_file(settings)
-        ctx = build_context(settings, ledger=ledger)
-        _follow_models_file(ctx, models)
+        # The admin API's model listing follows the same file as the gateway: one reading.
+        ctx = build_context(settings, ledger=ledger, catalog=FollowingCatalog(models))
         install_context(ctx)
         launch("gateway", GatewayService(settings, ctx.store, ledger=ledger, models=models))
         models.start()

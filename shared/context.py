@@ -73,10 +73,16 @@ class Context:
         self.store.close()
 
 
-def build_context(settings: Settings, *, ledger: UsageLedger | None = None) -> Context:
+def build_context(settings: Settings, *, ledger: UsageLedger | None = None,
+                  catalog: ModelCatalog | None = None) -> Context:
+    """`catalog`: the model listing to use instead of one opened from the settings on first use
+    (the local runtime passes the one that follows the models file the gateway follows)."""
     store = open_store(settings)
     if settings.store == "kubernetes":
         from shared.kubeapply import policy_syncer
 
-        return Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings))
-    return Context(settings=settings, store=store, ledger=ledger)
+        context = Context(settings=settings, store=store, teams_changed=policy_syncer(store, settings))
+    else:
+        context = Context(settings=settings, store=store, ledger=ledger)
+    context._catalog = catalog
+    return context

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shared.catalog.base import ModelInfo
-from shared.modelsfile import DEFAULT_MODELS_FILE, ModelBackend, load_models_file
+from shared.modelsfile import DEFAULT_MODELS_FILE, ModelBackend, ModelsFile, ModelsTable, load_models_file
 from shared.settings import Settings
 
 NAMESPACE = "local"
@@ -110,3 +110,24 @@ class FileModelCatalog:
                     self._ready[backend.name] = (checked, ready)
                     fresh[backend.name] = ready
         return fresh
+
+
+class FollowingCatalog:
+    """The file catalog over a followed models file: each new table replaces it whole."""
+
+    def __init__(self, models: ModelsFile) -> None:
+        self._catalog = self._build(models.table)
+        models.subscribe(self._use)
+
+    @staticmethod
+    def _build(table: ModelsTable) -> FileModelCatalog:
+        return FileModelCatalog(list(table.backends), created=table.created)
+
+    def _use(self, table: ModelsTable) -> None:
+        self._catalog = self._build(table)  # one assignment: a listing sees one table or the next
+
+    def list_models(self) -> list[ModelInfo]:
+        return self._catalog.list_models()
+
+    def list_openai_models(self) -> list[ModelInfo]:
+        return self._catalog.list_openai_models()
