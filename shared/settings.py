@@ -11,6 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.durations import normalize_window
 
 
+def weak_admin_key(secret: str) -> bool:
+    """The manifests' placeholder, or too short to be a random secret."""
+    return "REPLACE-ME" in secret.upper() or len(secret) < 16
+
+
 class Settings(BaseSettings):
     """Built once by `Settings()` (from the environment) and passed down."""
 
@@ -195,10 +200,7 @@ class Settings(BaseSettings):
     @classmethod
     def _real_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
         # Fail closed on the manifests' placeholder or a guessable key, rather than serve with it.
-        if value is None:
-            return None
-        secret = value.get_secret_value()
-        if "REPLACE-ME" in secret.upper() or len(secret) < 16:
+        if value is not None and weak_admin_key(value.get_secret_value()):
             raise ValueError("ADMIN_KEY must be a random secret of at least 16 characters, not a placeholder")
         return value
 

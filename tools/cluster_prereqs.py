@@ -21,7 +21,7 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, VersionApi
 from kubernetes.client.exceptions import ApiException
 
 from shared.modelroute import ROUTE_NAME as MODEL_ROUTE
-from shared.settings import Settings
+from shared.settings import Settings, weak_admin_key
 from tools import manifests
 from tools.cluster_report import Report
 
@@ -528,21 +528,18 @@ class Checks:
     # -- the key manager's own objects ---------------------------------------------------------
 
     def namespace(self) -> None:
-        name = self.settings.namespace
-        if self.cluster.namespace(name) is None:
-            self.add(f"namespace {name}", "FAIL", "does not exist",
-                     f"kubectl create namespace {name} (or set MAAS_NAMESPACE to yours)")
-        else:
-            self.add(f"namespace {name}", "ok", "exists")
+        self._namespace_exists(self.settings.namespace, "MAAS_NAMESPACE", "")
 
     def keys_namespace(self) -> None:
         """MAAS_KEYS_NAMESPACE: the teams, keys and audit entries, apart from the functions."""
-        name = self.settings.store_namespace
+        self._namespace_exists(self.settings.store_namespace, "MAAS_KEYS_NAMESPACE", " (MAAS_KEYS_NAMESPACE: the teams and keys)")
+
+    def _namespace_exists(self, name: str, setting: str, what: str) -> None:
         if self.cluster.namespace(name) is None:
-            self.add(f"namespace {name}", "FAIL", "does not exist (MAAS_KEYS_NAMESPACE: the teams and keys)",
-                     f"kubectl create namespace {name} (or set MAAS_KEYS_NAMESPACE to yours)")
+            self.add(f"namespace {name}", "FAIL", f"does not exist{what}",
+                     f"kubectl create namespace {name} (or set {setting} to yours)")
         else:
-            self.add(f"namespace {name}", "ok", "exists (MAAS_KEYS_NAMESPACE: the teams and keys)")
+            self.add(f"namespace {name}", "ok", f"exists{what}")
 
     def admin_key_secret(self) -> None:
         namespace, name = self.settings.namespace, manifests.ADMIN_KEY_SECRET
@@ -561,7 +558,7 @@ class Checks:
             value = base64.b64decode(encoded).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             value = ""
-        if "REPLACE-ME" in value.upper() or len(value) < 16:
+        if weak_admin_key(value):  # what the functions would refuse to start with
             self.add(label, "FAIL", "ADMIN_KEY is the manifests' placeholder or too short (value not shown)",
                      f"replace it: kubectl -n {namespace} delete secret {name}, then {create}; apply the manifests "
                      "rendered with --skip-admin-key")
