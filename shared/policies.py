@@ -44,6 +44,7 @@ from shared.durations import normalize_window
 from shared.errors import Unauthorized, openai_body
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team
+from shared.store.kubeshapes import EXPIRES_ANNOTATION, MODELS_ANNOTATION, STATUS_ANNOTATION
 from shared.tiers import TIER_ANNOTATION, tier_of
 
 AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
@@ -63,10 +64,6 @@ IDENTITY_ANNOTATIONS = {
     "groups": "kuadrant.io/groups",
     "tier": TIER_ANNOTATION,
 }
-STATUS_ANNOTATION = "maas/status"
-EXPIRES_ANNOTATION = "maas/expires-at"
-# Comma-separated model names, empty (or absent) for every model; set at key creation, never edited.
-MODELS_ANNOTATION = "maas/models-allowed"
 
 # CEL over the request body: Kuadrant's wasm shim parses the JSON body of model calls.
 MODEL_EXPRESSION = 'requestBodyJSON("/model")'

@@ -80,12 +80,14 @@ from shared.store.kubeshapes import (
     AUTHORINO_WATCH_LABEL,
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    EXPIRES_ANNOTATION,
     GRACE_LABEL,
     KEY_TYPE,
     LABEL_VALUE,
     RESOURCE_TYPE,
     SHA_LABEL,
     SHA_PREFIX_LEN,
+    STATUS_ANNOTATION,
     TEAM_ID_LABEL,
     TEAM_TYPE,
     audit_body,
@@ -450,9 +452,9 @@ class KubernetesStore:
             changed = replace(current, **given)
             if changed == current:
                 return current
-            notes = {"maas/status": changed.status}
+            notes = {STATUS_ANNOTATION: changed.status}
             if changed.expires_at is not None:
-                notes["maas/expires-at"] = timestamp(changed.expires_at)
+                notes[EXPIRES_ANNOTATION] = timestamp(changed.expires_at)
             if changed.replaced_by:
                 notes["maas/replaced-by"] = changed.replaced_by
             patch = {"metadata": {"labels": selected_labels(changed, self._selector), "annotations": notes}}

@@ -36,6 +36,11 @@ AUDIT_TYPE = "audit"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
 GRACE_LABEL = "maas/in-grace"
+# Key annotations the AuthPolicy reads (shared/policies.py): the store writes them under these names.
+STATUS_ANNOTATION = "maas/status"
+EXPIRES_ANNOTATION = "maas/expires-at"
+# Comma-separated model names, empty for every model; set at key creation, never edited.
+MODELS_ANNOTATION = "maas/models-allowed"
 # Authorino's default --secret-label-selector (authorino main.go; Kuadrant keeps the default).
 AUTHORINO_WATCH_LABEL = ("authorino.kuadrant.io/managed-by", "authorino")
 
@@ -131,15 +136,15 @@ def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
         **team_identity(team),
         TEAM_ID_LABEL: key.team_id,
         "maas/user-email": key.user_email,
-        "maas/models-allowed": ",".join(key.models_allowed),
-        "maas/status": key.status,
+        MODELS_ANNOTATION: ",".join(key.models_allowed),
+        STATUS_ANNOTATION: key.status,
         "maas/created-at": timestamp(key.created_at),
         "maas/role": key.role,
     }
     if key.alias:
         notes["maas/alias"] = key.alias
     if key.expires_at is not None:
-        notes["maas/expires-at"] = timestamp(key.expires_at)
+        notes[EXPIRES_ANNOTATION] = timestamp(key.expires_at)
     if key.last_used_at is not None:
         notes["maas/last-used-at"] = timestamp(key.last_used_at)
     if key.replaced_by:
@@ -182,8 +187,8 @@ def key_body(
 def key_from_secret(secret: Any) -> ApiKey:
     labels = secret.metadata.labels or {}
     notes = secret.metadata.annotations or {}
-    models = notes.get("maas/models-allowed", "")
-    status = notes.get("maas/status", "active")
+    models = notes.get(MODELS_ANNOTATION, "")
+    status = notes.get(STATUS_ANNOTATION, "active")
     try:
         return ApiKey(
             secret_name=secret.metadata.name,
@@ -196,7 +201,7 @@ def key_from_secret(secret: Any) -> ApiKey:
             created_at=parse_timestamp(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
             models_allowed=tuple(models.split(",")) if models else (),
             alias=notes.get("maas/alias", ""),
-            expires_at=parse_timestamp(notes.get("maas/expires-at")),
+            expires_at=parse_timestamp(notes.get(EXPIRES_ANNOTATION)),
             last_used_at=parse_timestamp(notes.get("maas/last-used-at")),
             replaced_by=notes.get("maas/replaced-by") or None,
         )
