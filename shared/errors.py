@@ -12,7 +12,7 @@
     ├── PayloadTooLarge       413
     ├── RateLimited           429  over the token limit (carries rate-limit headers)
     ├── UpstreamError         502  a model backend failed
-    ├── BackendUnavailable    503  Kubernetes / Prometheus / a store cannot be reached (says which)
+    ├── BackendUnavailable    503  Kubernetes / Prometheus / Redis / a store cannot be reached (says which)
     └── UpstreamTimeout       504  a model backend timed out
 
 Adapters translate library errors (sqlite3, ApiException, aiohttp, Prometheus) into these with

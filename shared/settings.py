@@ -164,6 +164,29 @@ class Settings(BaseSettings):
             "(then 408) or holds an idle connection (then closed)."
         ),
     )
+    metrics_port: int = Field(
+        default=8002, validation_alias="MAAS_METRICS_PORT", ge=0, le=65535,
+        description="Port of the local gateway's /metrics (on MAAS_HOST, apart from the model port so "
+        "that key holders cannot list every team and user); 0 picks a free one.",
+    )
+    gateway_max_connections: int = Field(
+        default=1000, validation_alias="MAAS_GATEWAY_MAX_CONNECTIONS", ge=1,
+        description="Gateway: most client connections open at once; more wait in the listen queue.",
+    )
+    access_log: bool = Field(
+        default=True, validation_alias="MAAS_ACCESS_LOG",
+        description="Gateway: one log line per request (method, path, status, model, team, user, tokens, "
+        "duration; never the key), written off the request path.",
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias="MAAS_REDIS_URL",
+        description="Gateway: keep the token counters in this Redis (redis://host:port/db), shared by every "
+        "gateway that names it; unset: in the process, saved to the data dir every second.",
+    )
+    redis_timeout_s: float = Field(
+        default=1.0, validation_alias="MAAS_REDIS_TIMEOUT", gt=0,
+        description="Gateway: seconds before a Redis call gives up; model calls then fail closed with 503.",
+    )
     usage: Literal["embedded", "prometheus"] = Field(
         default="embedded",
         validation_alias="MAAS_USAGE",
@@ -227,6 +250,11 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "maas.db"
+
+    @property
+    def limits_path(self) -> Path:
+        """The in-process token counters, saved every second (not used with MAAS_REDIS_URL)."""
+        return self.data_dir / "limits.db"
 
     @property
     def usage_ledger_path(self) -> Path:

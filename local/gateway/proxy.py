@@ -592,6 +592,15 @@ class Gateway:
             self.reject(responder, MaasError("internal gateway error"))
         return None
 
+    def check_head(self, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> Caller | None:
+        """Before a model call's body is read: the caller its key names (raises Unauthorized,
+        so that a client without a valid key is refused before it can send megabytes). None
+        for requests that are not model calls (their handling authenticates, or needs no key)."""
+        if method == b"POST" and (path in _PATHS or model_path(path) is not None):
+            value = headers.get(b"authorization")
+            return self._keys.authenticate(None if value is None else value.decode("latin-1"))
+        return None
+
     def reject(self, responder: Responder, error: MaasError | int, message: str = "") -> None:
         """Answer with an error in the OpenAI shape (also used by the server: 400, 408, 413)."""
         if isinstance(error, int):
@@ -622,7 +631,7 @@ class Gateway:
         """`path` is the endpoint (`/v1/...`); `path_model` the model a `/<model>/v1/...` path
         names, which the body must then agree with (or leave out)."""
         # The hot path: helpers inlined where a call per request showed in the profile.
-        caller = self._keys.authenticate(request.header(b"authorization"))
+        caller = request.caller or self._keys.authenticate(request.header(b"authorization"))
         body = self._parse(request)
         model = body.get("model")
         inserted = False

@@ -49,6 +49,8 @@ class Request:
     path: bytes
     headers: dict[bytes, bytes]  # names lower-cased
     body: bytes
+    # Set by the handler's head check (the gateway's authenticated caller), read by the handler.
+    caller: Any = None
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
