@@ -25,8 +25,9 @@ venv: $(STAMP) ## Create the virtualenv from the pinned requirements
 run: $(STAMP) ## Serve every function, the gateway and the model simulator on this machine
 	@$(BIN)/python -m local serve
 
-test: $(STAMP) ## Run the test suite (installs Debian's prometheus for the usage tests when missing)
+test: $(STAMP) ## Run the test suite (installs Debian's prometheus and redis-server for the tests when missing)
 	@bash tools/ensure_prometheus.sh
+	@bash tools/ensure_redis.sh
 	@command -v jq >/dev/null && command -v curl >/dev/null || \
 		(echo "installing curl and jq (the quickstart test pastes curl | jq) ..." && \
 		 apt-get update -qq && apt-get install -y -qq --no-install-recommends curl jq >/dev/null)
