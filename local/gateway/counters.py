@@ -60,6 +60,7 @@ class MemoryCounters:
     def __init__(self, clock_ms: Callable[[], int] = wall_ms) -> None:
         self._clock = clock_ms
         self._windows: dict[str, _Window] = {}
+        self._changed: set[str] = set()  # since the last `changes()`
 
     def _current(self, key: str, window_s: int, now: int) -> _Window:
         window = self._windows.get(key)
@@ -76,6 +77,7 @@ class MemoryCounters:
         admitted = spent + reserved < limit
         if admitted:
             window.reserved = reserved + amount
+            self._changed.add(key)
         return Hold(admitted, window.started, spent, reserved, window.ends - now)
 
     def settle(self, key: str, *, window: int, window_s: int, reserved: int, tokens: int,
@@ -84,10 +86,12 @@ class MemoryCounters:
         current = self._windows.get(key)
         if current is not None and current.started == window and now < current.ends:
             current.reserved -= reserved
+        self._changed.add(key)
         if tokens > 0:
             self._current(key, window_s, now).spent += tokens
             if also is not None:
                 self._current(also, window_s, now).spent += tokens
+                self._changed.add(also)
 
     def state(self, key: str) -> tuple[int, int]:
         """(spent, reserved) in the key's current window; (0, 0) when it has none."""
@@ -106,6 +110,18 @@ class MemoryCounters:
         for key in ended:
             del self._windows[key]
         return [(key, w.started, w.ends, w.spent + w.reserved) for key, w in self._windows.items()]
+
+    def changes(self) -> list[Saved]:
+        """`snapshot()` of the counters changed since the last call only: what a periodic
+        save must write, in time proportional to the traffic, not to the number of counters."""
+        changed, self._changed = self._changed, set()
+        now = self._clock()
+        rows = []
+        for key in changed:
+            w = self._windows.get(key)
+            if w is not None and now < w.ends:
+                rows.append((key, w.started, w.ends, w.spent + w.reserved))
+        return rows
 
     def restore(self, saved: Iterable[Saved]) -> None:
         now = self._clock()

@@ -34,6 +34,8 @@ LIMITADOR_NAMESPACE = "local/maas-models"
 _TOKENS_HELP = "Tokens charged to authorized requests (Limitador's hits are tokens here)"
 _AUTHORIZED_HELP = "Requests admitted under the token limit"
 _LIMITED_HELP = "Requests refused with 429 over the token limit"
+_UNMETERED_HELP = ("Model calls that ended without a usage report from the backend (charged the prompt "
+                   "estimate plus their text at 4 bytes a token)")
 
 
 def _escape(value: str) -> str:
@@ -53,6 +55,8 @@ class UsageMeter:
         # Since start: tokens per (team, user, model); [authorized, limited] calls per (team, user).
         self._tokens: dict[tuple[str, str, str], int] = {}
         self._calls: dict[tuple[str, str], list[int]] = {}
+        # Calls per model that ended without a usage report (charged from their text instead).
+        self._unmetered: dict[str, int] = {}
 
     def _call_counts(self, team_id: str, user_id: str) -> list[int]:
         key = (team_id, user_id)
@@ -71,6 +75,9 @@ class UsageMeter:
         self._call_counts(team_id, user_id)[1] += 1
         self._ledger.record(team_id=team_id, user_id=user_id, model=model, limited_calls=1)
 
+    def unmetered(self, *, model: str) -> None:
+        self._unmetered[model] = self._unmetered.get(model, 0) + 1
+
     def exposition(self) -> bytes:
         ns = LIMITADOR_NAMESPACE
         lines = [f"# HELP authorized_hits {_TOKENS_HELP}", "# TYPE authorized_hits counter"]
@@ -85,4 +92,8 @@ class UsageMeter:
                 if not counts[index]:
                     continue  # as in Limitador, a series exists from its first increment
                 lines.append(f"{name}{{{_labels(limitador_namespace=ns, team=team, user=user)}}} {counts[index]}")
+        lines.append(f"# HELP maas_unmetered_requests {_UNMETERED_HELP}")
+        lines.append("# TYPE maas_unmetered_requests counter")
+        for model, count in sorted(self._unmetered.items()):
+            lines.append(f"maas_unmetered_requests{{{_labels(model=model)}}} {count}")
         return ("\n".join(lines) + "\n").encode("utf-8")

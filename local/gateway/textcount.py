@@ -1,0 +1,64 @@
+"""What a reply without a usage report is charged: its generated text, counted in tokens.
+
+A backend that reports no usage (a lenient server, a stream cut before its usage event, a
+client gone) still generated what it sent. Without the model's tokenizer, a token is taken as
+at most 4 bytes of UTF-8 text (English averages about 4 characters a token, other scripts
+fewer bytes a token are rare in BPE vocabularies), and every piece of text — a stream's event,
+a choice — as at least one token. The gateway adds the prompt's estimate.
+
+Only the members that carry generated text count: `content`, `text`, `delta` (a string: the
+Responses API's stream), `arguments` (tool calls), `reasoning_content`, `refusal`. Run only
+when usage is missing, never on the common path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+BYTES_PER_TOKEN = 4
+_TEXT_MEMBERS = frozenset({"content", "text", "delta", "arguments", "reasoning_content", "refusal"})
+_MAX_DEPTH = 32
+
+
+def _text_tokens(value: Any, depth: int = 0) -> int:
+    """Tokens of the generated text in a decoded JSON value."""
+    if depth > _MAX_DEPTH:
+        return 0
+    tokens = 0
+    if isinstance(value, dict):
+        for name, member in value.items():
+            if name in _TEXT_MEMBERS and isinstance(member, str):
+                if member:
+                    tokens += max(1, -(-len(member.encode("utf-8", "replace")) // BYTES_PER_TOKEN))
+            elif isinstance(member, (dict, list)):
+                tokens += _text_tokens(member, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            tokens += _text_tokens(item, depth + 1)
+    return tokens
+
+
+def reply_tokens(body: bytes) -> int:
+    """Generated-text tokens of a whole JSON reply (0 when it is not JSON)."""
+    try:
+        return _text_tokens(json.loads(body))
+    except (ValueError, RecursionError):
+        return 0
+
+
+def stream_tokens(stream: bytes) -> int:
+    """Generated-text tokens of a server-sent event stream's `data:` events."""
+    tokens = 0
+    for line in stream.split(b"\n"):
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data[:1] != b"{":
+            continue  # [DONE], or not JSON
+        try:
+            tokens += _text_tokens(json.loads(data))
+        except (ValueError, RecursionError):
+            continue
+    return tokens
