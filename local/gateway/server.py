@@ -18,26 +18,51 @@ the client is not reading the answers, and a client silent for `client_timeout` 
 it owes the rest of a request (408) or holds an idle connection is let go. A refused request
 ends the connection with a lingering close (answer, half-close, discard what still comes, for
 a while) so that the client reads the answer instead of a reset.
+
+Before a body is read, `check_head` (when given) sees the method, path and headers: the
+gateway refuses a model call without a valid key there (401), through the same lingering close,
+so a client without a key cannot make it read megabytes. What it returns travels in
+`Request.caller`. One call per request, only for heads that passed the other checks.
+
+At most `max_connections` clients are connected at once. Beyond that the server stops
+accepting (the listening sockets leave the event loop) and the connections that arrive wait in
+the kernel's listen queue (LISTEN_BACKLOG), to be accepted in order as soon as one closes; the
+kernel has completed their handshake, so their requests just wait, and past the queue's length
+it slows new connects down (SYN retries) rather than refusing them. Accepting and closing at
+once (or with a 503) was the other choice: it keeps no one waiting, but turns a burst into
+errors that every client must retry, and holds a descriptor per refused client meanwhile. The
+clients already connected are served as before, whatever waits behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
 
 from local.gateway.writes import WriteBatch
+from shared.errors import MaasError
+
+log = logging.getLogger("maas.gateway")
 
 # Generous for any real client (browsers send a few KiB); bounds what a client can make us hold.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 # Pipelined requests waiting behind the one being answered before reading pauses.
 MAX_QUEUED = 16
+# Connections waiting in the kernel while the server is at its connection cap.
+LISTEN_BACKLOG = 1024
+# How long accepting pauses when the process is out of file descriptors (EMFILE): a listening
+# socket stays readable, and retrying at once would spin.
+_ACCEPT_RETRY_S = 0.5
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
@@ -72,6 +97,16 @@ def _head(status: int, headers: Mapping[str, str], extra: bytes) -> bytes:
 
 def _nothing() -> None:
     pass
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+def _given(protocol: _HttpProtocol) -> _HttpProtocol:
+    """A protocol factory that hands over one made in advance (bound with partial, not a
+    closure over a loop variable)."""
+    return protocol
 
 
 class Responder:
@@ -155,7 +190,11 @@ class Responder:
 
 
 Handler = Callable[[Request, Responder], Coroutine[Any, Any, None] | None]
-Reject = Callable[[Responder, int, str], None]
+# Answers a refusal: a status the server chose (400, 408, 413) with its message, or the
+# MaasError that `check_head` raised.
+Reject = Callable[[Responder, MaasError | int, str], None]
+# (method, path, headers) -> what the handler finds in `Request.caller`; raises MaasError to refuse.
+HeadCheck = Callable[[bytes, bytes, dict[bytes, bytes]], Any]
 
 
 class _Refused(Exception):
@@ -171,14 +210,23 @@ class _Clients:
         self._tick = min(timeout / 4, 1.0)
         self._open: set[_HttpProtocol] = set()
         self._timer: asyncio.TimerHandle | None = None
+        # The listener's: accepted connections becoming clients, and leaving (room for one more).
+        self.on_join: Callable[[_HttpProtocol], None] = _ignore
+        self.on_leave: Callable[[], None] = _nothing
+
+    def __len__(self) -> int:
+        return len(self._open)
 
     def add(self, protocol: _HttpProtocol) -> None:
         self._open.add(protocol)
+        self.on_join(protocol)
         if self._timer is None:
             self._timer = self._loop.call_later(self._tick, self._sweep)
 
     def discard(self, protocol: _HttpProtocol) -> None:
-        self._open.discard(protocol)
+        if protocol in self._open:
+            self._open.discard(protocol)
+            self.on_leave()
 
     def _sweep(self) -> None:
         self._timer = None
@@ -195,16 +243,20 @@ class _Clients:
 
 
 class _HttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, reject: Reject, max_body: int, writes: WriteBatch, clients: _Clients) -> None:
+    def __init__(self, handler: Handler, reject: Reject, max_body: int, writes: WriteBatch, clients: _Clients,
+                 head_check: HeadCheck | None = None) -> None:
         self._handler = handler
         self._writes = writes
         self._reject = reject
+        self._head_check = head_check
         self._max_body = max_body
         self._clients = clients
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
+        self._path = b""
+        self._caller: Any = None
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._size = 0
@@ -218,7 +270,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._eof = False
         self._reading_paused = False
         # Set once a request is refused: what to answer, and that the rest is discarded.
-        self._refusal: tuple[int, str] | None = None
+        self._refusal: tuple[MaasError | int, str] | None = None
         self._queue: deque[tuple[Request | None, bool]] = deque()
         self._current: Responder | None = None
         self._task: asyncio.Task[None] | None = None
@@ -339,6 +391,19 @@ class _HttpProtocol(asyncio.Protocol):
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._refuse(413, "request body too large")
             raise _Refused
+        url = self._url
+        self._path = path = url.split(b"?", 1)[0] if b"?" in url else url
+        check = self._head_check
+        if check is not None:
+            try:
+                self._caller = check(self._parser.get_method(), path, headers)
+            except MaasError as exc:
+                self._refuse(exc)  # before the body: what follows is discarded unread
+                raise _Refused from None
+            except Exception:
+                log.exception("head check failed on %s", path.decode("latin-1"))
+                self._refuse(MaasError("internal gateway error"))
+                raise _Refused from None
 
     def _check_head(self) -> None:
         """The rare heads: no Host (HTTP/1.0 and earlier), too many headers, a huge URL."""
@@ -361,14 +426,14 @@ class _HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        url = self._url
-        path = url.split(b"?", 1)[0] if b"?" in url else url
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         queue = self._queue
-        queue.append((Request(self._parser.get_method(), path, self._headers, body), self._parser.should_keep_alive()))
+        request = Request(self._parser.get_method(), self._path, self._headers, body, self._caller)
+        queue.append((request, self._parser.should_keep_alive()))
         # Ready for the next message here rather than in an on_message_begin callback.
         self._url = b""
+        self._caller = None
         self._headers = {}
         self._body = []
         self._size = 0
@@ -381,11 +446,12 @@ class _HttpProtocol(asyncio.Protocol):
 
     # -- refusals and timeouts -------------------------------------------------------------
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer `status` after the requests before it, then close; discard the rest."""
+    def _refuse(self, error: MaasError | int, message: str = "") -> None:
+        """Answer `error` (a status and `message`, or a MaasError) after the requests before
+        it, then close; discard the rest."""
         if self._refusal is not None:
             return
-        self._refusal = (status, message)
+        self._refusal = (error, message)
         self._in_head = False
         self._queue.append((None, False))
         if self._reading_paused and self._transport is not None:
@@ -428,8 +494,8 @@ class _HttpProtocol(asyncio.Protocol):
                         self._transport.resume_reading()
                 responder = self._current = Responder(self, keep_alive and request is not None)
                 if request is None:
-                    status, message = self._refusal or (400, "malformed HTTP request")
-                    self._reject(responder, status, message)
+                    error, message = self._refusal or (400, "malformed HTTP request")
+                    self._reject(responder, error, message)
                     continue
                 try:
                     work = self._handler(request, responder)
@@ -500,6 +566,134 @@ class _HttpProtocol(asyncio.Protocol):
             transport.close()
 
 
+class Listener:
+    """The listening sockets of `serve()`, accepting while fewer than `max_connections` clients
+    are connected (see the module's docstring); `close()` stops listening.
+
+    Accepting is done here rather than by `loop.create_server`, whose server cannot pause: the
+    sockets' readers are removed at the cap and added back when a client leaves.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
+                 factory: Callable[[], _HttpProtocol], clients: _Clients, max_connections: int) -> None:
+        self._loop = loop
+        self._sockets = sockets
+        self._factory = factory
+        self._clients = clients
+        self._limit = max_connections
+        # Accepted and still being handed to the loop (not yet among `clients`): counted too,
+        # so that the cap holds in between.
+        self._starting: set[_HttpProtocol] = set()
+        self._accepting = False
+        self._closed = False
+        clients.on_join = self._starting.discard
+        clients.on_leave = self._room
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._sockets)
+
+    @property
+    def connections(self) -> int:
+        """Client connections open (or being opened) now."""
+        return len(self._starting) + len(self._clients)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def start(self) -> None:
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._accepting or self._closed:
+            return
+        self._accepting = True
+        for sock in self._sockets:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _pause(self) -> None:
+        if not self._accepting:
+            return
+        self._accepting = False
+        for sock in self._sockets:
+            self._loop.remove_reader(sock.fileno())
+
+    def _room(self) -> None:
+        if not self._accepting and self.connections < self._limit:
+            self._resume()
+
+    def _accept(self, sock: socket.socket) -> None:
+        while self.connections < self._limit:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # the queue is empty
+            except ConnectionAbortedError:
+                continue  # reset while it waited: the next one
+            except OSError as exc:
+                # Out of file descriptors or buffers: the socket stays readable, so wait a little
+                # rather than spin; what waits stays in the queue.
+                log.warning("gateway cannot accept connections (%s); retrying in %g s",
+                            exc.strerror or exc, _ACCEPT_RETRY_S)
+                self._pause()
+                self._loop.call_later(_ACCEPT_RETRY_S, self._room)
+                return
+            conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            protocol = self._factory()
+            self._starting.add(protocol)  # until its connection_made makes it one of the clients
+            # Once per connection, not per request: the task is what connect_accepted_socket costs.
+            made = self._loop.connect_accepted_socket(partial(_given, protocol), conn)
+            task = self._loop.create_task(made)
+            task.add_done_callback(partial(self._connected, conn, protocol))
+        self._pause()  # at the cap: the rest waits in the kernel's queue
+
+    def _connected(self, conn: socket.socket, protocol: _HttpProtocol, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved here: a connection that failed to start is just closed
+        if protocol in self._starting:  # it never became a client (else connection_lost counts it out)
+            self._starting.discard(protocol)
+            conn.close()
+            self._room()
+
+    def close(self) -> None:
+        """Stop listening; connected clients are not closed (as asyncio's servers do)."""
+        self._pause()
+        self._closed = True
+        for sock in self._sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` resolves to (as `loop.create_server` binds)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def serve(
     handler: Handler,
     reject: Reject,
@@ -509,12 +703,18 @@ async def serve(
     max_body: int,
     client_timeout: float = 60.0,
     writes: WriteBatch | None = None,
-) -> asyncio.AbstractServer:
+    check_head: HeadCheck | None = None,
+    max_connections: int = 1000,
+) -> Listener:
+    """Listen on host:port (0: a free port, `sockets[0]` says which) and serve until closed."""
     loop = asyncio.get_running_loop()
     batch = writes if writes is not None else WriteBatch()
     batch.bind(loop)
     clients = _Clients(loop, client_timeout)
-    server = await loop.create_server(
-        lambda: _HttpProtocol(handler, reject, max_body, batch, clients), host, port, backlog=1024, reuse_address=True
+    sockets = await _bind(loop, host, port)
+    listener = Listener(
+        loop, sockets, lambda: _HttpProtocol(handler, reject, max_body, batch, clients, check_head), clients,
+        max_connections,
     )
-    return server
+    listener.start()
+    return listener
