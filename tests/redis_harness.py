@@ -1,7 +1,7 @@
 """A real Redis for tests: a free 127.0.0.1 port, a temp dir, nothing saved to disk.
 
 The binary comes from Debian's `redis-server` package (tools/ensure_redis.sh installs it).
-Tests skip with the reason when it cannot be found. Use the session fixture by importing it
+Tests fail, saying so, when it cannot be found. Use the session fixture by importing it
 into the test module: `from tests.redis_harness import redis_server  # noqa: F401`.
 """
 
@@ -87,7 +87,8 @@ class RedisServer:
 def redis_server() -> Iterator[RedisServer]:
     binary = redis_binary()
     if binary is None:
-        pytest.skip("redis-server not installed (run `bash tools/ensure_redis.sh`)")
+        # A failure, not a skip: `make test` installs it, and a skipped Redis test proves nothing.
+        pytest.fail("redis-server not installed (`make test` installs it; or run `bash tools/ensure_redis.sh`)")
     with tempfile.TemporaryDirectory(prefix="maas-redis-") as workdir:
         server = RedisServer(binary, Path(workdir)).start()
         try:

@@ -17,13 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from local.gateway import GatewayService
+from local.gateway.limits import DataDirInUse
 from shared.settings import Settings
 from shared.store.base import Team, TeamChanges
 from shared.store.sqlite import SqliteStore
 from tests.lenient_backend import LenientBackend, lenient_backend
 from tests.records import T0, a_key
+from tests.redis_harness import RedisServer, free_port, redis_server  # noqa: F401
 from tests.waiting import eventually
 
 MODEL = "lenient"
@@ -331,3 +334,83 @@ def test_a_restart_keeps_the_window(make: Callable[..., Setup]) -> None:
     finally:
         again.stop()
         setup.gateway = _start_gateway(setup.tmp_path, setup.store, setup.backend)  # for the fixture's stop
+
+
+# -- several gateways on one Redis ---------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()  # counters are keyed by team incarnation, and every test's team is "t1" at T0
+    client.close()
+    return redis_server.url
+
+
+def test_two_gateways_on_one_redis_share_one_limit(make: Callable[..., Setup], redis_url: str) -> None:
+    setup = make(context=300, token_delay_s=0.002, redis_url=redis_url)
+    limit = 2000
+    setup.team(token_limit=limit)
+    key = setup.key()
+    # A second gateway process's worth: its own service, limiter and connections, the same Redis
+    # and the same data dir (runtimes with Redis counters may share one).
+    second = _start_gateway(setup.tmp_path, setup.store, setup.backend, redis_url=redis_url)
+    try:
+        body = _chat(max_tokens=50, n=10)
+
+        async def run() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=40)) as client:
+                headers = {"Authorization": f"Bearer {key}"}
+                calls = [client.post(url + "/v1/chat/completions", json=body, headers=headers)
+                         for url in (setup.gateway.url, second.url) for _ in range(20)]
+                return list(await asyncio.gather(*calls))
+
+        responses = asyncio.run(run())
+        admitted = sum(r.status_code == 200 for r in responses)
+        assert {r.status_code for r in responses} <= {200, 429} and admitted >= 1
+        assert setup.backend.generated <= limit + _reservation(body, 10 * 50)
+        # Each would have admitted on its own what the other did: the counter is one.
+        assert admitted * (2 + 10 * 50) == setup.backend.generated
+        assert admitted <= limit // (2 + 10 * 50) + 1
+    finally:
+        second.stop()
+
+
+def test_a_gateway_on_redis_keeps_windows_across_restarts(make: Callable[..., Setup], redis_url: str) -> None:
+    setup = make(redis_url=redis_url)
+    setup.team(token_limit=60)
+    key = setup.key()
+    assert _post(setup.gateway.url, key, "/v1/chat/completions", _chat(max_tokens=60)).status_code == 200
+    setup.gateway.stop()
+    setup.gateway = _start_gateway(setup.tmp_path, setup.store, setup.backend, redis_url=redis_url)
+    assert _post(setup.gateway.url, key, "/v1/chat/completions", _chat(max_tokens=1)).status_code == 429
+
+
+def test_redis_down_fails_model_calls_closed_with_503_naming_redis(make: Callable[..., Setup]) -> None:
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    setup = make(redis_url=nobody, redis_timeout_s=0.5)
+    setup.team()
+    response = _post(setup.gateway.url, setup.key(), "/v1/chat/completions", _chat())
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert "Redis" in error["message"] and nobody.split("//")[1].split("/")[0] in error["message"]
+    assert error["type"] == "server_error"
+    assert setup.backend.requests == 0
+
+
+# -- one runtime per data dir without Redis --------------------------------------------------------
+
+
+def test_a_second_gateway_on_the_same_data_dir_refuses_to_start(make: Callable[..., Setup]) -> None:
+    setup = make()
+    with pytest.raises(DataDirInUse, match="another maas runtime is using") as refused:
+        _start_gateway(setup.tmp_path, setup.store, setup.backend)
+    assert "MAAS_DATA_DIR" in str(refused.value) and "MAAS_REDIS_URL" in str(refused.value)
+
+
+def test_a_gateway_with_redis_refuses_a_data_dir_held_by_in_process_counters(
+    make: Callable[..., Setup], redis_url: str
+) -> None:
+    setup = make()
+    with pytest.raises(DataDirInUse, match="in memory"):
+        _start_gateway(setup.tmp_path, setup.store, setup.backend, redis_url=redis_url)

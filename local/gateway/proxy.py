@@ -22,15 +22,17 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
+from local.gateway.accesslog import AccessLog, shown_path
 from local.gateway.auth import Caller, KeyCache
-from local.gateway.limiter import Reservation, TokenLimiter
-from local.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from local.gateway.limiter import Limiter, RedisLimiter, Reservation, TokenLimiter
 from local.gateway.metrics import UsageMeter
 from local.gateway.server import Request, Responder, status_line
+from local.gateway.textcount import reply_tokens, stream_tokens
 from local.gateway.upstream import (
     Pool,
     Response,
@@ -59,9 +61,6 @@ from shared.modelsfile import ModelBackend
 
 log = logging.getLogger("maas.gateway")
 
-# Reserved for the completion when a request sets no max_tokens: the limiter needs some
-# estimate to bound overshoot; it is settled to the real usage at completion.
-DEFAULT_COMPLETION_ESTIMATE = 256
 # A token is at least a few bytes of JSON, so body bytes / 4 bounds the prompt from above for
 # ordinary text without tokenizing it.
 _PROMPT_BYTES_PER_TOKEN = 4
@@ -69,8 +68,21 @@ _PROMPT_BYTES_PER_TOKEN = 4
 # SQLite integers, or int()'s digit limit); such a report is ignored like a missing one.
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,9})(?![\d.eE])')
 _JSON = {"Content-Type": "application/json"}
-_PATHS = {b"/v1/chat/completions": b"/chat/completions", b"/v1/completions": b"/completions"}
-_GET_PATHS = (b"/health", b"/metrics", b"/v1/models")
+# How much of a stream is kept to count its text should no usage report come (a stream of a
+# 4,096-token completion is about 1 MB of events).
+_SEEN_MAX = 8 * 1024 * 1024
+# Every endpoint of vLLM's OpenAI-compatible server that generates or embeds, metered and
+# limited; any other path is a 404 in the OpenAI shape.
+_PATHS = {
+    b"/v1/chat/completions": b"/chat/completions",
+    b"/v1/completions": b"/completions",
+    b"/v1/responses": b"/responses",
+    b"/v1/embeddings": b"/embeddings",
+}
+# The endpoints whose streams report usage only when `stream_options.include_usage` asks (the
+# Responses API's stream always ends with it, in `response.completed`).
+_USAGE_OPTION_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions"})
+_GET_PATHS = (b"/health", b"/v1/models")
 
 
 def model_path(path: bytes) -> tuple[bytes, str] | None:
@@ -142,6 +154,26 @@ def _completions(body: dict[str, Any]) -> int:
     return copies * prompts
 
 
+# The members that bound a completion's length: Chat Completions (`max_completion_tokens`, or
+# the older `max_tokens`), Completions (`max_tokens`), Responses (`max_output_tokens`).
+_LENGTH_MEMBERS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def _worst_cost(body: dict[str, Any], max_context: int, prompt_estimate: int) -> int:
+    """The most tokens this request can be charged: every completion of every prompt at its
+    largest length member (capped by the context length), plus the prompt; or, when it sets no
+    length a backend would read as a number, every completion at the context length (vLLM then
+    generates until prompt plus completion fill the context, which bounds both)."""
+    bound = 0
+    for name in _LENGTH_MEMBERS:
+        value = body.get(name)
+        if type(value) is int and value > bound:  # (not a bool)
+            bound = value
+    if bound:
+        return _completions(body) * min(bound, max_context) + prompt_estimate
+    return _completions(body) * max_context
+
+
 def _with_usage_option(body: bytes) -> bytes | None:
     """A JSON object without a top-level `stream_options`, with one asking for usage.
 
@@ -180,8 +212,8 @@ class _Call:
 
     `final` is set when the answer is known without a usage report (0: the backend was not
     reached or refused). Otherwise the backend's `usage.total_tokens` counts; when a call ends
-    without one (client gone, stream cut) it is charged the prompt estimate plus one token per
-    streamed event seen.
+    without one (a backend that reports none, the client gone, a stream cut) it is charged the
+    prompt estimate plus the text it relayed (textcount.py), and counted as unmetered.
 
     On a kept-alive connection the call is driven by that connection's parser callbacks (it is
     the connection's Sink; see `start`), with the same outcomes as `Gateway._forward`: the
@@ -210,6 +242,10 @@ class _Call:
         "route",
         "settled",
         "stream",
+        "seen",
+        "seen_bytes",
+        "started",
+        "status",
         "tail",
         "total",
     )
@@ -235,6 +271,12 @@ class _Call:
         self.headers_in = False
         self.relaying = False
         self.tail = b""
+        # What was relayed of a stream (or the whole reply), kept until a usage report shows up:
+        # without one, the call is charged from its text (textcount.py).
+        self.seen: list[bytes] | None = []
+        self.seen_bytes = 0
+        self.started = time.monotonic()
+        self.status = 499  # until an answer is sent: the client went away first (nginx's code)
         self.paused = False
         self.released = False
         self.pending = b""
@@ -242,7 +284,18 @@ class _Call:
     def tokens(self) -> int:
         if self.final is not None:
             return self.final
-        return self.total if self.total is not None else self.prompt_estimate + self.events
+        if self.total is not None:
+            return self.total
+        # No usage report: what was relayed, and never nothing (the prompt was read).
+        self.gateway._meter.unmetered(model=self.model)
+        seen = self.seen
+        if seen is None:  # more than _SEEN_MAX relayed: one token per event
+            generated = self.events
+        elif self.stream:
+            generated = stream_tokens(b"".join(seen))
+        else:
+            generated = reply_tokens(b"".join(seen))
+        return max(1, self.prompt_estimate + generated)
 
     def settle(self) -> None:
         if self.settled:
@@ -252,7 +305,9 @@ class _Call:
         team = self.caller.team
         gateway = self.gateway
         gateway._limiter.settle(self.reservation, tokens=tokens, team=team)
-        gateway._meter.authorized(team_id=team.team_id, user_id=self.caller.key.user_id, model=self.model, tokens=tokens)
+        user = self.caller.key.user_id
+        gateway._meter.authorized(team_id=team.team_id, user_id=user, model=self.model, tokens=tokens)
+        gateway.access.record(b"POST", self.path, self.status, self.model, team.team_id, user, tokens, self.started)
 
     def count_stream(self, tail: bytes, chunk: bytes) -> bytes:
         """Note the usage event and events in a relayed chunk; returns the tail for the next."""
@@ -262,8 +317,21 @@ class _Call:
             total = last_total_tokens(window)
             if total is not None:
                 self.total = total
+                self.seen = None  # reported: the text need not be counted
         self.events += chunk.count(b"data:")
+        seen = self.seen
+        if seen is not None and self.total is None:
+            seen.append(chunk)
+            self.seen_bytes += len(chunk)
+            if self.seen_bytes > _SEEN_MAX:
+                self.seen = None
         return window[-64:]
+
+    def whole(self, data: bytes) -> None:
+        """A whole 2xx reply: its usage report, or the reply kept to be counted without one."""
+        self.total = last_total_tokens(data)
+        if self.total is None:
+            self.seen = [data]
 
     def renamed(self, data: bytes) -> bytes:
         """A renamed stream's complete lines; a line's start waits for its end in `pending`.
@@ -283,6 +351,7 @@ class _Call:
         return self.route.rename(pending) if pending and self.route.rename is not None else pending
 
     def stream_head(self, status: int, content_type: bytes, responder: Responder) -> bytes:
+        self.status = status
         return b"".join((
             status_line(status), b"Content-Type: ", content_type, b"\r\n", self.reservation.header_lines(),
             b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n", responder.close_head(),
@@ -371,7 +440,7 @@ class _Call:
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 status = conn.status
                 if 200 <= status < 300:
-                    self.total = last_total_tokens(data)
+                    self.whole(data)
                     if self.route.rename is not None:
                         data = self.route.rename(data)
                 elif not 300 <= status < 600:
@@ -383,6 +452,7 @@ class _Call:
                 else:
                     self.final = 0  # the backend refused the request: nothing generated
                 content_type = conn.header(b"content-type") or b"application/json"
+                self.status = status
                 responder.send_raw(_whole_response(status, content_type, self.reservation, responder, data))
             self._release()
         except Exception:
@@ -451,12 +521,14 @@ class _Call:
         self.settle()
 
     def _fail(self, error: MaasError) -> None:
+        self.status = error.status
         self.settle()
         assert self.responder is not None
         self.gateway.reject(self.responder, error)
 
     def _crash(self) -> None:
         log.exception("gateway error on POST %s", self.path.decode("latin-1"))
+        self.status = 500
         self.settle()
         conn, responder = self.conn, self.responder
         assert conn is not None and responder is not None
@@ -514,12 +586,14 @@ class Gateway:
         self,
         *,
         keys: KeyCache,
-        limiter: TokenLimiter,
+        limiter: Limiter,
         meter: UsageMeter,
         backends: list[ModelBackend],
         upstream_timeout_s: float,
         models_created: int = 0,
+        access: AccessLog | None = None,
     ) -> None:
+        self.access = access if access is not None else AccessLog(enabled=False)
         self._keys = keys
         self._limiter = limiter
         self._meter = meter
@@ -574,12 +648,11 @@ class Gateway:
             if method == b"GET":
                 if path == b"/health":
                     responder.send(200, _JSON, b'{"status":"ok"}')
-                    return None
-                if path == b"/metrics":
-                    responder.send(200, {"Content-Type": METRICS_CONTENT_TYPE}, self._meter.exposition())
+                    self._log(request, 200)
                     return None
                 if path == b"/v1/models":
                     self._list_models(request, responder)
+                    self._log(request, 200)
                     return None
             shown = path.decode("latin-1")
             if path in _PATHS or path in _GET_PATHS or model_path(path) is not None:
@@ -587,10 +660,18 @@ class Gateway:
             raise NotFound(f"no such endpoint: {shown}")
         except MaasError as exc:
             self.reject(responder, exc)
+            self._log(request, exc.status)
         except Exception:
-            log.exception("gateway error on %s %s", request.method.decode("latin-1"), request.path.decode("latin-1"))
+            log.exception("gateway error on %s %s", request.method.decode("latin-1"), shown_path(request.path))
             self.reject(responder, MaasError("internal gateway error"))
+            self._log(request, 500)
         return None
+
+    def _log(self, request: Request, status: int, model: str = "") -> None:
+        """The access line of an answer that is not a model call's (those log at settlement)."""
+        caller = request.caller
+        team, user = ("", "") if caller is None else (caller.team.team_id, caller.key.user_id)
+        self.access.record(request.method, request.path, status, model, team, user, 0, time.monotonic())
 
     def check_head(self, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> Caller | None:
         """Before a model call's body is read: the caller its key names (raises Unauthorized,
@@ -598,7 +679,11 @@ class Gateway:
         for requests that are not model calls (their handling authenticates, or needs no key)."""
         if method == b"POST" and (path in _PATHS or model_path(path) is not None):
             value = headers.get(b"authorization")
-            return self._keys.authenticate(None if value is None else value.decode("latin-1"))
+            try:
+                return self._keys.authenticate(None if value is None else value.decode("latin-1"))
+            except MaasError as exc:
+                self.access.record(method, path, exc.status, "", "", "", 0, time.monotonic())
+                raise
         return None
 
     def reject(self, responder: Responder, error: MaasError | int, message: str = "") -> None:
@@ -631,7 +716,9 @@ class Gateway:
         """`path` is the endpoint (`/v1/...`); `path_model` the model a `/<model>/v1/...` path
         names, which the body must then agree with (or leave out)."""
         # The hot path: helpers inlined where a call per request showed in the profile.
-        caller = request.caller or self._keys.authenticate(request.header(b"authorization"))
+        caller = request.caller
+        if caller is None:
+            caller = request.caller = self._keys.authenticate(request.header(b"authorization"))
         body = self._parse(request)
         model = body.get("model")
         inserted = False
@@ -656,46 +743,68 @@ class Gateway:
             # for one gets no usage option and is charged nothing: only a boolean is a request.
             raise InvalidRequest(f"'stream' must be true or false, not {json.dumps(stream)[:40]}")
         stream = stream is True
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        if type(max_tokens) is not int or max_tokens < 1:  # (not a bool either)
-            max_tokens = DEFAULT_COMPLETION_ESTIMATE
         prompt_estimate = len(request.body) // _PROMPT_BYTES_PER_TOKEN
-        # What the request can cost: every completion of every prompt (issue 11: 50 concurrent
-        # `n: 20` calls spent 82,041 tokens against 5,000 when one completion was reserved).
-        completions = _completions(body)
-        reservation = self._admit(caller, model, completions * max_tokens + prompt_estimate)
+        if path == b"/v1/embeddings":
+            estimate = prompt_estimate  # nothing is generated
+            stream = False  # (an embeddings reply is never a stream)
+        else:
+            estimate = _worst_cost(body, route.backend.max_context, prompt_estimate)
+        payload = request.body
+        if path in _USAGE_OPTION_PATHS and (route.rename is not None or inserted or (stream and "stream_options" in body)):
+            if stream:
+                options = body.get("stream_options")
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            body["model"] = route.backend.served_model
+            payload = json.dumps(body, separators=(",", ":")).encode()
+        elif stream and path in _USAGE_OPTION_PATHS:
+            payload = _with_usage_option(payload) or json.dumps(
+                {**body, "stream_options": {"include_usage": True}}, separators=(",", ":")
+            ).encode()
+        elif route.rename is not None or inserted:
+            body["model"] = route.backend.served_model
+            payload = json.dumps(body, separators=(",", ":")).encode()
+        if self._limiter.remote:
+            return self._call_remote(caller, model, route, path, payload, stream, estimate, prompt_estimate, responder)
+        reservation = self._admit(caller, model, estimate)
+        call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate)
+        return self._launch(call, responder)
 
-        call: _Call | None = None
+    def _launch(self, call: _Call, responder: Responder) -> Coroutine[Any, Any, None] | None:
         try:
-            payload = request.body
-            if route.rename is not None or inserted or (stream and "stream_options" in body):
-                if stream:
-                    options = body.get("stream_options")
-                    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                body["model"] = route.backend.served_model
-                payload = json.dumps(body, separators=(",", ":")).encode()
-            elif stream:
-                payload = _with_usage_option(payload) or json.dumps(
-                    {**body, "stream_options": {"include_usage": True}}, separators=(",", ":")
-                ).encode()
-            call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate)
-            conn = route.pool.take_idle()
+            conn = call.route.pool.take_idle()
             if conn is not None:
                 call.start(conn, responder)
                 self._watch.arm(conn.loop)
                 return None
             responder.on_cancel = call.settle
         except BaseException:
-            if call is not None:
-                call.settle()
-            else:
-                self._limiter.settle(reservation, tokens=0, team=caller.team)
+            call.settle()
             raise
         return self._call_async(call, responder)
 
-    def _admit(self, caller: Caller, model: str, estimate: int) -> Reservation:
+    async def _call_remote(self, caller: Caller, model: str, route: _Route, path: bytes, payload: bytes,
+                           stream: bool, estimate: int, prompt_estimate: int, responder: Responder) -> None:
+        """A model call under a limiter that is awaited (Redis): admitted, then forwarded."""
+        limiter = self._limiter
+        assert isinstance(limiter, RedisLimiter)
         try:
-            return self._limiter.admit(team=caller.team, user_id=caller.key.user_id, estimate=estimate)
+            reservation = await limiter.admit(team=caller.team, user_id=caller.key.user_id, estimate=estimate)
+        except MaasError as exc:
+            if isinstance(exc, RateLimited):
+                self._meter.limited(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model)
+            self.reject(responder, exc)
+            self.access.record(b"POST", path, exc.status, model, caller.team.team_id, caller.key.user_id, 0,
+                               time.monotonic())
+            return
+        call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate)
+        responder.on_cancel = call.settle
+        await self._call_async(call, responder)
+
+    def _admit(self, caller: Caller, model: str, estimate: int) -> Reservation:
+        limiter = self._limiter
+        assert isinstance(limiter, TokenLimiter)
+        try:
+            return limiter.admit(team=caller.team, user_id=caller.key.user_id, estimate=estimate)
         except RateLimited:
             self._meter.limited(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model)
             raise
@@ -705,6 +814,7 @@ class Gateway:
         try:
             await self._forward(call, responder)
         except MaasError as exc:
+            call.status = exc.status
             call.settle()
             if responder.started:
                 raise ConnectionAbortedError("error after the response started") from exc
@@ -713,6 +823,7 @@ class Gateway:
             raise
         except Exception:
             log.exception("gateway error on POST %s", call.path.decode("latin-1"))
+            call.status = 500
             call.settle()
             if responder.started:
                 raise ConnectionAbortedError("error after the response started") from None
@@ -747,11 +858,12 @@ class Gateway:
             except UpstreamConnectError as exc:
                 raise UpstreamError(f"model '{model}' failed while answering: {exc}") from exc
             if 200 <= upstream.status < 300:
-                call.total = last_total_tokens(data)
+                call.whole(data)
                 if route.rename is not None:
                     data = route.rename(data)
             else:
                 call.final = 0  # the backend refused the request: nothing generated
+            call.status = upstream.status
             responder.send_raw(_whole_response(upstream.status, content_type, call.reservation, responder, data))
         finally:
             upstream.close()
