@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from local.gateway import GatewayService
-from local.simulator import SimulatorService
+from local.simulator import SimulatorService, new_token
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team, TeamChanges
@@ -27,6 +27,8 @@ MODEL = "qwen3-0-6b-instruct"
 HELLO = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 50}
 # The simulator's usage for HELLO: "Hello" is 1 token + 2 for the message, plus 50 completion.
 HELLO_TOKENS = 53
+# The simulators here answer only this token (what a models file's simulator entry sends).
+SIM_TOKEN = new_token()
 
 
 def _team(team_id: str, *, token_limit: int = 100_000, time_window: str = "1h", scope: str = "user") -> Team:
@@ -53,7 +55,8 @@ def _issue(store: SqliteStore, team_id: str, user_id: str, **fields: object) -> 
 
 
 def _models_file(path: Path, url: str, names: tuple[str, ...] = (MODEL, "vllm-simulator")) -> Path:
-    path.write_text("models:\n" + "".join(f"  - name: {n}\n    url: {url}/v1\n" for n in names))
+    key = SIM_TOKEN.get_secret_value()
+    path.write_text("models:\n" + "".join(f"  - name: {n}\n    url: {url}/v1\n    api_key: {key}\n" for n in names))
     return path
 
 
@@ -65,7 +68,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorService]:
-    service = SimulatorService(Settings(simulator_port=0))
+    service = SimulatorService(Settings(simulator_port=0), token=SIM_TOKEN)
     service.start()
     yield service
     service.stop()
@@ -80,7 +83,8 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 def _gateway(tmp_path: Path, store: SqliteStore, backend_url: str, **settings: object) -> GatewayService:
     models = _models_file(tmp_path / "models.yaml", backend_url)
-    config = Settings(gateway_port=0, data_dir=tmp_path / "data", models_file=models, **settings)  # type: ignore[arg-type]
+    config = Settings(gateway_port=0, metrics_port=0, data_dir=tmp_path / "data", models_file=models,  # type: ignore[arg-type]
+                      **settings)
     service = GatewayService(config, store)
     service.start()
     return service
@@ -97,6 +101,12 @@ def gateway(tmp_path: Path, store: SqliteStore, simulator: SimulatorService) -> 
 def client(gateway: GatewayService) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def metrics(gateway: GatewayService) -> Callable[[], httpx.Response]:
+    """GET /metrics on the gateway's metrics port (not the model port)."""
+    return lambda: httpx.get(gateway.metrics_url + "/metrics", timeout=10)
 
 
 def _chat(client: httpx.Client, api_key: str | None, body: dict[str, object] = HELLO, scheme: str = "APIKEY") -> httpx.Response:
@@ -194,7 +204,9 @@ def test_models_allowed_limits_models_and_the_listing(client: httpx.Client, stor
 # -- the cluster's URL: /<model>/v1/<endpoint> ------------------------------------------------
 
 
-def test_the_model_may_be_named_in_the_path_as_in_a_cluster(client: httpx.Client, store: SqliteStore) -> None:
+def test_the_model_may_be_named_in_the_path_as_in_a_cluster(
+    client: httpx.Client, store: SqliteStore, metrics: Callable[[], httpx.Response]
+) -> None:
     """`https://<models host>/<model>/v1` is an OpenAI base URL in a cluster (maas-models);
     the same URL works here, the body's model agreeing or left out."""
     store.create_team(team=_team("t1"))
@@ -208,16 +220,17 @@ def test_the_model_may_be_named_in_the_path_as_in_a_cluster(client: httpx.Client
     assert implied.status_code == 200 and implied.json()["model"] == "vllm-simulator"
     completion = client.post(f"/{MODEL}/v1/completions", json={"prompt": "Hello", "max_tokens": 5}, headers=headers)
     assert completion.status_code == 200, completion.text
-    with client.stream("POST", f"/{MODEL}/v1/chat/completions", json={**without, "stream": True, "max_tokens": 7},
-                       headers=headers) as streamed:
+    with client.stream("POST", f"/{MODEL}/v1/chat/completions", json={**without, "stream": True, "max_tokens": 7,
+                       "stream_options": {"include_usage": True}}, headers=headers) as streamed:
         assert streamed.status_code == 200
         events = _events(list(streamed.iter_lines()))
     assert json.loads(events[-2])["usage"]["total_tokens"] == 3 + 7  # usage injected, as without the path
-    metrics = client.get("/metrics").text
-    assert 'authorized_calls{limitador_namespace="local/maas-models",team="t1",user="alice"} 4' in metrics
+    assert 'authorized_calls{limitador_namespace="local/maas-models",team="t1",user="alice"} 4' in metrics().text
 
 
-def test_a_body_model_other_than_the_paths_is_400_naming_both(client: httpx.Client, store: SqliteStore) -> None:
+def test_a_body_model_other_than_the_paths_is_400_naming_both(
+    client: httpx.Client, store: SqliteStore, metrics: Callable[[], httpx.Response]
+) -> None:
     store.create_team(team=_team("t1"))
     api_key, _ = _issue(store, "t1", "alice")
     headers = {"Authorization": f"APIKEY {api_key}"}
@@ -229,7 +242,7 @@ def test_a_body_model_other_than_the_paths_is_400_naming_both(client: httpx.Clie
     assert "vllm-simulator" in _error(
         client.post(f"/{MODEL}/v1/chat/completions", json={**HELLO, "model": "vllm-simulator"}, headers=headers))["message"]
     # Nothing was admitted: no call counted, no tokens spent.
-    assert "authorized_calls{" not in client.get("/metrics").text
+    assert "authorized_calls{" not in metrics().text
 
 
 def test_the_path_model_is_checked_like_the_body_model(client: httpx.Client, store: SqliteStore) -> None:
@@ -244,7 +257,7 @@ def test_the_path_model_is_checked_like_the_body_model(client: httpx.Client, sto
     assert missing.status_code == 404 and "gpt-17" in _error(missing)["message"]
     assert client.post("/v1/chat/completions", json=without, headers=headers).status_code == 422  # no model at all
     assert client.post("/no/such/v1/chat/completions", json=HELLO, headers=headers).status_code == 404
-    assert client.post(f"/{MODEL}/v1/embeddings", json=HELLO, headers=headers).status_code == 404
+    assert client.post(f"/{MODEL}/v1/audio/transcriptions", json=HELLO, headers=headers).status_code == 404
     assert client.post("//v1/chat/completions", json=HELLO, headers=headers).status_code == 404
     assert client.get(f"/{MODEL}/v1/chat/completions", headers=headers).status_code == 405
     assert client.post(f"/{MODEL}/v1/chat/completions", json=without).status_code == 401
@@ -271,8 +284,10 @@ def test_429_once_spent_with_retry_after_and_ratelimit_headers(client: httpx.Cli
     api_key, _ = _issue(store, "t1", "alice")
     first, second = _chat(client, api_key), _chat(client, api_key)
     assert (first.status_code, second.status_code) == (200, 200)
-    assert first.headers["X-RateLimit-Limit"] == "100" and first.headers["X-RateLimit-Remaining"] == "100"
-    assert second.headers["X-RateLimit-Remaining"] == str(100 - HELLO_TOKENS)
+    # Remaining is what is left once the request's own reservation (max_tokens + prompt) counts.
+    reserved = 100 - int(first.headers["X-RateLimit-Remaining"])
+    assert first.headers["X-RateLimit-Limit"] == "100" and 50 < reserved < 100
+    assert second.headers["X-RateLimit-Remaining"] == str(max(0, 100 - HELLO_TOKENS - reserved))
     limited = _chat(client, api_key)
     assert limited.status_code == 429
     assert _error(limited)["type"] == "rate_limit_error"
@@ -311,7 +326,7 @@ def test_a_limit_change_applies_to_the_next_request(client: httpx.Client, store:
 def test_60_concurrent_requests_overshoot_by_at_most_one_request(
     tmp_path: Path, store: SqliteStore
 ) -> None:
-    slow = SimulatorService(Settings(simulator_port=0), time_to_first_token_s=0.3)
+    slow = SimulatorService(Settings(simulator_port=0), token=SIM_TOKEN, time_to_first_token_s=0.3)
     slow.start()
     service = _gateway(tmp_path, store, slow.url)
     try:
@@ -368,14 +383,24 @@ def test_streams_pass_through_and_count_the_usage_chunk(
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = _events(list(r.iter_lines()))
     assert events[-1] == "[DONE]"
-    usage = json.loads(events[-2])["usage"]  # injected stream_options.include_usage
-    assert usage["total_tokens"] == 3 + 7
-    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-2])
+    # The gateway asked for usage (stream_options.include_usage) and counted it; the client,
+    # which did not ask, gets the stream it asked for: no usage event.
+    assert not any("usage" in json.loads(e) for e in events[:-1])
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
     assert len(text.split()) == 7
     [row] = gateway.ledger.totals(user_id="alice")
     assert (row.tokens, row.authorized_calls) == (10, 1)
+    for asked in ({"include_usage": True}, {"include_usage": False}):
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream_options": asked},
+                           headers={"Authorization": f"APIKEY {api_key}"}) as r:
+            events = _events(list(r.iter_lines()))
+        usage = [json.loads(e)["usage"] for e in events[:-1] if "usage" in json.loads(e)]
+        assert usage == ([{"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}]
+                         if asked["include_usage"] else [])
+    [row] = gateway.ledger.totals(user_id="alice")
+    assert (row.tokens, row.authorized_calls) == (30, 3)  # counted whether sent or not
     assert ('authorized_hits{limitador_namespace="local/maas-models",model="qwen3-0-6b-instruct",team="t1",'
-            'user="alice"} 10') in client.get("/metrics").text
+            'user="alice"} 30') in httpx.get(gateway.metrics_url + "/metrics").text
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", "true", 1.0, [], {}])
@@ -405,7 +430,7 @@ def test_a_stream_flag_that_is_not_a_boolean_is_refused_before_anything_is_spent
 def test_the_reservation_covers_every_completion_the_request_asks_for(
     tmp_path: Path, store: SqliteStore, fields: dict[str, object], path: str, completions: int
 ) -> None:
-    slow = SimulatorService(Settings(simulator_port=0), time_to_first_token_s=0.5)
+    slow = SimulatorService(Settings(simulator_port=0), token=SIM_TOKEN, time_to_first_token_s=0.5)
     slow.start()
     service = _gateway(tmp_path, store, slow.url)
     try:
@@ -466,7 +491,7 @@ def test_upstream_down_is_502_naming_the_model_and_releases_the_reservation(
 def test_upstream_timeout_is_504_naming_the_model_and_releases_the_reservation(
     tmp_path: Path, store: SqliteStore
 ) -> None:
-    stuck = SimulatorService(Settings(simulator_port=0), time_to_first_token_s=3)
+    stuck = SimulatorService(Settings(simulator_port=0), token=SIM_TOKEN, time_to_first_token_s=3)
     stuck.start()
     service = _gateway(tmp_path, store, stuck.url, upstream_timeout_s=0.3)
     try:
@@ -485,7 +510,7 @@ def test_upstream_timeout_is_504_naming_the_model_and_releases_the_reservation(
 
 
 def test_client_disconnect_mid_stream_settles_what_was_used(tmp_path: Path, store: SqliteStore) -> None:
-    slow = SimulatorService(Settings(simulator_port=0), inter_token_latency_s=0.02)
+    slow = SimulatorService(Settings(simulator_port=0), token=SIM_TOKEN, inter_token_latency_s=0.02)
     slow.start()
     service = _gateway(tmp_path, store, slow.url)
     try:
@@ -514,12 +539,14 @@ def test_client_disconnect_mid_stream_settles_what_was_used(tmp_path: Path, stor
         slow.stop()
 
 
-def test_metrics_expose_limitador_series(client: httpx.Client, store: SqliteStore) -> None:
+def test_metrics_expose_limitador_series(
+    client: httpx.Client, store: SqliteStore, metrics: Callable[[], httpx.Response]
+) -> None:
     store.create_team(team=_team("t1", token_limit=20, time_window="1m"))
     api_key, _ = _issue(store, "t1", "alice")
     _chat(client, api_key)
     _chat(client, api_key)
-    response = client.get("/metrics")
+    response = metrics()
     assert response.headers["content-type"].startswith("text/plain")
     # Limitador's shapes under Kuadrant (tests/cluster/SOURCES.md 5 and 16): `model` only on the
     # Report's authorized_hits, `limitador_namespace` on every series.

@@ -250,6 +250,13 @@ def test_reused_connection_stream_gets_usage_injected_and_counted(
         assert response.headers["content-type"] == "text/event-stream"
         assert response.headers["Cache-Control"] == "no-cache"
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    # Counted from the usage event the gateway asked for, which the client (not asking) is not sent.
+    assert lines[-1] == "data: [DONE]" and not any('"total_tokens"' in line for line in lines)
+    assert _state(gateway) == (spent_before + USAGE_TOTAL, 0)
+    spent_before = _state(gateway)[0]
+    asking = _body("stream", stream=True, stream_options={"include_usage": True})
+    with client.stream("POST", "/v1/chat/completions", json=asking) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and '"total_tokens": 8' in lines[-2]
     assert _state(gateway) == (spent_before + USAGE_TOTAL, 0)
 

@@ -4,7 +4,7 @@ One gateway (module-scoped) in front of the simulator and a scripted backend tha
 on demand (the body's "mode"), all on 127.0.0.1. Malformed traffic goes over raw sockets.
 After every test the gateway must still answer, and its limiter must hold no reservation once
 the test's requests are over; the last test checks a normal call and /metrics after all of it,
-and that no API key reached a response or a log line.
+and that no API key (nor the simulator's token) reached a response or a log line.
 """
 
 from __future__ import annotations
@@ -195,12 +195,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, log_lines: list[str]) -> Ite
     )
     models = tmp / "models.yaml"
     models.write_text(
-        f"models:\n  - name: {SIM}\n    url: {simulator.url}/v1\n"
+        f"models:\n  - name: {SIM}\n    url: {simulator.url}/v1\n    api_key: {simulator.token.get_secret_value()}\n"
         f"  - name: {SCRIPTED}\n    url: http://127.0.0.1:{backend.port}/v1\n"
     )
     service = GatewayService(
         Settings(  # type: ignore[call-arg]
-            gateway_port=0, data_dir=tmp / "data", models_file=models, upstream_timeout_s=UPSTREAM_TIMEOUT,
+            gateway_port=0, metrics_port=0, data_dir=tmp / "data", models_file=models, upstream_timeout_s=UPSTREAM_TIMEOUT,
             gateway_max_body_bytes=MAX_BODY, gateway_client_timeout_s=CLIENT_TIMEOUT,
         ),
         store,
@@ -208,7 +208,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, log_lines: list[str]) -> Ite
     service.start()
     port = int(service.url.rsplit(":", 1)[1])
     try:
-        yield {"gateway": service, "key": key, "port": port, "store": store, "responses": []}
+        yield {"gateway": service, "key": key, "port": port, "store": store, "responses": [],
+               "simulator_token": simulator.token.get_secret_value()}
     finally:
         service.stop()
         store.close()
@@ -361,7 +362,10 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("raw", list(MALFORMED.values()), ids=list(MALFORMED))
-def test_malformed_requests_get_a_4xx_in_openai_shape_then_close(port: int, raw: bytes) -> None:
+def test_malformed_requests_get_a_4xx_in_openai_shape_then_close(port: int, key: str, raw: bytes) -> None:
+    if raw.startswith(b"POST "):
+        # With a good key: a model call without one is refused (401) before its body is read.
+        raw = raw.replace(b"Host: gw\r\n", b"Host: gw\r\nAuthorization: APIKEY " + key.encode() + b"\r\n", 1)
     responses, closed = _send(port, raw)
     assert responses, f"no answer to {raw!r}"
     status, _, body = responses[0]
@@ -454,10 +458,11 @@ def test_pipelined_requests_are_answered_in_order(port: int, key: str) -> None:
     assert responses[2][2].endswith(b"data: [DONE]\n\n")
 
 
-def test_a_client_that_stalls_mid_request_does_not_block_others(port: int, client: httpx.Client) -> None:
+def test_a_client_that_stalls_mid_request_does_not_block_others(port: int, key: str, client: httpx.Client) -> None:
     stalled = []
     try:
-        for part in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Le", _post(b"/v1/completions", b'{"model"', "k")[:-2]):
+        # (A good key: with a bad one the half-sent body is refused with 401 at once.)
+        for part in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Le", _post(b"/v1/completions", b'{"model"', key)[:-2]):
             sock = socket.create_connection(("127.0.0.1", port), timeout=3)
             sock.sendall(part)
             stalled.append(sock)
@@ -496,7 +501,8 @@ def test_a_long_answer_is_not_cut_by_the_client_timeout(client: httpx.Client) ->
     # 50 events 20 ms apart: 1 s, twice the client timeout, during which the client sends nothing.
     with client.stream("POST", "/v1/chat/completions", content=_chat_body(mode="slow", stream=True)) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-    assert lines[-1] == "data: [DONE]" and len(lines) == 52
+    # 50 events and [DONE]: the usage event the gateway asked for is not the client's (it did not ask).
+    assert lines[-1] == "data: [DONE]" and len(lines) == 51
 
 
 def test_many_connections_closed_abruptly_mid_response(port: int, key: str, gateway: GatewayService, client: httpx.Client) -> None:
@@ -691,8 +697,10 @@ def test_zz_after_everything_the_gateway_serves_and_leaks_nothing(
     with client.stream("POST", "/v1/chat/completions", content=_chat_body(SIM, stream=True)) as response:
         assert response.status_code == 200 and "[DONE]" in response.read().decode()
     assert _settled(gateway) == 0
-    metrics = client.get("/metrics")
+    assert client.get("/metrics").status_code == 404  # not on the model port
+    metrics = httpx.get(gateway.metrics_url + "/metrics", timeout=10)
     assert metrics.status_code == 200 and 'authorized_hits{limitador_namespace="local/maas-models",model="scripted",team="t1",user="alice"}' in metrics.text
     assert key not in metrics.text
     assert not any(key in line for line in log_lines)
+    assert not any(world["simulator_token"] in line for line in log_lines)
     assert not any(key_sha256(key) in line for line in log_lines)

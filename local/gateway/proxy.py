@@ -130,6 +130,20 @@ _USAGE_OPTION = b',"stream_options":{"include_usage":true}}'
 _MODEL_MEMBER = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+def _without_usage_events(lines: bytes) -> bytes:
+    """Complete SSE lines without the usage event (`"choices": []` with `"usage"`), which the
+    gateway asked for and a client that did not ask may choke on (it reads choices[0])."""
+    if b'"usage"' not in lines:
+        return lines
+    return b"\n".join(
+        line for line in lines.split(b"\n")
+        if not (line.startswith(b"data:") and b'"usage"' in line and _EMPTY_CHOICES.search(line))
+    )
+
+
 def renamer(name: str) -> Callable[[bytes], bytes]:
     """Rewrites every `"model"` member of a reply (or of complete SSE lines) to `name`."""
     member = b'"model":' + json.dumps(name).encode()
@@ -228,6 +242,7 @@ class _Call:
         "final",
         "gateway",
         "headers_in",
+        "lines",
         "model",
         "parts",
         "path",
@@ -251,7 +266,8 @@ class _Call:
     )
 
     def __init__(self, gateway: Gateway, caller: Caller, model: str, route: _Route, path: bytes,
-                 payload: bytes, stream: bool, reservation: Reservation, prompt_estimate: int) -> None:
+                 payload: bytes, stream: bool, reservation: Reservation, prompt_estimate: int,
+                 strip_usage: bool = False) -> None:
         self.gateway = gateway
         self.caller = caller
         self.model = model
@@ -280,6 +296,16 @@ class _Call:
         self.paused = False
         self.released = False
         self.pending = b""
+        # What a stream's complete lines go through before the client sees them: the model's
+        # name put back, and the usage event dropped when the client did not ask for it (the
+        # gateway always asks, to count).
+        rename = route.rename
+        if strip_usage:
+            self.lines: Callable[[bytes], bytes] | None = (
+                _without_usage_events if rename is None else lambda data: _without_usage_events(rename(data))
+            )
+        else:
+            self.lines = rename
 
     def tokens(self) -> int:
         if self.final is not None:
@@ -333,22 +359,24 @@ class _Call:
         if self.total is None:
             self.seen = [data]
 
-    def renamed(self, data: bytes) -> bytes:
-        """A renamed stream's complete lines; a line's start waits for its end in `pending`.
+    def lined(self, data: bytes) -> bytes:
+        """A stream's complete lines, through `lines`; a line's start waits for its end in
+        `pending`.
 
-        A `"model"` member never spans lines (JSON strings hold no raw newline), so rewriting
-        whole lines catches every one, however the backend's writes split them.
+        A `"model"` member or a usage event never spans lines (JSON strings hold no raw
+        newline), so rewriting whole lines catches every one, however the backend's writes
+        split them.
         """
-        assert self.route.rename is not None
+        assert self.lines is not None
         data = self.pending + data if self.pending else data
         cut = data.rfind(b"\n") + 1
         self.pending = data[cut:]
-        return self.route.rename(data[:cut]) if cut else b""
+        return self.lines(data[:cut]) if cut else b""
 
     def rest(self) -> bytes:
-        """What a renamed stream still holds back (its end, or up to a failure)."""
+        """What a stream still holds back in `pending` (its end, or up to a failure)."""
         pending, self.pending = self.pending, b""
-        return self.route.rename(pending) if pending and self.route.rename is not None else pending
+        return self.lines(pending) if pending and self.lines is not None else pending
 
     def stream_head(self, status: int, content_type: bytes, responder: Responder) -> bytes:
         self.status = status
@@ -413,17 +441,16 @@ class _Call:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         parts.clear()
         assert self.responder is not None
-        if self.route.rename is not None:
-            data = self.renamed(data)
+        self.tail = self.count_stream(self.tail, data)  # as the backend sent it (usage included)
+        if self.lines is not None:
+            data = self.lined(data)
         self.responder.write_now(data)
-        self.tail = self.count_stream(self.tail, data)
 
     def _relay_rest(self) -> None:
         if self.pending:
-            data = self.rest()
+            data = self.rest()  # (counted as it arrived)
             assert self.responder is not None
             self.responder.write_now(data)
-            self.tail = self.count_stream(self.tail, data)
 
     def on_complete(self) -> None:
         self.gateway._watch.discard(self)
@@ -749,10 +776,13 @@ class Gateway:
             stream = False  # (an embeddings reply is never a stream)
         else:
             estimate = _worst_cost(body, route.backend.max_context, prompt_estimate)
+        options = body.get("stream_options")
+        # The gateway asks every stream for usage; a client that did not is not sent it.
+        strip_usage = stream and path in _USAGE_OPTION_PATHS and not (
+            type(options) is dict and options.get("include_usage") is True)
         payload = request.body
         if path in _USAGE_OPTION_PATHS and (route.rename is not None or inserted or (stream and "stream_options" in body)):
             if stream:
-                options = body.get("stream_options")
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             body["model"] = route.backend.served_model
             payload = json.dumps(body, separators=(",", ":")).encode()
@@ -764,9 +794,10 @@ class Gateway:
             body["model"] = route.backend.served_model
             payload = json.dumps(body, separators=(",", ":")).encode()
         if self._limiter.remote:
-            return self._call_remote(caller, model, route, path, payload, stream, estimate, prompt_estimate, responder)
+            return self._call_remote(caller, model, route, path, payload, stream, estimate, prompt_estimate,
+                                     strip_usage, responder)
         reservation = self._admit(caller, model, estimate)
-        call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate)
+        call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate, strip_usage)
         return self._launch(call, responder)
 
     def _launch(self, call: _Call, responder: Responder) -> Coroutine[Any, Any, None] | None:
@@ -783,7 +814,8 @@ class Gateway:
         return self._call_async(call, responder)
 
     async def _call_remote(self, caller: Caller, model: str, route: _Route, path: bytes, payload: bytes,
-                           stream: bool, estimate: int, prompt_estimate: int, responder: Responder) -> None:
+                           stream: bool, estimate: int, prompt_estimate: int, strip_usage: bool,
+                           responder: Responder) -> None:
         """A model call under a limiter that is awaited (Redis): admitted, then forwarded."""
         limiter = self._limiter
         assert isinstance(limiter, RedisLimiter)
@@ -796,7 +828,7 @@ class Gateway:
             self.access.record(b"POST", path, exc.status, model, caller.team.team_id, caller.key.user_id, 0,
                                time.monotonic())
             return
-        call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate)
+        call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate, strip_usage)
         responder.on_cancel = call.settle
         await self._call_async(call, responder)
 
@@ -871,13 +903,13 @@ class Gateway:
     async def _relay(self, upstream: Response, responder: Responder, call: _Call, content_type: bytes) -> None:
         responder.start_raw(call.stream_head(upstream.status, content_type, responder))
         tail = b""
-        renaming = call.route.rename is not None
+        lined = call.lines is not None
         try:
             async for chunk in upstream.chunks():
-                if renaming:
-                    chunk = call.renamed(chunk)
+                tail = call.count_stream(tail, chunk)  # as the backend sent it (usage included)
+                if lined:
+                    chunk = call.lined(chunk)
                 await responder.write(chunk)
-                tail = call.count_stream(tail, chunk)
         except UpstreamReadTimeout as exc:
             log.warning("model '%s' stalled mid-stream; cutting the response", call.model)
             await responder.write(call.rest())
@@ -889,7 +921,6 @@ class Gateway:
         rest = call.rest()
         if rest:
             await responder.write(rest)
-            call.count_stream(tail, rest)
         responder.end()
 
 
