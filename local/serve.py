@@ -9,10 +9,13 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import SecretStr
+
 from functions._context import install_context, reset_context
 from local.admin import AdminServer
 from local.adminkey import ensure_admin_key
 from local.events import EventsService
+from local.gateway.limits import DataDirInUse
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
 from shared.catalog.filecatalog import FollowingCatalog
@@ -46,9 +49,9 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _open_models_file(settings: Settings) -> ModelsFile:
+def _open_models_file(settings: Settings, simulator_token: SecretStr | None = None) -> ModelsFile:
     try:
-        return ModelsFile(settings.models_file, simulator_port=settings.simulator_port)
+        return ModelsFile(settings.models_file, simulator_port=settings.simulator_port, simulator_token=simulator_token)
     except ValueError as exc:
         raise CannotStart(
             f"{exc}. Fix it (config/models.local.yaml describes every field) or point MAAS_MODELS_FILE "
@@ -67,10 +70,13 @@ def serve(settings: Settings) -> int:
     def launch(label: str, service: Service) -> None:
         try:
             service.start()
+        except DataDirInUse as exc:
+            raise CannotStart(str(exc)) from None
         except OSError as exc:
             raise CannotStart(
                 f"the {label} cannot listen: {exc.strerror or exc}. Is another `make run` running? "
-                "Choose other ports with MAAS_ADMIN_PORT, MAAS_GATEWAY_PORT, MAAS_SIMULATOR_PORT."
+                "Choose other ports with MAAS_ADMIN_PORT, MAAS_GATEWAY_PORT, MAAS_METRICS_PORT, "
+                "MAAS_SIMULATOR_PORT."
             ) from None
         services.append((label, service))
 
@@ -87,11 +93,14 @@ def serve(settings: Settings) -> int:
         launch("simulator", simulator)
         # The default models file points at the simulator: use the port it actually bound.
         settings = settings.model_copy(update={"simulator_port": int(simulator.url.rsplit(":", 1)[1])})
-        models = _open_models_file(settings)
+        # The simulator answers only requests with its token, which the models file's
+        # simulator entries send: the token stays in this process.
+        models = _open_models_file(settings, simulator.token)
         # The admin API's model listing follows the same file as the gateway: one reading.
         ctx = build_context(settings, ledger=ledger, catalog=FollowingCatalog(models))
         install_context(ctx)
-        launch("gateway", GatewayService(settings, ctx.store, ledger=ledger, models=models))
+        gateway = GatewayService(settings, ctx.store, ledger=ledger, models=models)
+        launch("gateway", gateway)
         models.start()
         # `kill -HUP` re-reads the file now rather than within the second.
         signal.signal(signal.SIGHUP, lambda *_: models.poke())
@@ -101,6 +110,8 @@ def serve(settings: Settings) -> int:
         _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
         for label, service in reversed(services):
             _say(f"  {label:<11} {service.url}")
+            if service is gateway:
+                _say(f"  {'metrics':<11} {gateway.metrics_url}  (GET /metrics, for Prometheus; apart from the model port)")
         count = len(models.table.backends)
         _say(f"  {'models':<11} {_shown(models.path)} ({count} model{'' if count == 1 else 's'}; "
              "edits are picked up within a second, no restart)")

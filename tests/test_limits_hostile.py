@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from shared.store.sqlite import SqliteStore
 from tests.lenient_backend import LenientBackend, lenient_backend
 from tests.records import T0, a_key
 from tests.redis_harness import RedisServer, free_port, redis_server  # noqa: F401
+from tests.runtime import Runtime, start_runtime
 from tests.waiting import eventually
 
 MODEL = "lenient"
@@ -414,3 +416,59 @@ def test_a_gateway_with_redis_refuses_a_data_dir_held_by_in_process_counters(
     setup = make()
     with pytest.raises(DataDirInUse, match="in memory"):
         _start_gateway(setup.tmp_path, setup.store, setup.backend, redis_url=redis_url)
+
+
+# -- the real runtime: kill -9, and a second `make run` on the same data dir ------------------------
+
+
+def _seeded_data_dir(tmp_path: Path, token_limit: int) -> tuple[Path, str]:
+    """A data dir whose store already holds team t1 and a key for alice (no admin API needed)."""
+    data_dir = tmp_path / ".maas"
+    data_dir.mkdir()
+    store = SqliteStore(data_dir / "maas.db")
+    try:
+        store.create_team(team=Team("t1", "t1", "", "t1", token_limit, "1h", "user", T0))  # type: ignore[arg-type]
+        record, value = a_key("t1", "alice")
+        store.create_key(key=record, api_key=value)
+    finally:
+        store.close()
+    return data_dir, value
+
+
+def _simulated_chat(runtime: Runtime, key: str) -> httpx.Response:
+    body = {"model": "qwen3-0-6b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 30}
+    return _post(runtime.urls["gateway"], key, "/v1/chat/completions", body)
+
+
+def test_kill_9_keeps_the_window(tmp_path: Path) -> None:
+    data_dir, key = _seeded_data_dir(tmp_path, token_limit=20)
+    runtime = start_runtime(data_dir)
+    try:
+        assert _simulated_chat(runtime, key).status_code == 200  # 33 tokens of 20
+        assert _simulated_chat(runtime, key).status_code == 429
+        time.sleep(1.5)  # the counters are saved every second: at most that is lost
+        runtime.process.kill()
+        runtime.process.wait(timeout=10)
+    finally:
+        runtime.stop()
+    again = start_runtime(data_dir)
+    try:
+        refused = _simulated_chat(again, key)
+        assert refused.status_code == 429, refused.text
+        assert 3500 <= int(refused.headers["X-RateLimit-Reset"]) <= 3600
+    finally:
+        again.stop()
+
+
+def test_a_second_runtime_on_the_same_data_dir_refuses_to_start_in_one_line(tmp_path: Path) -> None:
+    data_dir, key = _seeded_data_dir(tmp_path, token_limit=20)
+    first = start_runtime(data_dir)
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            start_runtime(data_dir)
+        errors = [line for line in str(refused.value).splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "another maas runtime is using" in errors[0] and "MAAS_REDIS_URL" in errors[0]
+        assert "Traceback" not in str(refused.value)
+        assert _simulated_chat(first, key).status_code == 200  # the first is unharmed
+    finally:
+        first.stop()
