@@ -17,7 +17,8 @@ from shared.settings import Settings
 
 def main() -> None:
     data_dir, port, models = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    settings = Settings(data_dir=data_dir, gateway_port=port, models_file=models)
+    # Nothing scrapes the bench's gateway: its metrics listener takes any free port.
+    settings = Settings(data_dir=data_dir, gateway_port=port, metrics_port=0, models_file=models)
     service = GatewayService(settings)
     service.start()
     done = threading.Event()

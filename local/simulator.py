@@ -5,22 +5,31 @@ real (prompt tokens counted from the messages with the same tokenizer as the rep
 are SSE with one chunk per token and, when `stream_options.include_usage` is set, the usage
 chunk before `[DONE]`. `time_to_first_token_s` and `inter_token_latency_s` slow it down like a
 real model (tests use them for timeouts and disconnects).
+
+It answers only the gateway: every path but `/health` needs `Authorization: Bearer <token>`,
+an internal token made when the service starts (`SimulatorService.token`, never written to disk
+or logged) and handed to the models file, which sends it for the entries whose url names the
+simulator by `{simulator_port}` (shared/modelsfile.py). Without it: 401 in the OpenAI shape.
+So a key holder cannot bypass the gateway's limits by calling the simulator's port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from pydantic import SecretStr
 
 from local.gateway.loopthread import LoopThread
-from shared.errors import InvalidRequest, MaasError, MalformedRequest, NotFound, openai_body
+from shared.errors import InvalidRequest, MaasError, MalformedRequest, NotFound, Unauthorized, openai_body
 from shared.settings import Settings
 
 DEFAULT_MODELS = ("qwen3-0-6b-instruct", "vllm-simulator")
@@ -67,21 +76,27 @@ def reply_words(max_tokens: int, seed: int) -> list[str]:
     return [_REPLY_WORDS[(start + i) % len(_REPLY_WORDS)] for i in range(max_tokens)]
 
 
+def new_token() -> SecretStr:
+    return SecretStr(secrets.token_urlsafe(32))
+
+
 class Simulator:
     def __init__(
         self,
         models: Sequence[str] = DEFAULT_MODELS,
         *,
+        token: SecretStr,
         time_to_first_token_s: float = 0.0,
         inter_token_latency_s: float = 0.0,
     ) -> None:
         self.models = tuple(models)
+        self._authorization = f"Bearer {token.get_secret_value()}".encode()
         self.ttft = time_to_first_token_s
         self.itl = inter_token_latency_s
         self.created = int(time.time())
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(middlewares=[self._errors, self._authorized])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.list_models)
@@ -94,6 +109,18 @@ class Simulator:
             return await handler(request)
         except MaasError as exc:
             return web.json_response(openai_body(exc), status=exc.status)
+
+    @web.middleware
+    async def _authorized(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != "/health":
+            given = request.headers.get(hdrs.AUTHORIZATION, "").encode("latin-1", "replace")
+            if not hmac.compare_digest(given, self._authorization):
+                # Says how to reach it, never what was sent or expected.
+                raise Unauthorized(
+                    "the built-in simulator answers the gateway only: call the gateway, or point a "
+                    "models file entry at http://127.0.0.1:{simulator_port}/v1 so it sends the internal token"
+                )
+        return await handler(request)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -185,19 +212,23 @@ class Simulator:
 
 
 class SimulatorService:
-    """The simulator on settings.host:settings.simulator_port (0 picks a free port)."""
+    """The simulator on settings.host:settings.simulator_port (0 picks a free port), answering
+    requests that carry `token` (a new random one unless given)."""
 
     def __init__(
         self,
         settings: Settings,
         *,
         models: Sequence[str] = DEFAULT_MODELS,
+        token: SecretStr | None = None,
         time_to_first_token_s: float = 0.0,
         inter_token_latency_s: float = 0.0,
     ) -> None:
         self._settings = settings
+        self.token = token if token is not None else new_token()
         self._simulator = Simulator(
-            models, time_to_first_token_s=time_to_first_token_s, inter_token_latency_s=inter_token_latency_s
+            models, token=self.token, time_to_first_token_s=time_to_first_token_s,
+            inter_token_latency_s=inter_token_latency_s,
         )
         self._thread = LoopThread("model-simulator")
         self._runner: web.AppRunner | None = None

@@ -14,7 +14,11 @@ One YAML document with a list under `models:`; each entry is one model clients c
   (a trailing `/` is dropped); the gateway calls `{url}/chat/completions`, `{url}/completions`
   and probes `{url}/models` for readiness. `{simulator_port}` in it is replaced by the
   simulator's port, so the default file (config/models.local.yaml) follows
-  MAAS_SIMULATOR_PORT with zero configuration.
+  MAAS_SIMULATOR_PORT with zero configuration. Such an entry on a loopback host is the
+  built-in simulator's: it is also sent the simulator's internal token (`simulator_token`,
+  unless it sets `api_key`), without which the simulator answers 401. An entry naming the
+  simulator's port as a number gets no token and is refused: `{simulator_port}` is the one
+  way to point at the simulator.
 - `upstream_model` (optional, default: `name`): the model name sent to the backend. When it
   differs from `name`, the gateway rewrites the body's `model` on the way up and every
   `"model"` in the reply (the JSON body, or each event of a stream) back to `name`, so
@@ -41,12 +45,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "config" / "models.local.yaml"
 _SIMULATOR_PLACEHOLDER = "{simulator_port}"
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 log = logging.getLogger("maas.models")
 
@@ -88,8 +94,20 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{where}: {problem}"
 
 
-def load_models_file(path: Path | None, *, simulator_port: int = 8001) -> list[ModelBackend]:
+def _loopback(url: str) -> bool:
+    """Whether a url names this machine: the simulator's token is never sent elsewhere."""
+    try:
+        return urlsplit(url).hostname in _LOOPBACK
+    except ValueError:
+        return False  # the url's own validation says what is wrong
+
+
+def load_models_file(path: Path | None, *, simulator_port: int = 8001,
+                     simulator_token: SecretStr | None = None) -> list[ModelBackend]:
     """Read and validate a models file; None means the default file (the built-in simulator).
+
+    Entries whose url names `{simulator_port}` get `simulator_token` as their `api_key` (unless
+    they set one): the built-in simulator answers only requests that carry it.
 
     Raises ValueError with one line naming the file and the entry for anything wrong in it.
     """
@@ -113,8 +131,10 @@ def load_models_file(path: Path | None, *, simulator_port: int = 8001) -> list[M
             label = f"entry {index + 1} ({entry['name']!r})"
         if not isinstance(entry, dict):
             raise ValueError(f"models file {source}: {label} must be a mapping with name and url")
-        if isinstance(entry.get("url"), str):
+        if isinstance(entry.get("url"), str) and _SIMULATOR_PLACEHOLDER in entry["url"]:
             entry = {**entry, "url": entry["url"].replace(_SIMULATOR_PLACEHOLDER, str(simulator_port))}
+            if simulator_token is not None and "api_key" not in entry and _loopback(entry["url"]):
+                entry["api_key"] = simulator_token
         try:
             backend = ModelBackend.model_validate(entry)
         except ValidationError as exc:
@@ -170,9 +190,11 @@ class ModelsFile:
     watcher's thread with each new table, in order, one change at a time.
     """
 
-    def __init__(self, path: Path | None, *, simulator_port: int = 8001, interval_s: float = 1.0) -> None:
+    def __init__(self, path: Path | None, *, simulator_port: int = 8001, simulator_token: SecretStr | None = None,
+                 interval_s: float = 1.0) -> None:
         self.path = path if path is not None else DEFAULT_MODELS_FILE
         self._simulator_port = simulator_port
+        self._simulator_token = simulator_token  # sent to the simulator's entries (see load_models_file)
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -181,7 +203,7 @@ class ModelsFile:
         self._thread: threading.Thread | None = None
         table = self._read()
         if table is None:  # written to while read twice: take what is there now
-            backends = load_models_file(self.path, simulator_port=simulator_port)
+            backends = load_models_file(self.path, simulator_port=simulator_port, simulator_token=simulator_token)
             table = ModelsTable(self.path, tuple(backends), 0, (0, 0, 0))
         self.table: ModelsTable = table
         self._seen: _Signature | None = table.signature
@@ -190,7 +212,8 @@ class ModelsFile:
         """A fresh reading; None when the file changed while it was read (try again later)."""
         for _ in range(2):
             before = _signature(self.path)
-            backends = load_models_file(self.path, simulator_port=self._simulator_port)  # ValueError
+            backends = load_models_file(self.path, simulator_port=self._simulator_port,
+                                        simulator_token=self._simulator_token)  # ValueError
             if before is not None and _signature(self.path) == before:
                 return ModelsTable(self.path, tuple(backends), before[2] // 1_000_000_000, before)
         return None

@@ -1,5 +1,8 @@
 """A real Prometheus for tests: free 127.0.0.1 port, temp config and storage, 1 s scrapes.
 
+Its targets are `host:port` of /metrics endpoints; the local gateway's is its metrics listener
+(`GatewayService.metrics_url`, MAAS_METRICS_PORT), not the model port, which has no /metrics.
+
 The binary comes from Debian's `prometheus` package (tools/ensure_prometheus.sh installs it;
 `make test` calls that). Tests skip with the reason when it cannot be found.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_URL_LINE = re.compile(r"^\s+(admin API|gateway|simulator)\s+(\S+)")
+_URL_LINE = re.compile(r"^\s+(admin API|gateway|metrics|simulator)\s+(\S+)")
 
 
 @dataclass
@@ -51,6 +51,7 @@ def start_runtime(data_dir: Path, *, env: dict[str, str] | None = None, timeout:
             "MAAS_DATA_DIR": str(data_dir),
             "MAAS_ADMIN_PORT": "0",
             "MAAS_GATEWAY_PORT": "0",
+            "MAAS_METRICS_PORT": "0",
             "MAAS_SIMULATOR_PORT": "0",
             "PYTHONUNBUFFERED": "1",
         }

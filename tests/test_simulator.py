@@ -15,12 +15,36 @@ CHAT = {"model": "vllm-simulator", "messages": [{"role": "user", "content": "Hel
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
+def service() -> Iterator[SimulatorService]:
     service = SimulatorService(Settings(simulator_port=0))
     service.start()
-    with httpx.Client(base_url=service.url, timeout=10) as client:
-        yield client
+    yield service
     service.stop()
+
+
+@pytest.fixture(scope="module")
+def client(service: SimulatorService) -> Iterator[httpx.Client]:
+    # What the gateway sends: the simulator's internal token (shared/modelsfile.py).
+    token = service.token.get_secret_value()
+    with httpx.Client(base_url=service.url, timeout=10, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
+
+
+def test_only_callers_with_the_internal_token_are_answered(service: SimulatorService) -> None:
+    token = service.token.get_secret_value()
+    with httpx.Client(base_url=service.url, timeout=10) as anyone:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token},
+                        {"Authorization": f"APIKEY {token}"}, {"Authorization": f"Bearer {token}x"}):
+            refused = anyone.post("/v1/chat/completions", json=CHAT, headers=headers)
+            assert refused.status_code == 401, headers
+            error = refused.json()["error"]
+            assert error["type"] == "authentication_error" and token not in refused.text
+            assert anyone.get("/v1/models", headers=headers).status_code == 401
+            assert anyone.post("/v1/completions", json=CHAT, headers=headers).status_code == 401
+        assert anyone.get("/health").status_code == 200  # liveness tells nothing
+        answered = anyone.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {token}"})
+        assert answered.status_code == 200 and answered.json()["usage"]["total_tokens"] == 10
+    assert SimulatorService(Settings(simulator_port=0)).token.get_secret_value() != token  # one per start
 
 
 def test_chat_is_deterministic_honours_max_tokens_and_counts_usage(client: httpx.Client) -> None:

@@ -1,7 +1,7 @@
 """The usage and model endpoints over real HTTP, after quickstart traffic through the real gateway.
 
 Admin API (AdminServer, plain HTTP on 127.0.0.1), gateway and simulator all run in this process
-on free ports; a real Prometheus scrapes the gateway's /metrics every second. The usage bodies
+on free ports; a real Prometheus scrapes the gateway's /metrics (on its metrics port) every second. The usage bodies
 must equal what the client saw, from the ledger and from Prometheus; with Prometheus stopped
 the usage endpoints answer 503 naming it.
 """
@@ -48,15 +48,16 @@ def simulator() -> Iterator[SimulatorService]:
 def settings(tmp_path_factory: pytest.TempPathFactory, simulator: SimulatorService, admin_key: str) -> Settings:
     root = tmp_path_factory.mktemp("usage-endpoints")
     models = root / "models.yaml"
+    token = simulator.token.get_secret_value()  # the simulator answers only what carries it
     models.write_text(
         "models:\n"
-        f"  - {{name: {QWEN}, url: '{simulator.url}/v1'}}\n"
-        f"  - {{name: {SIM}, url: '{simulator.url}/v1'}}\n"
+        f"  - {{name: {QWEN}, url: '{simulator.url}/v1', api_key: '{token}'}}\n"
+        f"  - {{name: {SIM}, url: '{simulator.url}/v1', api_key: '{token}'}}\n"
         f"  - {{name: dead-model, url: 'http://127.0.0.1:{free_port()}/v1'}}\n",
         encoding="utf-8",
     )
     return Settings(admin_key=SecretStr(admin_key), data_dir=root / "data", models_file=models, gateway_port=0,
-                    admin_port=0)
+                    metrics_port=0, admin_port=0)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +243,9 @@ def test_usage_from_prometheus_equals_the_ledger_then_503_when_it_stops(
         pytest.skip("no prometheus binary (Debian package 'prometheus'; run tools/ensure_prometheus.sh)")
     use(usage="embedded")
     from_ledger = {**_check_bodies(admin, traffic["seen"]), **_more_bodies(admin)}
-    prometheus = Prometheus(binary, tmp_path_factory.mktemp("prom"), [gateway.url.removeprefix("http://")]).start()
+    # Prometheus scrapes the metrics port; the model port has no /metrics.
+    assert httpx.get(gateway.url + "/metrics").status_code == 404
+    prometheus = Prometheus(binary, tmp_path_factory.mktemp("prom"), [gateway.metrics_url.removeprefix("http://")]).start()
     try:
         use(usage="prometheus", prometheus_url=prometheus.url, prometheus_timeout_s=2.0)
         from_prometheus = {**_check_bodies(admin, traffic["seen"]), **_more_bodies(admin)}

@@ -1,4 +1,10 @@
-"""GatewayService: the local gateway on settings.host:settings.gateway_port, run from sync code."""
+"""GatewayService: the local gateway on settings.host:settings.gateway_port, run from sync code.
+
+Its `/metrics` (every team's and user's counts, as Limitador's) is served on a listener of its
+own, settings.host:settings.metrics_port, and not on the model port: any key holder reaches the
+model port, while the metrics port is for Prometheus (keep it on loopback or behind a network
+policy). Both listeners run on the gateway's loop, so the counts are read where they are kept.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,44 @@ from collections.abc import Callable
 from local.gateway.auth import KeyCache
 from local.gateway.limiter import TokenLimiter
 from local.gateway.loopthread import LoopThread
+from local.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from local.gateway.metrics import UsageMeter
 from local.gateway.proxy import Gateway
-from local.gateway.server import serve
-from shared.errors import MaasError
+from local.gateway.server import Listener, Reject, Request, Responder, serve
+from shared.errors import MaasError, MethodNotAllowed, NotFound
 from shared.ledger import UsageLedger
 from shared.modelsfile import ModelsFile, ModelsTable
 from shared.settings import Settings
 from shared.store import Store, open_store
 
 log = logging.getLogger("maas.gateway")
+
+# Prometheus and a person with curl: a few connections are plenty, and bound what the port holds.
+METRICS_MAX_CONNECTIONS = 32
+_METRICS_PATHS = (b"/metrics", b"/health")
+
+
+class MetricsEndpoint:
+    """The metrics listener's requests: GET /metrics (the exposition), GET /health; any other
+    path 404, any other method 405, in the OpenAI shape like the model port's errors."""
+
+    def __init__(self, meter: UsageMeter, reject: Reject) -> None:
+        self._meter = meter
+        self._reject = reject
+
+    def handle(self, request: Request, responder: Responder) -> None:
+        path, method = request.path, request.method
+        try:
+            if path not in _METRICS_PATHS:
+                raise NotFound(f"no such endpoint: {path.decode('latin-1')} (this port serves /metrics)")
+            if method != b"GET":
+                raise MethodNotAllowed(f"method {method.decode('latin-1')} is not allowed on {path.decode('latin-1')}")
+            if path == b"/metrics":
+                responder.send(200, {"Content-Type": METRICS_CONTENT_TYPE}, self._meter.exposition())
+            else:
+                responder.send(200, {"Content-Type": "application/json"}, b'{"status":"ok"}')
+        except MaasError as exc:
+            self._reject(responder, exc, "")
 
 
 class GatewayService:
@@ -46,25 +80,36 @@ class GatewayService:
         self._own_ledger = ledger is None
         self.ledger = ledger if ledger is not None else UsageLedger(settings.usage_ledger_path)
         self.limiter = TokenLimiter()
+        # Kept here too: the metrics listener shows what the gateway counts.
+        self.meter = UsageMeter(self.ledger)
         self._keys = KeyCache(self._store)
         self._gateway = Gateway(
             keys=self._keys,
             limiter=self.limiter,
-            meter=UsageMeter(self.ledger),
+            meter=self.meter,
             backends=self._table.backends,
             upstream_timeout_s=settings.upstream_timeout_s,
             models_created=self._table.created,
         )
         self._last_use_task: asyncio.Task[None] | None = None
         self._thread = LoopThread("maas-gateway")
-        self._server: asyncio.AbstractServer | None = None
+        self._server: Listener | None = None
+        self._metrics_server: Listener | None = None
         self._port: int | None = None
+        self._metrics_port: int | None = None
 
     @property
     def url(self) -> str:
         if self._port is None:
             raise RuntimeError("the gateway is not running")
         return f"http://{self._settings.host}:{self._port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where Prometheus scrapes: `{metrics_url}/metrics`."""
+        if self._metrics_port is None:
+            raise RuntimeError("the gateway is not running")
+        return f"http://{self._settings.host}:{self._metrics_port}"
 
     def start(self) -> None:
         self._thread.start()
@@ -97,7 +142,27 @@ class GatewayService:
             max_body=self._settings.gateway_max_body_bytes,
             client_timeout=self._settings.gateway_client_timeout_s,
             writes=self._gateway.writes,
+            check_head=self._gateway.check_head,
+            max_connections=self._settings.gateway_max_connections,
         )
+        try:
+            self._metrics_server = await serve(
+                MetricsEndpoint(self.meter, self._gateway.reject).handle,
+                self._gateway.reject,
+                host=self._settings.host,
+                port=self._settings.metrics_port,
+                max_body=1024,  # GETs only
+                client_timeout=self._settings.gateway_client_timeout_s,
+                max_connections=METRICS_MAX_CONNECTIONS,
+            )
+        except BaseException as exc:
+            self._server.close()
+            self._server = None
+            if isinstance(exc, OSError):  # say which of the two ports it is
+                raise OSError(exc.errno, f"{exc.strerror or exc} (metrics port {self._settings.metrics_port}, "
+                              "MAAS_METRICS_PORT)") from exc
+            raise
+        self._metrics_port = int(self._metrics_server.sockets[0].getsockname()[1])
         self._last_use_task = asyncio.get_running_loop().create_task(self._record_last_use())
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -121,10 +186,11 @@ class GatewayService:
             self._last_use_task.cancel()
             self._last_use_task = None
             await self._flush_last_use()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        for server in (self._server, self._metrics_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._server = self._metrics_server = None
         self._gateway.close()
 
     def stop(self) -> None:
@@ -136,7 +202,7 @@ class GatewayService:
         try:
             self._thread.stop(self._shutdown)
         finally:
-            self._port = None
+            self._port = self._metrics_port = None
             if self._own_ledger:
                 self.ledger.close()
             else:
