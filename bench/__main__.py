@@ -2,6 +2,8 @@
 
 The backend is bench/backend.py (canned answers, far faster than the gateway); the load
 generator is wrk (Debian package, installed here when missing), one thread, fixed durations.
+Two gateways are measured: with the token counters in the process (the default) and in Redis
+(MAAS_REDIS_URL, a local redis-server, installed when missing), each against the same backend.
 Printed per case: direct and gateway numbers, throughput ratio, added p50 latency. Each side
 is measured `--runs` times, alternating direct and gateway so that both see the same load
 from whatever else runs on the machine, and the medians are reported.
@@ -24,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,11 +89,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
+def _spawn(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
+    # A gateway's access log goes to a file: tens of thousands of lines a second on a terminal
+    # would measure the terminal.
+    stderr = log.open("w") if log is not None else None
     process = subprocess.Popen(
         [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=stderr,
     )
+    if stderr is not None:
+        stderr.close()
     assert process.stdout is not None
     if process.stdout.readline().strip() != "ready":
         process.kill()
@@ -98,18 +106,17 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     return process
 
 
-def _prepare_store(data_dir: Path) -> str:
+def _prepare_store(data_dir: Path, api_key: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(data_dir / "maas.db")
     try:
         now = datetime.now(timezone.utc)
         store.create_team(team=Team("bench", "Bench", "", "bench", 2**53, "1h", "user", now))
-        api_key = generate_api_key()
         store.create_key(
             key=ApiKey(secret_name_for("bench", "bench"), key_sha256(api_key), "bench", "bench",
                        "bench@example.com", "member", "active", now),
             api_key=api_key,
         )
-        return api_key
     finally:
         store.close()
 
@@ -153,6 +160,27 @@ def _load() -> str:
         return "unknown"
 
 
+def _redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free port (Debian's package, installed when missing)."""
+    subprocess.run(["bash", str(ROOT / "tools" / "ensure_redis.sh")], check=True)
+    port = _free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        time.sleep(0.05)
+    process.kill()
+    sys.exit("bench: redis-server did not start")
+
+
 def _verdicts(rows: dict[tuple[bool, int], tuple[Result, Result]]) -> list[str]:
     d, g = rows[(False, 32)]
     ratio = g.rps / d.rps
@@ -178,16 +206,23 @@ def main() -> None:
         tmp = Path(scratch)
         script = tmp / "post.lua"
         script.write_text(_LUA)
-        backend_port, gateway_port = _free_port(), _free_port()
-        api_key = _prepare_store(tmp / "data")
+        backend_port, gateway_port, redis_gateway_port = _free_port(), _free_port(), _free_port()
+        api_key = generate_api_key()
+        # Two data dirs: in-process counters hold theirs alone (local/gateway/limits.py).
+        _prepare_store(tmp / "data", api_key)
+        _prepare_store(tmp / "data-redis", api_key)
         models = tmp / "models.yaml"
         models.write_text(f"models:\n  - name: {MODEL}\n    url: http://127.0.0.1:{backend_port}/v1\n")
+        redis, redis_url = _redis()
         backend = _spawn("bench.backend", str(backend_port))
-        gateway = _spawn("bench.gateway", str(tmp / "data"), str(gateway_port), str(models))
+        gateway = _spawn("bench.gateway", str(tmp / "data"), str(gateway_port), str(models), log=tmp / "gateway.log")
+        redis_gateway = _spawn("bench.gateway", str(tmp / "data-redis"), str(redis_gateway_port), str(models), redis_url,
+                               log=tmp / "gateway-redis.log")
         try:
             targets = {
                 "direct": (f"http://127.0.0.1:{backend_port}/v1/chat/completions", ""),
                 "gateway": (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", f"APIKEY {api_key}"),
+                "redis": (f"http://127.0.0.1:{redis_gateway_port}/v1/chat/completions", f"APIKEY {api_key}"),
             }
             out: list[str] = []
 
@@ -199,10 +234,11 @@ def main() -> None:
             say(f"load: wrk, 1 thread, {args.seconds} s per run, median of {args.runs} alternating runs per side; "
                 f"backend: bench/backend.py (canned replies); load average before: {load_before}")
             say()
-            header = f"{'case':<22}{'direct rps':>11}{'gw rps':>9}{'ratio':>7}{'direct p50/p99 ms':>19}{'gw p50/p99 ms':>16}{'added p50':>11}"
+            header = f"{'case':<30}{'direct rps':>11}{'gw rps':>9}{'ratio':>7}{'direct p50/p99 ms':>19}{'gw p50/p99 ms':>16}{'added p50':>11}"
             say(header)
             say("-" * len(header))
             rows: dict[tuple[bool, int], tuple[Result, Result]] = {}
+            redis_rows: dict[tuple[bool, int], tuple[Result, Result]] = {}
             for stream in (False, True):
                 body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hello"}],
                                    "max_tokens": 5, "stream": stream})
@@ -213,23 +249,30 @@ def main() -> None:
                     for _ in range(args.runs):
                         for name, (url, auth) in targets.items():
                             runs[name].append(_wrk(wrk, script, url, connections=connections, seconds=args.seconds, body=body, auth=auth))
-                    d, g = _median(runs["direct"]), _median(runs["gateway"])
-                    rows[(stream, connections)] = (d, g)
-                    case = f"{'stream' if stream else 'plain'}, c={connections}"
-                    errors = f"  ({g.errors + d.errors} errors)" if g.errors or d.errors else ""
-                    say(
-                        f"{case:<22}{d.rps:>11.0f}{g.rps:>9.0f}{g.rps / d.rps:>7.0%}"
-                        f"{f'{d.p50_ms:.2f}/{d.p99_ms:.2f}':>19}{f'{g.p50_ms:.2f}/{g.p99_ms:.2f}':>16}"
-                        f"{g.p50_ms - d.p50_ms:>9.2f}ms{errors}"
-                    )
+                    d = _median(runs["direct"])
+                    for name, table, label in (("gateway", rows, ""), ("redis", redis_rows, ", Redis counters")):
+                        g = _median(runs[name])
+                        table[(stream, connections)] = (d, g)
+                        case = f"{'stream' if stream else 'plain'}, c={connections}{label}"
+                        errors = f"  ({g.errors + d.errors} errors)" if g.errors or d.errors else ""
+                        say(
+                            f"{case:<30}{d.rps:>11.0f}{g.rps:>9.0f}{g.rps / d.rps:>7.0%}"
+                            f"{f'{d.p50_ms:.2f}/{d.p99_ms:.2f}':>19}{f'{g.p50_ms:.2f}/{g.p99_ms:.2f}':>16}"
+                            f"{g.p50_ms - d.p50_ms:>9.2f}ms{errors}"
+                        )
             say()
             say(f"load average after: {_load()}")
-            say("targets:")
+            say("targets (in-process counters):")
             for line in _verdicts(rows):
                 say(f"  {line}")
+            say("with Redis counters (one round trip per admission, settlements sent behind the answer):")
+            for line in _verdicts(redis_rows):
+                say(f"  {line}")
+            (d, g), (_, r) = rows[(False, 32)], redis_rows[(False, 32)]
+            say(f"  Redis / in-process throughput at c=32 plain: {r.rps / g.rps:.0%}")
             _write_results(started, out)
         finally:
-            for process in (gateway, backend):
+            for process in (redis_gateway, gateway, backend, redis):  # type: ignore[assignment]
                 process.terminate()
                 try:
                     process.wait(10)
