@@ -57,6 +57,9 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 log = logging.getLogger("maas.models")
 
 
+DEFAULT_MAX_CONTEXT = 4096
+
+
 class ModelBackend(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +67,10 @@ class ModelBackend(BaseModel):
     url: str = Field(description="OpenAI base URL of the backend, ending in /v1")
     upstream_model: str | None = Field(default=None, min_length=1)
     api_key: SecretStr | None = None
+    # The model's context length (prompt plus completion, in tokens): what a request without
+    # max_tokens can make the backend generate, so what the gateway reserves for it (vLLM
+    # generates up to the context length when max_tokens is absent).
+    max_context: int = Field(default=DEFAULT_MAX_CONTEXT, ge=1, le=10_000_000)
 
     @field_validator("url")
     @classmethod

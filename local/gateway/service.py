@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 
 from local.gateway.auth import KeyCache
-from local.gateway.limiter import TokenLimiter
+from local.gateway.accesslog import AccessLog
+from local.gateway.limits import LimiterService
 from local.gateway.loopthread import LoopThread
 from local.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from local.gateway.metrics import UsageMeter
@@ -79,7 +80,8 @@ class GatewayService:
         self._store = store if store is not None else open_store(settings)
         self._own_ledger = ledger is None
         self.ledger = ledger if ledger is not None else UsageLedger(settings.usage_ledger_path)
-        self.limiter = TokenLimiter()
+        self.limits = LimiterService(settings)
+        self.limiter = self.limits.limiter
         # Kept here too: the metrics listener shows what the gateway counts.
         self.meter = UsageMeter(self.ledger)
         self._keys = KeyCache(self._store)
@@ -90,6 +92,7 @@ class GatewayService:
             backends=self._table.backends,
             upstream_timeout_s=settings.upstream_timeout_s,
             models_created=self._table.created,
+            access=AccessLog(enabled=settings.access_log),
         )
         self._last_use_task: asyncio.Task[None] | None = None
         self._thread = LoopThread("maas-gateway")
@@ -112,11 +115,14 @@ class GatewayService:
         return f"http://{self._settings.host}:{self._metrics_port}"
 
     def start(self) -> None:
+        """Raises DataDirInUse when another runtime's counters hold the data dir."""
+        self.limits.acquire()
         self._thread.start()
         try:
             self._port = self._thread.call(self._listen)
         except BaseException:
             self._thread.stop()
+            self.limits.release()
             raise
         self._unsubscribe = self.models.subscribe(self._use)
         if self.models.table is not self._table:
@@ -134,6 +140,8 @@ class GatewayService:
         loop.call_soon_threadsafe(lambda: self._gateway.use(table.backends, created=table.created))
 
     async def _listen(self) -> int:
+        await self.limits.start()
+        self._gateway.access.start()
         self._server = await serve(
             self._gateway.handle,
             self._gateway.reject,
@@ -192,6 +200,8 @@ class GatewayService:
                 await server.wait_closed()
         self._server = self._metrics_server = None
         self._gateway.close()
+        await self.limits.stop()  # after the server: the calls it ended are settled
+        await self._gateway.access.stop()
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
