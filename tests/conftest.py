@@ -24,6 +24,9 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("MAAS_") or name in _OWN_VARIABLES:
             monkeypatch.delenv(name)
+    # A gateway built in a test without naming a metrics port must not take 8002, which a
+    # `make run` on this machine may hold: any free port.
+    monkeypatch.setenv("MAAS_METRICS_PORT", "0")
     yield
     reset_context()
 
