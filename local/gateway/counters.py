@@ -27,10 +27,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
+    """What a reservation found (a tuple: one is made per request, and a frozen dataclass costs
+    several times as much to build)."""
+
     admitted: bool
     window: int  # the window's start, ms since the epoch: its id
     spent: int  # settled tokens in the window, before this reservation
