@@ -322,7 +322,10 @@ def test_a_busy_store_answers_503_so_knative_redelivers(settings: Settings, capl
     _key(ctx.store, "team-a")
     _orphan_team(settings.database_path, "team-a")
     # Another writer holds the write lock longer than this connection is willing to wait.
-    ctx.store._connection().execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+    store = ctx.store
+    store.busy_timeout_ms = 50  # type: ignore[attr-defined]
+    for conn in store._idle:  # type: ignore[attr-defined]  # noqa: SLF001 - pooled already
+        conn.execute("PRAGMA busy_timeout=50")
     blocker = sqlite3.connect(settings.database_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:

@@ -1,7 +1,12 @@
 """API-key authentication from an in-memory snapshot of the Store.
 
-The snapshot is reloaded when `store.generation()` changes (an mmap read per request), so a
-deleted or revoked key is refused on the very next request and no request reads SQLite.
+When `store.generation()` changes (an mmap read per request), the snapshot catches up before
+the request is answered, so a deleted or revoked key is refused on the very next request. It
+catches up by the store's change log where the store has one (`changes_since`: the few teams
+and keys a write touched, read by primary key), so an admin write costs the gateway's loop
+what it changed, not the whole store: with 5,000 keys a full reload per write took the
+gateway's p50 from 0.5 ms to 43-92 ms while admins edited teams. A full snapshot is read at
+the start, and when the log no longer reaches back to the cache's generation.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from datetime import datetime, timezone
 from shared.auth import KEY_SCHEMES, credential, may_use_model, usable
 from shared.errors import Forbidden, Unauthorized
 from shared.keymaterial import key_sha256
-from shared.store.base import ApiKey, Snapshot, Store, Team
+from shared.store.base import ApiKey, Snapshot, Store, StoreChanges, Team
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +41,42 @@ class KeyCache:
         # secret_name -> last successful authentication; taken in batches by the service,
         # which writes them to the store off the request path.
         self._last_used: dict[str, float] = {}
+        self.full_reloads = 0  # whole snapshots read (the first, and when the change log fell short)
 
     def snapshot(self) -> Snapshot:
         generation = self._store.generation()
         if generation != self._generation:
-            # Read the generation before the snapshot: the snapshot is then at least as new.
-            self._snapshot = self._store.snapshot()
-            self._generation = generation
+            changes = self._changes_since()
+            if changes is None:
+                # Read the generation before the snapshot: the snapshot is then at least as new.
+                self._snapshot = self._store.snapshot()
+                self._generation = generation
+                self.full_reloads += 1
+            else:
+                self._apply(changes)
             self._callers = {}
         return self._snapshot
+
+    def _changes_since(self) -> StoreChanges | None:
+        changes_since = getattr(self._store, "changes_since", None)
+        if changes_since is None or self._generation < 0:
+            return None
+        changes: StoreChanges | None = changes_since(self._generation)
+        return changes
+
+    def _apply(self, changes: StoreChanges) -> None:
+        teams, keys = self._snapshot.teams, self._snapshot.keys_by_sha256
+        for team_id, team in changes.teams.items():
+            if team is None:
+                teams.pop(team_id, None)
+            else:
+                teams[team_id] = team
+        for sha, key in changes.keys_by_sha256.items():
+            if key is None:
+                keys.pop(sha, None)
+            else:
+                keys[sha] = key
+        self._generation = changes.generation
 
     def team(self, team_id: str) -> Team | None:
         """The team as it is now (a PATCH during a request applies at its settlement)."""

@@ -115,6 +115,16 @@ class Snapshot:
     keys_by_sha256: dict[str, ApiKey] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class StoreChanges:
+    """What changed in a store after a generation: the teams and keys touched (None: deleted),
+    as they are at `generation`. For readers that keep a Snapshot and catch up incrementally."""
+
+    generation: int
+    teams: dict[str, Team | None] = field(default_factory=dict)
+    keys_by_sha256: dict[str, ApiKey | None] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Store(Protocol):
     """Teams and keys. Every method is one atomic operation on the backend.

@@ -1,9 +1,17 @@
 """The embedded Store: one SQLite file in WAL mode, one transaction per operation.
 
 API keys are kept as SHA-256 only. Unique constraints (team_id, secret_name, key_sha256) decide
-racing creates, so two concurrent creates of one team cannot both win. Each thread gets its own
-connection; writes take the write lock up front (BEGIN IMMEDIATE) so a read never has to be
-upgraded mid-transaction.
+racing creates, so two concurrent creates of one team cannot both win. Writes take the write
+lock up front (BEGIN IMMEDIATE) so a read never has to be upgraded mid-transaction.
+
+Connections come from a bounded pool: an operation borrows one and gives it back, at most
+POOL_IDLE are kept, and one made beyond that is closed when returned. (A connection per thread,
+kept for the thread's life, leaked a descriptor per server thread: a server that makes threads
+as clients come ran out of descriptors after about 10,000 requests.)
+
+Every write records what it changed in the `changes` table, under the generation it commits,
+so a reader holding an older view (the gateway's key cache) can catch up with `changes_since`
+by reading the few rows that changed instead of the whole store.
 """
 
 from __future__ import annotations
@@ -17,7 +25,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from shared.errors import BackendUnavailable, Conflict, NotFound
-from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, KeyStatus, Snapshot, Team, TeamChanges
+from shared.store.base import (
+    ApiKey,
+    AuditEntry,
+    AuditFilter,
+    KeyChanges,
+    KeyStatus,
+    Snapshot,
+    StoreChanges,
+    Team,
+    TeamChanges,
+)
 from shared.store.generation import GenerationFile
 
 _SCHEMA = """
@@ -63,7 +81,19 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_action ON audit(action, id);
 CREATE INDEX IF NOT EXISTS audit_team ON audit(team_id, id);
+CREATE TABLE IF NOT EXISTS changes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    generation  INTEGER NOT NULL,
+    team_id     TEXT,
+    key_sha256  TEXT
+);
+CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
 """
+
+# Idle connections kept for reuse; more may be open at once, and are closed when given back.
+POOL_IDLE = 8
+# Generations of changes kept: a reader further behind reads everything again.
+CHANGES_KEPT = 10_000
 
 # Columns added after the first release, for databases created before them.
 _ADDED_COLUMNS = {"api_keys": (("replaced_by", "TEXT"),)}
@@ -141,70 +171,109 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
+        self.busy_timeout_ms = 10_000  # how long a write waits for another writer's lock
+        self._open = 0  # connections made and not closed, idle or borrowed
         self._lock = threading.Lock()
+        self._closed = False
         self._generation = GenerationFile(path.with_suffix(".generation"))
         try:
-            self._connection().executescript(_SCHEMA)
-            _migrate(self._connection())
+            with self._borrowed() as conn:
+                conn.executescript(_SCHEMA)
+                _migrate(conn)
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"SQLite store at {path} cannot be initialised: {exc}") from exc
 
     # -- connection and transaction plumbing --------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-                conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("PRAGMA busy_timeout=10000")
-            except sqlite3.Error as exc:
-                raise BackendUnavailable(f"SQLite store at {self._path} cannot be opened: {exc}") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"SQLite store at {self._path} cannot be opened: {exc}") from exc
         return conn
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN")
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise BackendUnavailable(f"SQLite store at {self._path} is closed")
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._open += 1
+        if conn is None:
             try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+                conn = self._connect()
+            except BaseException:
+                with self._lock:
+                    self._open -= 1
+                raise
         try:
             yield conn
-            generation = conn.execute(
-                "UPDATE meta SET value = value + 1 WHERE name = 'generation' RETURNING value"
-            ).fetchone()[0]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < POOL_IDLE and not conn.in_transaction
+                if keep:
+                    self._idle.append(conn)
+                else:
+                    self._open -= 1
+            if not keep:
+                conn.close()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, idle or borrowed (for tests that count descriptors)."""
+        return self._open
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._borrowed() as conn:
+            try:
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[sqlite3.Connection, list[tuple[str | None, str | None]]]]:
+        """A write transaction: (connection, changed). The caller appends what it changed,
+        (team_id, key_sha256), to `changed`, recorded under the generation the write commits."""
+        with self._borrowed() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
+            changed: list[tuple[str | None, str | None]] = []
+            try:
+                yield conn, changed
+                generation = conn.execute(
+                    "UPDATE meta SET value = value + 1 WHERE name = 'generation' RETURNING value"
+                ).fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO changes (generation, team_id, key_sha256) VALUES (?, ?, ?)",
+                    [(generation, team_id, sha) for team_id, sha in changed],
+                )
+                if generation % 1000 == 0:
+                    conn.execute("DELETE FROM changes WHERE generation <= ?", (generation - CHANGES_KEPT,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         self._generation.publish(generation)
 
     # -- teams ---------------------------------------------------------------------------
 
     def create_team(self, *, team: Team) -> Team:
         try:
-            with self._write() as conn:
+            with self._write() as (conn, changed):
                 conn.execute(
                     "INSERT INTO teams VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -218,6 +287,7 @@ class SqliteStore:
                         _ts(team.created_at),
                     ),
                 )
+                changed.append((team.team_id, None))
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"team '{team.team_id}' already exists") from exc
         return team
@@ -235,7 +305,7 @@ class SqliteStore:
         return [_team(row) for row in rows]
 
     def update_team(self, *, team_id: str, changes: TeamChanges) -> Team:
-        with self._write() as conn:
+        with self._write() as (conn, changed):
             row = conn.execute("SELECT * FROM teams WHERE team_id = ?", (team_id,)).fetchone()
             if row is None:
                 raise NotFound(f"team '{team_id}' not found")
@@ -253,10 +323,11 @@ class SqliteStore:
                     team_id,
                 ),
             )
+            changed.append((team_id, None))
         return updated
 
     def delete_team(self, *, team_id: str) -> list[ApiKey]:
-        with self._write() as conn:
+        with self._write() as (conn, changed):
             keys = [
                 _key(row)
                 for row in conn.execute(
@@ -267,6 +338,8 @@ class SqliteStore:
             conn.execute("DELETE FROM api_keys WHERE team_id = ?", (team_id,))
             if conn.execute("DELETE FROM teams WHERE team_id = ?", (team_id,)).rowcount == 0:
                 raise NotFound(f"team '{team_id}' not found")
+            changed.append((team_id, None))
+            changed.extend((None, key.key_sha256) for key in keys)
         return keys
 
     # -- keys ----------------------------------------------------------------------------
@@ -274,7 +347,7 @@ class SqliteStore:
     def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
         del api_key  # the embedded store keeps only the SHA-256
         try:
-            with self._write() as conn:
+            with self._write() as (conn, changed):
                 if conn.execute("SELECT 1 FROM teams WHERE team_id = ?", (key.team_id,)).fetchone() is None:
                     raise NotFound(f"team '{key.team_id}' not found")
                 conn.execute(
@@ -295,6 +368,7 @@ class SqliteStore:
                         key.replaced_by,
                     ),
                 )
+                changed.append((None, key.key_sha256))
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"key '{key.secret_name}' already exists") from exc
         return key
@@ -332,22 +406,24 @@ class SqliteStore:
         return [_key(row) for row in rows]
 
     def delete_key(self, *, secret_name: str) -> ApiKey:
-        with self._write() as conn:
+        with self._write() as (conn, changed):
             row = conn.execute(
                 f"DELETE FROM api_keys WHERE secret_name = ? RETURNING {_KEY_COLUMNS}", (secret_name,)
             ).fetchone()
             if row is None:
                 raise NotFound(f"key '{secret_name}' not found")
+            changed.append((None, row["key_sha256"]))
         return _key(row)
 
     def set_key_status(self, *, secret_name: str, status: KeyStatus) -> ApiKey:
-        with self._write() as conn:
+        with self._write() as (conn, changed):
             row = conn.execute(
                 f"UPDATE api_keys SET status = ? WHERE secret_name = ? RETURNING {_KEY_COLUMNS}",
                 (status, secret_name),
             ).fetchone()
             if row is None:
                 raise NotFound(f"key '{secret_name}' not found")
+            changed.append((None, row["key_sha256"]))
         return _key(row)
 
     def update_key(self, *, secret_name: str, changes: KeyChanges) -> ApiKey:
@@ -356,7 +432,7 @@ class SqliteStore:
             ("expires_at", _ts(changes.expires_at)),
             ("replaced_by", changes.replaced_by),
         ) if value is not None}
-        with self._write() as conn:
+        with self._write() as (conn, changed):
             if sets:
                 assignments = ", ".join(f"{name} = ?" for name in sets)
                 row = conn.execute(
@@ -369,6 +445,7 @@ class SqliteStore:
                 ).fetchone()
             if row is None:
                 raise NotFound(f"key '{secret_name}' not found")
+            changed.append((None, row["key_sha256"]))
         return _key(row)
 
     def touch_keys(self, *, last_used: Mapping[str, datetime]) -> int:
@@ -376,7 +453,10 @@ class SqliteStore:
             return 0
         # Not through _write: last use changes no authentication decision, so the generation
         # stays put and the gateway keeps its snapshot.
-        conn = self._connection()
+        with self._borrowed() as conn:
+            return self._touch(conn, last_used)
+
+    def _touch(self, conn: sqlite3.Connection, last_used: Mapping[str, datetime]) -> int:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -398,7 +478,10 @@ class SqliteStore:
     # -- audit ---------------------------------------------------------------------------
 
     def record_audit(self, *, entry: AuditEntry) -> AuditEntry:
-        conn = self._connection()
+        with self._borrowed() as conn:
+            return self._record_audit(conn, entry)
+
+    def _record_audit(self, conn: sqlite3.Connection, entry: AuditEntry) -> AuditEntry:
         try:
             # One autocommit INSERT: the audit log is not part of the store's generation.
             row = conn.execute(
@@ -412,7 +495,10 @@ class SqliteStore:
         return replace(entry, id=row[0])
 
     def prune_audit(self, *, before: datetime) -> int:
-        conn = self._connection()
+        with self._borrowed() as conn:
+            return self._prune_audit(conn, before)
+
+    def _prune_audit(self, conn: sqlite3.Connection, before: datetime) -> int:
         try:
             # Autocommit, like record_audit: the audit log is not part of the store's generation.
             return conn.execute("DELETE FROM audit WHERE at < ?", (_ts(before),)).rowcount
@@ -452,6 +538,35 @@ class SqliteStore:
             }
         return Snapshot(teams=teams, keys_by_sha256=keys)
 
+    def changes_since(self, generation: int) -> StoreChanges | None:
+        """What changed after `generation`: the teams and keys touched, as they are now (None:
+        deleted), and the generation they bring a reader to. None when the change log no
+        longer reaches back that far (the reader takes a snapshot instead)."""
+        with self._read() as conn:
+            current = conn.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()[0]
+            if current == generation:
+                return StoreChanges(generation=current)
+            oldest = conn.execute("SELECT MIN(generation) FROM changes").fetchone()[0]
+            if oldest is None or oldest > generation + 1:
+                return None  # pruned past it (or a store from before the log)
+            team_ids, shas = set(), set()
+            for team_id, sha in conn.execute(
+                "SELECT team_id, key_sha256 FROM changes WHERE generation > ?", (generation,)
+            ):
+                if team_id is not None:
+                    team_ids.add(team_id)
+                if sha is not None:
+                    shas.add(sha)
+            teams: dict[str, Team | None] = dict.fromkeys(team_ids)
+            for team_id in team_ids:
+                row = conn.execute("SELECT * FROM teams WHERE team_id = ?", (team_id,)).fetchone()
+                teams[team_id] = None if row is None else _team(row)
+            keys: dict[str, ApiKey | None] = dict.fromkeys(shas)
+            for sha in shas:
+                row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_sha256 = ?", (sha,)).fetchone()
+                keys[sha] = None if row is None else _key(row)
+        return StoreChanges(generation=current, teams=teams, keys_by_sha256=keys)
+
     def generation(self) -> int:
         return self._generation.read()
 
@@ -460,9 +575,11 @@ class SqliteStore:
             conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
+        """Close the idle connections; borrowed ones close when given back."""
         with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+        for conn in idle:
+            conn.close()
         self._generation.close()
