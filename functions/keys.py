@@ -6,7 +6,7 @@ import functions_framework
 
 from functions._http import Call, endpoint
 from shared import keys
-from shared.schemas import KeyCreate, KeyCreated, KeyDeleteByValue, KeyDeleted, TeamKeys, UserKeys
+from shared.schemas import KeyCreate, KeyCreated, KeyDeleteByValue, KeyDeleted, PageQuery, TeamKeys, UserKeys
 
 
 @functions_framework.http
@@ -18,13 +18,13 @@ def create_key(call: Call) -> KeyCreated:
 @functions_framework.http
 @endpoint("list_team_keys")
 def list_team_keys(call: Call) -> TeamKeys:
-    return keys.list_team_keys(call.ctx, call.params["team_id"])
+    return keys.list_team_keys(call.ctx, call.params["team_id"], call.query(PageQuery))
 
 
 @functions_framework.http
 @endpoint("list_user_keys")
 def list_user_keys(call: Call) -> UserKeys:
-    return keys.list_user_keys(call.ctx, call.params["user_id"])
+    return keys.list_user_keys(call.ctx, call.params["user_id"], call.query(PageQuery))
 
 
 @functions_framework.http

@@ -6,7 +6,7 @@ import functions_framework
 
 from functions._http import Call, endpoint
 from shared import teams
-from shared.schemas import TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
+from shared.schemas import PageQuery, TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
 
 
 @functions_framework.http
@@ -18,7 +18,7 @@ def create_team(call: Call) -> TeamPublic:
 @functions_framework.http
 @endpoint("list_teams")
 def list_teams(call: Call) -> TeamList:
-    return teams.list_teams(call.ctx)
+    return teams.list_teams(call.ctx, call.query(PageQuery))
 
 
 @functions_framework.http

@@ -18,6 +18,7 @@ from shared.expiry import effective_status, expiry_for, grace_end
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.members import members_of
 from shared.schemas import (
+    PageQuery,
     KeyCreate,
     KeyCreated,
     KeyDeleted,
@@ -126,25 +127,40 @@ def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> KeyCreated
     return created
 
 
-def list_team_keys(ctx: Context, team_id: str) -> TeamKeys:
+def _page(keys: list[ApiKey], page: PageQuery) -> tuple[list[ApiKey], str | None]:
+    """The page of `keys` (sorted by secret_name) after the cursor, and the next cursor."""
+    after = [key for key in keys if page.cursor is None or key.secret_name > page.cursor]
+    shown = after[: page.limit]
+    return shown, (shown[-1].secret_name if len(after) > page.limit else None)
+
+
+def list_team_keys(ctx: Context, team_id: str, page: PageQuery | None = None) -> TeamKeys:
+    """A page of the team's keys; `users` are all its members (from all its keys: a team's
+    membership is small next to the store)."""
     team = ctx.store.get_team(team_id=team_id)
     keys = ctx.store.list_keys(team_id=team_id)
+    shown, cursor = _page(keys, page or PageQuery())
     now = ctx.clock()
     members = members_of(team, keys)
     return TeamKeys(
         team_id=team.team_id,
         team_name=team.team_name,
         policy=team.policy,
-        keys=[KeyPublic(**_public_fields(key, team, now)) for key in keys],
+        keys=[KeyPublic(**_public_fields(key, team, now)) for key in shown],
         users=members,
         total_keys=len(keys),
         total_users=len(members),
+        next_cursor=cursor,
     )
 
 
-def list_user_keys(ctx: Context, user_id: str) -> UserKeys:
+def list_user_keys(ctx: Context, user_id: str, page: PageQuery | None = None) -> UserKeys:
+    """A page of the user's keys, with their teams read by id (not every team)."""
     keys = ctx.store.list_keys(user_id=user_id)
-    teams = {team.team_id: team for team in ctx.store.list_teams()} if keys else {}
+    wanted = {key.team_id for key in keys}
+    teams = {team.team_id: team for team in ctx.store.list_teams(team_ids=sorted(wanted))} if wanted else {}
+    keys = [key for key in keys if key.team_id in teams]
+    shown, cursor = _page(keys, page or PageQuery())
     now = ctx.clock()
     listed = [
         UserKeyPublic(
@@ -152,10 +168,9 @@ def list_user_keys(ctx: Context, user_id: str) -> UserKeys:
             team_name=teams[key.team_id].team_name,
             **_public_fields(key, teams[key.team_id], now),
         )
-        for key in keys
-        if key.team_id in teams
+        for key in shown
     ]
-    return UserKeys(user_id=user_id, keys=listed, total_keys=len(listed))
+    return UserKeys(user_id=user_id, keys=listed, total_keys=len(keys), next_cursor=cursor)
 
 
 def _deleted(key: ApiKey) -> KeyDeleted:

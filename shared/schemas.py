@@ -213,6 +213,15 @@ class AuditQuery(Request):
     )
 
 
+class PageQuery(Request):
+    """Paging of a listing (query parameters): at most `limit` items after `cursor`."""
+
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    cursor: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,252}$")] | None = Field(
+        default=None, description="next_cursor of the previous page"
+    )
+
+
 class KeyDeleteByValue(Request):
     key: Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
@@ -236,6 +245,7 @@ class TeamPublic(Response):
 class TeamList(Response):
     teams: list[TeamPublic]
     total_teams: int
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next page; null on the last")
 
 
 class TeamMember(Response):
@@ -281,12 +291,14 @@ class TeamKeys(Response):
     users: list[TeamMember]
     total_keys: int
     total_users: int
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next page of keys")
 
 
 class UserKeys(Response):
     user_id: str
     keys: list[UserKeyPublic]
     total_keys: int
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next page")
 
 
 class KeyCreated(Response):

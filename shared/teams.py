@@ -6,7 +6,7 @@ from datetime import datetime
 
 from shared.context import Context
 from shared.members import members_of
-from shared.schemas import TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
+from shared.schemas import PageQuery, TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
 from shared.store import ApiKey, Team, TeamChanges
 
 
@@ -45,12 +45,20 @@ def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
     return _public(created, [])
 
 
-def list_teams(ctx: Context) -> TeamList:
+def list_teams(ctx: Context, page: PageQuery | None = None) -> TeamList:
+    """A page of teams by id, with the keys of those teams only (not every key in the store)."""
+    page = page or PageQuery()
+    found = ctx.store.list_teams(after=page.cursor, limit=page.limit + 1)
+    shown, more = found[: page.limit], len(found) > page.limit
     keys_by_team: dict[str, list[ApiKey]] = {}
-    for key in ctx.store.list_keys():
-        keys_by_team.setdefault(key.team_id, []).append(key)
-    teams = [_public(team, keys_by_team.get(team.team_id, [])) for team in ctx.store.list_teams()]
-    return TeamList(teams=teams, total_teams=len(teams))
+    if shown:
+        for key in ctx.store.list_keys(team_ids=[team.team_id for team in shown]):
+            keys_by_team.setdefault(key.team_id, []).append(key)
+    return TeamList(
+        teams=[_public(team, keys_by_team.get(team.team_id, [])) for team in shown],
+        total_teams=len(shown) if page.cursor is None and not more else ctx.store.count_teams(),
+        next_cursor=shown[-1].team_id if more else None,
+    )
 
 
 def get_team(ctx: Context, team_id: str) -> TeamDetail:

@@ -307,3 +307,26 @@ def test_old_audit_entries_are_pruned(store: Store) -> None:
     assert store.prune_audit(before=T0 + timedelta(days=2)) == 2
     assert store.list_audit(where=AuditFilter()) == [made[3], made[2]]
     assert store.prune_audit(before=T0 + timedelta(days=2)) == 0
+
+
+def test_teams_and_keys_are_listed_in_pages(store: Store) -> None:
+    for team_id in ("t-a", "t-b", "t-c", "t-d", "t-e"):
+        store.create_team(team=team(team_id))
+    assert [t.team_id for t in store.list_teams(limit=2)] == ["t-a", "t-b"]
+    assert [t.team_id for t in store.list_teams(after="t-b", limit=2)] == ["t-c", "t-d"]
+    assert [t.team_id for t in store.list_teams(after="t-d", limit=2)] == ["t-e"]
+    assert [t.team_id for t in store.list_teams(team_ids=["t-e", "t-a", "nope"])] == ["t-a", "t-e"]
+    assert store.count_teams() == 5
+    names = []
+    for team_id, user in (("t-a", "alice"), ("t-a", "bob"), ("t-b", "alice"), ("t-c", "carol")):
+        key, value = new_key(team_id, user)
+        store.create_key(key=key, api_key=value)
+        names.append(key.secret_name)
+    everything = [k.secret_name for k in store.list_keys()]
+    assert everything == sorted(names)
+    first = [k.secret_name for k in store.list_keys(limit=3)]
+    rest = [k.secret_name for k in store.list_keys(after=first[-1], limit=3)]
+    assert first + rest == everything
+    assert {k.team_id for k in store.list_keys(team_ids=["t-a", "t-c"])} == {"t-a", "t-c"}
+    assert [k.user_id for k in store.list_keys(team_id="t-a", limit=1)] == [store.list_keys(team_id="t-a")[0].user_id]
+    assert (store.count_keys(), store.count_keys(team_id="t-a"), store.count_keys(user_id="alice")) == (4, 2, 2)

@@ -8,7 +8,7 @@ compares against in a cluster).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -137,7 +137,12 @@ class Store(Protocol):
 
     def get_team(self, *, team_id: str) -> Team: ...
 
-    def list_teams(self) -> list[Team]: ...
+    def list_teams(self, *, after: str | None = None, limit: int | None = None,
+                   team_ids: Collection[str] | None = None) -> list[Team]:
+        """Teams by team_id: those after `after`, at most `limit`, only `team_ids` if given."""
+        ...
+
+    def count_teams(self) -> int: ...
 
     def update_team(self, *, team_id: str, changes: TeamChanges) -> Team: ...
 
@@ -154,9 +159,13 @@ class Store(Protocol):
     def find_key(self, *, key_sha256: str) -> ApiKey | None: ...
 
     def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
-                  in_grace: bool = False) -> list[ApiKey]:
-        """Keys by secret_name; `in_grace`: only rotated keys still active (in their grace period)."""
+                  in_grace: bool = False, team_ids: Collection[str] | None = None,
+                  after: str | None = None, limit: int | None = None) -> list[ApiKey]:
+        """Keys by secret_name; `in_grace`: only rotated keys still active (in their grace
+        period); `team_ids`: of those teams only; `after`/`limit`: a page."""
         ...
+
+    def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int: ...
 
     def delete_key(self, *, secret_name: str) -> ApiKey: ...
 

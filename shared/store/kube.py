@@ -36,11 +36,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import config as kube_config
@@ -208,6 +208,16 @@ def api_client_from_config() -> ApiClient:
 # -- the store ---------------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
+def _page(items: list[T], name: Callable[[T], str], after: str | None, limit: int | None,
+          wanted: Callable[[T], bool] | None) -> list[T]:
+    """Sorted items after `after`, those `wanted`, at most `limit`."""
+    chosen = [item for item in items if (after is None or name(item) > after) and (wanted is None or wanted(item))]
+    return chosen if limit is None else chosen[:limit]
+
+
 class KubernetesStore:
     def __init__(
         self,
@@ -320,9 +330,16 @@ class KubernetesStore:
     def get_team(self, *, team_id: str) -> Team:
         return team_from_secret(self._read_team(team_id))
 
-    def list_teams(self) -> list[Team]:
+    def list_teams(self, *, after: str | None = None, limit: int | None = None,
+                   team_ids: Collection[str] | None = None) -> list[Team]:
+        # One list call and a page cut from it: the API server's own pages (`continue`) follow
+        # its own order, not team_id's.
         teams = [team_from_secret(s) for s in self._list(f"{RESOURCE_TYPE}={TEAM_TYPE}", "teams")]
-        return sorted(teams, key=lambda t: t.team_id)
+        return _page(sorted(teams, key=lambda t: t.team_id), lambda t: t.team_id, after, limit,
+                     None if team_ids is None else (lambda t: t.team_id in team_ids))
+
+    def count_teams(self) -> int:
+        return len(self._list(f"{RESOURCE_TYPE}={TEAM_TYPE}", "teams"))
 
     def update_team(self, *, team_id: str, changes: TeamChanges) -> Team:
         def attempt() -> Team:
@@ -412,7 +429,8 @@ class KubernetesStore:
         return None
 
     def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
-                  in_grace: bool = False) -> list[ApiKey]:
+                  in_grace: bool = False, team_ids: Collection[str] | None = None,
+                  after: str | None = None, limit: int | None = None) -> list[ApiKey]:
         selector = f"{RESOURCE_TYPE}={KEY_TYPE}" + (f",{GRACE_LABEL}=true" if in_grace else "")
         for label, value in ((TEAM_ID_LABEL, team_id), ("maas/user-id", user_id)):
             if value is None:
@@ -420,7 +438,12 @@ class KubernetesStore:
             if not value or len(value) > 63 or not LABEL_VALUE.match(value):
                 return []  # no Secret can carry such a label value
             selector += f",{label}={value}"
-        return [key_from_secret(s) for s in self._list(selector, "keys")]
+        keys = sorted((key_from_secret(s) for s in self._list(selector, "keys")), key=lambda k: k.secret_name)
+        return _page(keys, lambda k: k.secret_name, after, limit,
+                     None if team_ids is None else (lambda k: k.team_id in team_ids))
+
+    def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int:
+        return len(self.list_keys(team_id=team_id, user_id=user_id))
 
     def delete_key(self, *, secret_name: str) -> ApiKey:
         def attempt() -> ApiKey:

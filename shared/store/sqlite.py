@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -159,6 +159,20 @@ def _audit(row: sqlite3.Row) -> AuditEntry:
     )
 
 
+def _page_clauses(column: str, after: str | None, within: Collection[str] | None,
+                  within_column: str) -> tuple[str, list[object]]:
+    """A WHERE clause for a page: `column > after`, and `within_column IN within`."""
+    clauses: list[str] = []
+    args: list[object] = []
+    if after is not None:
+        clauses.append(f"{column} > ?")
+        args.append(after)
+    if within is not None:
+        clauses.append(f"{within_column} IN ({','.join('?' * len(within))})")
+        args.extend(within)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     for table, columns in _ADDED_COLUMNS.items():
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
@@ -169,7 +183,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from shared.privatefiles import private_file
+
+        # 0600 before SQLite first opens it: its -wal and -shm files take the database's mode.
+        private_file(path)
         self._path = path
         self._idle: list[sqlite3.Connection] = []
         self.busy_timeout_ms = 10_000  # how long a write waits for another writer's lock
@@ -299,10 +316,18 @@ class SqliteStore:
             raise NotFound(f"team '{team_id}' not found")
         return _team(row)
 
-    def list_teams(self) -> list[Team]:
+    def list_teams(self, *, after: str | None = None, limit: int | None = None,
+                   team_ids: Collection[str] | None = None) -> list[Team]:
+        clauses, args = _page_clauses("team_id", after, team_ids, "team_id")
+        sql = f"SELECT * FROM teams {clauses} ORDER BY team_id"
         with self._read() as conn:
-            rows = conn.execute("SELECT * FROM teams ORDER BY team_id").fetchall()
+            rows = conn.execute(sql + (" LIMIT ?" if limit is not None else ""),
+                                (*args, limit) if limit is not None else args).fetchall()
         return [_team(row) for row in rows]
+
+    def count_teams(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM teams").fetchone()[0])
 
     def update_team(self, *, team_id: str, changes: TeamChanges) -> Team:
         with self._write() as (conn, changed):
@@ -390,20 +415,35 @@ class SqliteStore:
         return None if row is None else _key(row)
 
     def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
-                  in_grace: bool = False) -> list[ApiKey]:
-        clauses, args = ["status = 'active' AND replaced_by IS NOT NULL"] if in_grace else [], []
-        if team_id is not None:
-            clauses.append("team_id = ?")
-            args.append(team_id)
-        if user_id is not None:
-            clauses.append("user_id = ?")
-            args.append(user_id)
+                  in_grace: bool = False, team_ids: Collection[str] | None = None,
+                  after: str | None = None, limit: int | None = None) -> list[ApiKey]:
+        clauses: list[str] = ["status = 'active' AND replaced_by IS NOT NULL"] if in_grace else []
+        args: list[object] = []
+        for clause, value in (("team_id = ?", team_id), ("user_id = ?", user_id), ("secret_name > ?", after)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        if team_ids is not None:
+            clauses.append(f"team_id IN ({','.join('?' * len(team_ids))})")
+            args.extend(team_ids)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY secret_name"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._read() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [_key(row) for row in rows]
+
+    def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int:
+        clauses, args = [], []
+        for clause, value in (("team_id = ?", team_id), ("user_id = ?", user_id)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY secret_name", args
-            ).fetchall()
-        return [_key(row) for row in rows]
+            return int(conn.execute(f"SELECT COUNT(*) FROM api_keys {where}", args).fetchone()[0])
 
     def delete_key(self, *, secret_name: str) -> ApiKey:
         with self._write() as (conn, changed):
