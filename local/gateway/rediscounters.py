@@ -26,23 +26,13 @@ What differs from upstream:
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from local.gateway.counters import Hold
+from local.gateway.resp import Reply, RespClient, RespConnectionError, RespError
 from shared.errors import BackendUnavailable
 
-T = TypeVar("T")
 
 # Every script starts by reading Redis' clock and defines the two window helpers. Times are
 # written with %d: how Redis renders a Lua number given to a command has changed across versions,
@@ -108,17 +98,9 @@ return {tonumber(w[1]), tonumber(w[2])}
 """
 
 
-def _where(url: str) -> str:
-    """host:port (or the socket path) of a Redis URL: what an error may show, never a password."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
 def _reason(exc: BaseException) -> str:
-    # redis-py wraps the socket's OSError ("Error 111 connecting to ..."), whose strerror asyncio
-    # may have replaced ("Connect call failed (...)"); the errno's own words are what to say.
+    # The errno's own words ("Connection refused"), which asyncio may have wrapped in its own
+    # message ("Connect call failed (...)").
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OSError) and cause.errno:
@@ -127,38 +109,40 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
 class RedisCounters:
-    """Counters in one Redis, for the gateway's event loop: every call is one atomic script."""
+    """Counters in one Redis, for the gateway's event loop: every call is one atomic script,
+    sent over one pipelined connection (resp.py)."""
 
     def __init__(self, url: str, *, timeout_s: float = 1.0, prefix: str = "maas:counter:") -> None:
-        self._where = _where(url)
-        self._password = urlsplit(url).password
-        self._timeout_s = timeout_s
+        self._client = RespClient(url, timeout_s=timeout_s)
+        self._where = self._client.address.shown
+        self._password = self._client.address.password
         self._prefix = prefix
-        # No retries: a call either answers within timeout_s or the request fails closed (503);
-        # redis-py's default backoff would hold a request for seconds.
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._settle = self._redis.register_script(_SETTLE)
-        self._state = self._redis.register_script(_STATE)
+        self._reserve = _Script(_RESERVE)
+        self._settle = _Script(_SETTLE)
+        self._state = _Script(_STATE)
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _eval(self, script: _Script, keys: list[str], args: list[int]) -> Reply:
+        call = self._client.call
         try:
-            # The socket timeouts bound each read and connect; this bounds the whole call (a
-            # NOSCRIPT answer costs a SCRIPT LOAD and a second EVALSHA).
-            async with asyncio.timeout(self._timeout_s):
-                return await make()
-        except TimeoutError as exc:
-            raise self._unavailable("cannot be reached", f"no answer within {self._timeout_s:g} s") from exc
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise self._unavailable("cannot be reached", _reason(exc)) from exc
-        except RedisError as exc:  # it answered, with an error (a replica's READONLY, WRONGTYPE, OOM)
+            try:
+                return await call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # A Redis that restarted, or was flushed of scripts: load it, then again.
+                await call("SCRIPT", "LOAD", script.source)
+                return await call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except RespError as exc:  # it answered, with an error (a replica's READONLY, WRONGTYPE, OOM)
             raise self._unavailable("answered with an error", str(exc)) from exc
+        except (RespConnectionError, OSError, TimeoutError) as exc:
+            raise self._unavailable("cannot be reached", _reason(exc)) from exc
 
     def _unavailable(self, what: str, reason: str) -> BackendUnavailable:
         if self._password:
@@ -166,23 +150,29 @@ class RedisCounters:
         return BackendUnavailable(f"the token counters' Redis at {self._where} {what}: {reason}")
 
     async def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold:
-        reply: list[Any] = await self._call(
-            lambda: self._reserve(keys=[self._prefix + key], args=[limit, window_s * 1000, amount]))
-        admitted, window, spent, reserved, reset_ms = (int(value) for value in reply)
+        reply = await self._eval(self._reserve, [self._prefix + key], [limit, window_s * 1000, amount])
+        assert isinstance(reply, list)
+        admitted, window, spent, reserved, reset_ms = (int(value) for value in reply)  # type: ignore[arg-type]
         return Hold(admitted == 1, window, spent, reserved, reset_ms)
 
     async def settle(self, key: str, *, window: int, window_s: int, reserved: int, tokens: int,
                      also: str | None = None) -> None:
         keys = [self._prefix + key] + ([self._prefix + also] if also is not None else [])
-        await self._call(lambda: self._settle(keys=keys, args=[window, window_s * 1000, -reserved, tokens]))
+        await self._eval(self._settle, keys, [window, window_s * 1000, -reserved, tokens])
 
     async def state(self, key: str) -> tuple[int, int]:
         """(spent, reserved) in the key's current window; (0, 0) when it has none."""
-        reply: list[Any] = await self._call(lambda: self._state(keys=[self._prefix + key]))
-        return (int(reply[0]), int(reply[1]))
+        reply = await self._eval(self._state, [self._prefix + key], [])
+        assert isinstance(reply, list)
+        return (int(reply[0]), int(reply[1]))  # type: ignore[arg-type]
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping)
+        try:
+            await self._client.call("PING")
+        except RespError as exc:
+            raise self._unavailable("answered with an error", str(exc)) from exc
+        except (RespConnectionError, OSError, TimeoutError) as exc:
+            raise self._unavailable("cannot be reached", _reason(exc)) from exc
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._client.close()
