@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,23 +30,14 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from tests.local_servers import free_port, installed  # noqa: F401 - free_port is theirs too
 
 SCRAPE_INTERVAL_S = 1
-_CANDIDATES = ("/usr/bin/prometheus", "/usr/local/bin/prometheus")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def prometheus_binary() -> str | None:
-    found = shutil.which("prometheus")
-    if found:
-        return found
-    return next((path for path in _CANDIDATES if Path(path).is_file()), None)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return installed("prometheus")
 
 
 def _get(url: str, timeout: float = 1.0) -> int:

@@ -7,7 +7,6 @@ into the test module: `from tests.redis_harness import redis_server  # noqa: F40
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -17,21 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-_CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
-
+from tests.local_servers import free_port, installed  # noqa: F401 - free_port is theirs too
 
 def redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    return next((path for path in _CANDIDATES if Path(path).is_file()), None)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return installed("redis-server")
 
 
 def _answers_ping(port: int) -> bool:
