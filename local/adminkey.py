@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from shared.keymaterial import generate_admin_key
+from shared.privatefiles import private_dir
 from shared.settings import Settings
 
 ADMIN_KEY_FILE = "admin-key"
@@ -21,7 +22,7 @@ def ensure_admin_key(settings: Settings) -> tuple[Settings, Path | None, bool]:
     path = settings.data_dir / ADMIN_KEY_FILE
     created = False
     if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(generate_admin_key() + "\n")

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shared.privatefiles import FILE_MODE, private_dir
+
 _VALIDITY = dt.timedelta(days=365)
 
 
@@ -30,9 +32,10 @@ def _still_valid(cert_path: Path) -> bool:
 
 def ensure_certificate(directory: Path) -> tuple[Path, Path]:
     """Return (cert, key) paths under `directory`, creating or renewing them when needed."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     if key_path.exists() and _still_valid(cert_path):
+        os.chmod(key_path, FILE_MODE)  # made looser by an older version or by hand
         return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "maas-key-manager (local)")])
@@ -53,7 +56,8 @@ def ensure_certificate(directory: Path) -> tuple[Path, Path]:
         )
         .sign(key, hashes.SHA256())
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # O_CREAT's mode applies only to a new file
     with os.fdopen(fd, "wb") as out:
         out.write(
             key.private_bytes(

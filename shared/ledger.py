@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from shared.errors import BackendUnavailable
+from shared.privatefiles import private_file
 
 BUCKET_S = 60
 
@@ -73,7 +74,8 @@ def _epoch(value: datetime) -> float:
 
 class UsageLedger:
     def __init__(self, path: Path, *, flush_interval_s: float = 0.5) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite first opens it: its -wal and -shm files take the database's mode.
+        private_file(path)
         self._path = path
         self._pending: dict[_Key, list[int]] = {}
         self._pending_lock = threading.Lock()
