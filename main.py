@@ -1,6 +1,9 @@
 """Every function target of the one image. `FUNCTION_TARGET` (or --target) picks one.
 
     functions-framework --source=main.py --target=create_team
+
+Importing it cleans every log record of the process (shared.logsafety): nothing key-shaped and
+no raw control character reaches a log, whichever server runs the functions.
 """
 
 from functions.cleanup import cleanup
@@ -10,6 +13,10 @@ from functions.meta import health, openapi
 from functions.models import list_models, list_openai_models
 from functions.teams import create_team, delete_team, get_team, list_teams, update_team
 from functions.usage import team_usage, user_usage
+from shared import logsafety
+
+# Records are cleaned where they are made, so this covers the handlers the server adds later.
+logsafety.install()
 
 __all__ = [
     "cleanup",

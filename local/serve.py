@@ -18,6 +18,7 @@ from local.events import EventsService
 from local.gateway.limits import DataDirInUse
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
+from shared import logsafety
 from shared.catalog.filecatalog import FollowingCatalog
 from shared.context import build_context
 from shared.ledger import UsageLedger
@@ -60,7 +61,8 @@ def _open_models_file(settings: Settings, simulator_token: SecretStr | None = No
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[logsafety.safe_handler()])
     settings, key_file, generated = ensure_admin_key(settings)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
