@@ -4,22 +4,43 @@ Entries are written by the one HTTP adapter (functions/_http.py) so no endpoint 
 them. They name the action (the function target), the path with its parameters, the team and
 key handle involved, and the status answered; never a request body, never key material.
 Writing an entry must never fail the action it records: `record` logs and carries on.
+
+What is stored is bounded whoever asks: the path is cut to MAX_PATH characters, with anything
+key-shaped redacted and control characters escaped, and a team id or key handle is kept only
+when it is a valid one. A request without valid credentials is not an action of anyone's: it
+is counted (`maas_admin_refused_requests_total`, at GET /metrics of the function's process) and
+only sampled into the log, SAMPLE_BURST entries and then one every SAMPLE_EVERY_S seconds per
+process, so no anonymous client can grow the store by more than that, however fast it asks.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 
+from shared import identifiers
 from shared.auth import authenticate
 from shared.context import Context
 from shared.errors import MaasError
+from shared.logsafety import clean
 from shared.schemas import AuditEntryPublic, AuditPage, AuditQuery
 from shared.store.base import AuditEntry, AuditFilter
 
 log = logging.getLogger("maas.audit")
 
 ANONYMOUS = "anonymous"
+# A stored path is cut to this many characters (and "..." added): enough for every route's ids.
+MAX_PATH = 320
+# Refused anonymous requests sampled into the log: this many at once, then one per interval.
+SAMPLE_BURST = 10
+SAMPLE_EVERY_S = 60.0
+
+_TEAM_ID = re.compile(identifiers.DNS_LABEL)
+_SECRET_NAME = re.compile(identifiers.SECRET_NAME)
 
 
 @dataclass(frozen=True)
@@ -45,21 +66,106 @@ def actor_of(ctx: Context, authorization: str | None) -> str:
     return principal.key.secret_name
 
 
+class RefusalCounter:
+    """Requests refused without an entry of their own, by function target and status."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def count(self, action: str, status: int) -> None:
+        with self._lock:
+            self._counts[(action, status)] = self._counts.get((action, status), 0) + 1
+
+    def exposition(self) -> str:
+        """Prometheus' text format; the labels are our target names and status codes only."""
+        with self._lock:
+            counts = sorted(self._counts.items())
+        lines = [
+            "# HELP maas_admin_refused_requests_total Admin API requests refused without valid "
+            "credentials (the audit log holds only a sample) or for a path this function does not serve.",
+            "# TYPE maas_admin_refused_requests_total counter",
+        ]
+        lines += [f'maas_admin_refused_requests_total{{action="{action}",status="{status}"}} {n}'
+                  for (action, status), n in counts]
+        return "\n".join(lines) + "\n"
+
+
+REFUSED = RefusalCounter()
+
+
+class _Sampler:
+    """A token bucket: SAMPLE_BURST entries, then one more every SAMPLE_EVERY_S."""
+
+    def __init__(self) -> None:
+        self._tokens = float(SAMPLE_BURST)
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(float(SAMPLE_BURST), self._tokens + (now - self._at) / SAMPLE_EVERY_S)
+            self._at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
+
+# One bucket per store: the bound is on what reaches one store from this process.
+_samplers: weakref.WeakKeyDictionary[object, _Sampler] = weakref.WeakKeyDictionary()
+_samplers_lock = threading.Lock()
+
+
+def _sampler(store: object) -> _Sampler:
+    with _samplers_lock:
+        sampler = _samplers.get(store)
+        if sampler is None:
+            sampler = _samplers[store] = _Sampler()
+        return sampler
+
+
+def reset_sampling() -> None:
+    """Forget what was sampled (tests)."""
+    with _samplers_lock:
+        _samplers.clear()
+
+
+def record_request(ctx: Context, actor: str, action: Action) -> None:
+    """The adapter's one call per handled request: an entry for whoever had valid credentials,
+    a count (and sometimes a sampled entry) for everyone else."""
+    if actor == ANONYMOUS:
+        REFUSED.count(action.action, action.outcome)
+        if not _sampler(ctx.store).take():
+            return
+    record(ctx, actor, action)
+
+
+def _stored_path(path: str) -> str:
+    shown = clean(path[: MAX_PATH * 4])
+    return shown if len(shown) <= MAX_PATH else shown[:MAX_PATH] + "..."
+
+
+def _valid(pattern: re.Pattern[str], value: str | None) -> str | None:
+    return value if value is not None and len(value) <= 253 and pattern.match(value) else None
+
+
 def record(ctx: Context, actor: str, action: Action) -> None:
     entry = AuditEntry(
         at=ctx.clock(),
         actor=actor,
         action=action.action,
-        method=action.method,
-        path=action.path,
+        method=action.method[:16],
+        path=_stored_path(action.path),
         outcome=action.outcome,
-        team_id=action.team_id,
-        secret_name=action.secret_name,
+        team_id=_valid(_TEAM_ID, action.team_id),
+        secret_name=_valid(_SECRET_NAME, action.secret_name),
     )
     try:
         ctx.store.record_audit(entry=entry)
     except Exception:  # noqa: BLE001 - the action is done; losing its record must not undo it
-        log.exception("could not record audit entry for %s %s (%s)", action.method, action.path, action.outcome)
+        log.exception("could not record audit entry for %s %s (%s)", entry.method, entry.path, entry.outcome)
 
 
 def _outcome_range(outcome: str | None) -> tuple[int | None, int | None]:
