@@ -3,20 +3,30 @@
 Every HTTP target is `endpoint("<target>")(handler)`: the decorator checks the route of
 shared/routes.py (method and path, so a misrouted request gets 404/405, not a wrong answer),
 enforces the route's auth, hands the handler a `Call`, and renders the result or the error.
+
+No input is a 500: a body nested past what the JSON reader can hold, a number JSON does not
+have (NaN, Infinity, 1e400, thousands of digits) is a 400; an integer beyond int64 (SQLite's
+INTEGER) anywhere in a validated request, or a date or duration whose arithmetic leaves
+Python's dates, is a 422. Every target also answers `GET /metrics` (its process's refusal
+counter, shared.audit) for Prometheus to scrape from the pod; it is no admin route, so the
+cluster's HTTPRoute, made from the routing table, never exposes it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import flask
 from pydantic import BaseModel, ValidationError
 
 from functions._context import context
+from functions._fielderrors import FieldError, field_errors, invalid_field
 from shared import audit
 from shared.auth import require_admin
 from shared.context import Context
@@ -35,20 +45,86 @@ from shared.settings import ConfigurationError
 log = logging.getLogger("maas.functions")
 Model = TypeVar("Model", bound=BaseModel)
 
-# Path parameters are validated like body fields, so a bad id is a 422 naming it.
+METRICS_PATH = "/metrics"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _field_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    details = []
-    for error in exc.errors(include_url=False, include_input=False):
-        location = ".".join(str(part) for part in (*prefix, *error["loc"])) or "body"
-        details.append({"field": location, "message": error["msg"]})
-    return details
-
-
-def _invalid(details: list[dict[str, str]]) -> InvalidRequest:
+def _invalid(details: list[FieldError]) -> InvalidRequest:
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
     return InvalidRequest(f"invalid request: {summary}", details=details)
+
+
+class _NotAJsonNumber(ValueError):
+    pass
+
+
+def _constant(name: str) -> float:
+    raise _NotAJsonNumber(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotAJsonNumber(f"the number {text[:40]} is beyond what a 64-bit float holds")
+    return value
+
+
+def _parsed_json(raw: bytes) -> object:
+    try:
+        return json.loads(raw, parse_constant=_constant, parse_float=_finite)
+    except RecursionError:
+        raise MalformedRequest("request body nests too deeply: at most a few hundred levels") from None
+    except _NotAJsonNumber as exc:
+        raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedRequest(
+            f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise MalformedRequest("request body is not valid JSON: it is not UTF-8 text") from None
+    except ValueError:
+        # int() refuses more than sys.get_int_max_str_digits() digits (4300).
+        raise MalformedRequest("request body is not valid JSON: a number in it has thousands of digits") from None
+
+
+def _out_of_range(value: object, field: str) -> FieldError | None:
+    """The first integer beyond int64 or date beyond UTC's range in a validated value: our
+    models bound theirs, this keeps a field added without bounds from reaching SQLite."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            return invalid_field(field, f"must be between {INT64_MIN} and {INT64_MAX}", "out_of_range")
+        return None
+    if isinstance(value, datetime):
+        try:
+            value.astimezone(timezone.utc)
+        except OverflowError:
+            return invalid_field(field, "is a date beyond what can be stored", "out_of_range")
+        return None
+    items: list[tuple[str, object]] = []
+    if isinstance(value, BaseModel):
+        items = [(f"{field}.{name}" if field else name, getattr(value, name)) for name in type(value).model_fields]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = [(f"{field}.{n}", item) for n, item in enumerate(value)]
+    elif isinstance(value, dict):
+        items = [(f"{field}.{key}", item) for key, item in value.items()]
+    for name, item in items:
+        found = _out_of_range(item, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _validated(model: type[Model], data: object) -> Model:
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(field_errors(exc)) from None
+    problem = _out_of_range(parsed, "")
+    if problem is not None:
+        raise _invalid([problem])
+    return parsed
 
 
 @dataclass
@@ -71,28 +147,21 @@ class Call:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         if self.body_optional and not raw.strip():
             raw = b"{}"
-        try:
-            data = json.loads(raw) if raw.strip() else None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
+        data = _parsed_json(raw) if raw.strip() else None
         if not isinstance(data, dict):
             raise MalformedRequest("request body must be a JSON object")
-        try:
-            self.parsed = model.model_validate(data)
-        except ValidationError as exc:
-            raise _invalid(_field_errors(exc)) from None
-        return self.parsed  # type: ignore[return-value]
+        parsed = _validated(model, data)
+        self.parsed = parsed
+        return parsed
 
     def query(self, model: type[Model]) -> Model:
         args = {name: self.request.args.get(name) for name in self.request.args}
-        try:
-            return model.model_validate(args)
-        except ValidationError as exc:
-            raise _invalid(_field_errors(exc)) from None
+        return _validated(model, args)
 
 
 def _validated_params(params: dict[str, str]) -> dict[str, str]:
-    details = []
+    """Path parameters are validated like body fields, so a bad id is a 422 naming it."""
+    details: list[FieldError] = []
     for name, value in params.items():
         adapter = PATH_PARAMETERS.get(name)
         if adapter is None:
@@ -100,9 +169,9 @@ def _validated_params(params: dict[str, str]) -> dict[str, str]:
         try:
             adapter.validate_python(value)
         except ValidationError as exc:
-            details.extend(_field_errors(exc, (name,)))
+            details.extend(field_errors(exc, fallback=name)[:1])
     if details:
-        raise _invalid([{**d, "field": d["field"].split(".")[0]} for d in details])
+        raise _invalid(details)
     return params
 
 
@@ -133,10 +202,11 @@ def _check_route(route: Route, request: flask.Request) -> dict[str, str]:
 def _audit(ctx: Context, route: Route, request: flask.Request, params: dict[str, str], actor: str | None,
            sources: tuple[object, object], status: int) -> None:
     """Record the action. The path names the team or key; when it does not, the result does
-    (the legacy delete by value), or else the validated body (a refused team create)."""
+    (the legacy delete by value), or else the validated body (a refused team create). Without
+    valid credentials it is only counted and sampled (shared.audit)."""
     try:
         who = actor or audit.actor_of(ctx, request.headers.get("Authorization"))
-        audit.record(ctx, who, audit.Action(
+        audit.record_request(ctx, who, audit.Action(
             action=route.target,
             method=request.method,
             path=request.path,
@@ -159,11 +229,18 @@ def _first_text(sources: tuple[object, ...], name: str) -> str | None:
 Handler = Callable[[Call], BaseModel | dict[str, Any] | flask.Response]
 
 
+def _metrics() -> flask.Response:
+    return flask.Response(audit.REFUSED.exposition(), status=200,
+                          mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
 def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     route = route_for(target)
 
     def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
         def function(request: flask.Request) -> flask.Response:
+            if request.path == METRICS_PATH and request.method in ("GET", "HEAD"):
+                return _metrics()
             params: dict[str, str] | None = None
             ctx: Context | None = None
             actor: str | None = None
@@ -186,12 +263,23 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
             except ConfigurationError as error:
                 log.error("%s cannot serve: %s", target, error)
                 response = error_response(MaasError(f"server misconfigured: {error}"))
+            except OverflowError:
+                # A date or duration that passed validation but not the arithmetic done on it:
+                # still the input's fault. Logged, so the validation can be made to catch it.
+                log.warning("%s: input out of range past validation", target, exc_info=True)
+                response = error_response(InvalidRequest(
+                    "invalid request: a date, duration or number is outside the range this API handles"))
+            except RecursionError:
+                response = error_response(MalformedRequest("request nests too deeply"))
             except Exception:  # noqa: BLE001 - the one place an unexpected error becomes a 500
                 log.exception("unhandled error in %s", target)
                 response = error_response(MaasError("internal error"))
             if route.auth != "none" and params is not None and ctx is not None:
                 _audit(ctx, route, request, params, actor, (result, call.parsed if call else None),
                        response.status_code)
+            elif params is None:
+                # Not this function's path: nobody's action, but a refusal all the same.
+                audit.REFUSED.count(target, response.status_code)
             return response
 
         function.__name__ = target

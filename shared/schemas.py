@@ -50,7 +50,25 @@ def _rfc3339_only(value: object) -> object:
     return value
 
 
-Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
+# Instants the API takes. Python's dates end at years 1 and 9999, so an instant near either end
+# cannot be turned into UTC (9999-12-31T23:59:59-01:00), nor have a window added to it or a key
+# lifetime kept across a rotation: the range leaves millennia of room for that arithmetic.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+_OUT_OF_RANGE = "must be from 1970-01-01T00:00:00Z up to (not including) 9000-01-01T00:00:00Z"
+
+
+def _in_range(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(_OUT_OF_RANGE) from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(_OUT_OF_RANGE)
+    return value
+
+
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only), AfterValidator(_in_range)]
 
 DnsLabel = Annotated[
     str,
@@ -101,6 +119,25 @@ GracePeriod = Annotated[
     Field(description="How long the old key keeps working after a rotation: '0' (default) to '30d'"),
 ]
 TokenLimit = Annotated[int, Field(strict=True, ge=1, le=2**53, description="Tokens per time window")]
+
+_MODEL_NAME = r"^[^,\s]+$"
+_ACTION = r"^[a-z_]{1,64}$"
+_OUTCOME = r"^(success|failure|[1-5][0-9][0-9])$"
+_CURSOR = r"^[0-9]{1,18}$"
+_PAGE_CURSOR = r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,252}$"
+# What a pattern means, for the 422 (functions/_fielderrors.py): a regular expression is not an answer.
+PATTERN_MESSAGES: dict[str, str] = {
+    identifiers.DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', 1-63 characters, "
+                           "starting and ending with a letter or digit",
+    identifiers.USER_ID: "must be 1-63 characters of letters, digits, '.', '_' and '-', starting and "
+                         "ending with a letter or digit",
+    identifiers.SECRET_NAME: "must be a key handle such as apikey-alice-team-a-0119cba6",
+    _MODEL_NAME: "may not contain commas or spaces",
+    _ACTION: "must be a function target such as create_key",
+    _OUTCOME: "must be 'success', 'failure' or a status code such as 404",
+    _CURSOR: "must be the next_cursor of a previous page",
+    _PAGE_CURSOR: "must be the next_cursor of a previous page",
+}
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253, strip_whitespace=True)]
 Description = Annotated[str, StringConstraints(max_length=1024)]
 LimitScope = Literal["user", "team"]
@@ -166,7 +203,7 @@ class KeyCreate(Request):
     user_email: EmailStr | Literal[""] = ""
     alias: Annotated[str, StringConstraints(max_length=63)] = ""
     role: Literal["member", "admin"] = "member"
-    models: list[Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[^,\s]+$")]] = Field(
+    models: list[Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_MODEL_NAME)]] = Field(
         default_factory=list, max_length=100, description="Models this key may use; empty means all"
     )
     expires_in: Lifetime | None = Field(default=None, description="Lifetime from now; excludes expires_at")
@@ -198,17 +235,17 @@ class KeyRotate(Request):
 class AuditQuery(Request):
     """Filters and paging of GET /audit (query parameters)."""
 
-    action: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,64}$")] | None = Field(
+    action: Annotated[str, StringConstraints(pattern=_ACTION)] | None = Field(
         default=None, description="A function target, e.g. create_key"
     )
     team_id: DnsLabel | None = None
-    outcome: Annotated[str, StringConstraints(pattern=r"^(success|failure|[1-5][0-9][0-9])$")] | None = Field(
+    outcome: Annotated[str, StringConstraints(pattern=_OUTCOME)] | None = Field(
         default=None, description="'success' (2xx), 'failure' (anything else) or one status code"
     )
     since: Rfc3339 | None = Field(default=None, description="RFC 3339, inclusive")
     until: Rfc3339 | None = Field(default=None, description="RFC 3339, exclusive")
     limit: Annotated[int, Field(ge=1, le=500)] = 100
-    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None = Field(
+    cursor: Annotated[str, StringConstraints(pattern=_CURSOR)] | None = Field(
         default=None, description="next_cursor of the previous page"
     )
 
@@ -217,7 +254,7 @@ class PageQuery(Request):
     """Paging of a listing (query parameters): at most `limit` items after `cursor`."""
 
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    cursor: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,252}$")] | None = Field(
+    cursor: Annotated[str, StringConstraints(pattern=_PAGE_CURSOR)] | None = Field(
         default=None, description="next_cursor of the previous page"
     )
 
@@ -317,6 +354,10 @@ class KeyCreated(Response):
     alias: str
     created_at: Timestamp
     expires_at: Timestamp | None = None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What could not be checked, e.g. the models when the model catalog was unreachable",
+    )
 
 
 class TeamDeleted(Response):
