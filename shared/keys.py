@@ -1,6 +1,12 @@
 """API key operations: issue, list, revoke, rotate, delete. The key itself leaves only through
 KeyCreated.
 
+A new key's `models` must be models the catalog knows (a typo would otherwise make a key that
+can call nothing): an unknown one is a 422 naming it and the known ones. When the catalog cannot
+be asked (KServe unreachable in a cluster) the key is issued unchecked, with a warning in the
+response and the log: issuing keys must not depend on KServe, and a model may be listed there
+a moment after its key is made.
+
 Rotation issues the successor first and only then shortens the old key (to the end of its grace
 period, or revokes it when there is none), so a failure half-way never leaves the user without
 a working key; if shortening fails, the successor is removed again and the error reported.
@@ -8,12 +14,14 @@ a working key; if shortening fails, the successor is removed again and the error
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from shared.auth import usable
 from shared.context import Context
-from shared.errors import Conflict, MaasError, NotFound
+from shared.errors import Conflict, InvalidRequest, MaasError, NotFound
 from shared.expiry import effective_status, expiry_for, grace_end
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.members import members_of
@@ -29,8 +37,11 @@ from shared.schemas import (
     UserKeyPublic,
     UserKeys,
 )
+from shared.settings import ConfigurationError
 from shared.store import ApiKey, Team
 from shared.store.base import KeyChanges
+
+log = logging.getLogger("maas.keys")
 
 
 def _public_fields(key: ApiKey, team: Team, now: datetime) -> dict[str, object]:
@@ -50,7 +61,26 @@ def _public_fields(key: ApiKey, team: Team, now: datetime) -> dict[str, object]:
     }
 
 
-def _issue(ctx: Context, team: Team, template: ApiKey) -> KeyCreated:
+def _unchecked_models(ctx: Context, models: Sequence[str]) -> list[str]:
+    """Warnings for the response: none when every model is known; a 422 when one is not."""
+    if not models:
+        return []
+    try:
+        catalog = ctx.catalog()
+        known = {m.name for m in catalog.list_models()} | {m.name for m in catalog.list_openai_models()}
+    except (MaasError, ConfigurationError) as exc:
+        log.warning("models of a new key not checked: the model catalog cannot be reached (%s)", exc)
+        return [f"models not checked: the model catalog cannot be reached ({exc})"]
+    unknown = [name for name in dict.fromkeys(models) if name not in known]
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        message = f"unknown model{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; the known models: {listed}"
+        raise InvalidRequest(f"invalid request: models: {message}",
+                             details=[{"field": "models", "message": message, "type": "invalid"}])
+    return []
+
+
+def _issue(ctx: Context, team: Team, template: ApiKey, warnings: list[str] | None = None) -> KeyCreated:
     """Store a new key made from `template` (handle and hash are filled in) and show it once."""
     api_key = generate_api_key()
     key = replace(
@@ -64,12 +94,14 @@ def _issue(ctx: Context, team: Team, template: ApiKey) -> KeyCreated:
         api_key=api_key,
         team_id=team.team_id,
         team_name=team.team_name,
+        warnings=warnings or [],
         **{k: v for k, v in fields.items() if k not in ("last_used_at", "replaced_by")},
     )
 
 
 def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
     team = ctx.store.get_team(team_id=team_id)
+    warnings = _unchecked_models(ctx, request.models)
     now = ctx.clock()
     template = ApiKey(
         secret_name="",
@@ -84,7 +116,7 @@ def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
         alias=request.alias,
         expires_at=expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at),
     )
-    return _issue(ctx, team, template)
+    return _issue(ctx, team, template, warnings)
 
 
 def revoke_key(ctx: Context, secret_name: str) -> KeyRevoked:
