@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from shared import audit
 from shared.context import Context
 from shared.keymaterial import KEY_PREFIX, generate_admin_key
 from shared.routes import ROUTES
@@ -68,6 +69,7 @@ def test_an_entry_says_who_what_when_and_outcome_and_nothing_secret(api: DirectC
 
 
 def test_refusals_are_audited_with_who_tried(api: DirectClient) -> None:
+    """Anonymous ones as a sample (the first audit.SAMPLE_BURST of them are all there)."""
     api.call("POST", "/teams", json={"team_id": "team-a"})
     key = api.call("POST", "/teams/team-a/keys", json={"user_id": "alice"}).body
     api.call("GET", "/teams", auth=None)
@@ -83,6 +85,22 @@ def test_refusals_are_audited_with_who_tried(api: DirectClient) -> None:
         ("anonymous", "delete_team", 401),
         ("anonymous", "list_teams", 401),
     ]
+
+
+def test_anonymous_refusals_past_the_sample_are_only_counted(api: DirectClient) -> None:
+    """Without credentials a request is nobody's action: past the sample it leaves no entry, while
+    every refusal of a key holder (who has credentials, just not these rights) is recorded."""
+    api.call("POST", "/teams", json={"team_id": "team-a"})
+    key = api.call("POST", "/teams/team-a/keys", json={"user_id": "alice"}).body
+    counted = audit.REFUSED.exposition()
+    for _ in range(audit.SAMPLE_BURST * 3):
+        api.call("DELETE", "/teams/team-a", auth=None)
+        api.call("DELETE", "/teams/team-a", auth=f"APIKEY {key['api_key']}")
+    failures = _entries(api, "&outcome=failure")
+    actors = [e["actor"] for e in failures]
+    assert actors.count("anonymous") == audit.SAMPLE_BURST
+    assert actors.count(key["secret_name"]) == audit.SAMPLE_BURST * 3
+    assert audit.REFUSED.exposition() != counted
 
 
 def test_filters(api: DirectClient, clock: ManualClock) -> None:
