@@ -472,3 +472,41 @@ def test_a_second_runtime_on_the_same_data_dir_refuses_to_start_in_one_line(tmp_
         assert _simulated_chat(first, key).status_code == 200  # the first is unharmed
     finally:
         first.stop()
+
+
+# -- GET /v1/me: a key holder sees why they were refused ------------------------------------------
+
+
+def _me(url: str, key: str) -> httpx.Response:
+    return httpx.get(url + "/v1/me", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+def test_v1_me_shows_the_key_holder_and_their_budget_now(make: Callable[..., Setup]) -> None:
+    setup = make()
+    setup.team(token_limit=100, time_window="1h")
+    key = setup.key()
+    before = _me(setup.gateway.url, key)
+    assert before.status_code == 200
+    body = before.json()
+    assert (body["team_id"], body["user_id"], body["models"]) == ("t1", "alice", [MODEL])
+    assert body["key"]["models"] is None and key not in before.text
+    assert body["budget"] == {"token_limit": 100, "time_window": "1h", "limit_scope": "user", "spent": 0,
+                              "reserved": 0, "remaining": 100, "reset_seconds": 0}
+    assert _post(setup.gateway.url, key, "/v1/chat/completions", _chat(max_tokens=98)).status_code == 200
+    refused = _post(setup.gateway.url, key, "/v1/chat/completions", _chat(max_tokens=1))
+    assert refused.status_code == 429
+    budget = _me(setup.gateway.url, key).json()["budget"]
+    assert (budget["spent"], budget["reserved"], budget["remaining"]) == (100, 0, 0)
+    assert abs(budget["reset_seconds"] - int(refused.headers["Retry-After"])) <= 1
+    assert _me(setup.gateway.url, key + "x").status_code == 401
+    assert httpx.post(setup.gateway.url + "/v1/me", timeout=10).status_code == 405
+
+
+def test_v1_me_with_redis_counters(make: Callable[..., Setup], redis_url: str) -> None:
+    setup = make(redis_url=redis_url)
+    setup.team(token_limit=100, scope="team")
+    key = setup.key()
+    assert _post(setup.gateway.url, key, "/v1/chat/completions", _chat(max_tokens=8)).status_code == 200
+    assert eventually(lambda: _me(setup.gateway.url, key).json()["budget"]["spent"] == 10, timeout=5)
+    budget = _me(setup.gateway.url, key).json()["budget"]
+    assert budget["limit_scope"] == "team" and budget["remaining"] == 90 and 3500 < budget["reset_seconds"] <= 3600

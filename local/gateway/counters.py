@@ -98,10 +98,16 @@ class MemoryCounters:
 
     def state(self, key: str) -> tuple[int, int]:
         """(spent, reserved) in the key's current window; (0, 0) when it has none."""
+        spent, reserved, _ = self.peek(key)
+        return (spent, reserved)
+
+    def peek(self, key: str) -> tuple[int, int, int]:
+        """(spent, reserved, ms until the window ends); all 0 when it has no open window."""
         window = self._windows.get(key)
-        if window is None or self._clock() >= window.ends:
-            return (0, 0)
-        return (window.spent, window.reserved)
+        now = self._clock()
+        if window is None or now >= window.ends:
+            return (0, 0, 0)
+        return (window.spent, window.reserved, window.ends - now)
 
     # -- saving across restarts ----------------------------------------------------------
 

@@ -27,7 +27,7 @@ import os
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from local.gateway.counters import Hold, MemoryCounters, Saved, wall_ms
 from shared.durations import window_ms
@@ -116,6 +116,26 @@ class _Keys:
         return (team_key, user_key) if team.limit_scope == "team" else (user_key, team_key)
 
 
+class Budget(NamedTuple):
+    """A counter as a key holder may see it (GET /v1/me): why a request would be refused."""
+
+    limit: int
+    window: str
+    scope: str
+    spent: int
+    reserved: int
+    reset_s: int  # 0: no window open (the next request opens one)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.spent - self.reserved)
+
+
+def _budget(team: Team, peeked: tuple[int, int, int]) -> Budget:
+    spent, reserved, reset_ms = peeked
+    return Budget(team.token_limit, team.time_window, team.limit_scope, spent, reserved, -(-reset_ms // 1000))
+
+
 class Limiter(Protocol):
     """What the gateway needs of a limiter: `admit` answers a Reservation (in-process) or an
     awaitable of one (Redis); `remote` says which."""
@@ -167,6 +187,9 @@ class TokenLimiter:
         """(spent, reserved) in the current window of the counter the team enforces."""
         return self.counters.state(self._keys.pair(team, user_id)[0])
 
+    def budget(self, *, team: Team, user_id: str) -> Budget:
+        return _budget(team, self.counters.peek(self._keys.pair(team, user_id)[0]))
+
 
 class RemoteCounters(Protocol):
     async def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold: ...
@@ -175,6 +198,8 @@ class RemoteCounters(Protocol):
                      also: str | None = None) -> None: ...
 
     async def state(self, key: str) -> tuple[int, int]: ...
+
+    async def peek(self, key: str) -> tuple[int, int, int]: ...
 
     async def ping(self) -> None: ...
 
@@ -226,6 +251,9 @@ class RedisLimiter:
 
     async def state(self, *, team: Team, user_id: str) -> tuple[int, int]:
         return await self.counters.state(self._keys.pair(team, user_id)[0])
+
+    async def budget(self, *, team: Team, user_id: str) -> Budget:
+        return _budget(team, await self.counters.peek(self._keys.pair(team, user_id)[0]))
 
     async def drain(self) -> None:
         """Wait for the settlements sent (at shutdown)."""

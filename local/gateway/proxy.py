@@ -29,7 +29,7 @@ from typing import Any
 
 from local.gateway.accesslog import AccessLog, shown_path
 from local.gateway.auth import Caller, KeyCache
-from local.gateway.limiter import Limiter, RedisLimiter, Reservation, TokenLimiter
+from local.gateway.limiter import Budget, Limiter, RedisLimiter, Reservation, TokenLimiter
 from local.gateway.metrics import UsageMeter
 from local.gateway.server import Request, Responder, status_line
 from local.gateway.textcount import reply_tokens, stream_tokens
@@ -82,7 +82,7 @@ _PATHS = {
 # The endpoints whose streams report usage only when `stream_options.include_usage` asks (the
 # Responses API's stream always ends with it, in `response.completed`).
 _USAGE_OPTION_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions"})
-_GET_PATHS = (b"/health", b"/v1/models")
+_GET_PATHS = (b"/health", b"/v1/models", b"/v1/me")
 
 
 def model_path(path: bytes) -> tuple[bytes, str] | None:
@@ -681,6 +681,8 @@ class Gateway:
                     self._list_models(request, responder)
                     self._log(request, 200)
                     return None
+                if path == b"/v1/me":
+                    return self._me(request, responder)
             shown = path.decode("latin-1")
             if path in _PATHS or path in _GET_PATHS or model_path(path) is not None:
                 raise MethodNotAllowed(f"method {method.decode('latin-1')} is not allowed on {shown}")
@@ -719,6 +721,53 @@ class Gateway:
             error = _SERVER_REFUSALS.get(error, MalformedRequest)(message)
         headers = {**_JSON, **error.headers}
         responder.send(error.status, headers, json.dumps(openai_body(error)).encode())
+
+    def _me(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
+        """Who a key holder is and their budget now: the answer to "why did I get a 429?"."""
+        caller = request.caller = self._keys.authenticate(request.header(b"authorization"))
+        limiter = self._limiter
+        if isinstance(limiter, TokenLimiter):
+            self._send_me(request, responder, caller, limiter.budget(team=caller.team, user_id=caller.key.user_id))
+            return None
+        assert isinstance(limiter, RedisLimiter)
+        return self._me_remote(request, responder, caller, limiter)
+
+    async def _me_remote(self, request: Request, responder: Responder, caller: Caller, limiter: RedisLimiter) -> None:
+        try:
+            budget = await limiter.budget(team=caller.team, user_id=caller.key.user_id)
+        except MaasError as exc:
+            self.reject(responder, exc)
+            self._log(request, exc.status)
+            return
+        self._send_me(request, responder, caller, budget)
+
+    def _send_me(self, request: Request, responder: Responder, caller: Caller, budget: Budget) -> None:
+        key, team = caller.key, caller.team
+        body = {
+            "object": "key_holder",
+            "user_id": key.user_id,
+            "user_email": key.user_email,
+            "team_id": team.team_id,
+            "team_name": team.team_name,
+            "key": {
+                "secret_name": key.secret_name,
+                "alias": key.alias,
+                "expires_at": None if key.expires_at is None else key.expires_at.isoformat().replace("+00:00", "Z"),
+                "models": list(key.models_allowed) or None,  # null: every model
+            },
+            "models": [model.name for model in visible(self._models, key)],
+            "budget": {
+                "token_limit": budget.limit,
+                "time_window": budget.window,
+                "limit_scope": budget.scope,
+                "spent": budget.spent,
+                "reserved": budget.reserved,
+                "remaining": budget.remaining,
+                "reset_seconds": budget.reset_s,
+            },
+        }
+        responder.send(200, _JSON, json.dumps(body).encode())
+        self._log(request, 200)
 
     def _list_models(self, request: Request, responder: Responder) -> None:
         caller = self._keys.authenticate(request.header(b"authorization"))

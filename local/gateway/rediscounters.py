@@ -91,10 +91,12 @@ return 0
 """
 
 # KEYS[1] counter -> {spent, reserved}, {0, 0} when it has no open window
+# KEYS[1] counter -> {spent, reserved, ms until the window ends}; {0, 0, 0} with no open window
 _STATE = _PRELUDE + """
-if not live(KEYS[1]) then return {0, 0} end
+local started, ends = live(KEYS[1])
+if not started then return {0, 0, 0} end
 local w = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
-return {tonumber(w[1]), tonumber(w[2])}
+return {tonumber(w[1]), tonumber(w[2]), ends - now}
 """
 
 
@@ -162,9 +164,15 @@ class RedisCounters:
 
     async def state(self, key: str) -> tuple[int, int]:
         """(spent, reserved) in the key's current window; (0, 0) when it has none."""
+        spent, reserved, _ = await self.peek(key)
+        return (spent, reserved)
+
+    async def peek(self, key: str) -> tuple[int, int, int]:
+        """(spent, reserved, ms until the window ends); all 0 when it has no open window."""
         reply = await self._eval(self._state, [self._prefix + key], [])
         assert isinstance(reply, list)
-        return (int(reply[0]), int(reply[1]))  # type: ignore[arg-type]
+        spent, reserved, reset_ms = (int(value) for value in reply)  # type: ignore[arg-type]
+        return (spent, reserved, reset_ms)
 
     async def ping(self) -> None:
         try:
