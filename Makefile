@@ -33,8 +33,8 @@ test: $(STAMP) ## Run the test suite (installs Debian's prometheus and redis-ser
 		 apt-get update -qq && apt-get install -y -qq --no-install-recommends curl jq >/dev/null)
 	@$(BIN)/python -m pytest
 
-bench: $(STAMP) ## Benchmark the gateway against a direct backend
-	@$(BIN)/python -m bench
+bench: $(STAMP) ## Benchmark the gateway against a direct backend, then the admin side at 100k keys (ARGS="--only admin --quick")
+	@$(BIN)/python -m bench $(ARGS)
 
 manifests: $(STAMP) ## Render the cluster deployment to dist/manifests.yaml, its starting policies to dist/policies.yaml
 	@$(BIN)/python -m tools.manifests --out dist/manifests.yaml --policies-out dist/policies.yaml

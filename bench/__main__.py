@@ -11,6 +11,8 @@ The targets, on a 2-core machine: at concurrency 32 (non-streaming), gateway >= 
 throughput; at concurrency 1, added p50 <= 1 ms. The end of the output says whether each is
 met. Each run's report is written to bench/results/ (ignored by git), the newest also as
 bench/results/latest.md.
+After the gateway, the admin side at scale (bench/admin.py: 100,000 keys, the admin API's
+latencies, the gateway during admin writes, cold start, RSS); `--only gateway|admin` runs one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,8 +201,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=4, help="duration of each measured run")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per side and case (medians reported)")
+    parser.add_argument("--only", choices=("gateway", "admin"),
+                        help="one part: the gateway against a direct backend, or the admin side at scale")
+    parser.add_argument("--quick", action="store_true", help="admin side: the gateway's RSS over 200k requests, not 1M")
     args = parser.parse_args()
     started = datetime.now(timezone.utc)
+    out: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        out.append(line)
+
+    if args.only != "admin":
+        _gateway_bench(args, say)
+    if args.only != "gateway":
+        from bench import admin
+
+        if out:
+            say("")
+        admin.run(say, quick=args.quick)
+    _write_results(started, out)
+
+
+def _gateway_bench(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     load_before = _load()
     wrk = _ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="maas-bench-") as scratch:
@@ -224,16 +248,10 @@ def main() -> None:
                 "gateway": (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", f"APIKEY {api_key}"),
                 "redis": (f"http://127.0.0.1:{redis_gateway_port}/v1/chat/completions", f"APIKEY {api_key}"),
             }
-            out: list[str] = []
-
-            def say(line: str = "") -> None:
-                print(line, flush=True)
-                out.append(line)
-
             say(f"machine: {_machine()}")
             say(f"load: wrk, 1 thread, {args.seconds} s per run, median of {args.runs} alternating runs per side; "
                 f"backend: bench/backend.py (canned replies); load average before: {load_before}")
-            say()
+            say("")
             header = f"{'case':<30}{'direct rps':>11}{'gw rps':>9}{'ratio':>7}{'direct p50/p99 ms':>19}{'gw p50/p99 ms':>16}{'added p50':>11}"
             say(header)
             say("-" * len(header))
@@ -260,7 +278,7 @@ def main() -> None:
                             f"{f'{d.p50_ms:.2f}/{d.p99_ms:.2f}':>19}{f'{g.p50_ms:.2f}/{g.p99_ms:.2f}':>16}"
                             f"{g.p50_ms - d.p50_ms:>9.2f}ms{errors}"
                         )
-            say()
+            say("")
             say(f"load average after: {_load()}")
             say("targets (in-process counters):")
             for line in _verdicts(rows):
@@ -270,7 +288,6 @@ def main() -> None:
                 say(f"  {line}")
             (d, g), (_, r) = rows[(False, 32)], redis_rows[(False, 32)]
             say(f"  Redis / in-process throughput at c=32 plain: {r.rps / g.rps:.0%}")
-            _write_results(started, out)
         finally:
             for process in (redis_gateway, gateway, backend, redis):  # type: ignore[assignment]
                 process.terminate()
