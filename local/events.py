@@ -121,12 +121,28 @@ class EventsService:
                 message = core.PING
             if message == _STOP:
                 return
+            # A burst of team changes (each queues a message) is followed once: each following
+            # reads every team, and 10,000 teams read per admin write kept this thread, in the
+            # gateway's process, busy long after the writes (bench/admin.py).
+            stopping = False
+            while True:
+                try:
+                    queued = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if queued == _STOP:
+                    stopping = True
+                    break
+                if queued == core.PING:
+                    message = core.PING
             try:
                 self._follow_deletes()
                 if message == core.PING:
                     self._deliver(ping_event(self._ctx.settings.namespace))
             except Exception:  # noqa: BLE001 - one failed round must not stop the next ones
                 log.exception("cleanup event delivery failed; retrying on the next tick")
+            if stopping:
+                return
 
     def _follow_deletes(self) -> None:
         now = {team.team_id for team in self._ctx.store.list_teams()}

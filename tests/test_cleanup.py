@@ -373,6 +373,37 @@ def test_events_service_follows_team_deletes_and_ticks(settings: Settings) -> No
     ctx.close()
 
 
+def test_a_burst_of_team_changes_is_followed_once_not_once_each(settings: Settings) -> None:
+    """Each following reads every team: 200 changes in a burst must not mean 200 readings
+    (at 10,000 teams that kept the gateway's process busy for seconds after the writes)."""
+    ctx = build_context(settings)
+    ctx.teams_changed = lambda: None
+    for i in range(20):
+        teams.create_team(ctx, TeamCreate(team_id=f"team-{i}"))
+    readings: list[int] = []
+    store = ctx.store
+    original = store.list_teams
+
+    def counted(**kwargs: object) -> object:
+        readings.append(1)
+        time.sleep(0.01)  # a reading takes a while at scale
+        return original(**kwargs)  # type: ignore[arg-type]
+
+    store.list_teams = counted  # type: ignore[method-assign]
+    service = EventsService(ctx, interval_s=30)
+    service.start()
+    try:
+        before = len(readings)
+        for _ in range(200):
+            ctx.teams_changed()
+        teams.delete_team(ctx, "team-3")
+        assert service.wait_for(lambda s: s.team_id == "team-3", timeout=10) is not None
+        assert len(readings) - before < 20
+    finally:
+        service.stop()
+        ctx.close()
+
+
 def test_events_are_the_ones_knative_sends() -> None:
     ping = ping_event(NAMESPACE)
     assert (ping["type"], ping["source"]) == (PING, f"/apis/v1/namespaces/{NAMESPACE}/pingsources/maas-cleanup")
