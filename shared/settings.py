@@ -219,6 +219,32 @@ class Settings(BaseSettings):
         description="Embedded deployment: seconds between the in-process cleanup sweeps (the PingSource's role).",
     )
 
+    # The admin API's server (local/adminserver.py), the same in `make run` and in the image.
+    admin_threads: int = Field(
+        default=8, validation_alias="MAAS_ADMIN_THREADS", ge=1, le=256,
+        description="Admin API: threads serving requests, the most answered at once; a request that has "
+        "fully arrived waits for one (idle clients, and those still sending, hold none).",
+    )
+    admin_max_connections: int = Field(
+        default=256, validation_alias="MAAS_ADMIN_MAX_CONNECTIONS", ge=2, le=10_000,
+        description="Admin API: most client connections open at once; more wait in the listen queue.",
+    )
+    admin_idle_timeout_s: float = Field(
+        default=5.0, validation_alias="MAAS_ADMIN_IDLE_TIMEOUT", gt=0, le=3600,
+        description="Admin API: seconds a connection may wait for its first or next request (keep-alive) "
+        "before it is closed.",
+    )
+    admin_header_timeout_s: float = Field(
+        default=10.0, validation_alias="MAAS_ADMIN_HEADER_TIMEOUT", gt=0, le=3600,
+        description="Admin API: seconds from a client's first byte to the end of its TLS handshake, and "
+        "from a request's first byte to the end of its headers; slower clients get 408 and are cut off.",
+    )
+    admin_body_timeout_s: float = Field(
+        default=10.0, validation_alias="MAAS_ADMIN_BODY_TIMEOUT", gt=0, le=3600,
+        description="Admin API: seconds to receive a request's body after its headers, and for each send "
+        "of the response.",
+    )
+
     @field_validator("admin_key")
     @classmethod
     def _real_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
