@@ -11,7 +11,11 @@ The contract under test, for every documented operation, over real HTTPS to a ru
 - without credentials, or with wrong ones, the answer is always 401.
 
 Generation is derandomized with a fixed seed and bounded per operation, so a CI run makes the
-same requests every time.
+same requests every time. Beyond what the document's schemas give, the generator also picks the
+extremes that were 500s (issue 12): instants from year 1 to 9999 with offsets up to a day
+wherever a date-time goes; and hypothesis tests of their own put what the schemas leave out
+(JSON nested past the recursion limit, NaN, 1e400, thousands of digits, integers beyond int64,
+60 kB ids) into any body field, query parameter and path id.
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datetime import datetime
+from urllib.parse import quote
+
 import httpx
 import pytest
 import requests
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 import schemathesis
 from schemathesis import Case
@@ -36,6 +45,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from shared.keymaterial import generate_admin_key
 from shared.openapi import openapi_document
+from shared.routes import ROUTES
 from tests.runtime import Runtime, start_runtime
 
 ADMIN_KEY = generate_admin_key()
@@ -55,6 +65,27 @@ DESTRUCTIVE_METHODS = {"DELETE", "POST"}
 # required; {active} variants are skipped for operations that accept API keys.
 BAD_AUTH = ("", "ADMIN ", "ADMIN wrong-admin-key-0123456789", "APIKEY {revoked}", "Bearer {revoked}",
             "Basic {admin}", "{admin}", "ADMIN {admin}x", "APIKEY {active}", "Bearer {active}", "ADMIN {active}")
+
+
+# Offsets that push an instant near year 1 or 9999 out of what Python's dates hold.
+OFFSETS = ["Z", "+00:00", "+23:59", "-23:59", "+05:30", "-01:00"]
+
+
+def _rfc3339(moment: datetime, offset: str) -> str:
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}{offset}"
+
+
+# Instants at the ends of Python's dates, and at the ends of the range the API takes.
+EDGE_INSTANTS = ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59.999999999Z",
+                 "0001-01-01T00:00:00Z", "8999-12-31T23:59:59Z", "1969-12-31T23:59:59Z", "1970-01-01T00:00:00+23:59"]
+# Mostly instants a client would send (so handlers run past the 422), the rest anywhere in
+# years 1-9999, and the very ends.
+DATE_TIMES = st.one_of(
+    st.builds(_rfc3339, st.datetimes(datetime(2020, 1, 1), datetime(2100, 1, 1)), st.sampled_from(OFFSETS)),
+    st.builds(_rfc3339, st.datetimes(datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59)), st.sampled_from(OFFSETS)),
+    st.sampled_from(EDGE_INSTANTS),
+)
+schemathesis.openapi.format("date-time", DATE_TIMES)
 
 
 def fuzz_document() -> dict[str, Any]:
@@ -199,6 +230,12 @@ def test_admin_api_keeps_its_contract(case: Case, fuzzing: Fuzzing) -> None:
     fuzzing.seeds.ensure()
     if case.path_parameters and case.path_parameters.get("secret_name") == SEEDED_KEY:
         case.path_parameters["secret_name"] = fuzzing.seeds.secret_name
+    if case.query:
+        # requests sends nothing for a parameter whose value is None, [] or {}, nor a name
+        # werkzeug can read for an empty one: a negative case's extra parameter would be lost,
+        # and the valid request that remains would count as "invalid data accepted".
+        case.query = {name or "_": "" if value is None or value == [] or value == {} else value
+                      for name, value in case.query.items()}
     response = case.call_and_validate(
         base_url=fuzzing.runtime.admin_url,
         session=fuzzing.session,
@@ -251,3 +288,99 @@ def test_a_refused_delete_by_value_never_echoes_the_key(fuzzing: Fuzzing, body: 
     # The key survived the refused request.
     listed = fuzzing.seeds.http.get(f"/teams/{TEAM}/keys").json()["keys"]
     assert fuzzing.seeds.secret_name in {k["secret_name"] for k in listed}
+
+
+# -- what no schema describes ------------------------------------------------------------------
+
+NUMBER_LITERALS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "1" + "0" * 5000, "1e30", str(2**63 - 1),
+                   str(2**63), str(-(2**63) - 1), str(2**70), str(-(2**70))]
+
+
+def _nested(depth: int, kind: str) -> str:
+    return "[" * depth + "]" * depth if kind == "list" else '{"a": ' * depth + "1" + "}" * depth
+
+
+# A raw JSON value: nested up to 30,000 levels (the body cap allows that), a number JSON does not
+# have or SQLite cannot store, or a far instant.
+RAW_JSON = st.one_of(
+    st.builds(_nested, st.integers(min_value=50, max_value=30_000), st.sampled_from(["list", "object"])),
+    st.sampled_from(NUMBER_LITERALS),
+    st.sampled_from(EDGE_INSTANTS).map(json.dumps),
+    DATE_TIMES.map(json.dumps),
+)
+# The same in a query string or a path segment.
+RAW_TEXT = st.one_of(
+    st.sampled_from(NUMBER_LITERALS[3:] + ["-1", "0"]),
+    st.sampled_from(EDGE_INSTANTS),
+    DATE_TIMES,
+    st.integers(min_value=1, max_value=60_000).map(lambda n: "x" * n),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=40),
+)
+BODY_ROUTES = [route for route in ROUTES if route.request is not None]
+QUERY_ROUTES = [route for route in ROUTES if route.query is not None]
+PATH_ROUTES = [route for route in ROUTES if route.params]
+# No shrinking: the server keeps what earlier examples did (teams, keys), so a replay may not
+# fail the same way; the first failing request, as generated, is the report.
+_HOSTILE = settings(max_examples=80, derandomize=True, deadline=None, database=None,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _send(fuzzing: Fuzzing, method: str, path: str, content: bytes | None = None) -> requests.Response:
+    headers = {"Authorization": f"ADMIN {ADMIN_KEY}"}
+    if content is not None:
+        headers["Content-Type"] = "application/json"
+    return fuzzing.session.request(method, fuzzing.runtime.admin_url + path, data=content, headers=headers,
+                                   verify=False, timeout=30)
+
+
+def _path(route: Any, fuzzing: Fuzzing) -> str:
+    values = {**SEED_VALUES, "secret_name": fuzzing.seeds.secret_name}
+    return route.path.format(**{name: values[name] for name in route.params})
+
+
+def _assert_refused_or_served(fuzzing: Fuzzing, route: Any, response: requests.Response) -> None:
+    assert response.status_code < 500, f"{route.target}: {response.status_code} {response.text[:300]}"
+    if response.status_code >= 400:
+        body = response.json()
+        assert isinstance(body.get("error"), str) and body["error"], response.text[:300]
+        assert "Value error" not in response.text and "function-after" not in response.text
+    assert_no_secret(fuzzing, route.target, response.text, response.json().get("api_key")
+                     if route.target in ISSUING and response.status_code == 201 else None)
+    fuzzing.seeds.dirty |= response.status_code < 300 and route.method in DESTRUCTIVE_METHODS
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@_HOSTILE
+@given(data=st.data())
+def test_extremes_in_any_body_field_are_4xx(fuzzing: Fuzzing, data: st.DataObject) -> None:
+    route = data.draw(st.sampled_from(BODY_ROUTES))
+    fields = sorted(route.request.model_fields) + ["unexpected"]
+    chosen = data.draw(st.lists(st.sampled_from(fields), min_size=1, max_size=3, unique=True))
+    values = [data.draw(RAW_JSON) for _ in chosen]
+    content = "{" + ", ".join(f"{json.dumps(name)}: {value}" for name, value in zip(chosen, values)) + "}"
+    if data.draw(st.booleans()):
+        content = values[0]  # the whole body
+    fuzzing.seeds.ensure()  # after drawing: a replay must draw the same, whatever the server did
+    response = _send(fuzzing, route.method, _path(route, fuzzing), content.encode())
+    _assert_refused_or_served(fuzzing, route, response)
+    assert response.status_code in (200, 201, 400, 404, 409, 413, 422), response.text[:300]
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@_HOSTILE
+@given(data=st.data())
+def test_extremes_in_any_query_or_path_are_4xx(fuzzing: Fuzzing, data: st.DataObject) -> None:
+    in_query = data.draw(st.booleans())
+    route = data.draw(st.sampled_from(QUERY_ROUTES if in_query else PATH_ROUTES))
+    names = sorted(route.query.model_fields) if in_query else list(route.params)
+    chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=1 if not in_query else 3, unique=True))
+    texts = {name: quote(data.draw(RAW_TEXT), safe="") for name in chosen}
+    fuzzing.seeds.ensure()  # after drawing: a replay must draw the same, whatever the server did
+    if in_query:
+        path = f"{_path(route, fuzzing)}?" + "&".join(f"{name}={text}" for name, text in texts.items())
+    else:
+        values = {**SEED_VALUES, "secret_name": fuzzing.seeds.secret_name, **texts}
+        path = route.path.format(**{param: values[param] for param in route.params})
+    response = _send(fuzzing, route.method, path, b"{}" if route.request is not None else None)
+    _assert_refused_or_served(fuzzing, route, response)
