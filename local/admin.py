@@ -1,25 +1,30 @@
 """The admin API on one machine: one Flask app routing ROUTES to the same function targets
-that run as separate Knative Services in a cluster, served over TLS by werkzeug's threaded
-server."""
+that run as separate Knative Services in a cluster, served (over TLS) by the server the image
+runs them on (local/adminserver.py). `make run` runs it in a process of its own, as the image
+does (local/adminprocess.py); `AdminServer` runs the same worker on a thread of this process,
+for tests that install a Context here."""
 
 from __future__ import annotations
 
 import logging
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import flask
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 import main
 from functions._http import error_response
-from local.tls import server_context
+from local.adminserver import AdminApplication, Limits, WorkerThread, gunicorn_options
+from local.tls import ensure_certificate
 from shared.errors import MaasError, MalformedRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from shared.routes import resolve
+from shared.settings import Settings
 
 Target = Callable[[flask.Request], flask.Response]
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -72,53 +77,85 @@ def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask
             return error
         return error_response(ours_for(error.description or error.name))
 
+    app.wsgi_app = _logged(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
 log = logging.getLogger("maas.admin")
 
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-class _RequestLog(WSGIRequestHandler):
-    """One plain line per request: method, path, status, time. No headers, no bodies, no
-    terminal colour codes (werkzeug's default), so the log reads the same in a file."""
 
-    # werkzeug writes a response's head and body in separate sends; with Nagle on, the body
-    # waits for the client's ACK of the head (a request took 16 ms here, 4 ms without Nagle).
-    disable_nagle_algorithm = True
+def _request_path(environ: dict[str, Any]) -> str:
+    """The path as the client sent it (the log's records are cleaned of keys and control
+    characters where they are made, shared/logsafety), without its query string."""
+    raw = environ.get("RAW_URI") or quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+    return str(raw).partition("?")[0]
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.info("%s %s %s", self.command, self.path.partition("?")[0], code)
+
+def _logged(app: WSGIApp) -> WSGIApp:
+    """One plain line per request: method, path, status. No headers, no bodies, no query."""
+
+    def logged(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            log.info("%s %s %s", environ.get("REQUEST_METHOD", "-"), _request_path(environ), status.split(" ", 1)[0])
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return logged
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; OSError (EADDRINUSE) names a busy port before any server starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # gunicorn's default backlog: where clients wait at the connection cap
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(listener: socket.socket, *, tls: bool) -> str:
+    host, port = listener.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 class AdminServer:
-    """The admin API in a background thread; `stop()` returns once it has stopped."""
+    """The admin API on a thread of this process; `stop()` returns once it has stopped."""
 
-    def __init__(self, *, host: str, port: int, tls_dir: Path | None) -> None:
+    def __init__(self, *, host: str, port: int, tls_dir: Path | None, settings: Settings | None = None) -> None:
         self._host, self._port, self._tls_dir = host, port, tls_dir
-        self._server: BaseWSGIServer | None = None
+        self._settings = settings
+        self._worker: WorkerThread | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
 
     def start(self) -> None:
-        # werkzeug answers a busy port by printing and exiting the process; find out first, so
-        # the caller gets an OSError it can explain.
-        if self._port:
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((self._host, self._port))
-        ssl_context = server_context(self._tls_dir) if self._tls_dir is not None else None
-        self._server = make_server(
-            self._host, self._port, create_admin_app(), threaded=True, ssl_context=ssl_context,
-            request_handler=_RequestLog,
-        )
-        scheme = "https" if ssl_context is not None else "http"
-        self.url = f"{scheme}://{self._host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="admin-api", daemon=True)
+        settings = self._settings or Settings()
+        listener = listen(self._host, self._port)
+        try:
+            files = ensure_certificate(self._tls_dir) if self._tls_dir is not None else None
+            options = gunicorn_options(settings, bind=f"{self._host}:{listener.getsockname()[1]}",
+                                       certfile=str(files[0]) if files else None,
+                                       keyfile=str(files[1]) if files else None)
+            application = AdminApplication(create_admin_app, options, Limits.from_settings(settings))
+            self._worker = WorkerThread(application, listener)
+        except BaseException:
+            listener.close()
+            raise
+        self.url = url_of(listener, tls=files is not None)
+        self._thread = threading.Thread(target=self._worker.run, name="admin-api", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        if self._server is None or self._thread is None:
+        if self._worker is None or self._thread is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._worker.stop()
+        self._thread.join(timeout=15)

@@ -12,7 +12,7 @@ from typing import Protocol
 from pydantic import SecretStr
 
 from functions._context import install_context, reset_context
-from local.admin import AdminServer
+from local.adminprocess import AdminProcess
 from local.adminkey import ensure_admin_key
 from local.events import EventsService
 from local.gateway.limits import DataDirInUse
@@ -82,11 +82,12 @@ def serve(settings: Settings) -> int:
             ) from None
         services.append((label, service))
 
-    # One ledger for the gateway that writes it and the usage endpoints that read it, so usage
-    # includes counts not yet flushed.
+    # The gateway's ledger; the usage endpoints (in the admin API's process) have it flushed
+    # before they read, so usage includes every count recorded before it was asked for.
     ledger = UsageLedger(settings.usage_ledger_path)
     ctx = None
     models: ModelsFile | None = None
+    admin: AdminProcess | None = None
     try:
         # A bad models file is the first thing to say, before anything tries to listen: a busy
         # port would otherwise hide it.
@@ -96,7 +97,7 @@ def serve(settings: Settings) -> int:
         # The default models file points at the simulator: use the port it actually bound.
         settings = settings.model_copy(update={"simulator_port": int(simulator.url.rsplit(":", 1)[1])})
         # The simulator answers only requests with its token, which the models file's
-        # simulator entries send: the token stays in this process.
+        # simulator entries send: the token stays in this process (and the admin API's, on a pipe).
         models = _open_models_file(settings, simulator.token)
         # The admin API's model listing follows the same file as the gateway: one reading.
         ctx = build_context(settings, ledger=ledger, catalog=FollowingCatalog(models))
@@ -108,7 +109,10 @@ def serve(settings: Settings) -> int:
         signal.signal(signal.SIGHUP, lambda *_: models.poke())
         # Knative Eventing's part: the cleanup function fed on team deletes and on a timer.
         launch("cleanup", EventsService(ctx, interval_s=settings.cleanup_interval_s))
-        launch("admin API", AdminServer(host=settings.host, port=settings.admin_port, tls_dir=settings.data_dir / "tls"))
+        # In a process of its own, on the server the image runs (local/adminprocess.py); if it
+        # stops on its own, so does everything.
+        admin = AdminProcess(settings, ctx=ctx, ledger=ledger, on_exit=stop.set, simulator_token=simulator.token)
+        launch("admin API", admin)
         _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
         for label, service in reversed(services):
             _say(f"  {label:<11} {service.url}")
@@ -141,7 +145,7 @@ def serve(settings: Settings) -> int:
             reset_context()
         ledger.close()
     _say("stopped.")
-    return 0
+    return 1 if admin is not None and admin.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """A self-signed certificate for the local admin API, made on first run.
 
 The quickstart calls the key manager's route with https and `curl -k`, so the local runtime
-serves TLS too; the certificate is for 127.0.0.1 and localhost only.
+serves TLS too; the certificate is for 127.0.0.1 and localhost only. The admin server loads
+the two files itself (gunicorn's certfile/keyfile) and does the handshakes on its event loop.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import ssl
 from pathlib import Path
 
 from cryptography import x509
@@ -69,9 +69,3 @@ def ensure_certificate(directory: Path) -> tuple[Path, Path]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
-
-def server_context(directory: Path) -> ssl.SSLContext:
-    cert_path, key_path = ensure_certificate(directory)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    return context

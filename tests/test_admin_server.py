@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.keymaterial import generate_admin_key
@@ -284,6 +285,23 @@ def test_three_hundred_fresh_connections_leave_threads_and_descriptors_flat(runt
     threads_after = _threads(pid)
     assert peak_threads <= threads_before + 2 and threads_after <= threads_before + 2, (
         threads_before, peak_threads, threads_after)
+
+
+def test_usage_sees_every_model_call_made_before_it_is_asked(runtime: Runtime, admin_key: str) -> None:
+    # The gateway records in memory and flushes its ledger every 0.5 s; the admin API, in its
+    # own process, has it flushed before it reads.
+    admin = httpx.Client(base_url=runtime.admin_url, verify=False, timeout=10,
+                         headers={"Authorization": f"ADMIN {admin_key}"})
+    with admin, httpx.Client(base_url=runtime.urls["gateway"], timeout=10) as gateway:
+        assert admin.post("/teams", json={"team_id": "counted"}).status_code == 201
+        api_key = admin.post("/teams/counted/keys", json={"user_id": "u"}).json()["api_key"]
+        spent = 0
+        for _ in range(5):
+            reply = gateway.post("/v1/chat/completions", headers={"Authorization": f"APIKEY {api_key}"}, json={
+                "model": "qwen3-0-6b-instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+            assert reply.status_code == 200, reply.text
+            spent += reply.json()["usage"]["total_tokens"]
+            assert admin.get("/teams/counted/usage").json()["total_token_usage"] == spent
 
 
 # -- the process model: one command, stopped together ------------------------------------------
