@@ -1,8 +1,11 @@
-"""Each function target as its Knative Service runs it: alone, under the functions-framework CLI."""
+"""Each function target as its Knative Service runs it: alone, started by the image's command
+(the Containerfile's CMD: functions-framework's app on the admin server, local/adminserver.py)."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -41,16 +44,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def image_command(target: str, port: int) -> list[str]:
+    """The Containerfile's CMD for `target` on 127.0.0.1:`port`, as its shell expands it, with
+    this venv's python."""
+    (cmd,) = re.findall(r"^CMD exec (.+)$", (ROOT / "Containerfile").read_text(), re.M)
+    argv = shlex.split(cmd.replace("$FUNCTION_TARGET", target).replace("$PORT", str(port)))
+    assert argv[:3] == ["python", "-m", "local.adminserver"], "the image runs the admin server"
+    return [sys.executable, *argv[1:]] + ["--host=127.0.0.1"]  # the last --host wins
+
+
 def test_every_target_starts_alone_and_answers_its_route(tmp_path: Path) -> None:
-    cli = Path(sys.executable).parent / "functions-framework"
     env = {**os.environ, "MAAS_DATA_DIR": str(tmp_path), "ADMIN_KEY": "k" * 40}
     env = {k: v for k, v in env.items() if k != "FUNCTION_TARGET"}
     started = {}
     for route in ROUTES:
         port = _free_port()
         process = subprocess.Popen(
-            [str(cli), "--source", "main.py", "--target", route.target, "--host", "127.0.0.1",
-             "--port", str(port)],
+            image_command(route.target, port),
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         started[route.target] = (route, port, process)
