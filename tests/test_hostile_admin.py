@@ -321,19 +321,18 @@ def test_metrics_path_is_get_only_and_not_a_route_of_its_own(api: DirectClient) 
 
 
 def test_a_function_alone_counts_its_refusals_at_metrics(tmp_path: Path) -> None:
-    """As a Knative Service runs it: functions-framework, one target, scraped from the pod."""
+    """As a Knative Service runs it: the image's command for one target, scraped from the pod."""
     import subprocess
-    import sys
 
     from tests.runtime import ROOT
+    from tests.test_functions_framework import image_command
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "MAAS_DATA_DIR": str(tmp_path / "data"), "ADMIN_KEY": generate_admin_key()}
-    cli = Path(sys.executable).parent / "functions-framework"
-    process = subprocess.Popen([str(cli), "--source", "main.py", "--target", "get_team", "--host", "127.0.0.1",
-                                "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    env = {key: value for key, value in os.environ.items() if key != "FUNCTION_TARGET"}
+    env.update({"MAAS_DATA_DIR": str(tmp_path / "data"), "ADMIN_KEY": generate_admin_key()})
+    process = subprocess.Popen(image_command("get_team", port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     key = generate_api_key()
     base = f"http://127.0.0.1:{port}"
