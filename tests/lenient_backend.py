@@ -9,6 +9,30 @@ word is `tok ` (4 bytes, so the gateway's text count of a usage-less reply is ex
 `generated` is the backend's own count of the tokens it reported or would have reported
 (prompt + completion), the ground truth a limit test compares the gateway's bound against.
 `report_usage=False` makes it a backend that never reports usage.
+
+Further options (all off by default, where the backend behaves as above) make it odder, as real
+servers are (tests/test_limits_review.py):
+
+- `length_members="vllm"`: each endpoint reads only the length members vLLM's request models
+  declare (chat: `max_completion_tokens or max_tokens`; completions: `max_tokens`, default 16;
+  responses: `max_output_tokens`); other members are ignored, as vLLM ignores extra fields.
+- `reasoning_tokens`: the first that many tokens of each chat completion are reasoning, sent in
+  `reasoning` (vLLM's name since it dropped `reasoning_content`).
+- `word`: the text of one generated token (default `tok `, 4 bytes).
+- `image_tokens`: what an `image_url`/`input_image` content part costs in prompt tokens.
+- `remember_responses`: Responses calls get ids and `previous_response_id` prepends the stored
+  conversation to the prompt (vLLM's `store`).
+- `echo_request`: a Responses stream opens with `response.created`, which echoes the request's
+  `tools`, `text`, `instructions` and `metadata` (as vLLM and OpenAI do), `usage` null.
+- `pause_before_usage_s`: a stream pauses after its last token, before its usage event (or
+  `response.completed`).
+- `split_usage_digits`/`split_usage_pause_s`: the usage event is written in two writes, cut after
+  the first that many digits of `total_tokens`, with a pause between.
+- `delay_s`: every call waits this long (after counting) before it answers.
+- `first_wins`: a duplicated JSON member is read at its first occurrence (as some parsers do).
+- `max_n`: a call asking for more completions than this is refused (400) after `delay_s`.
+
+A stream whose reader goes away ends there, quietly (its tokens were counted when it started).
 """
 
 from __future__ import annotations
@@ -27,17 +51,36 @@ from local.gateway.loopthread import LoopThread
 WORD = "tok "
 
 
-def _words(value: Any) -> int:
-    """Prompt tokens of a prompt, message list or input: words of its text, or a token list's length."""
+def _words(value: Any, image_tokens: int = 0) -> int:
+    """Prompt tokens of a prompt, message list or input: words of its text, or a token list's length
+    (and `image_tokens` for each image part)."""
     if isinstance(value, str):
         return len(value.split())
     if isinstance(value, list):
         if value and all(type(item) is int for item in value):
             return len(value)
-        return sum(_words(item) for item in value)
+        return sum(_words(item, image_tokens) for item in value)
     if isinstance(value, dict):
-        return sum(_words(member) for name, member in value.items() if name in ("content", "text", "input"))
+        image = image_tokens if value.get("type") in ("image_url", "input_image") else 0
+        return image + sum(_words(member, image_tokens) for name, member in value.items()
+                           if name in ("content", "text", "input"))
     return 0
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        members.setdefault(name, value)
+    return members
+
+
+# What vLLM's request models read for a completion's length, per endpoint (`length_members="vllm"`).
+_VLLM_LENGTHS = {
+    "chat": ("max_completion_tokens", "max_tokens"),
+    "completions": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+}
+_VLLM_COMPLETIONS_DEFAULT = 16
 
 
 def _lenient_int(value: Any) -> int | None:
@@ -52,10 +95,28 @@ def _lenient_int(value: Any) -> int | None:
 
 
 class LenientBackend:
-    def __init__(self, *, context: int = 4096, report_usage: bool = True, token_delay_s: float = 0.0) -> None:
+    def __init__(self, *, context: int = 4096, report_usage: bool = True, token_delay_s: float = 0.0,
+                 length_members: str = "any", reasoning_tokens: int = 0, word: str = WORD,
+                 image_tokens: int = 0, remember_responses: bool = False, echo_request: bool = False,
+                 pause_before_usage_s: float = 0.0, split_usage_digits: int = 0,
+                 split_usage_pause_s: float = 0.0, delay_s: float = 0.0, first_wins: bool = False,
+                 max_n: int | None = None) -> None:
         self.context = context
         self.report_usage = report_usage
         self.token_delay_s = token_delay_s
+        self.length_members = length_members
+        self.reasoning_tokens = reasoning_tokens
+        self.word = word
+        self.image_tokens = image_tokens
+        self.remember_responses = remember_responses
+        self.echo_request = echo_request
+        self.pause_before_usage_s = pause_before_usage_s
+        self.split_usage_digits = split_usage_digits
+        self.split_usage_pause_s = split_usage_pause_s
+        self.delay_s = delay_s
+        self.first_wins = first_wins
+        self.max_n = max_n
+        self._stored: dict[str, int] = {}  # response id -> its prompt + output tokens
         self.generated = 0
         self.requests = 0
         self._lock = threading.Lock()
@@ -78,28 +139,74 @@ class LenientBackend:
 
     # -- generation ----------------------------------------------------------------------
 
-    def _plan(self, body: dict[str, Any], prompts: list[int]) -> tuple[int, int, int]:
+    async def _body(self, request: web.Request) -> Any:
+        if self.first_wins:
+            return json.loads(await request.text(), object_pairs_hook=_first_wins)
+        return await request.json()
+
+    def _plan(self, body: dict[str, Any], prompts: list[int], endpoint: str = "") -> tuple[int, int, int]:
         """(completions per prompt, tokens per completion for the longest prompt, prompt tokens)."""
         copies = max(_lenient_int(body.get("n")) or 1, _lenient_int(body.get("best_of")) or 1)
         length = None
-        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        members = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+        if self.length_members == "vllm" and endpoint in _VLLM_LENGTHS:
+            members = _VLLM_LENGTHS[endpoint]
+        for name in members:
             length = length or _lenient_int(body.get(name))
+        if length is None and self.length_members == "vllm" and endpoint == "completions":
+            length = _VLLM_COMPLETIONS_DEFAULT
         return copies, length or 0, sum(prompts)
+
+    def _refusal(self, copies: int) -> web.Response | None:
+        if self.max_n is not None and copies > self.max_n:
+            return web.json_response({"object": "error", "message": f"n must be at most {self.max_n}",
+                                      "type": "BadRequestError", "code": 400}, status=400)
+        return None
+
+    def _piece(self, chat: bool, step: int, text: str) -> dict[str, Any]:
+        """A stream event's choice content for the `step`-th token of a completion."""
+        if not chat:
+            return {"text": text}
+        if step < self.reasoning_tokens:
+            return {"delta": {"reasoning": text}}
+        return {"delta": {"content": text}}
+
+    def _message(self, tokens: int) -> dict[str, Any]:
+        reasoning = min(self.reasoning_tokens, tokens)
+        message: dict[str, Any] = {"role": "assistant", "content": self.word * (tokens - reasoning)}
+        if reasoning:
+            message["reasoning"] = self.word * reasoning
+        return message
+
+    async def _write_usage(self, response: web.StreamResponse, event: bytes) -> None:
+        if self.pause_before_usage_s:
+            await asyncio.sleep(self.pause_before_usage_s)
+        if self.split_usage_digits:
+            at = event.index(b'"total_tokens": ') + len(b'"total_tokens": ') + self.split_usage_digits
+            await response.write(event[:at])
+            await asyncio.sleep(self.split_usage_pause_s)
+            await response.write(event[at:])
+        else:
+            await response.write(event)
 
     def _lengths(self, length: int, prompt: int) -> int:
         room = max(0, self.context - prompt)
         return min(length, room) if length else room
 
     async def _chat_or_completion(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await self._body(request)
         chat = request.path.endswith("/chat/completions")
         if chat:
-            prompts = [_words(body.get("messages"))]
+            prompts = [_words(body.get("messages"), self.image_tokens)]
         else:
             prompt = body.get("prompt")
             many = isinstance(prompt, list) and prompt and not all(type(item) is int for item in prompt)
             prompts = [_words(item) for item in prompt] if many else [_words(prompt)]  # type: ignore[union-attr]
-        copies, length, prompt_tokens = self._plan(body, prompts)
+        copies, length, prompt_tokens = self._plan(body, prompts, "chat" if chat else "completions")
+        refused = self._refusal(copies)
+        if refused is not None:
+            await asyncio.sleep(self.delay_s)
+            return refused
         choices: list[tuple[int, int]] = []  # (index, tokens)
         for prompt in prompts:
             for _ in range(copies):
@@ -108,6 +215,8 @@ class LenientBackend:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                  "total_tokens": prompt_tokens + completion}
         self._count(prompt_tokens + completion)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         kind = "chat.completion" if chat else "text_completion"
         if body.get("stream"):  # any truthy value, as a lax server reads it
             return await self._stream(request, body, kind, choices, usage, chat)
@@ -117,7 +226,7 @@ class LenientBackend:
             "id": "cmpl-lenient", "object": kind, "created": 0, "model": body.get("model"),
             "choices": [
                 {"index": index, "finish_reason": "length",
-                 **({"message": {"role": "assistant", "content": WORD * tokens}} if chat else {"text": WORD * tokens})}
+                 **({"message": self._message(tokens)} if chat else {"text": self.word * tokens})}
                 for index, tokens in choices
             ],
         }
@@ -129,56 +238,85 @@ class LenientBackend:
                       usage: dict[str, int], chat: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        base = {"id": "cmpl-lenient", "object": f"{kind}.chunk" if chat else kind, "created": 0, "model": body.get("model")}
-        longest = max(tokens for _, tokens in choices)
-        for step in range(longest):
-            for index, tokens in choices:
-                if step < tokens:
-                    piece = {"delta": {"content": WORD}} if chat else {"text": WORD}
-                    event = {**base, "choices": [{"index": index, **piece, "finish_reason": None}]}
-                    await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-            if self.token_delay_s:
-                await asyncio.sleep(self.token_delay_s)
-        options = body.get("stream_options")
-        if self.report_usage and isinstance(options, dict) and options.get("include_usage"):
-            await response.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        try:
+            base = {"id": "cmpl-lenient", "object": f"{kind}.chunk" if chat else kind, "created": 0,
+                    "model": body.get("model")}
+            longest = max(tokens for _, tokens in choices)
+            for step in range(longest):
+                for index, tokens in choices:
+                    if step < tokens:
+                        piece = self._piece(chat, step, self.word)
+                        event = {**base, "choices": [{"index": index, **piece, "finish_reason": None}]}
+                        await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+            options = body.get("stream_options")
+            if self.report_usage and isinstance(options, dict) and options.get("include_usage"):
+                await self._write_usage(
+                    response, b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the reader went away: the stream ends here (its tokens were counted), quietly
         return response
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        prompt = _words(body.get("input"))
-        _, length, _ = self._plan(body, [prompt])
+        body = await self._body(request)
+        prompt = _words(body.get("input"), self.image_tokens)
+        if self.remember_responses:
+            prompt += self._stored.get(str(body.get("previous_response_id")), 0)
+        _, length, _ = self._plan(body, [prompt], "responses")
         tokens = self._lengths(length, prompt)
         usage = {"input_tokens": prompt, "output_tokens": tokens, "total_tokens": prompt + tokens}
         self._count(prompt + tokens)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        response_id = "resp-lenient"
+        if self.remember_responses:
+            with self._lock:
+                response_id = f"resp-{len(self._stored) + 1}"
+                self._stored[response_id] = prompt + tokens
         output = [{"type": "message", "role": "assistant",
-                   "content": [{"type": "output_text", "text": WORD * tokens}]}]
-        done: dict[str, Any] = {"id": "resp-lenient", "object": "response", "status": "completed",
+                   "content": [{"type": "output_text", "text": self.word * tokens}]}]
+        done: dict[str, Any] = {"id": response_id, "object": "response", "status": "completed",
                                 "model": body.get("model"), "output": output}
         if self.report_usage:
             done["usage"] = usage
         if not body.get("stream"):
             return web.json_response(done)
+        return await self._responses_stream(request, body, response_id, tokens, done)
+
+    async def _responses_stream(self, request: web.Request, body: dict[str, Any], response_id: str, tokens: int,
+                                done: dict[str, Any]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for _ in range(tokens):
-            event = {"type": "response.output_text.delta", "delta": WORD}
-            await response.write(b"event: response.output_text.delta\ndata: " + json.dumps(event).encode() + b"\n\n")
-        # The whole response again in the last event, as the Responses API does (its text too:
-        # a gateway must not count it twice).
-        final = {"type": "response.completed", "response": done}
-        await response.write(b"event: response.completed\ndata: " + json.dumps(final).encode() + b"\n\n")
-        await response.write_eof()
+        try:
+            if self.echo_request:
+                created = {"id": response_id, "object": "response", "status": "in_progress", "model": body.get("model"),
+                           "output": [], "instructions": body.get("instructions"), "metadata": body.get("metadata"),
+                           "text": body.get("text"), "tools": body.get("tools") or [], "usage": None}
+                event_created = {"type": "response.created", "response": created}
+                await response.write(b"event: response.created\ndata: " + json.dumps(event_created).encode() + b"\n\n")
+            for _ in range(tokens):
+                event = {"type": "response.output_text.delta", "delta": self.word}
+                await response.write(b"event: response.output_text.delta\ndata: " + json.dumps(event).encode() + b"\n\n")
+            # The whole response again in the last event, as the Responses API does (its text too:
+            # a gateway must not count it twice).
+            final = {"type": "response.completed", "response": done}
+            await self._write_usage(response, b"event: response.completed\ndata: " + json.dumps(final).encode() + b"\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # as in _stream
         return response
 
     async def _embeddings(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await self._body(request)
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) and inputs and not all(type(i) is int for i in inputs) else [inputs]
         prompt = sum(_words(item) for item in items)
         self._count(prompt)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         reply: dict[str, Any] = {
             "object": "list", "model": body.get("model"),
             "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2]} for i in range(len(items))],

@@ -1,0 +1,710 @@
+"""A hostile review of the token limits (issue 11): clients and backends that try to break them.
+
+The promise (README, "Token limits work as Kuadrant's do"; docs/ARCHITECTURE.md, "Token
+limits"): the tokens a backend generates for a counter stay within the limit plus one request's
+worst cost, however many requests run at once, and the usage recorded is what the backend
+reported. Each attack below is checked against the lenient backend's own count
+(tests/lenient_backend.py, with the odder options it grew for this file).
+
+A test marked `xfail(strict=True)` is a bug found: it asserts what the promise says and fails
+today; it flips (and then fails as XPASS) when the bug is fixed. The others are attacks that held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import redis
+
+from local.gateway import GatewayService
+from shared.settings import Settings
+from shared.store.base import TeamChanges
+from shared.store.sqlite import SqliteStore
+from tests.lenient_backend import LenientBackend
+from tests.redis_harness import RedisServer, redis_binary, redis_server  # noqa: F401
+from tests.test_limits_hostile import MODEL, Setup, _chat, _concurrently, _post, redis_url  # noqa: F401
+from tests.waiting import eventually
+
+CHAT = "/v1/chat/completions"
+
+
+def _start(tmp_path: Path, store: SqliteStore, backend: LenientBackend, max_context: int | None, **settings: Any
+           ) -> GatewayService:
+    """A gateway in front of `backend`; `max_context=None` leaves it out of the models file."""
+    models = tmp_path / "models.yaml"
+    context = "" if max_context is None else f"    max_context: {max_context}\n"
+    models.write_text(f"models:\n  - name: {MODEL}\n    url: {backend.url}\n{context}")
+    service = GatewayService(
+        Settings(gateway_port=0, metrics_port=0, data_dir=tmp_path / "data", models_file=models, **settings),  # type: ignore[call-arg]
+        store,
+    )
+    service.start()
+    return service
+
+
+@pytest.fixture
+def build(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
+    """`build(backend options..., max_context=, settings...)`: a lenient backend and a gateway."""
+    opened: list[Callable[[], None]] = []
+    backend_options = set(inspect.signature(LenientBackend).parameters)
+
+    def make(*, max_context: int | None = -1, **options: Any) -> Setup:
+        backend = LenientBackend(**{k: v for k, v in options.items() if k in backend_options})
+        backend.start()
+        opened.append(backend.stop)
+        store = SqliteStore(tmp_path / "maas.db")
+        opened.append(store.close)
+        settings = {k: v for k, v in options.items() if k not in backend_options}
+        gateway = _start(tmp_path, store, backend, backend.context if max_context == -1 else max_context, **settings)
+        setup = Setup(backend, store, gateway, tmp_path)
+        opened.append(lambda: setup.gateway.stop())
+        return setup
+
+    yield make
+    for close in reversed(opened):
+        close()
+
+
+def _raw(url: str, key: str, path: str, content: bytes, timeout: float = 30) -> httpx.Response:
+    return httpx.post(url + path, content=content, timeout=timeout,
+                      headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+
+
+def _compact(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _estimate(body: dict[str, Any] | bytes) -> int:
+    """The gateway's prompt estimate of a body (proxy.py: its bytes / 4)."""
+    return len(body if isinstance(body, bytes) else _compact(body)) // 4
+
+
+def _concurrent_raw(url: str, key: str, path: str, content: bytes, count: int) -> list[httpx.Response]:
+    async def one(client: httpx.AsyncClient) -> httpx.Response:
+        response = await client.post(path, content=content, headers={"Authorization": f"Bearer {key}",
+                                                                      "Content-Type": "application/json"})
+        await response.aread()
+        return response
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=count)) as client:
+            return list(await asyncio.gather(*(one(client) for _ in range(count))))
+
+    return asyncio.run(run())
+
+
+def _hang_up_when_quiet(url: str, key: str, path: str, body: dict[str, Any], quiet_s: float = 0.15,
+                        reset: bool = True) -> bytes | None:
+    """Send a call over a raw socket, read until nothing has come for `quiet_s`, then hang up:
+    with a reset (SO_LINGER 0: what a killed client with unread data, or a hostile one, sends),
+    or with a plain close (FIN). What was received; None when the call was refused (429)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    content = _compact(body)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n").encode()
+    got = b""
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    try:
+        sock.sendall(head + content)
+        sock.settimeout(quiet_s)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    if got.startswith(b"HTTP/1.1 429"):
+        return None
+    assert got == b"" or got.startswith(b"HTTP/1.1 200"), got[:300]
+    return got
+
+
+def _hang_up_repeatedly(setup: Setup, key: str, path: str, body: dict[str, Any], times: int, **how: Any) -> int:
+    """Calls that hang up once the answer pauses, one after another until refused; how many ran."""
+    for ran in range(times):
+        if _hang_up_when_quiet(setup.gateway.url, key, path, body, **how) is None:
+            return ran
+        assert _settled(setup)
+    return times
+
+
+def _settled(setup: Setup) -> bool:
+    return eventually(lambda: setup.gateway.limiter.outstanding == 0, timeout=10)
+
+
+def _spent(setup: Setup, user: str = "alice", team: str = "t1") -> tuple[int, int]:
+    return setup.gateway.limiter.state(team=setup.store.get_team(team_id=team), user_id=user)  # type: ignore[attr-defined,no-any-return]
+
+
+# -- 1. the reservation misses what a lenient backend reads ------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="an int length member beside a string/float one a lax backend reads as a "
+                   "larger number is taken as the bound: 1 token reserved, the context generated")
+@pytest.mark.parametrize("lax", ["300", 300.0], ids=["string", "float"])
+def test_an_int_max_tokens_beside_a_lax_max_completion_tokens_reserves_the_small_one(
+    build: Callable[..., Setup], lax: object
+) -> None:
+    """vLLM's chat reads `max_completion_tokens or max_tokens`, and pydantic's lax mode reads "300"
+    and 300.0 as 300; the gateway reads only ints and takes `max_tokens: 1` as the bound."""
+    setup = build(context=300, token_delay_s=0.002)
+    limit = 2000
+    setup.team(token_limit=limit)
+    body = _chat(max_tokens=1, max_completion_tokens=lax)
+    responses = _concurrently(setup.gateway.url, setup.key(), CHAT, body, 40)
+    assert all(r.status_code in (200, 429) for r in responses)
+    # The gateway's own worst cost of this call is 1 + its prompt estimate.
+    assert setup.backend.generated <= limit + 1 + _estimate(body)
+
+
+@pytest.mark.xfail(strict=True, reason="a length member the endpoint does not have (max_output_tokens on chat, "
+                   "max_tokens on responses) is taken as the bound; vLLM ignores it and generates to the context")
+@pytest.mark.parametrize(("path", "body"), [
+    (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_output_tokens": 1}),
+    ("/v1/responses", {"model": MODEL, "input": "hi", "max_tokens": 1}),
+], ids=["chat-max_output_tokens", "responses-max_tokens"])
+def test_a_length_member_the_endpoint_does_not_read_is_taken_as_the_bound(
+    build: Callable[..., Setup], path: str, body: dict[str, Any]
+) -> None:
+    setup = build(context=300, length_members="vllm", delay_s=0.3)
+    limit = 2000
+    setup.team(token_limit=limit)
+    _concurrently(setup.gateway.url, setup.key(), path, body, 40)
+    assert setup.backend.generated <= limit + 1 + _estimate(body)
+
+
+@pytest.mark.xfail(strict=True, reason="a models file without max_context caps every completion's reservation at "
+                   "4096, while the backend (8192 context) generates what max_tokens or its context allows")
+@pytest.mark.parametrize("max_tokens", [6000, None], ids=["max_tokens-6000", "no-max_tokens"])
+def test_a_model_without_max_context_under_reserves_a_larger_context(
+    build: Callable[..., Setup], max_tokens: int | None
+) -> None:
+    setup = build(context=8192, max_context=None, delay_s=0.3)
+    limit = 9000
+    setup.team(token_limit=limit)
+    body = _chat(max_tokens=max_tokens)
+    _concurrently(setup.gateway.url, setup.key(), CHAT, body, 10)
+    # One request's real worst cost: max_tokens and the prompt, or the whole 8192 context.
+    worst = 8192 if max_tokens is None else max_tokens + _estimate(body)
+    assert setup.backend.generated <= limit + worst
+
+
+# -- 2. the prompt estimate (body bytes / 4) is not an upper bound -----------------------------------
+
+
+def _words_prompt(words: int) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": " ".join(["a"] * words)}], "max_tokens": 1}
+
+
+_IMAGE = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": [
+    {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}]}
+
+
+@pytest.mark.xfail(strict=True, reason="the prompt is reserved at body bytes / 4, which short tokens (2 bytes), "
+                   "token ids (2 bytes), images (a URL is ~1,000 tokens) and stored conversations under-count")
+@pytest.mark.parametrize(("path", "body", "context"), [
+    (CHAT, _words_prompt(1500), 2000),
+    ("/v1/completions", {"model": MODEL, "prompt": [0] * 1500, "max_tokens": 1}, 2000),
+    ("/v1/embeddings", {"model": MODEL, "input": [[7] * 1500]}, 2000),
+    (CHAT, _IMAGE, 2000),
+], ids=["one-letter-words", "token-ids", "embedding-token-ids", "image"])
+def test_a_prompt_the_byte_estimate_under_counts_breaks_the_bound_under_concurrency(
+    build: Callable[..., Setup], path: str, body: dict[str, Any], context: int
+) -> None:
+    setup = build(context=context, image_tokens=1000, delay_s=0.5)
+    limit = 2000
+    setup.team(token_limit=limit)
+    responses = _concurrently(setup.gateway.url, setup.key(), path, body, 30)
+    assert all(r.status_code in (200, 429) for r in responses)
+    assert _settled(setup)
+    assert setup.charged() == setup.backend.generated  # settlement is exact: only the bound breaks
+    assert setup.backend.generated <= limit + 1 + _estimate(body)
+
+
+@pytest.mark.xfail(strict=True, reason="previous_response_id makes the backend prepend a stored conversation the "
+                   "request body does not carry: a 25-token reservation costs 300")
+def test_a_responses_call_continuing_a_stored_conversation_is_reserved_at_its_tiny_body(
+    build: Callable[..., Setup]
+) -> None:
+    setup = build(context=1000, remember_responses=True, delay_s=0.5)
+    # A conversation stored earlier (straight at the backend: only its id matters here).
+    first = httpx.post(setup.backend.url + "/responses",
+                       json={"model": MODEL, "input": " ".join(["w"] * 250), "max_output_tokens": 40}).json()
+    setup.backend.reset()
+    limit = 2000
+    setup.team(token_limit=limit)
+    body = {"model": MODEL, "input": "go on", "previous_response_id": first["id"], "max_output_tokens": 10}
+    _concurrently(setup.gateway.url, setup.key(), "/v1/responses", body, 30)
+    assert setup.backend.generated <= limit + 10 + _estimate(body)
+
+
+# -- 3. calls that generate and are charged (almost) nothing -----------------------------------------
+
+
+@pytest.mark.parametrize("reset", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="a non-streamed call whose client resets the "
+                 "connection before the answer is charged only its prompt estimate, whatever the backend generated: "
+                 "the limit never stops a looping client")),
+], ids=["close", "reset"])
+def test_a_client_that_hangs_up_before_a_non_streamed_answer_pays_for_it(
+    build: Callable[..., Setup], reset: bool
+) -> None:
+    """A plain close (FIN) is a half-close to the gateway: the call runs on and is charged its
+    usage. A reset ends it at once, charged its prompt estimate."""
+    setup = build(token_delay_s=0.002)  # 200 tokens: 0.4 s, answered whole at the end
+    limit = 300
+    setup.team(token_limit=limit)
+    key = setup.key()
+    body = _chat(max_tokens=200)
+    ran = _hang_up_repeatedly(setup, key, CHAT, body, 8, quiet_s=0.2, reset=reset)
+    assert _settled(setup)
+    assert ran >= 1
+    # vLLM aborts a call whose client left, so it would have generated about 0.2 / 0.4 of each;
+    # this backend (like aiohttp or TGI servers) finishes them. Either breaks the bound.
+    assert setup.backend.generated * 0.2 / 0.4 <= limit + 200 + _estimate(body)
+    assert setup.charged() >= setup.backend.generated * 0.2 / 0.4
+
+
+@pytest.mark.xfail(strict=True, reason="a call that times out upstream (504) before its headers is charged 0, though "
+                   "the backend was generating: asking for a long non-streamed answer makes every call free")
+def test_a_call_that_outlasts_the_upstream_timeout_is_charged_nothing(build: Callable[..., Setup]) -> None:
+    setup = build(token_delay_s=0.002, upstream_timeout_s=0.2)
+    limit = 300
+    setup.team(token_limit=limit)
+    key = setup.key()
+    body = _chat(max_tokens=200)  # 0.4 s of generation, answered at the end
+    statuses = [_post(setup.gateway.url, key, CHAT, body).status_code for _ in range(8)]
+    assert statuses == [504] * 8
+    assert _settled(setup)
+    assert setup.charged() > 0
+    # Even a backend that stops at the gateway's hang-up generated 0.2 / 0.4 of each call.
+    assert setup.backend.generated * 0.2 / 0.4 <= limit + 200 + _estimate(body)
+
+
+@pytest.mark.parametrize("reasoning", [
+    0,
+    pytest.param(290, marks=pytest.mark.xfail(strict=True, reason="a stream cut before its usage event is charged "
+                 "its text, and `reasoning` (vLLM's reasoning member) is not text: reasoning models stream for free")),
+], ids=["content", "reasoning"])
+def test_a_client_that_hangs_up_before_the_usage_event_pays_for_the_text_it_got(
+    build: Callable[..., Setup], reasoning: int
+) -> None:
+    setup = build(reasoning_tokens=reasoning, pause_before_usage_s=0.4)
+    limit = 300
+    setup.team(token_limit=limit)
+    key = setup.key()
+    body = _chat(max_tokens=300, stream=True, stream_options={"include_usage": True})
+    _hang_up_repeatedly(setup, key, CHAT, body, 10)  # all 300 tokens received, then a reset
+    assert setup.charged() >= setup.backend.generated
+    assert setup.backend.generated <= limit + 300 + _estimate(body) + 8
+
+
+_SNEAKY_TOOL = {"type": "function", "name": "f", "parameters": {"type": "object", "total_tokens": 1}}
+
+
+@pytest.mark.parametrize("tools", [
+    [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+    pytest.param([_SNEAKY_TOOL], marks=pytest.mark.xfail(strict=True, reason="a Responses stream echoes the "
+                 "request's tools in response.created; a `\"total_tokens\": 1` in a tool's schema is taken as the "
+                 "usage, text counting stops, and a client resetting before response.completed is charged 1")),
+], ids=["plain-tools", "total_tokens-in-a-tool-schema"])
+def test_a_responses_stream_cut_before_completion_is_charged_its_text(
+    build: Callable[..., Setup], tools: list[dict[str, Any]]
+) -> None:
+    setup = build(echo_request=True, pause_before_usage_s=0.4)
+    limit = 300
+    setup.team(token_limit=limit)
+    key = setup.key()
+    body = {"model": MODEL, "input": "hi", "max_output_tokens": 200, "stream": True, "tools": tools}
+    _hang_up_repeatedly(setup, key, "/v1/responses", body, 6)  # every delta received, then a reset
+    assert setup.charged() >= setup.backend.generated
+    assert setup.backend.generated <= limit + 2 * (200 + _estimate(body))
+
+
+@pytest.mark.xfail(strict=True, reason="a usage number cut by a read is taken whole: a client resetting the connection "
+                   "while the rest of `\"total_tokens\": 202` is in flight is charged its first digit")
+def test_a_usage_number_split_across_reads_and_a_client_that_hangs_up_between(build: Callable[..., Setup]) -> None:
+    setup = build(split_usage_digits=1, split_usage_pause_s=0.4)
+    limit = 300
+    setup.team(token_limit=limit)
+    key = setup.key()
+    body = _chat(max_tokens=200, stream=True, stream_options={"include_usage": True})
+    _hang_up_repeatedly(setup, key, CHAT, body, 5)  # `"total_tokens": 2` received, then a reset
+    assert setup.charged() >= setup.backend.generated
+
+
+def test_a_usage_event_split_across_reads_is_read_whole(build: Callable[..., Setup]) -> None:
+    """Held: the usage event cut inside its number, in two reads, is still read as one number."""
+    setup = build(split_usage_digits=1, split_usage_pause_s=0.05)
+    setup.team(token_limit=100_000)
+    key = setup.key()
+    for stream_options in ({"include_usage": True}, None):
+        body = _chat(max_tokens=200, stream=True, **({"stream_options": stream_options} if stream_options else {}))
+        response = _post(setup.gateway.url, key, CHAT, body)
+        assert response.status_code == 200
+        # A client that did not ask for usage is not sent the usage event.
+        assert (b'"usage"' in response.content) == (stream_options is not None)
+    assert _settled(setup)
+    assert setup.charged() == setup.backend.generated == 2 * 202
+    assert "maas_unmetered_requests{" not in setup.metrics()
+
+
+@pytest.mark.parametrize("stream", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="a whole reply without usage is charged 4 bytes "
+                 "a token: a backend whose tokens are shorter (`a `, digits, CJK) is charged half or less")),
+], ids=["stream", "whole"])
+def test_a_usage_less_reply_of_short_tokens_is_charged_what_was_generated(
+    build: Callable[..., Setup], stream: bool
+) -> None:
+    """A stream's events count at least one token each, which holds for one token an event."""
+    setup = build(report_usage=False, word="a ")
+    setup.team(token_limit=100_000)
+    key = setup.key()
+    for _ in range(3):
+        assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=400, stream=stream)).status_code == 200
+    assert _settled(setup)
+    assert setup.charged() >= setup.backend.generated
+
+
+# -- 4. duplicate members ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_wins", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="a body with a duplicated member is forwarded "
+                 "as sent: a backend reading the first occurrence streams (uncharged) or generates more than reserved")),
+], ids=["last-wins-backend", "first-wins-backend"])
+def test_duplicate_members_are_read_as_the_backend_reads_them(build: Callable[..., Setup], first_wins: bool) -> None:
+    setup = build(first_wins=first_wins, context=300, delay_s=0.3)
+    limit = 300
+    setup.team(token_limit=limit)
+    key = setup.key()
+    messages = '[{"role":"user","content":"hi"}]'
+    # The gateway (and Python's json) read the last occurrence: `streamed` is not a stream, `longer`
+    # asks for 5 tokens. A first-wins parser reads a stream (no usage asked) and 290 tokens.
+    streamed = f'{{"model":"{MODEL}","messages":{messages},"stream":true,"max_tokens":200,"stream":false}}'.encode()
+    longer = f'{{"model":"{MODEL}","messages":{messages},"max_tokens":290,"max_tokens":5}}'.encode()
+    for _ in range(4):
+        assert _raw(setup.gateway.url, key, CHAT, streamed).status_code in (200, 429)
+    _concurrent_raw(setup.gateway.url, key, CHAT, longer, 20)
+    assert _settled(setup)
+    assert setup.charged() >= setup.backend.generated
+    assert setup.backend.generated <= limit + max(200 + _estimate(streamed), 5 + _estimate(longer))
+
+
+# -- 5. the counters ---------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="a reservation above SQLite's 64-bit integers (n: 2**62) kills the counter "
+                   "file's saver for good (OverflowError is not caught): nothing is saved again, a kill -9 loses "
+                   "every window")
+def test_a_huge_reservation_does_not_stop_the_counters_being_saved(build: Callable[..., Setup]) -> None:
+    setup = build(max_n=16, delay_s=1.5)
+    setup.team(token_limit=1000)
+    key = setup.key()
+    huge = _post(setup.gateway.url, key, CHAT, _chat(max_tokens=4, n=2**62))
+    assert huge.status_code == 400  # the backend refused it, after 1.5 s in flight (a save ran meanwhile)
+    assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=60)).status_code == 200
+    time.sleep(2.5)  # the counters are saved every second: "at most a second of counts" may be lost
+
+    def saved() -> int:
+        with sqlite3.connect(setup.tmp_path / "data" / "limits.db") as db:
+            return sum(row[0] for row in db.execute("SELECT spent FROM windows WHERE key LIKE '%/u/alice'"))
+
+    assert saved() >= 62
+
+
+def test_two_users_of_a_team_scope_limit_share_it_under_concurrency(build: Callable[..., Setup]) -> None:
+    """Held: alice and bob at once, on /v1/chat/completions and /v1/completions, one team counter."""
+    setup = build(context=300, token_delay_s=0.002)
+    limit = 2000
+    setup.team(token_limit=limit, scope="team")
+    alice, bob = setup.key("alice"), setup.key("bob")
+    chat = _chat(max_tokens=50, n=5)
+    completion = {"model": MODEL, "prompt": ["a b", "c"], "max_tokens": 40, "n": 3}
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=setup.gateway.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=60)) as client:
+            calls = [client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+                     for key in (alice, bob) for path, body in ((CHAT, chat), ("/v1/completions", completion))
+                     for _ in range(15)]
+            return list(await asyncio.gather(*calls))
+
+    responses = asyncio.run(run())
+    assert {r.status_code for r in responses} <= {200, 429}
+    worst = max(5 * 50 + _estimate(chat), 2 * 3 * 40 + _estimate(completion))
+    assert setup.backend.generated <= limit + worst
+    assert _settled(setup)
+    assert setup.charged() == setup.backend.generated
+
+
+@pytest.mark.xfail(strict=True, reason="switching limit_scope to team while users' calls are in flight: their "
+                   "reservations are on the user counters, so the team counter admits a full limit beside them")
+def test_switching_to_team_scope_mid_flight_counts_the_calls_in_flight(build: Callable[..., Setup]) -> None:
+    setup = build(context=1000, token_delay_s=0.003)
+    limit = 1000
+    setup.team(token_limit=limit)
+    keys = [setup.key(user) for user in ("alice", "bob", "carol")]
+    body = _chat(max_tokens=900)  # 2.7 s each
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=setup.gateway.url, timeout=60) as client:
+            first = [asyncio.ensure_future(client.post(CHAT, json=body, headers={"Authorization": f"Bearer {k}"}))
+                     for k in keys[:2]]
+            await asyncio.sleep(0.5)
+            setup.store.update_team(team_id="t1", changes=TeamChanges(limit_scope="team"))
+            late = await client.post(CHAT, json=body, headers={"Authorization": f"Bearer {keys[2]}"})
+            for call in first:
+                await call
+            assert late.status_code in (200, 429)
+
+    asyncio.run(run())
+    assert setup.backend.generated <= limit + 900 + _estimate(body)
+
+
+@pytest.mark.xfail(strict=True, reason="calls admitted late in a window settle into the next one, whose admissions "
+                   "did not see them: a window's count reaches about twice the limit")
+def test_a_window_counts_at_most_the_limit_plus_one_call(build: Callable[..., Setup]) -> None:
+    setup = build(context=400, token_delay_s=0.004)  # 300 tokens: about 1.2 s a call
+    limit = 1000
+    setup.team(token_limit=limit, time_window="1h")
+    key = setup.key()
+    # The in-process counters on a clock the test moves (the gateway's loop reads it).
+    now = [time.time_ns() // 1_000_000]
+    setup.gateway.limiter.counters._clock = lambda: now[0]  # type: ignore[attr-defined]  # noqa: SLF001
+    body = _chat(max_tokens=300)
+
+    async def wave(client: httpx.AsyncClient) -> list[int]:
+        calls = [client.post(CHAT, json=body, headers={"Authorization": f"Bearer {key}"}) for _ in range(6)]
+        return [r.status_code for r in await asyncio.gather(*calls)]
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=setup.gateway.url, timeout=60) as client:
+            late = asyncio.ensure_future(wave(client))  # admitted in the first window
+            while setup.gateway.limiter.outstanding < 4:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            now[0] += 3600 * 1000 + 1  # the first window ends while they generate
+            assert (await wave(client)).count(200) == 4  # a second window opens, empty
+            assert (await late).count(200) == 4
+
+    asyncio.run(run())
+    assert _settled(setup)
+    spent, _ = _spent(setup)  # the second window: both waves settled into it
+    assert spent <= limit + 300 + _estimate(body)
+
+
+# -- 6. restarts -------------------------------------------------------------------------------------
+
+
+# A stop with streams in flight also ends the gateway's thread with an exception (the test below).
+_STOP_IN_FLIGHT = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+@_STOP_IN_FLIGHT
+def test_a_restart_with_calls_in_flight_keeps_their_reservations(build: Callable[..., Setup]) -> None:
+    """Held: the counters saved at a stop hold the calls in flight at their reservation."""
+    setup = build(token_delay_s=0.01)
+    setup.team(token_limit=1000)
+    key = setup.key()
+    body = _chat(max_tokens=100, stream=True)
+    threads = [threading.Thread(target=_ignore_errors, args=(setup.gateway.url, key, body)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    assert eventually(lambda: setup.gateway.limiter.outstanding == 3, timeout=5)
+    time.sleep(0.3)
+    setup.gateway.stop()
+    for thread in threads:
+        thread.join(10)
+    setup.gateway = _start(setup.tmp_path, setup.store, setup.backend, setup.backend.context)
+    assert _spent(setup)[0] >= setup.backend.generated
+
+
+@pytest.mark.xfail(strict=True, reason="a stop abandons the calls in flight without settling them: the usage "
+                   "ledger never records what they generated and relayed")
+@_STOP_IN_FLIGHT
+def test_a_restart_with_calls_in_flight_records_their_usage(build: Callable[..., Setup]) -> None:
+    setup = build(token_delay_s=0.01)
+    setup.team(token_limit=100_000)
+    key = setup.key()
+    body = _chat(max_tokens=100, stream=True)
+    received: list[bytes] = []
+    threads = [threading.Thread(target=_ignore_errors, args=(setup.gateway.url, key, body, received)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    assert eventually(lambda: setup.gateway.limiter.outstanding == 3, timeout=5)
+    time.sleep(0.5)
+    setup.gateway.stop()
+    for thread in threads:
+        thread.join(10)
+    relayed = sum(got.count(b"data: {") for got in received)
+    assert relayed >= 30  # the clients were sent tokens
+    setup.gateway = _start(setup.tmp_path, setup.store, setup.backend, setup.backend.context)
+    assert setup.charged() >= relayed
+
+
+@pytest.mark.xfail(strict=True, reason="a stop with streams in flight closes the gateway's loop with their "
+                   "connections open: its thread dies with OSError (EBUSY) and 'Event loop is closed' errors")
+def test_a_stop_with_streams_in_flight_is_clean(build: Callable[..., Setup]) -> None:
+    setup = build(token_delay_s=0.01)
+    setup.team(token_limit=100_000)
+    key = setup.key()
+    threads = [threading.Thread(target=_ignore_errors, args=(setup.gateway.url, key, _chat(max_tokens=100, stream=True)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    assert eventually(lambda: setup.gateway.limiter.outstanding == 2, timeout=5)
+    time.sleep(0.2)
+    setup.gateway.stop()
+    for thread in threads:
+        thread.join(10)
+    setup.gateway = _start(setup.tmp_path, setup.store, setup.backend, setup.backend.context)
+
+
+def _ignore_errors(url: str, key: str, body: dict[str, Any], received: list[bytes] | None = None) -> None:
+    got = b""
+    try:
+        with httpx.Client(timeout=3) as client, client.stream(
+            "POST", url + CHAT, json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            for chunk in response.iter_raw():
+                got += chunk
+    except httpx.HTTPError:
+        pass
+    if received is not None:
+        received.append(got)
+
+
+# -- 7. Redis ----------------------------------------------------------------------------------------
+
+
+def _busy(url: str, seconds: float) -> threading.Thread:
+    """Keep the Redis busy (one Lua script spinning) for `seconds`: every other client waits."""
+    script = """
+    local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]
+    while true do
+      t = redis.call('TIME')
+      if t[1] * 1000000 + t[2] - start > tonumber(ARGV[1]) then break end
+    end
+    return 0"""
+
+    def spin() -> None:
+        client = redis.Redis.from_url(url, socket_timeout=seconds + 5)
+        try:
+            client.eval(script, 0, int(seconds * 1_000_000))
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    time.sleep(0.1)
+    return thread
+
+
+@pytest.mark.xfail(strict=True, reason="a reservation Redis runs after the gateway gave up on it (503 on a slow "
+                   "Redis, or a client that left while admission waited) is never taken back: the user gets 429 "
+                   "\"retry in 1 s\" until the window ends")
+@pytest.mark.parametrize("how", ["redis-timeout", "client-left"])
+def test_an_admission_redis_answers_late_does_not_hold_the_budget(
+    build: Callable[..., Setup], redis_url: str, how: str  # noqa: F811
+) -> None:
+    setup = build(redis_url=redis_url, redis_timeout_s=0.3 if how == "redis-timeout" else 3.0)
+    setup.team(token_limit=100, time_window="1h")
+    key = setup.key()
+    assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=1)).status_code == 200  # connected, scripts loaded
+    spinner = _busy(redis_url, 1.0)
+    try:
+        if how == "redis-timeout":
+            assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=200)).status_code == 503
+        else:  # the client resets the connection while its admission waits on Redis
+            assert _hang_up_when_quiet(setup.gateway.url, key, CHAT, _chat(max_tokens=200), quiet_s=0.3) == b""
+    finally:
+        spinner.join(10)
+    time.sleep(1.5)  # anything in flight has long settled
+    again = _post(setup.gateway.url, key, CHAT, _chat(max_tokens=1))
+    assert again.status_code == 200, again.text
+
+
+def test_a_gateway_on_redis_serves_again_after_redis_restarts(build: Callable[..., Setup], tmp_path: Path) -> None:
+    """Held: Redis down fails calls closed (503); once it is back, calls are served again."""
+    binary = redis_binary()
+    assert binary is not None
+    own = RedisServer(binary, tmp_path / "redis-own")
+    own.workdir.mkdir()
+    own.start()
+    try:
+        setup = build(redis_url=own.url, redis_timeout_s=0.5)
+        setup.team(token_limit=100_000)
+        key = setup.key()
+        assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=5)).status_code == 200
+        own.stop()
+        down = _post(setup.gateway.url, key, CHAT, _chat(max_tokens=5))
+        assert down.status_code == 503 and "Redis" in down.json()["error"]["message"]
+        own.start()
+        assert eventually(lambda: _post(setup.gateway.url, key, CHAT, _chat(max_tokens=5)).status_code == 200,
+                          timeout=5)
+        generated = setup.backend.generated
+        assert _settled(setup)
+        assert setup.charged() == generated
+    finally:
+        own.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="the windows live only in Redis' memory: a Redis restarted without "
+                   "persistence hands every counter a fresh window")
+def test_a_redis_restart_keeps_the_windows(build: Callable[..., Setup], tmp_path: Path) -> None:
+    binary = redis_binary()
+    assert binary is not None
+    own = RedisServer(binary, tmp_path / "redis-own")
+    own.workdir.mkdir()
+    own.start()
+    try:
+        setup = build(redis_url=own.url, redis_timeout_s=0.5)
+        setup.team(token_limit=60)
+        key = setup.key()
+        assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=60)).status_code == 200
+        assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=1)).status_code == 429
+        own.stop()
+        own.start()
+        statuses = [_post(setup.gateway.url, key, CHAT, _chat(max_tokens=60)).status_code for _ in range(3)]
+        assert 200 not in statuses, statuses
+    finally:
+        own.stop()
+
+
+# -- 8. the bound, read to the letter ----------------------------------------------------------------
+
+
+def test_one_call_may_cost_many_times_the_limit(build: Callable[..., Setup]) -> None:
+    """Held to the letter, and worth knowing: "limit + one request's worst cost" has no bound of its
+    own. A 100-token limit admits one call of n=50 at the whole context (15,000 tokens)."""
+    setup = build(context=300)
+    setup.team(token_limit=100)
+    key = setup.key()
+    response = _post(setup.gateway.url, key, CHAT, _chat(max_tokens=None, n=50))
+    assert response.status_code == 200
+    assert setup.backend.generated == 50 * 298 + 2
+    assert _post(setup.gateway.url, key, CHAT, _chat(max_tokens=1)).status_code == 429
