@@ -69,11 +69,30 @@ def _finite(text: str) -> float:
     return value
 
 
+# Our bodies are two levels deep; the reader's own limit (RecursionError) depends on the
+# interpreter's recursion limit and the stack in use, so the bound is ours and fixed.
+MAX_NESTING = 32
+_TOO_DEEP = f"request body nests too deeply: at most {MAX_NESTING} levels"
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _parsed_json(raw: bytes) -> object:
     try:
-        return json.loads(raw, parse_constant=_constant, parse_float=_finite)
+        data = json.loads(raw, parse_constant=_constant, parse_float=_finite)
     except RecursionError:
-        raise MalformedRequest("request body nests too deeply: at most a few hundred levels") from None
+        raise MalformedRequest(_TOO_DEEP) from None
     except _NotAJsonNumber as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -85,6 +104,9 @@ def _parsed_json(raw: bytes) -> object:
     except ValueError:
         # int() refuses more than sys.get_int_max_str_digits() digits (4300).
         raise MalformedRequest("request body is not valid JSON: a number in it has thousands of digits") from None
+    if _nests_deeper(data, MAX_NESTING):
+        raise MalformedRequest(_TOO_DEEP)
+    return data
 
 
 def _out_of_range(value: object, field: str) -> FieldError | None:

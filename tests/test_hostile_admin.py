@@ -84,7 +84,7 @@ BODY_ROUTES = [("POST", "/teams"), ("PATCH", "/teams/team-a"), ("POST", "/teams/
                ("DELETE", "/delete_key"), ("POST", "/keys/{secret_name}/rotate")]
 
 
-@pytest.mark.parametrize("depth", [1_000, 5_000, 30_000])
+@pytest.mark.parametrize("depth", [33, 1_000, 5_000, 30_000])
 @pytest.mark.parametrize(("method", "path"), BODY_ROUTES, ids=[f"{m} {p}" for m, p in BODY_ROUTES])
 def test_deeply_nested_json_is_400_not_500(api: DirectClient, method: str, path: str, depth: int) -> None:
     _team(api)
@@ -92,7 +92,13 @@ def test_deeply_nested_json_is_400_not_500(api: DirectClient, method: str, path:
     nested = b"[" * depth + b"]" * depth
     for content in (nested, b'{"team_id": ' + nested + b"}", b'{"user_id": {"a": ' + nested + b"}}"):
         body = _refused(api.call(method, path, content=content), 400)
-        assert "nest" in body["error"], body
+        assert body["error"] == "request body nests too deeply: at most 32 levels", body
+
+
+def test_nesting_within_the_bound_is_judged_by_the_fields(api: DirectClient) -> None:
+    nested = "[" * 30 + "]" * 30
+    body = _refused(api.call("POST", "/teams", content=f'{{"team_id": {nested}}}'.encode()), 422)
+    assert body["details"][0] == {"field": "team_id", "message": "must be a string", "type": "wrong_type"}
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "1" + "0" * 5000])
