@@ -58,8 +58,6 @@ from shared.settings import Settings
 
 log = logging.getLogger("maas.admin")
 
-ROOT = Path(__file__).resolve().parent.parent
-_CHANNEL_FD, _LISTEN_FD, _PARENT = "MAAS_ADMIN_CHANNEL_FD", "MAAS_ADMIN_LISTEN_FD", "MAAS_ADMIN_PARENT_PID"
 _READY_S = 60.0  # a first start compiles bytecode; a slow disk takes its time
 _FLUSH_WAIT_S = 2.0
 _TEAMS_WAIT_S = 60.0  # a policy sync against a cluster
@@ -105,16 +103,11 @@ class AdminProcess:
         url = url_of(listener, tls=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            env = {
-                **os.environ,
-                _CHANNEL_FD: str(theirs.fileno()),
-                _LISTEN_FD: str(listener.fileno()),
-                _PARENT: str(os.getpid()),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            }
+            # Found as this process found `local` (the same working directory and environment).
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "local.adminprocess"], stdin=subprocess.PIPE, env=env,
-                pass_fds=(theirs.fileno(), listener.fileno()), start_new_session=True,
+                [sys.executable, "-m", "local.adminprocess", str(os.getpid()), str(listener.fileno()),
+                 str(theirs.fileno())],
+                stdin=subprocess.PIPE, pass_fds=(theirs.fileno(), listener.fileno()), start_new_session=True,
             )
             assert self._process.stdin is not None
             self._process.stdin.write(_dumped(self._settings, self._simulator_token))
@@ -300,8 +293,10 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def child_main() -> int:
-    _die_with_parent(int(os.environ.pop(_PARENT)))
+def child_main(argv: list[str]) -> int:
+    """`python -m local.adminprocess PARENT_PID LISTEN_FD CHANNEL_FD`, the settings on stdin."""
+    parent, listen_fd, channel_fd = (int(arg) for arg in argv)
+    _die_with_parent(parent)
     from shared import logsafety
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -314,8 +309,7 @@ def child_main() -> int:
     told = json.loads(sys.stdin.read())
     settings = Settings.model_validate(told["settings"])
     token = SecretStr(told["simulator_token"]) if told["simulator_token"] is not None else None
-    channel = _Channel(int(os.environ.pop(_CHANNEL_FD)))
-    listen_fd = int(os.environ.pop(_LISTEN_FD))
+    channel = _Channel(channel_fd)
     from local.tls import ensure_certificate
 
     certfile, keyfile = ensure_certificate(settings.data_dir / "tls")
@@ -336,4 +330,4 @@ def child_main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main())
+    sys.exit(child_main(sys.argv[1:]))

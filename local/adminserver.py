@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import selectors
 import socket
@@ -74,6 +75,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from shared.settings import ConfigurationError, Settings, load_settings
 
 WSGIApp = Callable[..., Iterable[bytes]]
+_request_log = logging.getLogger("maas.admin")
 
 # A request line and its headers together; werkzeug took lines of up to 64 KiB (a 60 kB path
 # reaches the app, which answers it), and this leaves room for the headers.
@@ -119,7 +121,9 @@ def gunicorn_options(settings: Settings, *, bind: str, certfile: str | None = No
         "timeout": _HEARTBEAT_S,
         "graceful_timeout": _GRACEFUL_S,
         "limit_request_line": 0,  # as functions-framework: the head as a whole is bounded instead
-        "loglevel": "warning",
+        # As functions-framework: gunicorn's own errors only. A request it refuses before the
+        # app is logged as a request (_write_error), once.
+        "loglevel": "error",
         "accesslog": None,  # as functions-framework; `make run`'s router logs a line per request
         "proc_name": "maas-admin",
     }
@@ -339,7 +343,10 @@ def _answer(status: str, message: str) -> bytes:
 
 def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's own refusals (a request line or header it cannot parse) in our JSON shape
-    rather than its HTML page: every refusal of the admin API is JSON."""
+    rather than its HTML page: every refusal of the admin API is JSON. And a line in the
+    request log, whose records are cleaned where they are made (shared/logsafety): `mesg`
+    quotes the client's request line."""
+    _request_log.info("the server answered %d: %s", status_int, mesg or reason)
     gutil.write_nonblock(sock, _answer(f"{status_int} {reason}", f"{reason}: {mesg}" if mesg else reason))
 
 
@@ -500,6 +507,7 @@ class AdminWorker(ThreadWorker):  # type: ignore[misc]
         self.enqueue_req(conn)
 
     def _refuse(self, conn: _Conn, status: str, message: str) -> None:
+        _request_log.info("the server answered %s: %s", status.split(" ", 1)[0], message)
         try:
             conn.sock.send(_answer(status, message))  # best effort: non-blocking, one try
         except (OSError, ValueError):
@@ -634,16 +642,15 @@ class WorkerThread:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m local.adminserver`: one function target, as functions-framework's CLI takes it
-    (the same flags and variables), on the admin server above."""
+    """`python -m local.adminserver`: one function target, with functions-framework's CLI flags
+    (the Containerfile's CMD fills them from FUNCTION_TARGET, FUNCTION_SIGNATURE_TYPE and PORT,
+    as that CLI would read them), on the admin server above."""
     parser = argparse.ArgumentParser(prog="python -m local.adminserver", description=main.__doc__)
-    env = os.environ.get
-    parser.add_argument("--target", default=env("FUNCTION_TARGET"), required=env("FUNCTION_TARGET") is None)
-    parser.add_argument("--source", default=env("FUNCTION_SOURCE"))
-    parser.add_argument("--signature-type", default=env("FUNCTION_SIGNATURE_TYPE", "http"),
-                        choices=["http", "event", "cloudevent", "typed"])
-    parser.add_argument("--host", default=env("HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(env("PORT", "8080")))
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--source", default=None)
+    parser.add_argument("--signature-type", default="http", choices=["http", "event", "cloudevent", "typed"])
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()

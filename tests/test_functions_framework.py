@@ -48,7 +48,8 @@ def image_command(target: str, port: int) -> list[str]:
     """The Containerfile's CMD for `target` on 127.0.0.1:`port`, as its shell expands it, with
     this venv's python."""
     (cmd,) = re.findall(r"^CMD exec (.+)$", (ROOT / "Containerfile").read_text(), re.M)
-    argv = shlex.split(cmd.replace("$FUNCTION_TARGET", target).replace("$PORT", str(port)))
+    expanded = cmd.replace("$FUNCTION_TARGET", target).replace("$PORT", str(port))
+    argv = shlex.split(expanded.replace("${FUNCTION_SIGNATURE_TYPE:-http}", "http"))
     assert argv[:3] == ["python", "-m", "local.adminserver"], "the image runs the admin server"
     return [sys.executable, *argv[1:]] + ["--host=127.0.0.1"]  # the last --host wins
 
