@@ -70,7 +70,7 @@ class ModelBackend(BaseModel):
     # The model's context length (prompt plus completion, in tokens): what a request without
     # max_tokens can make the backend generate, so what the gateway reserves for it (vLLM
     # generates up to the context length when max_tokens is absent).
-    max_context: int = Field(default=DEFAULT_MAX_CONTEXT, ge=1, le=10_000_000)
+    max_context: int | None = Field(default=None, ge=1, le=10_000_000)
 
     @field_validator("url")
     @classmethod
@@ -81,6 +81,11 @@ class ModelBackend(BaseModel):
         if not url.endswith("/v1"):
             raise ValueError("must be the OpenAI base URL, ending in /v1")
         return url
+
+    @property
+    def context(self) -> int:
+        """The context length: the declared one, else DEFAULT_MAX_CONTEXT."""
+        return self.max_context or DEFAULT_MAX_CONTEXT
 
     @property
     def served_model(self) -> str:

@@ -208,7 +208,7 @@ def test_reused_connection_serves_plain_calls_and_counts_usage(
     assert _state(gateway) == (6 * USAGE_TOTAL, 0)
 
 
-def test_reused_connection_timeout_is_504_and_releases_the_reservation(
+def test_reused_connection_timeout_is_504_and_charges_the_worst_cost(
     client: httpx.Client, gateway: GatewayService
 ) -> None:
     spent_before = _state(gateway)[0]
@@ -216,7 +216,8 @@ def test_reused_connection_timeout_is_504_and_releases_the_reservation(
     response = client.post("/v1/chat/completions", json=_body("stall"))
     assert response.status_code == 504 and MODEL in response.json()["error"]["message"]
     assert 0.25 <= time.monotonic() - started < 2
-    assert _state(gateway) == (spent_before, 0)
+    # Sent, and nothing back: charged its reservation (max_tokens 5 + the body's bytes), not 0.
+    assert _state(gateway) == (spent_before + 5 + len(response.request.content), 0)
     assert client.post("/v1/chat/completions", json=_body()).status_code == 200  # still serving
 
 

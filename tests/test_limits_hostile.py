@@ -118,8 +118,8 @@ def _chat(max_tokens: Any = 50, **extra: Any) -> dict[str, Any]:
 
 def _reservation(body: dict[str, Any], worst_completions: int) -> int:
     """The gateway's worst cost of one request (proxy.py `_worst_cost`): completions times the
-    length, plus the prompt estimate (the body's bytes / 4), for the bound checks."""
-    return worst_completions + len(json.dumps(body, separators=(",", ":")).encode()) // 4 + 8
+    length, plus the prompt's bound (the body's bytes), for the bound checks."""
+    return worst_completions + len(json.dumps(body, separators=(",", ":")).encode()) + 8
 
 
 # -- one reading of the request -----------------------------------------------------------
@@ -141,7 +141,7 @@ def test_a_count_that_a_backend_could_read_otherwise_is_a_422(make: Callable[...
     setup = make()
     setup.team()
     response = _post(setup.gateway.url, setup.key(), "/v1/chat/completions", _chat(n=n))
-    assert response.status_code == 422 and "'n' must be a positive integer" in response.json()["error"]["message"]
+    assert response.status_code == 422 and "'n' must be an integer from 1 to 128" in response.json()["error"]["message"]
     assert setup.backend.requests == 0
 
 
@@ -294,8 +294,8 @@ def test_remaining_counts_this_requests_own_reservation(make: Callable[..., Setu
     setup.team(token_limit=1000)
     body = _chat(max_tokens=100)
     response = _post(setup.gateway.url, setup.key(), "/v1/chat/completions", body)
-    prompt_estimate = len(response.request.content) // 4
-    assert response.headers["X-RateLimit-Remaining"] == str(1000 - 100 - prompt_estimate)
+    prompt_bound = len(response.request.content)  # a token is at least a byte
+    assert response.headers["X-RateLimit-Remaining"] == str(1000 - 100 - prompt_bound)
 
 
 def test_changing_the_limit_scope_keeps_what_was_spent(make: Callable[..., Setup]) -> None:

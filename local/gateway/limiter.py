@@ -327,7 +327,7 @@ class CounterFile:
             await asyncio.sleep(self._interval)
             try:
                 await self.save()
-            except sqlite3.Error as exc:
+            except Exception as exc:  # noqa: BLE001 - one failed save must not end the saving
                 log.warning("could not save the token counters to %s: %s", self._path, exc)
 
     async def stop(self) -> None:

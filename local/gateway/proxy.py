@@ -32,7 +32,7 @@ from local.gateway.auth import Caller, KeyCache
 from local.gateway.limiter import Budget, Limiter, RedisLimiter, Reservation, TokenLimiter
 from local.gateway.metrics import UsageMeter
 from local.gateway.server import Request, Responder, status_line
-from local.gateway.textcount import reply_tokens, stream_tokens
+from local.gateway.textcount import reply_tokens, reply_total, responses_stream_total, stream_tokens
 from local.gateway.upstream import (
     Pool,
     Response,
@@ -100,13 +100,15 @@ def model_path(path: bytes) -> tuple[bytes, str] | None:
 _SERVER_REFUSALS: dict[int, type[MaasError]] = {408: RequestTimeout, 413: PayloadTooLarge}
 
 
-def last_total_tokens(data: bytes) -> int | None:
-    """The last `"total_tokens": N` in a response (a quote inside JSON text is escaped)."""
+def last_total_tokens(data: bytes, *, whole: bool = True) -> int | None:
+    """The last `"total_tokens": N` in a response (a quote inside JSON text is escaped).
+    `whole=False` for a stream's bytes so far: a number that ends where they end may go on in
+    the next read ("2" of "202"), so it is not taken yet."""
     # Searched from the end: usage comes last in a reply, and replies can be long.
     end = len(data)
     while (at := data.rfind(b'"total_tokens"', 0, end)) >= 0:
         found = _TOTAL_TOKENS.match(data, at)
-        if found is not None:
+        if found is not None and (whole or found.end() < len(data)):
             return int(found.group(1))
         end = at
     return None
@@ -159,8 +161,9 @@ def _completions(body: dict[str, Any]) -> int:
         value = body.get(name)
         if value is None:
             continue
-        if type(value) is not int or value < 1:
-            raise InvalidRequest(f"'{name}' must be a positive integer, not {json.dumps(value)[:40]}")
+        if type(value) is not int or not 1 <= value <= MAX_COMPLETIONS:
+            raise InvalidRequest(
+                f"'{name}' must be an integer from 1 to {MAX_COMPLETIONS}, not {json.dumps(value)[:40]}")
         copies = max(copies, value)
     prompt = body.get("prompt")
     # A list of strings, or of token lists, is one prompt each; a list of ints is one tokenized prompt.
@@ -168,24 +171,67 @@ def _completions(body: dict[str, Any]) -> int:
     return copies * prompts
 
 
-# The members that bound a completion's length: Chat Completions (`max_completion_tokens`, or
-# the older `max_tokens`), Completions (`max_tokens`), Responses (`max_output_tokens`).
-_LENGTH_MEMBERS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+# OpenAI's own bound on `n`; more is no real use, and bounds what one reservation can be.
+MAX_COMPLETIONS = 128
+
+# The members each endpoint reads as a completion's length (vLLM: Chat Completions takes
+# `max_completion_tokens`, else `max_tokens`; Completions `max_tokens`; Responses
+# `max_output_tokens`). A member the endpoint does not read bounds nothing.
+_LENGTH_MEMBERS = {
+    b"/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
+    b"/v1/completions": ("max_tokens",),
+    b"/v1/responses": ("max_output_tokens",),
+}
+# What makes a prompt longer than its bytes: media parts (an image URL stands for hundreds of
+# tokens), and a Responses call continuing a conversation the backend stored.
+_UNBOUNDED_PROMPT = (b'"image_url"', b'"input_image"', b'"input_audio"', b'"video_url"', b'"audio_url"',
+                     b'"input_file"', b'"file"', b'"previous_response_id"', b'"conversation"')
 
 
-def _worst_cost(body: dict[str, Any], max_context: int, prompt_estimate: int) -> int:
-    """The most tokens this request can be charged: every completion of every prompt at its
-    largest length member (capped by the context length), plus the prompt; or, when it sets no
-    length a backend would read as a number, every completion at the context length (vLLM then
-    generates until prompt plus completion fill the context, which bounds both)."""
+def _prompts(body: dict[str, Any], path: bytes) -> int:
+    """How many prompts a request sends: a Completions prompt list or an embeddings input list
+    counts each (a list of ints is one tokenized prompt)."""
+    given = body.get("input" if path == b"/v1/embeddings" else "prompt")
+    return len(given) if type(given) is list and given and type(given[0]) is not int else 1
+
+
+def _prompt_bound(raw: bytes, body: dict[str, Any], path: bytes, max_context: int) -> int:
+    """The most tokens the prompt can be: a token is at least one byte of the body (a one-letter
+    word, a one-digit token id are two), and no prompt exceeds the context; a prompt with media or
+    a stored conversation is bounded by the context only."""
+    ceiling = _prompts(body, path) * max_context
+    if any(marker in raw for marker in _UNBOUNDED_PROMPT):
+        return ceiling
+    return min(len(raw), ceiling)
+
+
+def _worst_cost(raw: bytes, body: dict[str, Any], path: bytes, backend: ModelBackend) -> int:
+    """The most tokens this request can be charged: its prompt, plus every completion of every
+    prompt at the length the endpoint reads (capped by the model's declared `max_context`);
+    when it sets none a backend reads as a plain number (absent, or "300" or 300.0, which a lax
+    parser takes), every completion at the context length (vLLM generates until prompt and
+    completion fill it; 4,096 when the models file does not say). Never more than every
+    completion filling a declared context."""
+    max_context = backend.context
+    if path == b"/v1/embeddings":
+        return _prompt_bound(raw, body, path, max_context)  # nothing is generated
+    completions = _completions(body)
     bound = 0
-    for name in _LENGTH_MEMBERS:
+    for name in _LENGTH_MEMBERS[path]:
         value = body.get(name)
-        if type(value) is int and value > bound:  # (not a bool)
-            bound = value
-    if bound:
-        return _completions(body) * min(bound, max_context) + prompt_estimate
-    return _completions(body) * max_context
+        if value is None:
+            continue
+        if type(value) is not int or value < 1:  # (a bool is not an int here)
+            bound = max_context  # read some other way by a lax backend: anything up to the context
+            break
+        bound = max(bound, value)
+    filled = completions * max_context
+    if not bound:
+        return filled
+    declared = backend.max_context
+    if declared is None:  # an explicit length beyond the assumed context is the client's word
+        return completions * bound + _prompt_bound(raw, body, path, max(max_context, bound))
+    return min(filled, completions * min(bound, declared) + _prompt_bound(raw, body, path, declared))
 
 
 def _with_usage_option(body: bytes) -> bytes | None:
@@ -312,9 +358,19 @@ class _Call:
             return self.final
         if self.total is not None:
             return self.total
+        seen = self.seen
+        if self.path == b"/v1/responses" and self.stream and seen:
+            # A Responses stream's usage is in its response.completed event, read as JSON: its
+            # first events echo the request (its tools), where a client may write anything.
+            found = responses_stream_total(b"".join(seen))
+            if found is not None:
+                return found
         # No usage report: what was relayed, and never nothing (the prompt was read).
         self.gateway._meter.unmetered(model=self.model)
-        seen = self.seen
+        if seen is not None and not seen and not self.events:
+            # Nothing came back (a client gone before a whole reply, a backend that timed out
+            # while generating it): what it generated is unknown, so the request's worst cost.
+            return self.reservation.amount
         if seen is None:  # more than _SEEN_MAX relayed: one token per event
             generated = self.events
         elif self.stream:
@@ -339,8 +395,8 @@ class _Call:
         """Note the usage event and events in a relayed chunk; returns the tail for the next."""
         # The usage event may be split across reads: search with the previous tail.
         window = tail + chunk
-        if b"total_tokens" in window:
-            total = last_total_tokens(window)
+        if b"total_tokens" in window and self.path != b"/v1/responses":
+            total = last_total_tokens(window, whole=False)
             if total is not None:
                 self.total = total
                 self.seen = None  # reported: the text need not be counted
@@ -355,7 +411,8 @@ class _Call:
 
     def whole(self, data: bytes) -> None:
         """A whole 2xx reply: its usage report, or the reply kept to be counted without one."""
-        self.total = last_total_tokens(data)
+        # A Responses reply echoes the request (tools, metadata): its usage is read as JSON.
+        self.total = reply_total(data) if self.path == b"/v1/responses" else last_total_tokens(data)
         if self.total is None:
             self.seen = [data]
 
@@ -533,8 +590,8 @@ class _Call:
                 assert self.responder is not None
                 self.responder.abort()
                 return
-            if not self.headers_in:
-                self.final = 0
+            # (Not charged 0: the request was sent, and a backend generating a whole reply
+            # sends its headers last; with nothing back, the call is charged its worst cost.)
             self._fail(UpstreamTimeout(f"model '{self.route.backend.name}' did not answer within {timeout:g} s"))
         except Exception:
             self._crash()
@@ -821,10 +878,8 @@ class Gateway:
         stream = stream is True
         prompt_estimate = len(request.body) // _PROMPT_BYTES_PER_TOKEN
         if path == b"/v1/embeddings":
-            estimate = prompt_estimate  # nothing is generated
             stream = False  # (an embeddings reply is never a stream)
-        else:
-            estimate = _worst_cost(body, route.backend.max_context, prompt_estimate)
+        estimate = _worst_cost(request.body, body, path, route.backend)
         options = body.get("stream_options")
         # The gateway asks every stream for usage; a client that did not is not sent it.
         strip_usage = stream and path in _USAGE_OPTION_PATHS and not (
@@ -920,8 +975,7 @@ class Gateway:
         except UpstreamConnectError as exc:
             call.final = 0
             raise UpstreamError(f"model '{model}' is unavailable: {exc}") from exc
-        except UpstreamReadTimeout as exc:
-            call.final = 0
+        except UpstreamReadTimeout as exc:  # sent, and maybe generating: not charged 0 (see expire)
             raise UpstreamTimeout(f"model '{model}' did not answer within {self._timeout:g} s") from exc
         try:
             if not 200 <= upstream.status < 600:

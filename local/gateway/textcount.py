@@ -7,7 +7,8 @@ fewer bytes a token are rare in BPE vocabularies), and every piece of text — a
 a choice — as at least one token. The gateway adds the prompt's estimate.
 
 Only the members that carry generated text count: `content`, `text`, `delta` (a string: the
-Responses API's stream), `arguments` (tool calls), `reasoning_content`, `refusal`. Run only
+Responses API's stream), `arguments` (tool calls), `reasoning` and `reasoning_content`,
+`refusal`. Run only
 when usage is missing, never on the common path.
 """
 
@@ -17,7 +18,8 @@ import json
 from typing import Any
 
 BYTES_PER_TOKEN = 4
-_TEXT_MEMBERS = frozenset({"content", "text", "delta", "arguments", "reasoning_content", "refusal"})
+# `reasoning`: vLLM's reasoning text since it dropped `reasoning_content` (vllm PR #33402).
+_TEXT_MEMBERS = frozenset({"content", "text", "delta", "arguments", "reasoning", "reasoning_content", "refusal"})
 _MAX_DEPTH = 32
 
 
@@ -62,3 +64,35 @@ def stream_tokens(stream: bytes) -> int:
         except (ValueError, RecursionError):
             continue
     return tokens
+
+
+def _usage_total(value: Any) -> int | None:
+    usage = value.get("usage") if isinstance(value, dict) else None
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if type(total) is int and 0 <= total < 10**9 else None
+
+
+def reply_total(body: bytes) -> int | None:
+    """`usage.total_tokens` of a whole JSON reply, read as JSON (not searched for)."""
+    try:
+        return _usage_total(json.loads(body))
+    except (ValueError, RecursionError):
+        return None
+
+
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def responses_stream_total(stream: bytes) -> int | None:
+    """The usage of a Responses stream: `response.usage.total_tokens` of its final event."""
+    for line in reversed(stream.split(b"\n")):
+        line = line.strip()
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            continue
+        try:
+            event = json.loads(line[5:])
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(event, dict) and event.get("type") in _FINAL_EVENTS:
+            return _usage_total(event.get("response"))
+    return None
