@@ -355,24 +355,33 @@ def test_a_crashed_admin_server_stops_the_whole_runtime(tmp_path: Path) -> None:
         gateway = runtime.urls["gateway"].removeprefix("http://").rsplit(":", 1)
         with pytest.raises(OSError):
             socket.create_connection((gateway[0], int(gateway[1])), timeout=2).close()
-    finally:
-        if runtime.process.poll() is None:
-            runtime.process.kill()
+    finally:  # whatever failed above, nothing of this test outlives it
+        for pid in [runtime.process.pid, *_admin_server_pids(runtime)]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_stops_the_admin_server_and_kill_9_of_the_runtime_takes_it_down_too(tmp_path: Path) -> None:
     runtime = start_runtime(tmp_path / "term", env={"ADMIN_KEY": generate_admin_key()})
     servers = _admin_server_pids(runtime)
-    assert runtime.stop() == 0 and "stopped." in runtime.text
-    assert not any(_alive(p) for p in servers)
+    try:
+        assert runtime.stop() == 0 and "stopped." in runtime.text
+        assert servers and not any(_alive(p) for p in servers)
+    finally:
+        if runtime.process.poll() is None:
+            runtime.process.kill()
 
     killed = start_runtime(tmp_path / "kill", env={"ADMIN_KEY": generate_admin_key()})
     servers = _admin_server_pids(killed)
-    assert servers
-    killed.process.kill()
-    killed.process.wait(timeout=10)
-    assert eventually(lambda: not any(_alive(p) for p in servers), timeout=15)
-    host, port = _address(killed)
-    with pytest.raises(OSError):
-        socket.create_connection((host, port), timeout=2).close()
-
+    try:
+        assert servers
+        killed.process.kill()
+        killed.process.wait(timeout=10)
+        assert eventually(lambda: not any(_alive(p) for p in servers), timeout=15)
+        host, port = _address(killed)
+        with pytest.raises(OSError):
+            socket.create_connection((host, port), timeout=2).close()
+    finally:  # whatever failed above, nothing of this test outlives it
+        for pid in [killed.process.pid, *servers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
