@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 import main
-from functions._http import error_response
+from functions._http import METRICS_PATH, error_response
 from local.adminserver import AdminApplication, Limits, WorkerThread, gunicorn_options
 from local.tls import ensure_certificate
 from shared.errors import MaasError, MalformedRequest, MethodNotAllowed, NotFound, PayloadTooLarge
@@ -55,6 +55,10 @@ def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask
     @app.route("/<anypath:path>", methods=_METHODS)
     def dispatch(path: str) -> flask.Response:
         request = flask.request._get_current_object()  # type: ignore[attr-defined]
+        if request.path == METRICS_PATH and request.method in ("GET", "HEAD"):
+            # Not a route: every function target answers it (its process's refusal counts), as
+            # each Knative Service does in a cluster; here one process serves them all.
+            return table["health"](request)
         try:
             route, _ = resolve(request.method, request.path)
         except MaasError as error:

@@ -27,6 +27,9 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # A gateway built in a test without naming a metrics port must not take 8002, which a
     # `make run` on this machine may hold: any free port.
     monkeypatch.setenv("MAAS_METRICS_PORT", "0")
+    # Access lines are written by a timer, often after the test that caused them: off unless a
+    # test turns them on (tests/test_gateway_accesslog.py), or they land among other tests' output.
+    monkeypatch.setenv("MAAS_ACCESS_LOG", "false")
     yield
     reset_context()
 

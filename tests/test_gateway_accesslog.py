@@ -24,7 +24,7 @@ def test_every_request_gets_one_line_with_its_outcome_and_never_the_key(
     make: Callable[..., Setup], capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen: list[str] = []
-    setup = make()
+    setup = make(access_log=True)
     setup.team(token_limit=60)
     key = setup.key()
     url = setup.gateway.url

@@ -414,6 +414,15 @@ def test_anonymous_flood_with_long_paths_barely_grows_the_database(runtime: tupl
     assert all(len(e["path"]) <= audit.MAX_PATH + 3 for e in anonymous_entries)
 
 
+def test_make_run_answers_the_refusal_counts_at_metrics(runtime: tuple[Runtime, Path, str]) -> None:
+    running, _, _ = runtime
+    with httpx.Client(base_url=running.admin_url, verify=False, timeout=30) as client:
+        assert client.get("/teams").status_code == 401
+        metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and "# TYPE maas_admin_refused_requests_total counter" in metrics.text
+    assert re.search(r'^maas_admin_refused_requests_total\{action="list_teams",status="401"\} [1-9]', metrics.text, re.M)
+
+
 def _raw_request(url: str, request_line: bytes, headers: bytes = b"") -> bytes:
     host, port = url.removeprefix("https://").split(":")
     context = ssl.create_default_context()
