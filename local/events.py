@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -62,6 +63,9 @@ def team_deleted_event(namespace: str, team_id: str) -> CloudEvent:
         "subject": f"/api/v1/namespaces/{namespace}/secrets/{name}",
     }
     return CloudEvent(attributes, secret)
+
+
+FOLLOW_EVERY_S = 0.5
 
 
 class EventsService:
@@ -143,6 +147,11 @@ class EventsService:
                 log.exception("cleanup event delivery failed; retrying on the next tick")
             if stopping:
                 return
+            if message != core.PING:
+                # At most two followings a second while admins write: each reads every team, on
+                # the gateway's process (at 10,000 teams, back-to-back followings held its p50 at
+                # 8x idle during writes). What changes meanwhile is taken by the next one.
+                time.sleep(FOLLOW_EVERY_S)
 
     def _follow_deletes(self) -> None:
         now = {team.team_id for team in self._ctx.store.list_teams()}
