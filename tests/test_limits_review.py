@@ -379,11 +379,7 @@ def test_a_usage_less_reply_of_short_tokens_is_charged_what_was_generated(
 # -- 4. duplicate members ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("first_wins", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="a body with a duplicated member is forwarded "
-                 "as sent: a backend reading the first occurrence streams (uncharged) or generates more than reserved")),
-], ids=["last-wins-backend", "first-wins-backend"])
+@pytest.mark.parametrize("first_wins", [False, True], ids=["last-wins-backend", "first-wins-backend"])
 def test_duplicate_members_are_read_as_the_backend_reads_them(build: Callable[..., Setup], first_wins: bool) -> None:
     setup = build(first_wins=first_wins, context=300, delay_s=0.3)
     limit = 300
@@ -394,9 +390,12 @@ def test_duplicate_members_are_read_as_the_backend_reads_them(build: Callable[..
     # asks for 5 tokens. A first-wins parser reads a stream (no usage asked) and 290 tokens.
     streamed = f'{{"model":"{MODEL}","messages":{messages},"stream":true,"max_tokens":200,"stream":false}}'.encode()
     longer = f'{{"model":"{MODEL}","messages":{messages},"max_tokens":290,"max_tokens":5}}'.encode()
+    # A member given twice is refused (400, naming it) before anything is reserved or sent.
     for _ in range(4):
-        assert _raw(setup.gateway.url, key, CHAT, streamed).status_code in (200, 429)
-    _concurrent_raw(setup.gateway.url, key, CHAT, longer, 20)
+        refused = _raw(setup.gateway.url, key, CHAT, streamed)
+        assert refused.status_code == 400 and '"stream"' in refused.json()["error"]["message"]
+    assert {r.status_code for r in _concurrent_raw(setup.gateway.url, key, CHAT, longer, 20)} == {400}
+    assert setup.backend.requests == 0
     assert _settled(setup)
     assert setup.charged() >= setup.backend.generated
     assert setup.backend.generated <= limit + max(200 + _estimate(streamed), 5 + _estimate(longer))

@@ -114,15 +114,34 @@ def last_total_tokens(data: bytes, *, whole: bool = True) -> int | None:
     return None
 
 
-_DECODER = json.JSONDecoder()
+class DuplicateMember(ValueError):
+    """A JSON object gives a member twice."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two `"max_tokens"` counts (Python's and vLLM's the last,
+    # others the first): a body read one way by the gateway and another by a backend escapes
+    # its reservation, so it is refused. About 1 µs a request.
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise DuplicateMember(name)
+            seen.add(name)
+    return members
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_members)
 
 
 def _loads(body: bytes) -> Any:
-    """json.loads(body), without its encoding sniffing for the usual UTF-8 object."""
+    """json.loads(body), without its encoding sniffing for the usual UTF-8 object; a member
+    given twice raises DuplicateMember."""
     if body[:1] == b"{" and body[1:2] != b"\x00":
         # What json.detect_encoding concludes for these first bytes: UTF-8.
         return _DECODER.decode(body.decode("utf-8", "surrogatepass"))
-    return json.loads(body)
+    return json.loads(body, object_pairs_hook=_unique_members)
 
 
 _USAGE_OPTION = b',"stream_options":{"include_usage":true}}'
@@ -836,6 +855,9 @@ class Gateway:
     def _parse(self, request: Request) -> dict[str, Any]:
         try:
             body = _loads(request.body)
+        except DuplicateMember as exc:
+            raise MalformedRequest(
+                f"request body gives member {json.dumps(str(exc))[:80]} twice; send each member once") from None
         except ValueError as exc:
             raise MalformedRequest("request body is not valid JSON") from exc
         except RecursionError as exc:  # the decoder recurses per nesting level
