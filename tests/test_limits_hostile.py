@@ -59,9 +59,17 @@ class Setup:
         return self.gateway._gateway._meter.exposition().decode()  # noqa: SLF001
 
 
-def _start_gateway(tmp_path: Path, store: SqliteStore, backend: LenientBackend, **settings: Any) -> GatewayService:
+_BACKENDS_CONTEXT = -1
+
+
+def _start_gateway(tmp_path: Path, store: SqliteStore, backend: LenientBackend, *,
+                   max_context: int | None = _BACKENDS_CONTEXT, **settings: Any) -> GatewayService:
+    """A gateway in front of `backend`; its model's max_context is the backend's unless given
+    (None: left out of the models file)."""
     models = tmp_path / "models.yaml"
-    models.write_text(f"models:\n  - name: {MODEL}\n    url: {backend.url}\n    max_context: {backend.context}\n")
+    context = backend.context if max_context == _BACKENDS_CONTEXT else max_context
+    declared = "" if context is None else f"    max_context: {context}\n"
+    models.write_text(f"models:\n  - name: {MODEL}\n    url: {backend.url}\n{declared}")
     service = GatewayService(
         Settings(gateway_port=0, metrics_port=0, data_dir=tmp_path / "data", models_file=models, **settings),  # type: ignore[call-arg]
         store,

@@ -29,30 +29,14 @@ import httpx
 import pytest
 import redis
 
-from local.gateway import GatewayService
-from shared.settings import Settings
 from shared.store.base import TeamChanges
 from shared.store.sqlite import SqliteStore
 from tests.lenient_backend import LenientBackend
 from tests.redis_harness import RedisServer, redis_binary, redis_server  # noqa: F401
-from tests.test_limits_hostile import MODEL, Setup, _chat, _concurrently, _post, redis_url  # noqa: F401
+from tests.test_limits_hostile import MODEL, Setup, _chat, _concurrently, _post, _BACKENDS_CONTEXT, _start_gateway, redis_url  # noqa: F401
 from tests.waiting import eventually
 
 CHAT = "/v1/chat/completions"
-
-
-def _start(tmp_path: Path, store: SqliteStore, backend: LenientBackend, max_context: int | None, **settings: Any
-           ) -> GatewayService:
-    """A gateway in front of `backend`; `max_context=None` leaves it out of the models file."""
-    models = tmp_path / "models.yaml"
-    context = "" if max_context is None else f"    max_context: {max_context}\n"
-    models.write_text(f"models:\n  - name: {MODEL}\n    url: {backend.url}\n{context}")
-    service = GatewayService(
-        Settings(gateway_port=0, metrics_port=0, data_dir=tmp_path / "data", models_file=models, **settings),  # type: ignore[call-arg]
-        store,
-    )
-    service.start()
-    return service
 
 
 @pytest.fixture
@@ -61,14 +45,14 @@ def build(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
     opened: list[Callable[[], None]] = []
     backend_options = set(inspect.signature(LenientBackend).parameters)
 
-    def make(*, max_context: int | None = -1, **options: Any) -> Setup:
+    def make(*, max_context: int | None = _BACKENDS_CONTEXT, **options: Any) -> Setup:
         backend = LenientBackend(**{k: v for k, v in options.items() if k in backend_options})
         backend.start()
         opened.append(backend.stop)
         store = SqliteStore(tmp_path / "maas.db")
         opened.append(store.close)
         settings = {k: v for k, v in options.items() if k not in backend_options}
-        gateway = _start(tmp_path, store, backend, backend.context if max_context == -1 else max_context, **settings)
+        gateway = _start_gateway(tmp_path, store, backend, max_context=max_context, **settings)
         setup = Setup(backend, store, gateway, tmp_path)
         opened.append(lambda: setup.gateway.stop())
         return setup
@@ -523,7 +507,7 @@ def test_a_restart_with_calls_in_flight_keeps_their_reservations(build: Callable
     setup.gateway.stop()
     for thread in threads:
         thread.join(10)
-    setup.gateway = _start(setup.tmp_path, setup.store, setup.backend, setup.backend.context)
+    setup.gateway = _start_gateway(setup.tmp_path, setup.store, setup.backend)
     assert _spent(setup)[0] >= setup.backend.generated
 
 
@@ -546,7 +530,7 @@ def test_a_restart_with_calls_in_flight_records_their_usage(build: Callable[...,
         thread.join(10)
     relayed = sum(got.count(b"data: {") for got in received)
     assert relayed >= 30  # the clients were sent tokens
-    setup.gateway = _start(setup.tmp_path, setup.store, setup.backend, setup.backend.context)
+    setup.gateway = _start_gateway(setup.tmp_path, setup.store, setup.backend)
     assert setup.charged() >= relayed
 
 
@@ -565,7 +549,7 @@ def test_a_stop_with_streams_in_flight_is_clean(build: Callable[..., Setup]) -> 
     setup.gateway.stop()
     for thread in threads:
         thread.join(10)
-    setup.gateway = _start(setup.tmp_path, setup.store, setup.backend, setup.backend.context)
+    setup.gateway = _start_gateway(setup.tmp_path, setup.store, setup.backend)
 
 
 def _ignore_errors(url: str, key: str, body: dict[str, Any], received: list[bytes] | None = None) -> None:

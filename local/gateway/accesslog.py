@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-_KEY_SHAPED = re.compile(r"maas_[A-Za-z0-9_\-]{8,}")
+from shared.logsafety import clean
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_PATH = 200
 
@@ -29,9 +30,8 @@ Entry = tuple[bytes, bytes, int, str, str, str, int, float]
 
 
 def shown_path(path: bytes) -> str:
-    text = path[: _MAX_PATH * 4].decode("utf-8", "replace")
-    text = _KEY_SHAPED.sub("maas_[redacted]", text)
-    text = _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+    # Redacted and escaped as every log line is (shared/logsafety.py): these lines bypass logging.
+    text = clean(path[: _MAX_PATH * 4].decode("utf-8", "replace"))
     return text if len(text) <= _MAX_PATH else text[:_MAX_PATH] + "..."
 
 

@@ -171,7 +171,7 @@ def renamer(name: str) -> Callable[[bytes], bytes]:
     return partial(_MODEL_MEMBER.sub, member.replace(b"\\", b"\\\\"))  # a template: \ is special
 
 
-def _completions(body: dict[str, Any]) -> int:
+def _completions(body: dict[str, Any], path: bytes) -> int:
     """How many completions a request asks for: `n` (or `best_of`, which vLLM generates in full)
     for each prompt of a `/v1/completions` prompt list. A count a lenient backend would read
     differently from us (a string, a float) is refused rather than guessed."""
@@ -184,10 +184,7 @@ def _completions(body: dict[str, Any]) -> int:
             raise InvalidRequest(
                 f"'{name}' must be an integer from 1 to {MAX_COMPLETIONS}, not {json.dumps(value)[:40]}")
         copies = max(copies, value)
-    prompt = body.get("prompt")
-    # A list of strings, or of token lists, is one prompt each; a list of ints is one tokenized prompt.
-    prompts = len(prompt) if type(prompt) is list and prompt and type(prompt[0]) is not int else 1
-    return copies * prompts
+    return copies * _prompts(body, path)
 
 
 # OpenAI's own bound on `n`; more is no real use, and bounds what one reservation can be.
@@ -234,7 +231,7 @@ def _worst_cost(raw: bytes, body: dict[str, Any], path: bytes, backend: ModelBac
     max_context = backend.context
     if path == b"/v1/embeddings":
         return _prompt_bound(raw, body, path, max_context)  # nothing is generated
-    completions = _completions(body)
+    completions = _completions(body, path)
     bound = 0
     for name in _LENGTH_MEMBERS[path]:
         value = body.get(name)
