@@ -3,7 +3,9 @@ installed Context, so no test sees another's configuration or store."""
 
 from __future__ import annotations
 
+import ast
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,24 @@ from shared.settings import Settings
 from tests.records import ManualClock
 
 _OWN_VARIABLES = ("ADMIN_KEY", "PROMETHEUS_URL", "NAMESPACE", "FUNCTION_TARGET")
+
+
+def _serialise_ast_parse() -> None:
+    """CPython 3.11.7 keeps the AST constructor's recursion depth in state its threads share.
+    Two parses at once (hypothesis describing a lambda while a server thread prints a traceback,
+    which 3.11 parses to place its carets) raise "AST constructor recursion depth mismatch": it
+    failed CI in the schemathesis run. One parse at a time in the test process avoids it."""
+    parse = ast.parse
+    lock = threading.RLock()
+
+    def parse_alone(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with lock:
+            return parse(*args, **kwargs)
+
+    ast.parse = parse_alone  # type: ignore[assignment]
+
+
+_serialise_ast_parse()
 
 
 @pytest.fixture(autouse=True)

@@ -21,15 +21,6 @@ RULES: list[tuple[str, tuple[str, ...], set[str]]] = [
 
 
 def _parse(path: Path) -> ast.Module:
-    # CPython 3.11.7 counts the AST's recursion depth in state its threads share: a traceback
-    # printed by another test's server thread meanwhile (3.11 parses source lines to place its
-    # carets) makes ast.parse raise "AST constructor recursion depth mismatch". Parsing again is
-    # the workaround until the interpreter is newer.
-    for _ in range(5):
-        try:
-            return ast.parse(path.read_text(), filename=str(path))
-        except SystemError:
-            continue
     return ast.parse(path.read_text(), filename=str(path))
 
 
