@@ -5,7 +5,8 @@ be dropped without a word and the policy would do less than we think. Here it fa
 every object schema that declares `properties` (and neither `additionalProperties` nor
 `x-kubernetes-preserve-unknown-fields`) is closed with `additionalProperties: false`, and
 apiVersion, kind and metadata are pinned. Core kinds (Secret, ServiceAccount, Role, RoleBinding,
-Namespace, ConfigMap) have no CRD; they get small strict schemas of the fields we use.
+ClusterRole, ClusterRoleBinding, Namespace, ConfigMap) have no CRD; they get small strict schemas
+of the fields we use.
 
 The API server's other two steps are done too, in its order: schema defaults are applied first,
 and the `x-kubernetes-validations` CEL rules are evaluated (with cel-python) on every node present
@@ -141,7 +142,9 @@ def _pin(schema: dict[str, Any], api_version: str, kind: str, namespaced: bool) 
 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _STRING_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}}
-_VERBS = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+# The API's verbs, and `admin`: RBAC takes any verb, and platform admin is that one on a resource
+# no API serves (shared.kubeidentity.PLATFORM_ADMIN).
+_VERBS = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "admin"]
 
 
 def _core_schemas() -> dict[tuple[str, str], tuple[dict[str, Any], bool]]:
@@ -205,6 +208,34 @@ def _core_schemas() -> dict[tuple[str, str], tuple[dict[str, Any], bool]]:
                 },
             },
             True,
+        ),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole"): (
+            {"required": ["rules"], "properties": {"rules": {"type": "array", "items": rule}}},
+            False,
+        ),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): (
+            {
+                "required": ["roleRef", "subjects"],
+                "properties": {
+                    "roleRef": {
+                        "type": "object",
+                        "required": ["apiGroup", "kind", "name"],
+                        "properties": {
+                            "apiGroup": {"const": "rbac.authorization.k8s.io"},
+                            "kind": {"const": "ClusterRole"},
+                            "name": {"type": "string", "minLength": 1},
+                        },
+                    },
+                    # A ServiceAccount subject of a cluster-wide binding has no binding namespace to default to.
+                    "subjects": {"type": "array", "minItems": 1, "items": {
+                        **subject,
+                        # Open, or the strict closing would make the condition fail on every subject.
+                        "if": {"properties": {"kind": {"const": "ServiceAccount"}}, "additionalProperties": True},
+                        "then": {"required": ["namespace"]},
+                    }},
+                },
+            },
+            False,
         ),
     }
 

@@ -31,12 +31,39 @@ conditioned on the version read gets 409 Conflict; an unconditional one still la
 `unreachable()` (connections are dropped without an answer), `forbid()` (403 like missing RBAC).
 
 RBAC mode (optional, `KubeDouble(rbac=Rbac(...))`): the double authorizes every request as the
-API server's RBAC authorizer would against the `rules` of namespaced Roles bound to one user:
-the request's verb (get, list, watch, create, update, patch, delete, deletecollection), API
-group, resource (`plural/subresource` for a subresource) and name are matched against
-apiGroups, resources, verbs and resourceNames; a request no rule allows is answered 403
-Forbidden with the API server's message. Every (namespace, group, resource, verb) asked for is
-recorded in `rbac.used`, the refused ones in `rbac.denied`. Without `rbac` nothing is checked.
+API server's RBAC authorizer would against the `rules` of namespaced Roles bound to one user
+and of ClusterRoles bound to it cluster-wide (`cluster_rules`, the only grants that reach
+cluster-scoped resources): the request's verb (get, list, watch, create, update, patch, delete,
+deletecollection), API group, resource (`plural/subresource` for a subresource) and name are
+matched against apiGroups, resources, verbs and resourceNames; a request no rule allows is
+answered 403 Forbidden with the API server's message. Every (namespace, group, resource, verb)
+asked for is recorded in `rbac.used`, the refused ones in `rbac.denied`. Without `rbac` nothing
+is checked.
+
+Identities (what a key manager that signs people in with cluster tokens asks):
+- RBAC objects (rbac.authorization.k8s.io/v1 Roles, RoleBindings, ClusterRoles,
+  ClusterRoleBindings; the last two cluster-scoped) are stored like any other object, kind and
+  apiVersion filled in from the URL when the body names none, as for every built-in kind;
+- POST /apis/authentication.k8s.io/v1/tokenreviews authenticates a token registered with
+  `add_token(token, username, uid=, groups=, extra=, audiences=)` (until `revoke_token`), as
+  pkg/registry/authentication/tokenreview/storage.go does: for spec.audiences, or else the API
+  server's own (`api_audiences`); status.audiences is the token's audiences among those asked
+  for, and `system:authenticated` is added to the groups. An unknown token is answered
+  authenticated: false with the bearer token authenticator's "invalid bearer token", a token
+  for other audiences with the service account authenticator's `token audiences [...] is
+  invalid for the target audiences [...]`; no token is 400;
+- POST /apis/authorization.k8s.io/v1/subjectaccessreviews is validated as
+  ValidateSubjectAccessReviewSpec does (422) and decided by `authorize_as`: system:masters is
+  allowed everything, else the stored RBAC objects are walked as VisitRulesFor does
+  (pkg/registry/rbac/validation/rule.go: ClusterRoleBindings, then the RoleBindings of the
+  namespace asked about, bound to the user, a group of it or its ServiceAccount) and matched by
+  the same rule matching as RBAC mode, which also answers for the RBAC mode's own user. An
+  allowed review has the RBAC authorizer's reason (`RBAC: allowed by ClusterRoleBinding "x" of
+  ClusterRole "y" to Group "z"`); a refused one none, or the bindings to missing roles. RBAC
+  allows any verb and any resource, served or not, so a verb such as `admin` on a resource no
+  API serves is granted and reviewed like any other;
+- creating either review is the verb `create` on a cluster-scoped resource: in RBAC mode only
+  a ClusterRole grants it. `review_count(resource)` counts the reviews asked for.
 """
 
 from __future__ import annotations
@@ -70,7 +97,26 @@ CLUSTER_SCOPED = {
     ("apiextensions.k8s.io", "customresourcedefinitions"),
     ("gateway.networking.k8s.io", "gatewayclasses"),
     ("", "namespaces"),
+    ("rbac.authorization.k8s.io", "clusterroles"),
+    ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    ("authentication.k8s.io", "tokenreviews"),
+    ("authorization.k8s.io", "subjectaccessreviews"),
 }
+RBAC_GROUP = "rbac.authorization.k8s.io"
+# Built-in kinds outside the core group: the API server's typed decoder fills in a missing kind
+# and apiVersion from the URL for them (only custom objects must name their kind).
+BUILTIN_KINDS = {
+    (RBAC_GROUP, "v1", "roles"): "Role",
+    (RBAC_GROUP, "v1", "rolebindings"): "RoleBinding",
+    (RBAC_GROUP, "v1", "clusterroles"): "ClusterRole",
+    (RBAC_GROUP, "v1", "clusterrolebindings"): "ClusterRoleBinding",
+}
+# The review APIs: create-only, answered at once, never stored.
+TOKEN_REVIEWS = ("authentication.k8s.io", "v1", "tokenreviews")
+ACCESS_REVIEWS = ("authorization.k8s.io", "v1", "subjectaccessreviews")
+# The audience of the API server's own tokens when a review names none (kube-apiserver's
+# --api-audiences, which defaults to the service account issuer).
+API_AUDIENCES = ("https://kubernetes.default.svc",)
 
 
 def _cluster_scoped(res: tuple[str, str, str]) -> bool:
@@ -491,28 +537,37 @@ def _rule_allows(rule: JSON, access: Access) -> bool:
 
 @dataclass
 class Rbac:
-    """The rules bound to the one user every request is made as, per namespace of their Role."""
+    """The rules bound to the one user every request is made as: per namespace of their Role,
+    and those of ClusterRoles bound to them by a ClusterRoleBinding (valid everywhere, and the
+    only ones that reach cluster-scoped resources such as tokenreviews)."""
 
     roles: list[tuple[str, list[JSON]]]  # (namespace of the Role, its rules)
     user: str = "system:serviceaccount:default:default"
     used: set[tuple[str | None, str, str, str]] = field(default_factory=set)
     denied: list[Access] = field(default_factory=list)
+    cluster_rules: list[JSON] = field(default_factory=list)
 
     @classmethod
     def from_documents(cls, documents: list[JSON], *, user: str) -> Rbac:
-        """The Roles among rendered manifests (any other document is ignored)."""
+        """The Roles and ClusterRoles among rendered manifests, as bound to `user` (the caller
+        picks the ones bound to it; a ClusterRole counts as bound cluster-wide); any other
+        document is ignored."""
+        rbac = [doc for doc in documents if doc.get("apiVersion") == f"{RBAC_GROUP}/v1"]
         roles = [
             (doc["metadata"]["namespace"], copy.deepcopy(doc.get("rules") or []))
-            for doc in documents
-            if doc.get("kind") == "Role" and doc.get("apiVersion") == "rbac.authorization.k8s.io/v1"
+            for doc in rbac
+            if doc.get("kind") == "Role"
         ]
-        return cls(roles=roles, user=user)
+        cluster_rules = [copy.deepcopy(rule) for doc in rbac if doc.get("kind") == "ClusterRole" for rule in doc.get("rules") or []]
+        return cls(roles=roles, user=user, cluster_rules=cluster_rules)
 
-    def granted(self) -> set[tuple[str, str, str, str]]:
-        """Every (namespace, group, resource, verb) the rules name explicitly."""
+    def granted(self) -> set[tuple[str | None, str, str, str]]:
+        """Every (namespace, group, resource, verb) the rules name explicitly; None for the
+        namespace of a ClusterRole's grant."""
+        placed: list[tuple[str | None, list[JSON]]] = [*self.roles, (None, self.cluster_rules)]
         return {
             (namespace, group, resource, verb)
-            for namespace, rules in self.roles
+            for namespace, rules in placed
             for rule in rules
             for group in rule.get("apiGroups") or []
             for resource in rule.get("resources") or []
@@ -520,6 +575,8 @@ class Rbac:
         }
 
     def allows(self, access: Access) -> bool:
+        if any(_rule_allows(rule, access) for rule in self.cluster_rules):
+            return True
         if access.namespace is None:
             return False  # Roles grant within their namespace only; cluster scope needs a ClusterRole
         return any(
@@ -554,6 +611,69 @@ class Rbac:
         return ApiError(403, "Forbidden", message, details)
 
 
+def _applies_to(subject: JSON, user: str, groups: list[str], binding_namespace: str) -> bool:
+    """RBAC's appliesToUser (pkg/registry/rbac/validation/rule.go): a ServiceAccount subject
+    without a namespace means the binding's own."""
+    kind, name = subject.get("kind"), subject.get("name")
+    if kind == "User":
+        return user == name
+    if kind == "Group":
+        return name in groups
+    if kind == "ServiceAccount":
+        namespace = subject.get("namespace") or binding_namespace
+        return bool(namespace) and user == f"system:serviceaccount:{namespace}:{name}"
+    return False
+
+
+def _describe_subject(subject: JSON, binding_namespace: str) -> str:
+    if subject.get("kind") == "ServiceAccount":
+        return f'ServiceAccount "{subject.get("name")}/{subject.get("namespace") or binding_namespace}"'
+    return f'{subject.get("kind")} "{subject.get("name")}"'
+
+
+def stored_rules(cluster: Cluster, user: str, groups: list[str], namespace: str | None) -> tuple[list[tuple[str, JSON]], list[str]]:
+    """RBAC's VisitRulesFor over the RBAC objects the double stores: the rules of the
+    ClusterRoles bound by ClusterRoleBindings, then, for a namespace, those of the Roles and
+    ClusterRoles bound by its RoleBindings, each with the API server's description of where it
+    comes from; and the errors met (a binding to a role that does not exist)."""
+    found: list[tuple[str, JSON]] = []
+    errors: list[str] = []
+
+    def role_rules(ref: JSON, binding_namespace: str) -> list[JSON] | None:
+        kind, name = ref.get("kind"), ref.get("name", "")
+        plural, where = ("clusterroles", "") if kind == "ClusterRole" else ("roles", binding_namespace)
+        role = cluster.objects.get((RBAC_GROUP, "v1", plural, where, name))
+        if role is None:
+            errors.append(f'{kind.lower() if kind else "role"}.{RBAC_GROUP} "{name}" not found')
+            return None
+        return list(role.get("rules") or [])
+
+    def visit(bindings: list[JSON], binding_namespace: str) -> None:
+        for binding in bindings:
+            subjects = binding.get("subjects") or []
+            subject = next((s for s in subjects if _applies_to(s, user, groups, binding_namespace)), None)
+            if subject is None:
+                continue
+            rules = role_rules(binding.get("roleRef") or {}, binding_namespace)
+            if rules is None:
+                continue
+            ref, meta = binding["roleRef"], binding["metadata"]
+            if binding_namespace:
+                source = f'RoleBinding "{meta["name"]}/{binding_namespace}"'
+            else:
+                source = f'ClusterRoleBinding "{meta["name"]}"'
+            source += f' of {ref["kind"]} "{ref["name"]}" to {_describe_subject(subject, binding_namespace)}'
+            found.extend((source, rule) for rule in rules)
+
+    def listed(plural: str, where: str) -> list[JSON]:
+        return [obj for key, obj in sorted(cluster.objects.items()) if key[:4] == (RBAC_GROUP, "v1", plural, where)]
+
+    visit(listed("clusterrolebindings", ""), "")
+    if namespace:
+        visit(listed("rolebindings", namespace), namespace)
+    return found, errors
+
+
 # -- the HTTP server -------------------------------------------------------------------------
 
 
@@ -565,6 +685,22 @@ def version_info(git_version: str) -> JSON:
         "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0",
         "compiler": "gc", "platform": "linux/amd64",
     }
+
+
+@dataclass(frozen=True)
+class TokenUser:
+    """Who a bearer token registered in the double authenticates as (TokenReview's UserInfo)."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    audiences: tuple[str, ...] = ()  # the token's `aud`; () is the API server's own (API_AUDIENCES)
+
+
+def _go_strings(values: list[str] | tuple[str, ...]) -> str:
+    """Go's %q of a []string: ["a" "b"]."""
+    return "[" + " ".join(json.dumps(value) for value in values) + "]"
 
 
 class KubeDouble:
@@ -579,6 +715,8 @@ class KubeDouble:
         self._dropping = False
         self._forbidden = False
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
+        self.tokens: dict[str, TokenUser] = {}  # what TokenReview authenticates (add_token)
+        self.api_audiences: tuple[str, ...] = API_AUDIENCES
         handler = type("Handler", (_Handler,), {"double": self})
         self._server = _Server(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="kube-double", daemon=True)
@@ -629,6 +767,49 @@ class KubeDouble:
         finally:
             self._forbidden = False
 
+    # -- identities ---------------------------------------------------------------------------
+
+    def add_token(
+        self,
+        token: str,
+        username: str,
+        *,
+        uid: str = "",
+        groups: tuple[str, ...] = (),
+        extra: dict[str, list[str]] | None = None,
+        audiences: tuple[str, ...] = (),
+    ) -> TokenUser:
+        """Make TokenReview authenticate `token` as this user (until `revoke_token`)."""
+        user = TokenUser(username, uid, tuple(groups), tuple((k, tuple(v)) for k, v in sorted((extra or {}).items())),
+                         tuple(audiences))
+        with self.cluster.lock:
+            self.tokens[token] = user
+        return user
+
+    def revoke_token(self, token: str) -> None:
+        with self.cluster.lock:
+            self.tokens.pop(token, None)
+
+    def review_count(self, resource: str = "tokenreviews") -> int:
+        """How many reviews of a kind (tokenreviews, subjectaccessreviews) were asked for."""
+        return sum(1 for method, path in self.requests if method == "POST" and path.rstrip("/").endswith(f"/{resource}"))
+
+    def authorize_as(self, user: str, groups: list[str], access: Access) -> tuple[bool, str]:
+        """How the API server's authorizers (system:masters, then RBAC) decide `access` for this
+        user: (allowed, reason). The RBAC objects stored in the double count, and so do the RBAC
+        mode's rules for the user every request is made as."""
+        if "system:masters" in groups:
+            return True, ""  # the privileged-group authorizer, ahead of RBAC, gives no reason
+        if self.rbac is not None and user == self.rbac.user and self.rbac.allows(access):
+            return True, f'RBAC: allowed by the double\'s rules for User "{user}"'
+        found, errors = stored_rules(self.cluster, user, groups, access.namespace)
+        for source, rule in found:
+            if _rule_allows(rule, access):
+                return True, f"RBAC: allowed by {source}"
+        if not errors:
+            return False, ""
+        return False, "RBAC: " + (errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]")
+
     # -- direct access for tests -------------------------------------------------------------
 
     def get(self, plural: str, namespace: str, name: str, group: str = "", version: str = "v1") -> JSON | None:
@@ -663,6 +844,12 @@ class KubeDouble:
         if self.rbac is not None:
             resource = f"{res[2]}/{subresource}" if subresource else res[2]
             self.rbac.authorize(Access(namespace, res[0], resource, request_verb(method, name, query), name))
+        if res in (TOKEN_REVIEWS, ACCESS_REVIEWS):
+            if namespace is not None or name is not None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            if method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            return 201, self._token_review(body) if res == TOKEN_REVIEWS else self._access_review(body)
         if _cluster_scoped(res):
             if namespace is not None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -692,6 +879,72 @@ class KubeDouble:
             return 200, self._delete(res, key, body, query)
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
+    def _token_review(self, body: Any) -> JSON:
+        """pkg/registry/authentication/tokenreview/storage.go: the token alone is authenticated,
+        for the review's audiences or else the API server's own; a token for other audiences is
+        not authenticated (the service account authenticator's error, behind the bearer token
+        authenticator's), and an unknown one gets the bearer token authenticator's default error."""
+        spec = (body.get("spec") if isinstance(body, dict) else None) or {}
+        token = spec.get("token") or ""
+        if not token:
+            raise bad_request("token is required for TokenReview in authentication")
+        wanted = list(spec.get("audiences") or []) or list(self.api_audiences)
+        user = self.tokens.get(token)
+        status: JSON = {"user": {}}
+        if user is None:
+            status["error"] = "invalid bearer token"
+        else:
+            own = list(user.audiences) or list(self.api_audiences)
+            common = [audience for audience in own if audience in wanted]
+            if not common:
+                status["error"] = (
+                    f"[invalid bearer token, token audiences {_go_strings(own)} is invalid for the "
+                    f"target audiences {_go_strings(wanted)}]"
+                )
+            else:
+                # The authenticated group is added to every authenticated user (AuthenticatedGroupAdder).
+                groups = [*user.groups, *(() if "system:authenticated" in user.groups else ("system:authenticated",))]
+                info: JSON = {"username": user.username, "groups": groups}
+                if user.uid:
+                    info["uid"] = user.uid
+                if user.extra:
+                    info["extra"] = {key: list(values) for key, values in user.extra}
+                status = {"authenticated": True, "user": info, "audiences": common}
+        return {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {}, "spec": spec,
+                "status": status}
+
+    def _access_review(self, body: Any) -> JSON:
+        """pkg/registry/authorization/subjectaccessreview/rest.go: validated as
+        ValidateSubjectAccessReviewSpec does, then decided by `authorize_as`. A user without
+        groups is asked about as a member of none; non-resource requests (nonResourceURLs rules
+        are not modelled) are allowed to system:masters only."""
+        spec = (body.get("spec") if isinstance(body, dict) else None) or {}
+        attributes, non_resource = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+        causes: list[tuple[str, str]] = []
+        if attributes is not None and non_resource is not None:
+            causes.append(("spec.nonResourceAttributes", "Invalid value: cannot be specified in combination with resourceAttributes"))
+        if attributes is None and non_resource is None:
+            causes.append(("spec.resourceAttributes", "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified"))
+        if not spec.get("user") and not spec.get("groups"):
+            causes.append(("spec.user", 'Invalid value: "": at least one of user or group must be specified'))
+        if causes:
+            raise invalid("SubjectAccessReview.authorization.k8s.io", ACCESS_REVIEWS, "", causes)
+        user, groups = spec.get("user") or "", list(spec.get("groups") or [])
+        if attributes is None:
+            allowed, reason = "system:masters" in groups, ""
+        else:
+            resource = attributes.get("resource") or ""
+            if attributes.get("subresource"):
+                resource += "/" + attributes["subresource"]
+            access = Access(attributes.get("namespace") or None, attributes.get("group") or "", resource,
+                            attributes.get("verb") or "", attributes.get("name") or None)
+            allowed, reason = self.authorize_as(user, groups, access)
+        status: JSON = {"allowed": allowed}
+        if reason:
+            status["reason"] = reason
+        return {"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {},
+                "spec": spec, "status": status}
+
     def _lose_to_concurrent_writer(self, key: Key) -> None:
         """Another client wrote `key` just before this request: its resourceVersion moved on,
         so a write conditioned on the version this client read fails as on a real server."""
@@ -702,7 +955,9 @@ class KubeDouble:
         current["metadata"]["resourceVersion"] = self.cluster.next_version()
 
     def _kind(self, res: tuple[str, str, str]) -> str:
-        return CORE_KINDS[res[2]] if _is_core(res) else self.cluster.kinds.get(res, "")
+        if _is_core(res):
+            return CORE_KINDS[res[2]]
+        return BUILTIN_KINDS.get(res) or self.cluster.kinds.get(res, "")
 
     def _get(self, res: tuple[str, str, str], key: Key) -> JSON:
         obj = self.cluster.objects.get(key)
@@ -750,6 +1005,11 @@ class KubeDouble:
         api_version = f"{res[0]}/{res[1]}" if res[0] else res[1]
         if _is_core(res):
             obj["kind"], obj["apiVersion"] = CORE_KINDS[res[2]], api_version
+        elif res in BUILTIN_KINDS:
+            obj.setdefault("kind", BUILTIN_KINDS[res])
+            obj.setdefault("apiVersion", api_version)
+            if (obj["kind"], obj["apiVersion"]) != (BUILTIN_KINDS[res], api_version):
+                raise bad_request(f"the body names {obj['apiVersion']} {obj['kind']}, not {api_version} {BUILTIN_KINDS[res]}")
         else:
             if not obj.get("kind"):
                 raise bad_request("Object 'Kind' is missing in the request body")

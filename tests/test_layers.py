@@ -15,7 +15,7 @@ WEB = ("flask", "werkzeug", "functions_framework", "aiohttp", "httptools", "uvlo
 RULES: list[tuple[str, tuple[str, ...], set[str]]] = [
     ("shared", WEB + ("local", "functions", "main"), set()),
     ("functions", ("local",), set()),
-    ("shared functions local", ("kubernetes",), {"shared/store/kube.py", "shared/kubeapply.py"}),
+    ("shared functions local", ("kubernetes",), {"shared/store/kube.py", "shared/kubeapply.py", "shared/kubeidentity.py"}),
     ("shared functions local", ("prometheus_api_client",), {"shared/usage/prometheus.py"}),
 ]
 

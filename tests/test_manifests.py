@@ -103,10 +103,16 @@ def test_every_document_is_strictly_valid(rendered: list[dict[str, Any]]) -> Non
     assert {name: errors for name, errors in problems.items() if errors} == {}
 
 
+# The cluster-scoped documents: signing in with cluster identities (tools.manifests.identity_rbac).
+CLUSTER_SCOPED = {("ClusterRole", "maas-key-manager-reviews-llm"), ("ClusterRoleBinding", "maas-key-manager-reviews-llm"),
+                  ("ClusterRole", "maas-platform-admin")}
+
+
 def test_names_are_unique_per_kind_and_namespaced(rendered: list[dict[str, Any]]) -> None:
     seen = [(d["apiVersion"], d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in rendered]
     assert len(seen) == len(set(seen))
-    assert all(namespace == "llm" for _, _, namespace, _ in seen)
+    assert {(kind, name) for _, kind, namespace, name in seen if namespace is None} == CLUSTER_SCOPED
+    assert all(namespace == "llm" for _, kind, namespace, _ in seen if kind not in manifests.CLUSTER_SCOPED_KINDS)
 
 
 KEYS_LAYOUT = Settings(keys_namespace="llm-keys")  # MAAS_KEYS_NAMESPACE: the store apart from the functions
@@ -116,7 +122,7 @@ def test_every_document_is_strictly_valid_with_a_keys_namespace() -> None:
     documents = manifests.render(KEYS_LAYOUT)
     problems = {f"{d['kind']}/{d['metadata']['name']}": crds.validation_errors(d) for d in documents}
     assert {name: errors for name, errors in problems.items() if errors} == {}
-    seen = [(d["apiVersion"], d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]) for d in documents]
+    seen = [(d["apiVersion"], d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in documents]
     assert len(seen) == len(set(seen))
     # Only the store's side moves: the team source, its account, and the functions' store Roles.
     moved = {(kind, name) for _, kind, namespace, name in seen if namespace == "llm-keys"}
@@ -124,7 +130,8 @@ def test_every_document_is_strictly_valid_with_a_keys_namespace() -> None:
                      ("Role", "maas-events"), ("RoleBinding", "maas-events")} | {
         (kind, manifests.account_name(account)) for account in ("reader", "models", "writer", "cleanup")
         for kind in ("Role", "RoleBinding")}
-    assert {namespace for _, _, namespace, _ in seen} == {"llm", "llm-keys"}
+    assert {namespace for _, _, namespace, _ in seen} == {"llm", "llm-keys", None}
+    assert {(kind, name) for _, kind, namespace, name in seen if namespace is None} == CLUSTER_SCOPED
     (config,) = [d for d in documents if d["kind"] == "ConfigMap"]
     assert config["metadata"]["namespace"] == "llm" and config["data"]["MAAS_KEYS_NAMESPACE"] == "llm-keys"
 
@@ -328,8 +335,26 @@ def _rules(documents: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any
             yield role["metadata"]["name"], rule
 
 
-def test_rbac_has_no_wildcards_and_no_cluster_scope(rendered: list[dict[str, Any]]) -> None:
-    assert not of_kind(rendered, "ClusterRole") and not of_kind(rendered, "ClusterRoleBinding")
+def test_rbac_has_no_wildcards_and_cluster_scope_only_for_the_reviews(rendered: list[dict[str, Any]]) -> None:
+    """Cluster-wide: `create` on the two reviews (cluster-scoped, so a Role cannot grant them),
+    bound to the accounts of the functions that check admin credentials and no other; and the
+    platform-admin ClusterRole, bound to nobody (a cluster admin binds it, docs/DEPLOY.md)."""
+    roles = named(rendered, "ClusterRole")
+    assert set(roles) == {"maas-key-manager-reviews-llm", "maas-platform-admin"}
+    assert roles["maas-key-manager-reviews-llm"]["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    ]
+    assert roles["maas-platform-admin"]["rules"] == [
+        {"apiGroups": ["maas.opendatahub.io"], "resources": ["teams"], "verbs": ["admin"]}]
+    (binding,) = of_kind(rendered, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "maas-key-manager-reviews-llm"}
+    checking = {manifests.function_account(route.target) for route in ROUTES if route.auth != "none"}
+    assert checking == {manifests.account_name(a) for a in ("reader", "models", "writer")}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "llm"} for name in
+                                   [manifests.account_name(a) for a in ("reader", "models", "writer")]]
+    assert not any(b["roleRef"]["name"] == "maas-platform-admin" for b in of_kind(rendered, "RoleBinding"))
     for name, rule in _rules(rendered):
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert not any("*" in value for value in rule.get(field, [])), (name, field, rule)

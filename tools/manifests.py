@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from shared.gatewayapi import HTTP_ROUTE_API, MAX_RULES_PER_ROUTE, gateway_parent_ref, host_rewrite, reference_grant
+from shared.kubeidentity import PLATFORM_ADMIN, REVIEWER_RULES
 from shared.modelroute import managed_route_objects
 from shared.policies import generate_policies, managed_policies
 from shared.routes import EVENT_TARGETS, ROUTES, Route
@@ -451,6 +452,58 @@ def function_rbac(settings: Settings) -> list[dict[str, Any]]:
     return documents
 
 
+# Cluster-scoped, so named after the namespace: two installs never rebind each other's accounts.
+REVIEWER_ROLE = f"{SERVICE_ACCOUNT}-reviews"
+# The role a cluster admin binds to make people platform admins (docs/DEPLOY.md); the same rules
+# for every install, so one name: a ClusterRoleBinding to it grants every install, a RoleBinding
+# in one namespace that install alone.
+PLATFORM_ADMIN_ROLE = "maas-platform-admin"
+
+
+def reviewer_role_name(settings: Settings) -> str:
+    return f"{REVIEWER_ROLE}-{settings.namespace}"
+
+
+def reviewer_accounts() -> list[str]:
+    """The accounts of the functions that check admin credentials: they may be handed a
+    Kubernetes user token (shared.kubeidentity) and must review it."""
+    checking = {FUNCTION_ACCOUNTS[route.target] for route in ROUTES if route.auth != "none"}
+    return [account for account in ACCOUNT_RULES if account in checking]
+
+
+def identity_rbac(settings: Settings) -> list[dict[str, Any]]:
+    """What signing in with cluster identities needs: `create` on TokenReviews and
+    SubjectAccessReviews for the admin-checking accounts (both reviews are cluster-scoped, so a
+    ClusterRole and ClusterRoleBinding: a Role cannot grant them), and the platform-admin
+    ClusterRole, bound to nobody: granting it is the cluster admin's decision."""
+    name = reviewer_role_name(settings)
+    labels = dict(PART_OF)
+    reviewer = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels},
+        "rules": [dict(rule) for rule in REVIEWER_RULES],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": dict(labels)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": account_name(account), "namespace": settings.namespace}
+            for account in reviewer_accounts()
+        ],
+    }
+    platform_admin = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": PLATFORM_ADMIN_ROLE, "labels": dict(labels)},
+        "rules": [{"apiGroups": [PLATFORM_ADMIN.group], "resources": [PLATFORM_ADMIN.resource],
+                   "verbs": [PLATFORM_ADMIN.verb]}],
+    }
+    return [reviewer, binding, platform_admin]
+
+
 def rule_namespace(rule: dict[str, Any], settings: Settings) -> str:
     """Where an ACCOUNT_RULES rule is granted: the store's core objects (Secrets, ConfigMaps) in
     the keys namespace, anything else (the models) in MAAS_NAMESPACE."""
@@ -512,6 +565,7 @@ def render(
     routes = http_routes(settings)
     return [
         *function_rbac(settings),
+        *identity_rbac(settings),
         config_map(settings, prometheus_url),
         *static,
         *(knative_service(target, settings, func, image) for target in function_targets()),

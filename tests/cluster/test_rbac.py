@@ -12,6 +12,10 @@ section 12 (kubernetes/website `content/en/docs/reference/access-authn-authz/rba
   no wildcard anywhere.
 - The accounts of the functions that need no API (openapi) have no Role and mount no token; the
   health function has no rights at all (functions/meta.health asks for /version, which needs none).
+- The one cluster-wide grant is `create` on TokenReviews and SubjectAccessReviews (both
+  cluster-scoped, so only a ClusterRole can grant them), for the accounts of the functions that
+  check admin credentials (shared.kubeidentity); a review writes nothing. The platform-admin
+  ClusterRole is rendered for a cluster admin to bind, and bound to nobody.
 
 tests/test_kube_rbac.py proves the grants are exactly what each function uses; this file
 checks the rendered shape, under default and non-default settings, and shows each check fails
@@ -53,21 +57,31 @@ def _rules(documents: list[JSON]) -> Iterator[tuple[str, JSON]]:
             yield role["metadata"]["name"], rule
 
 
-def account_grants(documents: list[JSON], account: str, namespace: str) -> dict[tuple[str, str, str], set[str]]:
-    """(role namespace, group, resource) -> verbs, over the Roles bound to one ServiceAccount."""
+def account_grants(documents: list[JSON], account: str, namespace: str) -> dict[tuple[str | None, str, str], set[str]]:
+    """(role namespace, group, resource) -> verbs, over the Roles bound to one ServiceAccount and
+    the ClusterRoles bound to it cluster-wide (namespace None)."""
     subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
-    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in _of(documents, "Role")}
-    grants: dict[tuple[str, str, str], set[str]] = {}
+    roles = {(r["metadata"].get("namespace"), r["kind"], r["metadata"]["name"]): r
+             for r in _of(documents, "Role") + _of(documents, "ClusterRole")}
+    grants: dict[tuple[str | None, str, str], set[str]] = {}
     for binding in _of(documents, "RoleBinding") + _of(documents, "ClusterRoleBinding"):
         if subject not in binding["subjects"]:
             continue
-        role = roles.get((binding["metadata"].get("namespace"), binding["roleRef"]["name"]))
-        assert role is not None and binding["roleRef"]["kind"] == "Role", binding["metadata"]["name"]
+        kind = binding["roleRef"]["kind"]
+        # A Role is its binding's namespace's; a ClusterRole has none.
+        where = binding["metadata"].get("namespace") if kind == "Role" else None
+        role = roles.get((where, kind, binding["roleRef"]["name"]))
+        assert role is not None, binding["metadata"]["name"]
+        scope = binding["metadata"].get("namespace")  # None: a ClusterRoleBinding grants everywhere
         for rule in role["rules"]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
-                    grants.setdefault((role["metadata"]["namespace"], group, resource), set()).update(rule["verbs"])
+                    grants.setdefault((scope, group, resource), set()).update(rule["verbs"])
     return grants
+
+
+# Creating a review asks the API server a question and stores nothing: not a write.
+REVIEWS = {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")}
 
 
 # ------------------------------------------------------------------ the checks
@@ -81,15 +95,22 @@ def resource_names(documents: list[JSON]) -> Iterator[str]:
                 yield f"{role}: resourceNames with {verb} (ineffective: it cannot name the object)"
 
 
-def wildcards(documents: list[JSON]) -> Iterator[str]:
-    """No `*` in verbs, resources, apiGroups or resourceNames; no cluster-wide grants."""
+def wildcards(documents: list[JSON], settings: Settings) -> Iterator[str]:
+    """No `*` in verbs, resources, apiGroups or resourceNames; no cluster-wide grant but the
+    reviews' (exactly manifests.identity_rbac, bound to the admin-checking accounts alone)."""
     for role, rule in _rules(documents):
         for key in ("apiGroups", "resources", "verbs", "resourceNames"):
             if any("*" in value for value in rule.get(key) or []):
                 yield f"{role}: wildcard in {key}"
+    expected = {(d["kind"], d["metadata"]["name"]): d for d in manifests.identity_rbac(settings)}
     for kind in ("ClusterRole", "ClusterRoleBinding"):
         for document in _of(documents, kind):
-            yield f"{kind} {document['metadata']['name']}"
+            if expected.get((kind, document["metadata"]["name"])) != document:
+                yield f"{kind} {document['metadata']['name']}"
+    for binding in _of(documents, "RoleBinding"):
+        if binding["roleRef"]["kind"] == "ClusterRole":
+            yield f"RoleBinding {binding['metadata']['name']} binds ClusterRole {binding['roleRef']['name']}"
+
 
 
 def quiet_accounts(documents: list[JSON], settings: Settings) -> Iterator[str]:
@@ -116,7 +137,7 @@ def read_only(documents: list[JSON], settings: Settings) -> Iterator[str]:
     for account in ("reader", "models", "health"):
         name = manifests.account_name(account)
         for (_, group, resource), verbs in account_grants(documents, name, settings.namespace).items():
-            writes = verbs - {"get", "list"} - ({"create"} if (group, resource) == ("", "configmaps") else set())
+            writes = verbs - {"get", "list"} - ({"create"} if (group, resource) in {("", "configmaps"), *REVIEWS} else set())
             if writes:
                 yield f"{name} may {sorted(writes)} {resource}"
 
@@ -182,7 +203,7 @@ def secrets_apart(documents: list[JSON], settings: Settings) -> Iterator[str]:
 
 CHECKS: dict[str, Callable[[list[JSON], Settings], list[str]]] = {
     "resource_names": lambda documents, settings: list(resource_names(documents)),
-    "wildcards": lambda documents, settings: list(wildcards(documents)),
+    "wildcards": lambda documents, settings: list(wildcards(documents, settings)),
     "quiet_accounts": lambda documents, settings: list(quiet_accounts(documents, settings)),
     "read_only": lambda documents, settings: list(read_only(documents, settings)),
     "placement": lambda documents, settings: list(placement(documents, settings)),
@@ -264,6 +285,12 @@ MUTATIONS: dict[str, tuple[str, Callable[[list[JSON]], None]]] = {
     "wildcard verb": ("wildcards", _add_rule("reader", {"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]})),
     "wildcard resource": ("wildcards", _add_rule("reader", {"apiGroups": [""], "resources": ["*"], "verbs": ["get"]})),
     "a ClusterRole": ("wildcards", lambda d: d.append({"kind": "ClusterRole", "metadata": {"name": "x"}, "rules": []})),
+    "reviews for the cleanup account": ("wildcards", lambda d: _of(d, "ClusterRoleBinding")[0]["subjects"].append(
+        {"kind": "ServiceAccount", "name": manifests.account_name("cleanup"), "namespace": "llm"})),
+    "a platform admin bound": ("wildcards", lambda d: d.append({
+        "kind": "RoleBinding", "metadata": {"name": "admins", "namespace": "llm"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": manifests.PLATFORM_ADMIN_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": manifests.account_name("writer"), "namespace": "llm"}]})),
     "openapi bound to a Role": ("quiet_accounts", _bind_to_reader("openapi")),
     "openapi mounts a token": ("quiet_accounts", lambda d: next(
         s for s in _of(d, "ServiceAccount") if s["metadata"]["name"] == manifests.function_account("openapi")
