@@ -9,6 +9,7 @@ settle against a model of the semantics.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 import uuid
@@ -32,12 +33,12 @@ HOUR = 3600
 
 
 class Store(Protocol):
-    """The sync face both stores are tested through."""
+    """The sync face both stores are tested through. Reservation ids are the wrappers' (`Rids`):
+    a settle takes back the oldest reservation of its amount on its counter."""
 
-    def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold: ...
+    def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None) -> Hold: ...
 
-    def settle(self, key: str, *, window: int, window_s: int, reserved: int, tokens: int,
-               also: str | None = None) -> None: ...
+    def settle(self, key: str, *, window_s: int, reserved: int, tokens: int, also: str | None = None) -> None: ...
 
     def state(self, key: str) -> tuple[int, int]: ...
 
@@ -50,18 +51,38 @@ class MemoryStore:
         self.now = wall_ms()
         self.counters = MemoryCounters(clock_ms=lambda: self.now)
 
-    def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold:
-        return self.counters.reserve(key, limit=limit, window_s=window_s, amount=amount)
+    def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None) -> Hold:
+        return self.counters.reserve(key, limit=limit, window_s=window_s, amount=amount, also=also)
 
-    def settle(self, key: str, *, window: int, window_s: int, reserved: int, tokens: int,
-               also: str | None = None) -> None:
-        self.counters.settle(key, window=window, window_s=window_s, reserved=reserved, tokens=tokens, also=also)
+    def settle(self, key: str, *, window_s: int, reserved: int, tokens: int, also: str | None = None) -> None:
+        self.counters.settle(key, reserved=reserved, tokens=tokens, window_s=window_s, also=also)
 
     def state(self, key: str) -> tuple[int, int]:
         return self.counters.state(key)
 
     def wait_ms(self, ms: int) -> None:
         self.now += ms
+
+
+class Rids:
+    """Unique reservation ids, remembered by (counter, amount) until settled."""
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self._held: dict[tuple[str, int], list[str]] = {}
+
+    def new(self, key: str, amount: int) -> str:
+        rid = f"r{next(self._count)}"
+        self._held.setdefault((key, amount), []).append(rid)
+        return rid
+
+    def take(self, key: str, amount: int) -> str:
+        held = self._held.get((key, amount))
+        return held.pop(0) if held else f"unknown{next(self._count)}"
+
+    def forget(self, key: str, amount: int) -> None:
+        """The newest one was refused: nothing to settle."""
+        self._held[(key, amount)].pop()
 
 
 class RedisStore:
@@ -71,18 +92,25 @@ class RedisStore:
         self.loop = loop
         self.counters = counters
         self.namespace = f"{uuid.uuid4().hex}:"
+        self.rids = Rids()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
-    def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold:
-        return self.run(self.counters.reserve(self.namespace + key, limit=limit, window_s=window_s, amount=amount))
+    def _also(self, also: str | None) -> str | None:
+        return None if also is None else self.namespace + also
 
-    def settle(self, key: str, *, window: int, window_s: int, reserved: int, tokens: int,
-               also: str | None = None) -> None:
-        also_key = None if also is None else self.namespace + also
-        self.run(self.counters.settle(self.namespace + key, window=window, window_s=window_s,
-                                      reserved=reserved, tokens=tokens, also=also_key))
+    def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None) -> Hold:
+        rid = self.rids.new(key, amount)
+        hold = self.run(self.counters.reserve(self.namespace + key, limit=limit, window_s=window_s, amount=amount,
+                                              also=self._also(also), rid=rid, hold_ms=HOUR * 1000))
+        if not hold.admitted:
+            self.rids.forget(key, amount)
+        return hold
+
+    def settle(self, key: str, *, window_s: int, reserved: int, tokens: int, also: str | None = None) -> None:
+        self.run(self.counters.settle(self.namespace + key, reserved=reserved, tokens=tokens, window_s=window_s,
+                                      also=self._also(also), rid=self.rids.take(key, reserved)))
 
     def state(self, key: str) -> tuple[int, int]:
         return self.run(self.counters.state(self.namespace + key))
@@ -147,7 +175,7 @@ def test_refuses_at_the_limit_and_changes_nothing(store: Store) -> None:
     assert (refused.window, refused.spent, refused.reserved) == (first.window, 0, 100)
     assert store.state("k") == (0, 100)
 
-    store.settle("k", window=first.window, window_s=HOUR, reserved=100, tokens=100)
+    store.settle("k", window_s=HOUR, reserved=100, tokens=100)
     refused = store.reserve("k", limit=100, window_s=HOUR, amount=1)
     assert not refused.admitted
     assert (refused.window, refused.spent, refused.reserved) == (first.window, 100, 0)
@@ -175,48 +203,73 @@ def test_a_reservation_is_visible_to_the_next_reserve(store: Store) -> None:
 def test_settle_replaces_the_reservation_by_the_tokens(store: Store) -> None:
     a = store.reserve("k", limit=1000, window_s=HOUR, amount=50)
     b = store.reserve("k", limit=1000, window_s=HOUR, amount=40)
-    store.settle("k", window=a.window, window_s=HOUR, reserved=50, tokens=20)
+    store.settle("k", window_s=HOUR, reserved=50, tokens=20)
     assert store.state("k") == (20, 40)
-    store.settle("k", window=b.window, window_s=HOUR, reserved=40, tokens=0)
+    store.settle("k", window_s=HOUR, reserved=40, tokens=0)
     assert store.state("k") == (20, 0)
     nxt = store.reserve("k", limit=1000, window_s=HOUR, amount=1)
     assert (nxt.window, nxt.spent, nxt.reserved) == (a.window, 20, 0)
 
 
-def test_settle_counts_also_and_never_checks_it(store: Store) -> None:
-    hold = store.reserve("user", limit=100, window_s=HOUR, amount=50)
-    store.settle("user", window=hold.window, window_s=HOUR, reserved=50, tokens=30, also="team")
+def test_also_holds_and_counts_and_is_never_checked(store: Store) -> None:
+    # The other scope's counter sees the reservation in flight (a change of limit_scope now
+    # finds it), though it is over its own limit: it is never checked.
+    assert store.reserve("team", limit=10, window_s=HOUR, amount=10).admitted
+    hold = store.reserve("user", limit=100, window_s=HOUR, amount=50, also="team")
+    assert hold.admitted
+    assert store.state("user") == (0, 50)
+    assert store.state("team") == (0, 60)
+    store.settle("user", window_s=HOUR, reserved=50, tokens=30, also="team")
     assert store.state("user") == (30, 0)
-    assert store.state("team") == (30, 0)
+    assert store.state("team") == (30, 10)
     # Counted into a window of its own, that a later reserve on it sees.
+    store.settle("team", window_s=HOUR, reserved=10, tokens=0)
     team = store.reserve("team", limit=1000, window_s=HOUR, amount=5)
     assert team.admitted and (team.spent, team.reserved) == (30, 0)
     # Zero tokens: nothing is counted anywhere, and no window is started for `also`.
-    store.settle("user", window=hold.window, window_s=HOUR, reserved=0, tokens=0, also="other")
+    store.settle("user", window_s=HOUR, reserved=0, tokens=0, also="other")
     assert store.state("other") == (0, 0)
     assert store.state("team") == (30, 5)
 
 
-def test_settle_after_the_window_ended_counts_in_a_new_window(store: Store) -> None:
-    old_a = store.reserve("a", limit=100, window_s=1, amount=50)
-    old_b = store.reserve("b", limit=100, window_s=1, amount=50)
+def test_a_refused_reserve_holds_nothing_on_also(store: Store) -> None:
+    assert store.reserve("user", limit=10, window_s=HOUR, amount=10).admitted
+    assert not store.reserve("user", limit=10, window_s=HOUR, amount=7, also="team").admitted
+    assert store.state("team") == (0, 0)
+
+
+def test_reservations_outlive_their_window(store: Store) -> None:
+    """A call admitted late in a window holds its reservation in the next: that window's
+    admissions see it, and its tokens count where they were used."""
+    store.reserve("a", limit=100, window_s=1, amount=50)
+    late = store.reserve("a", limit=100, window_s=1, amount=40)
     store.wait_ms(1100)
-    # a: no window now; the settle starts one with the tokens and subtracts nothing from it.
-    store.settle("a", window=old_a.window, window_s=1, reserved=50, tokens=20)
+    assert store.state("a") == (0, 90)  # no window open, both calls in flight
+    nxt = store.reserve("a", limit=100, window_s=1, amount=20)
+    assert nxt.admitted and nxt.window >= late.window + 1000
+    assert (nxt.spent, nxt.reserved) == (0, 90)
+    assert not store.reserve("a", limit=100, window_s=1, amount=1).admitted  # 110 held
+    store.settle("a", window_s=1, reserved=50, tokens=45)
+    store.settle("a", window_s=1, reserved=40, tokens=5)
+    assert store.state("a") == (50, 20)
+    refused = store.reserve("a", limit=70, window_s=1, amount=1)
+    assert not refused.admitted and refused.window == nxt.window
+
+
+def test_settle_after_the_window_ended_counts_in_a_new_window(store: Store) -> None:
+    old = store.reserve("a", limit=100, window_s=1, amount=50)
+    store.wait_ms(1100)
+    # No window now: the settle starts one with the tokens.
+    store.settle("a", window_s=1, reserved=50, tokens=20)
     assert store.state("a") == (20, 0)
     nxt = store.reserve("a", limit=100, window_s=1, amount=1)
-    assert nxt.window >= old_a.window + 1000
+    assert nxt.window >= old.window + 1000
     assert (nxt.spent, nxt.reserved) == (20, 0)
-    # b: another request already started a new window; its reservation is not the old one's.
-    new_b = store.reserve("b", limit=100, window_s=1, amount=10)
-    assert new_b.window >= old_b.window + 1000 and (new_b.spent, new_b.reserved) == (0, 0)
-    store.settle("b", window=old_b.window, window_s=1, reserved=50, tokens=7)
-    assert store.state("b") == (7, 10)
 
 
 def test_a_window_ends_after_window_s(store: Store) -> None:
     first = store.reserve("k", limit=100, window_s=1, amount=100)
-    store.settle("k", window=first.window, window_s=1, reserved=100, tokens=100)
+    store.settle("k", window_s=1, reserved=100, tokens=100)
     assert not store.reserve("k", limit=100, window_s=1, amount=1).admitted
     assert 0 < first.reset_ms <= 1000
     store.wait_ms(1100)
@@ -247,20 +300,76 @@ def test_redis_keeps_a_window_as_a_hash_that_expires_at_its_end(
         redis_loop: tuple[asyncio.AbstractEventLoop, RedisCounters], raw_redis: redis.Redis) -> None:
     store = RedisStore(*redis_loop)
     hold = store.reserve("k", limit=100, window_s=HOUR, amount=30)
-    key = PREFIX + store.namespace + "k"
-    assert raw_redis.hgetall(key) == {"started": str(hold.window), "spent": "0", "reserved": "30"}
+    key = PREFIX + "w:" + store.namespace + "k"
+    assert raw_redis.hgetall(key) == {"started": str(hold.window), "spent": "0"}
     assert raw_redis.pexpiretime(key) == hold.window + HOUR * 1000
+    # The reservation beside it, by id, lapsing after hold_ms (the wrapper's: an hour).
+    held = raw_redis.zrange(PREFIX + "h:" + store.namespace + "k", 0, -1, withscores=True)
+    assert [(member.rsplit(":", 1)[1], score - hold.window) for member, score in held] == [("30", HOUR * 1000)]
+    assert raw_redis.get(PREFIX + "r:" + store.namespace + "k") == "30"
     # Later calls never push the end out (a fixed window, not a sliding one).
-    store.settle("k", window=hold.window, window_s=HOUR, reserved=30, tokens=10)
+    store.settle("k", window_s=HOUR, reserved=30, tokens=10)
     assert raw_redis.pexpiretime(key) == hold.window + HOUR * 1000
     assert raw_redis.hget(key, "spent") == "10"
+
+
+def _reserve(store: RedisStore, rid: str, amount: int = 10, hold_ms: int = HOUR * 1000) -> Hold:
+    return store.run(store.counters.reserve(store.namespace + "k", limit=100, window_s=HOUR, amount=amount,
+                                            rid=rid, hold_ms=hold_ms))
+
+
+def _settle(store: RedisStore, rid: str, *, amount: int = 10, tokens: int = 0, cancel: bool = False) -> None:
+    store.run(store.counters.settle(store.namespace + "k", reserved=amount, tokens=tokens, window_s=HOUR,
+                                    rid=rid, cancel=cancel))
+
+
+def test_redis_settles_a_reservation_once(redis_loop: tuple[asyncio.AbstractEventLoop, RedisCounters]) -> None:
+    store = RedisStore(*redis_loop)
+    _reserve(store, "a")
+    _reserve(store, "b")
+    _settle(store, "a", tokens=4)
+    _settle(store, "a", tokens=4)  # a retry: the tokens count again, the reservation does not go twice
+    assert store.state("k") == (8, 10)
+
+
+def test_redis_reservations_lapse_after_hold_ms(redis_loop: tuple[asyncio.AbstractEventLoop, RedisCounters]) -> None:
+    """A gateway that died with calls in flight holds no budget for longer than hold_ms."""
+    store = RedisStore(*redis_loop)
+    _reserve(store, "dead", amount=100, hold_ms=300)
+    assert store.state("k") == (0, 100)
+    assert not _reserve(store, "refused").admitted
+    time.sleep(0.35)
+    assert store.state("k") == (0, 0)
+    assert _reserve(store, "fresh", amount=5).admitted
+    _settle(store, "dead", amount=100, tokens=50)  # settled late: its tokens count, nothing is taken back
+    assert store.state("k") == (50, 5)
+
+
+def test_redis_cancel_takes_back_or_bars_a_reservation(
+        redis_loop: tuple[asyncio.AbstractEventLoop, RedisCounters]) -> None:
+    store = RedisStore(*redis_loop)
+    _reserve(store, "ran")
+    _settle(store, "ran", cancel=True)  # Redis had run it: taken back
+    assert store.state("k") == (0, 0)
+    _settle(store, "late", cancel=True)  # the cancel got there first: when the reserve runs, it is refused
+    assert not _reserve(store, "late").admitted
+    assert store.state("k") == (0, 0)
+    assert _reserve(store, "other").admitted
+
+
+def test_redis_counter_names_cannot_reach_each_others_keys(
+        redis_loop: tuple[asyncio.AbstractEventLoop, RedisCounters]) -> None:
+    store = RedisStore(*redis_loop)
+    assert store.reserve("u/bob", limit=100, window_s=HOUR, amount=10).admitted
+    assert store.reserve("u/bob:h", limit=100, window_s=HOUR, amount=20).admitted
+    assert store.state("u/bob") == (0, 10) and store.state("u/bob:h") == (0, 20)
 
 
 def test_redis_drops_an_ended_window(
         redis_loop: tuple[asyncio.AbstractEventLoop, RedisCounters], raw_redis: redis.Redis) -> None:
     store = RedisStore(*redis_loop)
     store.reserve("k", limit=100, window_s=1, amount=30)
-    key = PREFIX + store.namespace + "k"
+    key = PREFIX + "w:" + store.namespace + "k"
     assert raw_redis.exists(key) == 1
     time.sleep(1.05)
     assert raw_redis.exists(key) == 0
@@ -270,7 +379,7 @@ def test_redis_answering_an_error_is_backend_unavailable_too(
         redis_server: RedisServer,  # noqa: F811
         redis_loop: tuple[asyncio.AbstractEventLoop, RedisCounters], raw_redis: redis.Redis) -> None:
     store = RedisStore(*redis_loop)
-    raw_redis.set(PREFIX + store.namespace + "k", "not a window")
+    raw_redis.set(PREFIX + "w:" + store.namespace + "k", "not a window")
     with pytest.raises(BackendUnavailable) as caught:
         store.reserve("k", limit=10, window_s=HOUR, amount=1)
     assert caught.value.message.startswith(
@@ -283,7 +392,8 @@ def test_redis_concurrent_reservations_take_the_last_tokens_once(redis_server: R
         counters = RedisCounters(redis_server.url, prefix=f"test:{uuid.uuid4().hex}:")
         try:
             return await asyncio.gather(*(
-                counters.reserve("k", limit=1000, window_s=HOUR, amount=100) for _ in range(50)))
+                counters.reserve("k", limit=1000, window_s=HOUR, amount=100, rid=f"r{i}", hold_ms=60_000)
+            for i in range(50)))
         finally:
             await counters.close()
 
@@ -307,9 +417,12 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         loop.close()
 
 
+_RIDS = (f"r{n}" for n in itertools.count())
+
+
 async def _reserve_then_close(counters: RedisCounters) -> Hold:
     try:
-        return await counters.reserve("k", limit=10, window_s=HOUR, amount=1)
+        return await counters.reserve("k", limit=10, window_s=HOUR, amount=1, rid=next(_RIDS), hold_ms=60_000)
     finally:
         await counters.close()
 
@@ -349,18 +462,18 @@ def test_redis_stopped_then_started_again(tmp_path: Path) -> None:
     counters = RedisCounters(server.url, timeout_s=0.5)
     try:
         loop.run_until_complete(counters.ping())
-        assert loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1)).admitted
+        assert loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1, rid=next(_RIDS), hold_ms=60_000)).admitted
         server.stop()
         started = time.monotonic()
         with pytest.raises(BackendUnavailable) as caught:
-            loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1))
+            loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1, rid=next(_RIDS), hold_ms=60_000))
         assert time.monotonic() - started < 1.0
         assert f"Redis at 127.0.0.1:{server.port} cannot be reached" in caught.value.message
         with pytest.raises(BackendUnavailable):
             loop.run_until_complete(counters.ping())
         # Back (empty: nothing is saved): the same client reconnects on its next call.
         server.start()
-        hold = loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1))
+        hold = loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1, rid=next(_RIDS), hold_ms=60_000))
         assert hold.admitted and (hold.spent, hold.reserved) == (0, 0)
     finally:
         loop.run_until_complete(counters.close())
@@ -375,9 +488,9 @@ def test_snapshot_keeps_open_windows_with_reservations_as_spent_and_drops_ended_
     now = [1_700_000_000_000]
     counters = MemoryCounters(clock_ms=lambda: now[0])
     a = counters.reserve("a", limit=100, window_s=60, amount=40)
-    counters.settle("a", window=a.window, window_s=60, reserved=40, tokens=25)
+    counters.settle("a", window_s=60, reserved=40, tokens=25)
     b = counters.reserve("b", limit=100, window_s=60, amount=30)  # in flight at the snapshot
-    counters.settle("b", window=b.window, window_s=60, reserved=0, tokens=5)
+    counters.settle("b", window_s=60, reserved=0, tokens=5)
     counters.reserve("short", limit=100, window_s=1, amount=10)
     now[0] += 2000  # "short" has ended
     saved = counters.snapshot()
@@ -396,9 +509,9 @@ def test_snapshot_keeps_open_windows_with_reservations_as_spent_and_drops_ended_
     # A window the process already has is not overwritten by an older save.
     restored.restore([("a", a.window, a.window + 60_000, 0)])
     assert restored.state("a") == (25, 1)
-    # And a restored window ends when it would have.
+    # And a restored window ends when it would have (the reservation in flight stays).
     now[0] = a.window + 60_000
-    assert restored.state("a") == (0, 0)
+    assert restored.state("a") == (0, 1)
 
 
 # -- properties: random interleavings against a model ----------------------------------------
@@ -406,10 +519,11 @@ def test_snapshot_keeps_open_windows_with_reservations_as_spent_and_drops_ended_
 KEYS = ("k1", "k2", "k3")
 ALSO = "also"
 
-reserve_op = st.tuples(st.just("reserve"), st.sampled_from(KEYS), st.integers(1, 120))
-# Which outstanding hold to settle (an index, taken modulo how many there are), the share of
-# its reservation used, and whether the other scope's counter is counted too.
-settle_op = st.tuples(st.just("settle"), st.integers(0, 50), st.floats(0, 1), st.booleans())
+# A reservation's amount, and whether it holds on the other scope's counter too; which
+# outstanding hold to settle (an index, taken modulo how many there are) and the share of its
+# reservation used.
+reserve_op = st.tuples(st.just("reserve"), st.sampled_from(KEYS), st.integers(1, 120), st.booleans())
+settle_op = st.tuples(st.just("settle"), st.integers(0, 50), st.floats(0, 1))
 operations = st.lists(st.one_of(reserve_op, settle_op), max_size=40)
 limits = st.fixed_dictionaries({key: st.integers(1, 400) for key in KEYS})
 
@@ -428,13 +542,14 @@ class Model:
 
 def check_sequence(store: Store, limits: dict[str, int], ops: list[tuple[Any, ...]]) -> None:
     model = Model()
-    holds: list[tuple[str, Hold, int]] = []  # admitted and not yet settled: key, hold, amount
+    holds: list[tuple[str, str | None, int]] = []  # admitted and not yet settled: key, also, amount
     largest = 0
     for op in ops:
         if op[0] == "reserve":
-            _, key, amount = op
+            _, key, amount, with_also = op
+            also = ALSO if with_also else None
             spent, reserved = model.get(key)
-            hold = store.reserve(key, limit=limits[key], window_s=HOUR, amount=amount)
+            hold = store.reserve(key, limit=limits[key], window_s=HOUR, amount=amount, also=also)
             assert hold.admitted == (spent + reserved < limits[key])
             assert (hold.spent, hold.reserved) == (spent, reserved)
             assert 0 < hold.reset_ms <= HOUR * 1000
@@ -443,21 +558,20 @@ def check_sequence(store: Store, limits: dict[str, int], ops: list[tuple[Any, ..
             model.counters.setdefault(key, [0, 0])
             if hold.admitted:
                 model.counters[key][1] += amount
-                holds.append((key, hold, amount))
+                if also is not None:
+                    model.counters.setdefault(also, [0, 0])[1] += amount
+                holds.append((key, also, amount))
                 largest = max(largest, amount)
         else:
-            _, index, share, with_also = op
+            _, index, share = op
             if not holds:
                 continue
-            key, hold, amount = holds.pop(index % len(holds))
+            key, also, amount = holds.pop(index % len(holds))
             tokens = int(amount * share)
-            store.settle(key, window=hold.window, window_s=HOUR, reserved=amount, tokens=tokens,
-                         also=ALSO if with_also else None)
-            counter = model.counters[key]
-            counter[0] += tokens
-            counter[1] -= amount
-            if with_also and tokens > 0:
-                model.counters.setdefault(ALSO, [0, 0])[0] += tokens
+            store.settle(key, window_s=HOUR, reserved=amount, tokens=tokens, also=also)
+            for counter in (key,) if also is None else (key, also):
+                model.counters[counter][0] += tokens
+                model.counters[counter][1] -= amount
         for key in (*KEYS, ALSO):
             spent, reserved = store.state(key)
             assert (spent, reserved) == model.get(key)
@@ -491,10 +605,19 @@ def test_the_model_check_can_fail() -> None:
     """A store that admits at the limit (<= instead of <) is caught by the same check."""
 
     class OffByOne(MemoryStore):
-        def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold:
-            return super().reserve(key, limit=limit + 1, window_s=window_s, amount=amount)
+        def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None) -> Hold:
+            return super().reserve(key, limit=limit + 1, window_s=window_s, amount=amount, also=also)
 
     with pytest.raises(AssertionError):
         check_sequence(OffByOne(), {"k1": 10, "k2": 10, "k3": 10},
-                       [("reserve", "k1", 10), ("reserve", "k1", 1)])
+                       [("reserve", "k1", 10, False), ("reserve", "k1", 1, False)])
+
+
+def test_the_model_check_sees_a_store_that_forgets_also() -> None:
+    class NoAlso(MemoryStore):
+        def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None) -> Hold:
+            return super().reserve(key, limit=limit, window_s=window_s, amount=amount)
+
+    with pytest.raises(AssertionError):
+        check_sequence(NoAlso(), {"k1": 10, "k2": 10, "k3": 10}, [("reserve", "k1", 5, True)])
 

@@ -5,17 +5,21 @@ tests (tests/test_counters.py) check against a model:
 
 - A counter is a key (str) with a window: it starts at the first `reserve` of a key that has
   none (or whose window has ended) and lasts `window_s` whole seconds, as Limitador's fixed
-  windows do (its Redis storage: a key with an expiry set on the first hit).
-- `reserve(key, limit=, window_s=, amount=)` admits when `spent + reserved < limit` and then adds
-  `amount` to `reserved`; otherwise it changes nothing. Either way it answers a `Hold`: the
-  window's id (its start, ms since the epoch), what was spent and reserved before it, and the
-  milliseconds until the window ends.
-- `settle(key, window=, window_s=, reserved=, tokens=, also=)` takes the request's reservation
-  back from the window it was made in (if that window is still the key's current one: an ended
-  window is gone with its reservations) and adds `tokens` to the key's current window, starting
-  one if there is none (the tokens were used now). `also` names a second counter that is only
-  counted, never checked: the other scope's counter (a team's when users are limited, a user's
-  when the team is), so that a change of `limit_scope` finds what was spent.
+  windows do (its Redis storage: a key with an expiry set on the first hit). A window counts
+  `spent` tokens.
+- Reservations belong to the counter, not to a window: a request admitted late in a window that
+  is still generating when the window ends holds its reservation in the next one, so that
+  window's admissions see it and its tokens (counted when used, as Limitador counts a hit when it
+  is reported) cannot take a window past its limit plus one request's worst cost.
+- `reserve(key, limit=, window_s=, amount=, also=, rid=)` admits when `spent + reserved < limit`
+  and then adds `amount` to the counter's reservations, and to `also`'s: the other scope's counter
+  (a team's when users are limited, a user's when the team is), only counted, never checked, so
+  that a change of `limit_scope` finds what is spent and what is in flight. Refused, it changes
+  nothing. Either way it answers a `Hold`: the window's id (its start, ms since the epoch), what
+  was spent and reserved before it, and the milliseconds until the window ends.
+- `settle(key, rid=, reserved=, tokens=, window_s=, also=)` takes the reservation back from both
+  counters and adds `tokens` to their current windows, starting one where there is none (the
+  tokens were used now). Settling a reservation twice takes it back once (Redis: by its `rid`).
 - Everything one call does is atomic: concurrent reservations cannot both take the last tokens.
 
 Times are wall-clock milliseconds, so that saved windows (`snapshot`/`restore`) keep their ends
@@ -46,7 +50,6 @@ class _Window:
     started: int  # ms
     ends: int  # ms
     spent: int = 0
-    reserved: int = 0
 
 
 # A saved counter: (key, window start ms, window end ms, spent).
@@ -58,11 +61,13 @@ def wall_ms() -> int:
 
 
 class MemoryCounters:
-    """The in-process store: a dict of windows, used from the gateway's event loop only."""
+    """The in-process store: a dict of windows and one of reservations in flight, used from the
+    gateway's event loop only (so `rid`s are not needed to settle once: the limiter does)."""
 
     def __init__(self, clock_ms: Callable[[], int] = wall_ms) -> None:
         self._clock = clock_ms
         self._windows: dict[str, _Window] = {}
+        self._reserved: dict[str, int] = {}
         self._changed: set[str] = set()  # since the last `changes()`
 
     def _current(self, key: str, window_s: int, now: int) -> _Window:
@@ -71,43 +76,52 @@ class MemoryCounters:
             window = self._windows[key] = _Window(started=now, ends=now + window_s * 1000)
         return window
 
-    def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold:
+    def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None,
+                rid: str = "") -> Hold:
         now = self._clock()
         window = self._windows.get(key)
         if window is None or now >= window.ends:
             window = self._windows[key] = _Window(started=now, ends=now + window_s * 1000)
-        spent, reserved = window.spent, window.reserved
+        spent, reserved = window.spent, self._reserved.get(key, 0)
         admitted = spent + reserved < limit
         if admitted:
-            window.reserved = reserved + amount
+            self._reserved[key] = reserved + amount
             self._changed.add(key)
+            if also is not None:
+                self._reserved[also] = self._reserved.get(also, 0) + amount
+                self._changed.add(also)
         return Hold(admitted, window.started, spent, reserved, window.ends - now)
 
-    def settle(self, key: str, *, window: int, window_s: int, reserved: int, tokens: int,
-               also: str | None = None) -> None:
+    def _release(self, key: str, amount: int) -> None:
+        left = self._reserved.get(key, 0) - amount
+        if left > 0:
+            self._reserved[key] = left
+        else:
+            self._reserved.pop(key, None)
+
+    def settle(self, key: str, *, reserved: int, tokens: int, window_s: int, also: str | None = None,
+               rid: str = "") -> None:
         now = self._clock()
-        current = self._windows.get(key)
-        if current is not None and current.started == window and now < current.ends:
-            current.reserved -= reserved
-        self._changed.add(key)
-        if tokens > 0:
-            self._current(key, window_s, now).spent += tokens
-            if also is not None:
-                self._current(also, window_s, now).spent += tokens
-                self._changed.add(also)
+        for counter in (key,) if also is None else (key, also):
+            self._release(counter, reserved)
+            self._changed.add(counter)
+            if tokens > 0:
+                self._current(counter, window_s, now).spent += tokens
 
     def state(self, key: str) -> tuple[int, int]:
-        """(spent, reserved) in the key's current window; (0, 0) when it has none."""
+        """(spent in the key's current window or 0 when it has none, reserved in flight)."""
         spent, reserved, _ = self.peek(key)
         return (spent, reserved)
 
     def peek(self, key: str) -> tuple[int, int, int]:
-        """(spent, reserved, ms until the window ends); all 0 when it has no open window."""
+        """(spent, reserved, ms until the window ends); spent and the time are 0 when it has no
+        open window."""
         window = self._windows.get(key)
         now = self._clock()
+        reserved = self._reserved.get(key, 0)
         if window is None or now >= window.ends:
-            return (0, 0, 0)
-        return (window.spent, window.reserved, window.ends - now)
+            return (0, reserved, 0)
+        return (window.spent, reserved, window.ends - now)
 
     # -- saving across restarts ----------------------------------------------------------
 
@@ -118,7 +132,8 @@ class MemoryCounters:
         ended = [key for key, window in self._windows.items() if now >= window.ends]
         for key in ended:
             del self._windows[key]
-        return [(key, w.started, w.ends, w.spent + w.reserved) for key, w in self._windows.items()]
+        reserved = self._reserved
+        return [(key, w.started, w.ends, w.spent + reserved.get(key, 0)) for key, w in self._windows.items()]
 
     def changes(self) -> list[Saved]:
         """`snapshot()` of the counters changed since the last call only: what a periodic
@@ -129,7 +144,7 @@ class MemoryCounters:
         for key in changed:
             w = self._windows.get(key)
             if w is not None and now < w.ends:
-                rows.append((key, w.started, w.ends, w.spent + w.reserved))
+                rows.append((key, w.started, w.ends, w.spent + self._reserved.get(key, 0)))
         return rows
 
     def restore(self, saved: Iterable[Saved]) -> None:

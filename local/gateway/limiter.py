@@ -22,12 +22,14 @@ without a task; the Redis one is awaited.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import sqlite3
+from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from local.gateway.counters import Hold, MemoryCounters, Saved, wall_ms
 from shared.durations import window_ms
@@ -44,12 +46,13 @@ IN_FLIGHT_RETRY_S = 1
 class Reservation:
     """An admitted request's hold on its counter, and the X-RateLimit-* values at admission."""
 
-    __slots__ = ("also", "amount", "key", "limit", "remaining", "reset", "settled", "window", "window_s")
+    __slots__ = ("also", "amount", "key", "limit", "remaining", "reset", "rid", "settled", "window_s")
 
-    def __init__(self, key: str, also: str, hold: Hold, window_s: int, amount: int, limit: int) -> None:
+    def __init__(self, key: str, also: str, hold: Hold, window_s: int, amount: int, limit: int,
+                 rid: str = "") -> None:
         self.key = key
         self.also = also
-        self.window = hold.window
+        self.rid = rid
         self.window_s = window_s
         self.amount = amount
         self.limit = limit
@@ -165,7 +168,7 @@ class TokenLimiter:
         """Reserve `estimate` tokens, or raise RateLimited with Retry-After and X-RateLimit-*."""
         key, also = self._keys.pair(team, user_id)
         window_s = self._keys.window_s(team.time_window)
-        hold = self.counters.reserve(key, limit=team.token_limit, window_s=window_s, amount=estimate)
+        hold = self.counters.reserve(key, limit=team.token_limit, window_s=window_s, amount=estimate, also=also)
         if not hold.admitted:
             raise refusal(team, hold)
         self._open += 1
@@ -180,8 +183,8 @@ class TokenLimiter:
             return
         reservation.settled = True
         self._open -= 1
-        self.counters.settle(reservation.key, window=reservation.window, window_s=reservation.window_s,
-                             reserved=reservation.amount, tokens=tokens, also=reservation.also)
+        self.counters.settle(reservation.key, reserved=reservation.amount, tokens=tokens,
+                             window_s=reservation.window_s, also=reservation.also)
 
     def state(self, *, team: Team, user_id: str) -> tuple[int, int]:
         """(spent, reserved) in the current window of the counter the team enforces."""
@@ -192,10 +195,11 @@ class TokenLimiter:
 
 
 class RemoteCounters(Protocol):
-    async def reserve(self, key: str, *, limit: int, window_s: int, amount: int) -> Hold: ...
+    async def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None,
+                      rid: str, hold_ms: int) -> Hold: ...
 
-    async def settle(self, key: str, *, window: int, window_s: int, reserved: int, tokens: int,
-                     also: str | None = None) -> None: ...
+    async def settle(self, key: str, *, reserved: int, tokens: int, window_s: int, also: str | None = None,
+                     rid: str, cancel: bool = False) -> None: ...
 
     async def state(self, key: str) -> tuple[int, int]: ...
 
@@ -212,11 +216,15 @@ class RedisLimiter:
 
     remote = True
 
-    def __init__(self, counters: RemoteCounters) -> None:
+    def __init__(self, counters: RemoteCounters, *, hold_s: float = 3600.0) -> None:
         self.counters = counters
         self._keys = _Keys()
         self._open = 0
         self._settling: set[asyncio.Task[None]] = set()
+        self._hold_ms = int(hold_s * 1000)
+        # Reservation ids: this gateway's own random part, then a count.
+        self._rids = itertools.count()
+        self._instance = os.urandom(6).hex()
 
     @property
     def outstanding(self) -> int:
@@ -225,29 +233,45 @@ class RedisLimiter:
     async def admit(self, *, team: Team, user_id: str, estimate: int) -> Reservation:
         key, also = self._keys.pair(team, user_id)
         window_s = self._keys.window_s(team.time_window)
-        hold = await self.counters.reserve(key, limit=team.token_limit, window_s=window_s, amount=estimate)
+        rid = f"{self._instance}.{next(self._rids)}"
+        try:
+            hold = await self.counters.reserve(key, limit=team.token_limit, window_s=window_s, amount=estimate,
+                                               also=also, rid=rid, hold_ms=self._hold_ms)
+        except BaseException:
+            # Redis was too slow to answer, or the client left while it was asked: it may still
+            # run the reservation. Take it back (or bar it) rather than hold the budget.
+            self._send(self.counters.settle(key, reserved=estimate, tokens=0, window_s=window_s, also=also,
+                                            rid=rid, cancel=True), "cancel a reservation", logging.DEBUG)
+            raise
         if not hold.admitted:
             raise refusal(team, hold)
         self._open += 1
-        return Reservation(key, also, hold, window_s, estimate, team.token_limit)
+        return Reservation(key, also, hold, window_s, estimate, team.token_limit, rid)
 
     def settle(self, reservation: Reservation, *, tokens: int, team: Team) -> None:
         """Sent without waiting (the answer has gone out); a failure is logged: the reservation
-        then stands until its window ends, which errs on the side of the limit."""
+        then stands until it lapses (`hold_s`, longer than a request runs), which errs on the
+        side of the limit."""
         if reservation.settled:
             return
         reservation.settled = True
         self._open -= 1
-        task = asyncio.get_running_loop().create_task(self._settle(reservation, tokens))
+        self._send(self.counters.settle(reservation.key, reserved=reservation.amount, tokens=tokens,
+                                        window_s=reservation.window_s, also=reservation.also,
+                                        rid=reservation.rid), f"settle {tokens} token(s)")
+
+    def _send(self, settling: Coroutine[Any, Any, None], what: str, level: int = logging.WARNING) -> None:
+        # A cancel follows a failed reserve: when Redis is down, the 503 has said so already.
+        task = asyncio.get_running_loop().create_task(self._quietly(settling, what, level))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, reservation: Reservation, tokens: int) -> None:
+    @staticmethod
+    async def _quietly(settling: Coroutine[Any, Any, None], what: str, level: int) -> None:
         try:
-            await self.counters.settle(reservation.key, window=reservation.window, window_s=reservation.window_s,
-                                       reserved=reservation.amount, tokens=tokens, also=reservation.also)
-        except Exception as exc:  # noqa: BLE001 - logged, and the reservation errs on the safe side
-            log.warning("could not settle %d token(s) in Redis: %s", tokens, exc)
+            await settling
+        except Exception as exc:  # noqa: BLE001 - logged; the reservation lapses on its own
+            log.log(level, "could not %s in Redis: %s", what, exc)
 
     async def state(self, *, team: Team, user_id: str) -> tuple[int, int]:
         return await self.counters.state(self._keys.pair(team, user_id)[0])

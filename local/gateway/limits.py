@@ -73,7 +73,10 @@ class LimiterService:
         if settings.redis_url is not None:
             from local.gateway.rediscounters import RedisCounters  # only where Redis is used
 
-            self.limiter = RedisLimiter(RedisCounters(settings.redis_url, timeout_s=settings.redis_timeout_s))
+            # A reservation outlives any call but a stream that runs past it (the upstream
+            # timeout is between chunks, not for the whole call): then it no longer holds budget.
+            self.limiter = RedisLimiter(RedisCounters(settings.redis_url, timeout_s=settings.redis_timeout_s),
+                                        hold_s=max(3600.0, 4 * settings.upstream_timeout_s))
         else:
             self.limiter = TokenLimiter(MemoryCounters())
 
