@@ -28,6 +28,7 @@ run: $(STAMP) ## Serve every function, the gateway and the model simulator on th
 test: $(STAMP) ## Run the test suite (installs Debian's prometheus and redis-server for the tests when missing)
 	@bash tools/ensure_prometheus.sh
 	@bash tools/ensure_redis.sh
+	@bash tools/ensure_oidc_provider.sh
 	@command -v jq >/dev/null && command -v curl >/dev/null || \
 		(echo "installing curl and jq (the quickstart test pastes curl | jq) ..." && \
 		 apt-get update -qq && apt-get install -y -qq --no-install-recommends curl jq >/dev/null)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.durations import normalize_window
@@ -244,6 +244,58 @@ class Settings(BaseSettings):
         description="Admin API: seconds to receive a request's body after its headers, and for each send "
         "of the response.",
     )
+
+    # OpenID Connect sign-in to the admin API (shared/oidc.py): people bring their provider's token.
+    # The audience comes first: the issuer's validator reads it.
+    oidc_audience: str | None = Field(
+        default=None, validation_alias="MAAS_OIDC_AUDIENCE",
+        description="Admin API: the audience an OIDC token must name in `aud`, usually the client id "
+        "registered at the provider; required with MAAS_OIDC_ISSUER.",
+    )
+    oidc_issuer: str | None = Field(
+        default=None, validation_alias="MAAS_OIDC_ISSUER",
+        description="Admin API: the OpenID Connect issuer whose tokens (`Authorization: Bearer <JWT>`) sign "
+        "people in, exactly as its tokens' `iss` says (https; plain http only on a loopback address); its "
+        "discovery document and keys are fetched on the first token. Unset: OIDC sign-in is off.",
+    )
+    oidc_user_claim: str = Field(
+        default="sub", validation_alias="MAAS_OIDC_USER_CLAIM", min_length=1,
+        description="Admin API: the OIDC token claim holding the user id (e.g. `preferred_username`).",
+    )
+    oidc_email_claim: str = Field(
+        default="email", validation_alias="MAAS_OIDC_EMAIL_CLAIM", min_length=1,
+        description="Admin API: the OIDC token claim holding the user's email address (optional in a token).",
+    )
+    oidc_groups_claim: str = Field(
+        default="groups", validation_alias="MAAS_OIDC_GROUPS_CLAIM", min_length=1,
+        description="Admin API: the OIDC token claim holding the user's groups, a list of strings (absent: none).",
+    )
+    oidc_ca_file: Path | None = Field(
+        default=None, validation_alias="MAAS_OIDC_CA_FILE",
+        description="Admin API: PEM bundle of the CAs to trust for an https issuer with a private CA; "
+        "unset: the system's CAs.",
+    )
+
+    @field_validator("oidc_issuer", "oidc_audience", "oidc_ca_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Manifests and .env files often carry `MAAS_OIDC_ISSUER=`: that means off, not an empty URL.
+        return None if value == "" else value
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _oidc_issuer(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from shared.oidc import issuer_problem  # here, so that reading settings never imports PyJWT
+
+        if value is None:
+            return value
+        problem = issuer_problem(value)
+        if problem is not None:
+            raise ValueError(f"the OIDC issuer {problem}")
+        # Without an audience any token of the provider's, issued to any of its apps, would sign in.
+        if info.data.get("oidc_audience") is None:
+            raise ValueError("needs MAAS_OIDC_AUDIENCE too: the client id the provider puts in its tokens' aud")
+        return value
 
     @field_validator("admin_key")
     @classmethod
