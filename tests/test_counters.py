@@ -471,12 +471,52 @@ def test_redis_stopped_then_started_again(tmp_path: Path) -> None:
         assert f"Redis at 127.0.0.1:{server.port} cannot be reached" in caught.value.message
         with pytest.raises(BackendUnavailable):
             loop.run_until_complete(counters.ping())
-        # Back (empty: nothing is saved): the same client reconnects on its next call.
+        # Back, empty (nothing is saved): the same client reconnects on its next call, and puts
+        # back what it saw first: its reservation still in flight.
         server.start()
-        hold = loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1, rid=next(_RIDS), hold_ms=60_000))
-        assert hold.admitted and (hold.spent, hold.reserved) == (0, 0)
+        hold = loop.run_until_complete(counters.reserve("k", limit=10, window_s=HOUR, amount=1, rid=next(_RIDS),
+                                                        hold_ms=60_000))
+        assert hold.admitted and (hold.spent, hold.reserved) == (0, 1)
     finally:
         loop.run_until_complete(counters.close())
+        loop.close()
+        server.stop()
+
+
+def test_redis_forgetting_its_counters_gets_back_what_every_gateway_saw(tmp_path: Path) -> None:
+    """A Redis restarted without persistence (or flushed): each gateway puts back the windows it
+    saw and its reservations in flight, the larger count winning, before it reserves again."""
+    binary = redis_binary()
+    assert binary is not None
+    server = RedisServer(binary, tmp_path).start()
+    loop = asyncio.new_event_loop()
+    one, two = (RedisCounters(server.url, timeout_s=0.5, prefix="p:") for _ in range(2))
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return loop.run_until_complete(coro)
+
+    def reserve(counters: RedisCounters, key: str, amount: int, rid: str) -> Hold:
+        return run(counters.reserve(key, limit=100, window_s=HOUR, amount=amount, rid=rid, hold_ms=60_000))
+
+    try:
+        first = reserve(one, "a", 30, "one-1")
+        run(one.settle("a", reserved=30, tokens=30, window_s=HOUR, rid="one-1"))
+        reserve(two, "a", 20, "two-1")
+        run(two.settle("a", reserved=20, tokens=20, window_s=HOUR, rid="two-1"))  # two saw 50 spent
+        reserve(one, "b", 40, "one-2")  # in flight through the restart
+        run(one._client.call("FLUSHALL"))  # noqa: SLF001 - what a restart without persistence leaves
+        # Gateway one puts back what it saw of a (30) and its hold on b; then two puts back a at 50.
+        again = reserve(one, "a", 1, "one-3")
+        assert again.admitted and again.window == first.window
+        assert (again.spent, again.reserved) == (30, 0)
+        assert reserve(two, "a", 1, "two-2").spent == 50
+        state = run(one.state("b"))
+        assert state == (0, 40)
+        # The restored window keeps its end.
+        assert 0 < reserve(one, "a", 1, "one-4").reset_ms <= first.reset_ms
+    finally:
+        for counters in (one, two):
+            run(counters.close())
         loop.close()
         server.stop()
 

@@ -640,8 +640,6 @@ def test_a_gateway_on_redis_serves_again_after_redis_restarts(build: Callable[..
         own.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the windows live only in Redis' memory: a Redis restarted without "
-                   "persistence hands every counter a fresh window")
 def test_a_redis_restart_keeps_the_windows(build: Callable[..., Setup], tmp_path: Path) -> None:
     binary = redis_binary()
     assert binary is not None

@@ -38,12 +38,16 @@ What differs from upstream:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 
-from local.gateway.counters import Hold
+from local.gateway.counters import Hold, wall_ms
 from local.gateway.resp import Reply, RespClient, RespConnectionError, RespError
 from shared.errors import BackendUnavailable
+
+log = logging.getLogger("maas.gateway")
 
 
 # Every script starts by reading Redis' clock and defines the two window helpers. Times are
@@ -105,42 +109,89 @@ local function release(held, total, member, amount)
 end
 """
 
-# KEYS window, held, total, tombstone[, also held, also total]
-# ARGV limit, window ms, amount, member, hold ms -> {admitted, window, spent, reserved, reset ms}
+# KEYS generation, window, held, total, tombstone[, also held, also total]
+# ARGV limit, window ms, amount, member, hold ms, the generation the caller knows ('' none), a new one
+# -> {admitted, window, spent, reserved, reset ms, now, generation}, or {-1, generation} when the
+# caller knew another generation: this Redis has forgotten what the caller saw (a restart
+# without persistence, a flush), and the caller puts it back before it reserves.
 _RESERVE = _PRELUDE + """
-if redis.call('EXISTS', KEYS[4]) == 1 then return {0, 0, 0, 0, 0} end
-local reserved = purge(KEYS[2], KEYS[3])
-local started, ends = open(KEYS[1], tonumber(ARGV[2]))
-local spent = tonumber(redis.call('HGET', KEYS[1], 'spent'))
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  generation = ARGV[7]
+  redis.call('SET', KEYS[1], generation)
+end
+if ARGV[6] ~= '' and ARGV[6] ~= generation then return {-1, generation} end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {0, 0, 0, 0, 0, now, generation} end
+local reserved = purge(KEYS[3], KEYS[4])
+local started, ends = open(KEYS[2], tonumber(ARGV[2]))
+local spent = tonumber(redis.call('HGET', KEYS[2], 'spent'))
 local admitted = 0
 if spent + reserved < tonumber(ARGV[1]) then
   local lapses = now + tonumber(ARGV[5])
-  hold(KEYS[2], KEYS[3], ARGV[4], ARGV[3], lapses)
-  if #KEYS > 4 then
-    purge(KEYS[5], KEYS[6])
-    hold(KEYS[5], KEYS[6], ARGV[4], ARGV[3], lapses)
+  hold(KEYS[3], KEYS[4], ARGV[4], ARGV[3], lapses)
+  if #KEYS > 5 then
+    purge(KEYS[6], KEYS[7])
+    hold(KEYS[6], KEYS[7], ARGV[4], ARGV[3], lapses)
   end
   admitted = 1
 end
-return {admitted, started, spent, reserved, ends - now}
+return {admitted, started, spent, reserved, ends - now, now, generation}
 """
 
 # KEYS window, held, total, tombstone[, also window, also held, also total]
 # ARGV window ms, member, amount, tokens, cancel (1: the caller never learnt whether it was admitted)
+# -> {} or, when tokens were counted, {started, ends, spent} of each window counted in
 _SETTLE = _PRELUDE + """
 local tokens = tonumber(ARGV[4])
+local counted = {}
 if not release(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) and ARGV[5] == '1' then
   redis.call('SET', KEYS[4], 1, 'PX', 60000)
 end
-if tokens > 0 then
-  open(KEYS[1], tonumber(ARGV[1]))
-  redis.call('HINCRBY', KEYS[1], 'spent', tokens)
+local function count(window)
+  local started, ends = open(window, tonumber(ARGV[1]))
+  local spent = redis.call('HINCRBY', window, 'spent', tokens)
+  table.insert(counted, started)
+  table.insert(counted, ends)
+  table.insert(counted, spent)
 end
+if tokens > 0 then count(KEYS[1]) end
 if #KEYS > 4 then
   release(KEYS[6], KEYS[7], ARGV[2], ARGV[3])
-  if tokens > 0 then
-    open(KEYS[5], tonumber(ARGV[1]))
-    redis.call('HINCRBY', KEYS[5], 'spent', tokens)
+  if tokens > 0 then count(KEYS[5]) end
+end
+return counted
+"""
+
+# Putting back what a Redis forgot (see _RESERVE). KEYS windows; ARGV started, ends, spent of
+# each. A window is put back as it was seen; one another gateway put back already keeps the
+# larger count; one opened since the restart holds usage after the last sighting and is added.
+_RESTORE_WINDOWS = _PRELUDE + """
+for i = 1, #KEYS do
+  local started, ends, spent = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
+  if ends > now then
+    local current = live(KEYS[i])
+    if current == started then
+      if spent > tonumber(redis.call('HGET', KEYS[i], 'spent')) then
+        redis.call('HSET', KEYS[i], 'spent', spent)
+      end
+    else
+      if current then spent = spent + tonumber(redis.call('HGET', KEYS[i], 'spent')) end
+      redis.call('DEL', KEYS[i])
+      redis.call('HSET', KEYS[i], 'started', string.format('%d', started), 'spent', spent)
+      redis.call('PEXPIREAT', KEYS[i], string.format('%d', ends))
+    end
+  end
+end
+return 0
+"""
+
+# KEYS held, total of each reservation; ARGV member, amount, lapses of each
+_RESTORE_HOLDS = _PRELUDE + """
+for i = 1, #KEYS / 2 do
+  local held, total = KEYS[2 * i - 1], KEYS[2 * i]
+  local member, amount, lapses = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
+  if lapses > now and not redis.call('ZSCORE', held, member) then
+    hold(held, total, member, amount, lapses)
   end
 end
 return 0
@@ -154,6 +205,10 @@ local started, ends = live(KEYS[1])
 if not started then return {0, reserved, 0} end
 return {tonumber(redis.call('HGET', KEYS[1], 'spent')), reserved, ends - now}
 """
+
+
+def _text(value: Reply) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _reason(exc: BaseException) -> str:
@@ -185,6 +240,15 @@ class RedisCounters:
         self._reserve = _Script(_RESERVE)
         self._settle = _Script(_SETTLE)
         self._state = _Script(_STATE)
+        self._restore_windows = _Script(_RESTORE_WINDOWS)
+        self._restore_holds = _Script(_RESTORE_HOLDS)
+        # What this gateway last saw of each window it used, and its reservations in flight:
+        # what it puts back when the Redis turns out to have forgotten (a new generation).
+        self._generation = ""
+        self._seen: dict[str, tuple[int, int, int]] = {}  # window key: (started, ends, spent)
+        self._held: dict[str, tuple[str, str, str | None, str | None, int, int]] = {}
+        self._recovery: asyncio.Task[None] | None = None
+        self._prune_at = 1024
 
     async def _eval(self, script: _Script, keys: list[str], args: list[int]) -> Reply:
         call = self._client.call
@@ -213,23 +277,90 @@ class RedisCounters:
 
     async def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None,
                       rid: str, hold_ms: int) -> Hold:
-        keys = self._keys(key) + [f"{self._prefix}x:{rid}"]
+        window, held, total = self._keys(key)
+        keys = [self._prefix + "generation", window, held, total, f"{self._prefix}x:{rid}"]
+        also_held = also_total = None
         if also is not None:
-            keys += self._keys(also)[1:]
-        reply = await self._eval(self._reserve, keys, [limit, window_s * 1000, amount, f"{rid}:{amount}", hold_ms])
-        assert isinstance(reply, list)
-        admitted, window, spent, reserved, reset_ms = (int(value) for value in reply)  # type: ignore[arg-type]
-        return Hold(admitted == 1, window, spent, reserved, reset_ms)
+            _, also_held, also_total = self._keys(also)
+            keys += [also_held, also_total]
+        member = f"{rid}:{amount}"
+        args = [limit, window_s * 1000, amount, member, hold_ms]
+        for _ in range(3):
+            reply = await self._eval(self._reserve, keys, [*args, self._generation, os.urandom(8).hex()])
+            assert isinstance(reply, list)
+            if int(reply[0]) == -1:  # type: ignore[arg-type]
+                await self._recover(_text(reply[1]))
+                continue
+            admitted, started, spent, reserved, reset_ms, now = (int(v) for v in reply[:6])  # type: ignore[arg-type]
+            self._generation = _text(reply[6])
+            self._see(window, started, now + reset_ms, spent)
+            if admitted == 1:
+                self._held[rid] = (member, held, total, also_held, also_total, now + hold_ms)
+            return Hold(admitted == 1, started, spent, reserved, reset_ms)
+        raise self._unavailable("answered with an error", "its counters were reset three times in a row")
 
     async def settle(self, key: str, *, reserved: int, tokens: int, window_s: int, also: str | None = None,
                      rid: str, cancel: bool = False) -> None:
         """Take reservation `rid` back and count `tokens`. `cancel`: the caller does not know
         whether Redis ran the reserve (it gave up waiting), so one that runs later is refused."""
+        self._held.pop(rid, None)
         keys = self._keys(key) + [f"{self._prefix}x:{rid}"]
         if also is not None:
             keys += self._keys(also)
-        await self._eval(self._settle, keys, [window_s * 1000, f"{rid}:{reserved}", reserved, tokens,
-                                              1 if cancel else 0])
+        counted = await self._eval(self._settle, keys, [window_s * 1000, f"{rid}:{reserved}", reserved, tokens,
+                                                        1 if cancel else 0])
+        assert isinstance(counted, list)
+        windows = [keys[0]] if also is None else [keys[0], keys[4]]
+        for window, at in zip(windows, range(0, len(counted), 3)):
+            self._see(window, *(int(v) for v in counted[at:at + 3]))  # type: ignore[arg-type]
+
+    def _see(self, window: str, started: int, ends: int, spent: int) -> None:
+        seen = self._seen
+        last = seen.get(window)
+        if last is None or last[0] != started or last[2] < spent:
+            seen[window] = (started, ends, spent)
+        if len(seen) >= self._prune_at:
+            # Ended windows need not be put back; by this machine's clock, which is close enough
+            # to Redis' for a sweep.
+            now = wall_ms()
+            for name in [name for name, (_, ends_at, _) in seen.items() if ends_at <= now]:
+                del seen[name]
+            self._prune_at = max(1024, 2 * len(seen))
+
+    async def _recover(self, generation: str) -> None:
+        """Put back the windows and reservations this gateway saw, once per new generation
+        however many calls find it at once."""
+        if generation == self._generation:
+            return  # another call of this gateway has put them back
+        if self._recovery is None:
+            self._recovery = asyncio.get_running_loop().create_task(self._put_back(generation))
+        recovery = self._recovery
+        try:
+            await asyncio.shield(recovery)
+        finally:
+            if recovery.done() and self._recovery is recovery:
+                self._recovery = None
+
+    async def _put_back(self, generation: str) -> None:
+        windows = list(self._seen.items())
+        for at in range(0, len(windows), 200):
+            batch = windows[at:at + 200]
+            await self._eval(self._restore_windows, [name for name, _ in batch],
+                             [value for _, seen in batch for value in seen])
+        holds: list[tuple[str, str, str, int, int]] = []
+        for member, held, total, also_held, also_total, lapses in list(self._held.values()):
+            amount = int(member.rsplit(":", 1)[1])
+            holds.append((held, total, member, amount, lapses))
+            if also_held is not None and also_total is not None:
+                holds.append((also_held, also_total, member, amount, lapses))
+        for at in range(0, len(holds), 200):
+            batch = holds[at:at + 200]
+            await self._eval(self._restore_holds, [k for h in batch for k in h[:2]],
+                             [v for h in batch for v in h[2:]])
+        log.warning("the token counters' Redis at %s had forgotten its counters (restarted without "
+                    "persistence?): put back %d window(s) and %d reservation(s) this gateway saw",
+                    self._where, len(windows), len(holds))
+        self._generation = generation
 
     async def state(self, key: str) -> tuple[int, int]:
         """(spent in the key's current window or 0 when it has none, reserved in flight)."""
