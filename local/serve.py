@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -65,8 +66,17 @@ def serve(settings: Settings) -> int:
                         handlers=[logsafety.safe_handler()])
     settings, key_file, generated = ensure_admin_key(settings)
     stop = threading.Event()
+    # Run by a second Ctrl-C (or SIGTERM) while stopping: the gateway's drain is cut short.
+    hurry: list[Callable[[], None]] = []
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():
+            for each in hurry:
+                each()
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     services: list[tuple[str, Service]] = []
 
     def launch(label: str, service: Service) -> None:
@@ -102,8 +112,10 @@ def serve(settings: Settings) -> int:
         # The admin API's model listing follows the same file as the gateway: one reading.
         ctx = build_context(settings, ledger=ledger, catalog=FollowingCatalog(models))
         install_context(ctx)
-        gateway = GatewayService(settings, ctx.store, ledger=ledger, models=models)
+        gateway = GatewayService(settings, ctx.store, ledger=ledger, models=models,
+                                 progress=lambda line: _say(f"  gateway: {line}"))
         launch("gateway", gateway)
+        hurry.append(gateway.hurry)
         models.start()
         # `kill -HUP` re-reads the file now rather than within the second.
         signal.signal(signal.SIGHUP, lambda *_: models.poke())
@@ -132,7 +144,7 @@ def serve(settings: Settings) -> int:
             _say("  admin key   from ADMIN_KEY")
         _say("Press Ctrl-C to stop.")
         stop.wait()
-        _say("stopping ...")
+        _say("stopping ... (Ctrl-C again: cut off the model calls in flight at once)")
     except CannotStart as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         default=1000, validation_alias="MAAS_GATEWAY_MAX_CONNECTIONS", ge=1,
         description="Gateway: most client connections open at once; more wait in the listen queue.",
     )
+    gateway_drain_timeout_s: float = Field(
+        default=10.0, validation_alias="MAAS_GATEWAY_DRAIN_TIMEOUT", ge=0, le=3600,
+        description="Gateway: at a stop, seconds the calls in flight get to finish (new connections are "
+        "refused, new requests get 503); those still running then are cut off and charged what they relayed.",
+    )
     access_log: bool = Field(
         default=True, validation_alias="MAAS_ACCESS_LOG",
         description="Gateway: one log line per request (method, path, status, model, team, user, tokens, "

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -39,6 +40,7 @@ from shared.store.base import ApiKey, Team
 from shared.store.sqlite import SqliteStore
 from tests.records import T0
 from tests.runtime import start_runtime
+from tests.waiting import eventually
 
 MODEL = "qwen3-0-6b-instruct"
 TEAM_ID = "zebra-crossing-team"  # a name that appears nowhere else in a response
@@ -381,6 +383,61 @@ def test_the_gateway_applies_its_connection_cap(tmp_path: Path, store: SqliteSto
         for sock in held:
             sock.close()
         service.stop()
+
+
+# -- a stop ------------------------------------------------------------------------------------
+
+
+def test_a_stop_cuts_off_what_is_left_and_lets_each_handler_clean_up_first() -> None:
+    """Once the grace period ends (here: hurried), the connections left are aborted: a coroutine
+    handler is cancelled (its `finally` runs), a callback-driven one gets `on_cancel`, and both
+    before `shutdown` returns, which leaves the loop nothing open to close."""
+    ended: list[str] = []
+
+    async def stream_forever(responder: Responder) -> None:
+        responder.start(200, {"Content-Type": "text/event-stream"})
+        try:
+            while True:
+                await responder.write(b"data: x\n\n")
+                await asyncio.sleep(0.01)
+        finally:
+            ended.append("task")
+
+    def handler(request: Request, responder: Responder) -> Any:
+        if request.path == b"/stream":
+            return stream_forever(responder)
+        responder.on_cancel = lambda: ended.append("callback")  # never answers
+        return None
+
+    thread = LoopThread("stopping")
+    thread.start()
+    listener = thread.call(lambda: serve(handler, _reject, host="127.0.0.1", port=0, max_body=1024))
+    port = int(listener.sockets[0].getsockname()[1])
+    clients = [_connect(port), _connect(port)]
+    try:
+        clients[0].sendall(b"GET /stream HTTP/1.1\r\nHost: gw\r\n\r\n")
+        clients[1].sendall(b"GET /waits HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert clients[0].recv(65536).startswith(b"HTTP/1.1 200")
+        assert eventually(lambda: _connections(thread, listener) == 2)
+
+        async def stop() -> int:
+            asyncio.get_running_loop().call_later(0.3, listener.hurry)  # as a second Ctrl-C does
+            return await listener.shutdown(60)
+
+        started = time.monotonic()
+        assert thread.call(stop) == 2  # both cut off
+        assert time.monotonic() - started < 5
+        assert sorted(ended) == ["callback", "task"]
+        assert _connections(thread, listener) == 0
+        for sock in clients:  # cut off: reset (or closed), not left hanging
+            sock.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                while sock.recv(65536):
+                    pass
+    finally:
+        for sock in clients:
+            sock.close()
+        thread.stop()
 
 
 # -- 401 before the body ------------------------------------------------------------------------

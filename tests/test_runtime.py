@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from shared.keymaterial import generate_admin_key
+from tests.lenient_backend import LenientBackend
 from tests.runtime import start_runtime
 from tests.waiting import eventually
 
@@ -282,4 +284,34 @@ def test_the_runtime_follows_edits_to_the_models_file(tmp_path: Path) -> None:
             assert chat("renamed").status_code == 404 and chat("vllm-simulator").status_code == 200
     finally:
         assert runtime.stop() == 0
+    assert "Traceback" not in runtime.text and api_key not in runtime.text
+
+
+def test_a_stop_lets_the_calls_in_flight_finish_and_says_so(tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) with a stream in flight: the gateway refuses new work, says what it
+    waits for, and the stream ends whole before the process does."""
+    backend = LenientBackend(token_delay_s=0.02)  # 200 tokens: 4 s of streaming
+    backend.start()
+    models = tmp_path / "models.yaml"
+    models.write_text(f"models:\n  - name: slow\n    url: {backend.url}\n")
+    admin_key = generate_admin_key()
+    runtime = start_runtime(tmp_path / "data", env={"ADMIN_KEY": admin_key, "MAAS_MODELS_FILE": str(models)})
+    try:
+        with client(runtime.admin_url, admin_key) as admin:
+            assert admin.post("/teams", json={"team_id": "t"}).status_code == 201
+            api_key = admin.post("/teams/t/keys", json={"user_id": "u"}).json()["api_key"]
+        body = {"model": "slow", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 200, "stream": True}
+        with httpx.Client(base_url=runtime.urls["gateway"], timeout=30) as gateway, gateway.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"APIKEY {api_key}"}
+        ) as response:
+            chunks = response.iter_raw()
+            got = next(chunks)
+            runtime.process.send_signal(signal.SIGTERM)
+            got += b"".join(chunks)  # raises unless the stream ends whole
+        assert got.count(b"data: {") == 200 and got.endswith(b"data: [DONE]\n\n")
+        assert runtime.process.wait(timeout=20) == 0
+        assert "  gateway: waiting up to 10 s for 1 call in flight" in runtime.text, runtime.text
+    finally:
+        runtime.stop()
+        backend.stop()
     assert "Traceback" not in runtime.text and api_key not in runtime.text

@@ -35,9 +35,13 @@ class LoopThread:
         def run() -> None:
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            try:
+                loop.run_forever()
+                _cancel_tasks(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
 
         self._loop = loop
         self._thread = threading.Thread(target=run, name=self._name, daemon=True)
@@ -63,3 +67,18 @@ class LoopThread:
 
 async def _await(last: Callable[[], Awaitable[None]]) -> None:
     await last()
+
+
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """What a server's stop left running (as asyncio.run does): cancelled, and run to its end
+    so that its `finally` blocks run on the loop rather than never."""
+    tasks = asyncio.all_tasks(loop)
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({"message": "unhandled exception in a task at the loop's stop",
+                                         "exception": task.exception(), "task": task})

@@ -32,6 +32,14 @@ it slows new connects down (SYN retries) rather than refusing them. Accepting an
 once (or with a 503) was the other choice: it keeps no one waiting, but turns a burst into
 errors that every client must retry, and holds a descriptor per refused client meanwhile. The
 clients already connected are served as before, whatever waits behind them.
+
+A stop drains (`Listener.shutdown(grace)`): the listening sockets close (a new connection is
+refused), idle kept-alive connections are closed, a request that arrives on a connection
+meanwhile (or waited behind one in its pipeline) is answered 503 with `Connection: close`, and
+every response in progress goes on, its connection closed once it ends. After `grace` seconds
+the connections still open are aborted, which cancels their requests as a client's disconnect
+does (the task, or `on_cancel`), and `shutdown` returns once they are all gone: the handlers
+have released what they held, and the loop has no connection left when it closes.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from typing import Any, cast
 import httptools
 
 from local.gateway.writes import WriteBatch
-from shared.errors import MaasError
+from shared.errors import BackendUnavailable, MaasError
 
 log = logging.getLogger("maas.gateway")
 
@@ -63,6 +71,11 @@ LISTEN_BACKLOG = 1024
 # How long accepting pauses when the process is out of file descriptors (EMFILE): a listening
 # socket stays readable, and retrying at once would spin.
 _ACCEPT_RETRY_S = 0.5
+# How often a stop checks whether its connections have closed (it is no hot path).
+_DRAIN_POLL_S = 0.02
+# After the grace period: how long the aborted connections' handlers get to finish (they only
+# release what they hold, within a loop round or two).
+_ABORT_WAIT_S = 5.0
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
@@ -213,9 +226,27 @@ class _Clients:
         # The listener's: accepted connections becoming clients, and leaving (room for one more).
         self.on_join: Callable[[_HttpProtocol], None] = _ignore
         self.on_leave: Callable[[], None] = _nothing
+        # The handlers' tasks still running (a stop waits for them to end).
+        self.tasks: set[asyncio.Task[None]] = set()
+        # Set by a stop: no new request is served (see `_HttpProtocol.wind_down`).
+        self.draining = False
 
     def __len__(self) -> int:
         return len(self._open)
+
+    @property
+    def in_flight(self) -> int:
+        """Connections with a request in progress (being answered, queued, or still arriving)."""
+        return sum(1 for protocol in self._open if protocol.in_flight)
+
+    def drain(self) -> None:
+        self.draining = True
+        for protocol in list(self._open):
+            protocol.wind_down()
+
+    def abort(self) -> None:
+        for protocol in list(self._open):
+            protocol.kill()
 
     def add(self, protocol: _HttpProtocol) -> None:
         self._open.add(protocol)
@@ -280,6 +311,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._paused = False
         self._corked: list[bytes] | None = None
         self._can_write: asyncio.Future[None] | None = None
+        self._killed = False
 
     # -- transport ----------------------------------------------------------------------
 
@@ -488,6 +520,9 @@ class _HttpProtocol(asyncio.Protocol):
         try:
             while self._current is None and self._queue and not self._closed and not self._paused:
                 request, keep_alive = self._queue.popleft()
+                if request is not None and self._clients.draining:
+                    self._refuse_draining()
+                    request = None
                 if self._reading_paused and len(self._queue) <= MAX_QUEUED // 2:
                     self._reading_paused = False
                     if self._transport is not None:
@@ -509,7 +544,10 @@ class _HttpProtocol(asyncio.Protocol):
 
     def spawn(self, work: Coroutine[Any, Any, None], responder: Responder) -> None:
         self._work = work
-        self._task = self._loop.create_task(self._run(work, responder))
+        self._task = task = self._loop.create_task(self._run(work, responder))
+        tasks = self._clients.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _run(self, work: Coroutine[Any, Any, None], responder: Responder) -> None:
         self._work = None
@@ -540,12 +578,57 @@ class _HttpProtocol(asyncio.Protocol):
                 self._loop.call_soon(self._next)
         elif self._eof:
             self._close()  # the client half-closed and has had all its answers
+        elif self._clients.draining and not self._partial:
+            self._close()  # stopping: no next request (one still arriving is answered 503)
 
     def abort(self, responder: Responder) -> None:
         responder.on_cancel = responder.on_pause = responder.on_resume = _nothing
         if responder is self._current or self._current is None:
             self._current = None
             self._close()
+
+    # -- a stop ------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> bool:
+        """A request in progress: being answered, waiting in the pipeline, or still arriving."""
+        if self._closed:
+            return self._task is not None  # a handler still ending after a refusal or an abort
+        return self._current is not None or bool(self._queue) or self._partial or self._task is not None
+
+    def wind_down(self) -> None:
+        """The server is stopping: the response in progress goes on (its head, if not sent yet,
+        says `Connection: close`) and the connection closes after it; an idle one closes now."""
+        if self._closed:
+            return
+        current = self._current
+        if current is not None:
+            if not current.started:
+                current.keep_alive = False
+        elif not self._queue and not self._partial:
+            self._close()
+        # (Requests queued or still arriving are answered 503 when their turn comes: `_next`.)
+
+    def _refuse_draining(self) -> None:
+        """The request just taken from the queue arrived or waited during a stop: refused
+        (503, `Connection: close`, with the lingering close of any refusal) with those behind."""
+        self._refusal = (
+            BackendUnavailable("the gateway is shutting down; retry in a moment", headers={"Retry-After": "1"}),
+            "",
+        )
+        self._queue.clear()
+        self._in_head = False
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()  # to discard what still comes
+
+    def kill(self) -> None:
+        """Abort the connection (the end of a stop's grace period): as a client's reset, it
+        cancels the request in progress."""
+        if self._killed or self._transport is None:
+            return
+        self._killed = True
+        self._transport.abort()
 
     def _close(self) -> None:
         self.uncork()
@@ -586,6 +669,7 @@ class Listener:
         self._starting: set[_HttpProtocol] = set()
         self._accepting = False
         self._closed = False
+        self._hurry = False
         clients.on_join = self._starting.discard
         clients.on_leave = self._room
 
@@ -601,6 +685,11 @@ class Listener:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    @property
+    def in_flight(self) -> int:
+        """Connections with a request in progress (what a stop waits for)."""
+        return self._clients.in_flight
 
     def start(self) -> None:
         self._resume()
@@ -667,6 +756,38 @@ class Listener:
 
     async def wait_closed(self) -> None:
         return None
+
+    def drain(self) -> None:
+        """Stop listening and serving new requests: idle connections close now, the others once
+        their response ends; a request that comes meanwhile is answered 503 (see the module's
+        docstring). Idempotent; `shutdown` finishes the job."""
+        self.close()
+        self._clients.drain()
+
+    def hurry(self) -> None:
+        """End a `shutdown`'s grace period now."""
+        self._hurry = True
+
+    async def shutdown(self, grace: float) -> int:
+        """Drain, wait up to `grace` seconds for every connection to close, then abort those
+        left (their requests are cancelled, as when a client resets) and wait for them to be
+        gone and their handlers' tasks to end. Returns how many requests were cut off."""
+        self.drain()
+        loop, clients = self._loop, self._clients
+        deadline = loop.time() + grace
+        while self.connections and not self._hurry and loop.time() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        cut = clients.in_flight
+        deadline = loop.time() + _ABORT_WAIT_S
+        while self.connections or clients.tasks:
+            clients.abort()  # (again for one that joined from `_starting` meanwhile)
+            if loop.time() >= deadline:
+                log.warning("%d connection(s) and %d handler(s) did not end after being aborted",
+                            self.connections, len(clients.tasks))
+                break
+            await asyncio.sleep(_DRAIN_POLL_S)
+        clients.close()
+        return cut
 
 
 async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:

@@ -57,7 +57,13 @@ class MetricsEndpoint:
 
 
 class GatewayService:
-    """start() returns once listening; stop() closes the listener and flushes the ledger.
+    """start() returns once listening; stop() drains the calls in flight, then flushes the ledger.
+
+    A stop refuses new connections and answers new requests 503 at once, and gives the calls in
+    flight `settings.gateway_drain_timeout_s` (MAAS_GATEWAY_DRAIN_TIMEOUT) to finish; those still
+    running then are cut off as a client's disconnect cuts them, charged what they relayed. Every
+    call is settled before the token counters are saved and the ledger flushed. `progress` is
+    told (in a line) how many calls it waits for; `hurry()` ends the wait at once.
 
     Without a `store`, the service opens (and closes) the one the settings name; likewise the
     usage ledger (settings.data_dir / "usage.db"). Pass the `ledger` that the usage endpoints
@@ -68,8 +74,9 @@ class GatewayService:
     """
 
     def __init__(self, settings: Settings, store: Store | None = None, *, ledger: UsageLedger | None = None,
-                 models: ModelsFile | None = None) -> None:
+                 models: ModelsFile | None = None, progress: Callable[[str], None] | None = None) -> None:
         self._settings = settings
+        self._progress = progress if progress is not None else log.info
         self._own_models = models is None
         # Raises ValueError (one line naming the file) for a bad models file.
         self.models = models if models is not None else ModelsFile(settings.models_file,
@@ -190,18 +197,48 @@ class GatewayService:
             log.warning("could not record when %d key(s) were last used: %s", len(used), exc.message)
 
     async def _shutdown(self) -> None:
-        if self._last_use_task is not None:
-            self._last_use_task.cancel()
-            self._last_use_task = None
-            await self._flush_last_use()
+        try:
+            await self._drain()
+        finally:  # (whatever happened there, the counters are saved and the data dir let go)
+            if self._last_use_task is not None:
+                self._last_use_task.cancel()
+                self._last_use_task = None
+                await self._flush_last_use()
+            self._gateway.close()
+            await self.limits.stop()  # after the drain: every call in flight is settled
+            await self._gateway.access.stop()
+
+    async def _drain(self) -> None:
+        """Stop taking requests, let the calls in flight finish within the grace period, cut
+        off the rest; returns once every connection is gone and every call settled."""
+        model, metrics = self._server, self._metrics_server
+        servers = [server for server in (model, metrics) if server is not None]
+        for server in servers:
+            server.drain()
+        grace = self._settings.gateway_drain_timeout_s
+        calls = 0 if model is None else model.in_flight
+        if calls and grace:
+            self._progress(f"waiting up to {grace:g} s for {_calls(calls)} in flight")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        cut = await asyncio.gather(*(server.shutdown(grace) for server in servers))
+        if cut and cut[0]:
+            self._progress(f"cut off {_calls(cut[0])} still in flight after {loop.time() - began:.1f} s "
+                           "(charged what was relayed)")
+        self._server = self._metrics_server = None
+
+    def hurry(self) -> None:
+        """End a stop's grace period now (from any thread): the calls in flight are cut off."""
+        try:
+            loop = self._thread.loop
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(self._hurry)
+
+    def _hurry(self) -> None:
         for server in (self._server, self._metrics_server):
             if server is not None:
-                server.close()
-                await server.wait_closed()
-        self._server = self._metrics_server = None
-        self._gateway.close()
-        await self.limits.stop()  # after the server: the calls it ended are settled
-        await self._gateway.access.stop()
+                server.hurry()
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -210,7 +247,7 @@ class GatewayService:
         if self._own_models:
             self.models.stop()
         try:
-            self._thread.stop(self._shutdown)
+            self._thread.stop(self._shutdown, timeout=self._settings.gateway_drain_timeout_s + 30)
         finally:
             self._port = self._metrics_port = None
             if self._own_ledger:
@@ -219,3 +256,7 @@ class GatewayService:
                 self.ledger.flush()
             if self._own_store:
                 self._store.close()
+
+
+def _calls(count: int) -> str:
+    return f"{count} call{'' if count == 1 else 's'}"
