@@ -111,3 +111,26 @@ def test_connections_are_pooled_not_one_per_thread(store: SqliteStore) -> None:
     from shared.store.sqlite import POOL_IDLE
 
     assert store.open_connections <= POOL_IDLE
+
+
+def test_a_removed_members_keys_come_through_the_change_log_and_memberships_alone_do_not(store: SqliteStore) -> None:
+    from shared.store.base import Member
+
+    name, value = _issue(store, "alice")
+    _, second = _issue(store, "alice")
+    _, bobs = _issue(store, "bob")
+    cache = KeyCache(store)
+    assert cache.authenticate(f"Bearer {value}").key.user_id == "alice"
+    generation = store.generation()
+    store.put_member(member=Member("t1", "carol", "admin", "carol@test.com", T0))
+    assert store.generation() == generation  # nothing for the gateway to catch up on
+
+    store.delete_member(team_id="t1", user_id="alice")
+    changes = store.changes_since(generation)
+    assert changes is not None and {k.user_id for k in changes.keys_by_sha256.values() if k} == {"alice"}
+    assert all(k is not None and k.status == "revoked" for k in changes.keys_by_sha256.values())
+    assert _refused(cache, value) and _refused(cache, second)
+    assert cache.authenticate(f"Bearer {bobs}").key.user_id == "bob"
+    assert cache.full_reloads == 1, "the revocations were taken from the change log"
+    assert cache.snapshot().keys_by_sha256 == store.snapshot().keys_by_sha256
+    assert name in {k.secret_name for k in cache.snapshot().keys_by_sha256.values() if k.status == "revoked"}

@@ -6,6 +6,7 @@ into our errors."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from shared.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
 from shared.keymaterial import generate_api_key, key_sha256
-from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, Store, Team, TeamChanges
+from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, Member, Store, Team, TeamChanges
 from shared.store.kube import KubernetesStore
 from shared.store.kubeshapes import key_body, team_body
 from tests import crds, records
@@ -68,6 +69,7 @@ def test_team_secret_has_exactly_the_design_shape(cluster: tuple[KubeDouble, Kub
         "maas/time-window": "24h",
         "maas/limit-scope": "team",
         "maas/created-at": "2025-08-25T06:17:35.123456+00:00",
+        "maas/members": "stored",  # a new team's members are its membership Secrets, none derived
     }
     crds.validate(team_body(a_team()))
 
@@ -277,7 +279,11 @@ def test_delete_team_deletes_keys_explicitly(cluster: tuple[KubeDouble, Kubernet
     double.requests.clear()
     assert store.delete_team(team_id="data-science") == [key]
     deletes = [path for method, path in double.requests if method == "DELETE"]
-    assert deletes == [f"/api/v1/namespaces/{NS}/secrets/{key.secret_name}", f"/api/v1/namespaces/{NS}/secrets/team-data-science-config"]
+    assert deletes == [
+        f"/api/v1/namespaces/{NS}/secrets/{key.secret_name}",
+        f"/api/v1/namespaces/{NS}/secrets",  # the memberships in one request, whatever their number
+        f"/api/v1/namespaces/{NS}/secrets/team-data-science-config",
+    ]
     assert double.names("secrets", NS) == []
 
 
@@ -440,3 +446,150 @@ def test_audit_entries_are_config_maps_listed_newest_first(cluster: tuple[KubeDo
     assert store.list_audit(where=AuditFilter(action="not a label!")) == []
     # Audit ConfigMaps are neither teams nor keys.
     assert store.list_teams() == [] and store.list_keys() == []
+
+
+# -- memberships (issue 13) ------------------------------------------------------------------
+
+
+def test_membership_secret_has_exactly_the_design_shape(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    store.create_team(team=a_team())
+    user_id = "alice@example.com|oidc"  # no label value: the labels carry a hash of it
+    made = store.put_member(member=Member("data-science", user_id, "admin", "alice@example.com", T0))
+    hashed = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+    secret = double.get("secrets", NS, f"team-data-science-member-{hashed}")
+    team_secret = double.get("secrets", NS, "team-data-science-config")
+    assert secret is not None and team_secret is not None
+    assert secret["metadata"]["labels"] == {  # nothing Authorino selects or watches by
+        "maas/resource-type": "team-member", "maas/team-id": "data-science", "maas/user-hash": hashed,
+    }
+    assert secret["metadata"]["annotations"] == {
+        "maas/user-id": user_id,
+        "maas/user-email": "alice@example.com",
+        "maas/role": "admin",
+        "maas/joined-at": "2025-08-25T06:17:35.123456+00:00",
+    }
+    assert secret["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Secret", "name": "team-data-science-config", "uid": team_secret["metadata"]["uid"]}
+    ]
+    assert "data" not in secret
+    assert store.get_member(team_id="data-science", user_id=user_id) == made
+    assert store.list_members(user_id=user_id) == [made]
+    # Memberships are neither teams nor keys, and deleting the team Secret alone collects them.
+    assert store.list_teams() == [a_team()] and store.list_keys() == []
+    CoreV1Api(store.api_client).delete_namespaced_secret("team-data-science-config", NS)
+    assert double.names("secrets", NS) == []
+
+
+def test_team_caps_are_annotations_removed_when_cleared(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    store.create_team(team=a_team(max_keys_per_user=3, max_key_lifetime="90d"))
+    notes = double.get("secrets", NS, "team-data-science-config")["metadata"]["annotations"]  # type: ignore[index]
+    assert (notes["maas/max-keys-per-user"], notes["maas/max-key-lifetime"]) == ("3", "90d")
+    store.update_team(team_id="data-science", changes=TeamChanges(clear=frozenset({"max_keys_per_user"})))
+    notes = double.get("secrets", NS, "team-data-science-config")["metadata"]["annotations"]  # type: ignore[index]
+    assert "maas/max-keys-per-user" not in notes and notes["maas/max-key-lifetime"] == "90d"
+    assert notes["maas/members"] == "stored"  # a team update leaves the membership mark alone
+
+
+def old_team(store: KubernetesStore, keys: list[tuple[str, str, int]]) -> dict[str, ApiKey]:
+    """A team and its keys as the version before memberships wrote them: no mark on the team
+    Secret, no membership Secrets. `keys`: (user, role, minutes after T0)."""
+    api = CoreV1Api(store.api_client)
+    body = team_body(a_team())
+    del body["metadata"]["annotations"]["maas/members"]
+    team_secret = api.create_namespaced_secret(NS, body)
+    made = {}
+    for n, (user_id, role, minutes) in enumerate(keys):
+        key, api_key = a_key(user_id=user_id, role=role, created_at=T0 + timedelta(minutes=minutes),
+                             user_email=f"{user_id}-{n}@example.com")
+        api.create_namespaced_secret(NS, key_body(key, api_key, a_team(), team_secret.metadata.uid, SELECTOR))
+        made[f"{user_id}-{n}"] = key
+    return made
+
+
+def _member_secrets(double: KubeDouble) -> list[str]:
+    return [name for name in double.names("secrets", NS) if "-member-" in name]
+
+
+def test_a_team_from_before_memberships_has_its_key_holders_as_members(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    old_team(store, [("alice", "admin", 0), ("alice", "member", 30), ("bob", "member", 5)])
+    derived = [
+        Member("data-science", "alice", "member", "alice-1@example.com", T0),  # newest key's role and email
+        Member("data-science", "bob", "member", "bob-2@example.com", T0 + timedelta(minutes=5)),
+    ]
+    assert store.list_members(team_id="data-science") == derived
+    assert store.count_members(team_id="data-science") == 2
+    assert store.get_member(team_id="data-science", user_id="bob") == derived[1]
+    assert store.list_members(user_id="alice") == [derived[0]]
+    with pytest.raises(NotFound):
+        store.get_member(team_id="data-science", user_id="carol")
+    assert _member_secrets(double) == []  # reading writes nothing (readers may not write)
+
+    # The first membership write stores the derived members, then marks the team.
+    store.put_member(member=Member("data-science", "carol", "admin", "carol@example.com", T0 + timedelta(days=1)))
+    assert len(_member_secrets(double)) == 3
+    assert double.get("secrets", NS, "team-data-science-config")["metadata"]["annotations"]["maas/members"] == "stored"  # type: ignore[index]
+    assert [m.user_id for m in store.list_members(team_id="data-science")] == ["alice", "bob", "carol"]
+    assert store.get_member(team_id="data-science", user_id="alice") == derived[0]
+    # From now on the stored memberships are all there is: a removed member's keys do not bring them back.
+    _, revoked = store.delete_member(team_id="data-science", user_id="bob")
+    assert [k.user_id for k in revoked] == ["bob"]
+    assert [m.user_id for m in store.list_members(team_id="data-science")] == ["alice", "carol"]
+    assert store.list_members(user_id="bob") == []
+
+
+def test_a_key_for_a_team_from_before_memberships_keeps_its_old_members_roles(
+    cluster: tuple[KubeDouble, KubernetesStore],
+) -> None:
+    double, store = cluster
+    old_team(store, [("alice", "admin", 0), ("bob", "member", 5)])
+    key, api_key = a_key(user_id="alice", role="member", created_at=T0 + timedelta(hours=1))
+    store.create_key(key=key, api_key=api_key)
+    assert store.get_member(team_id="data-science", user_id="alice").role == "admin"
+    assert {m.user_id for m in store.list_members(team_id="data-science")} == {"alice", "bob"}
+    assert len(_member_secrets(double)) == 2
+
+
+def test_removing_a_member_revokes_through_conflicts_and_catches_a_key_made_meanwhile(
+    cluster: tuple[KubeDouble, KubernetesStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    double, store = cluster
+    _, key, _ = seeded(store)
+    late, late_api_key = a_key(alias="late")
+    sweep = store._revoke_active_keys
+    sweeps: list[list[ApiKey]] = []
+
+    def racing_sweep(team_id: str, user_id: str) -> list[ApiKey]:
+        done = sweep(team_id, user_id)
+        if not sweeps:  # another admin issues a key between the first sweep and the delete
+            store.create_key(key=late, api_key=late_api_key)
+        sweeps.append(done)
+        return done
+
+    monkeypatch.setattr(store, "_revoke_active_keys", racing_sweep)
+    double.inject_conflicts(2)
+    _, revoked = store.delete_member(team_id="data-science", user_id="alice")
+    assert sorted(k.secret_name for k in revoked) == sorted([key.secret_name, late.secret_name])
+    assert {store.get_key(secret_name=name).status for name in (key.secret_name, late.secret_name)} == {"revoked"}
+    labels = double.get("secrets", NS, late.secret_name)["metadata"]["labels"]  # type: ignore[index]
+    assert "app" not in labels  # out of Authorino's selector
+    assert _member_secrets(double) == []
+
+
+def test_a_key_whose_membership_cannot_be_written_is_taken_back(
+    cluster: tuple[KubeDouble, KubernetesStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    double, store = cluster
+    store.create_team(team=a_team())
+
+    def failing(member: Member, team_uid: str) -> None:
+        raise BackendUnavailable("Kubernetes API unreachable: test")
+
+    monkeypatch.setattr(store, "_create_member", failing)
+    key, api_key = a_key()
+    with pytest.raises(BackendUnavailable):
+        store.create_key(key=key, api_key=api_key)
+    assert double.get("secrets", NS, key.secret_name) is None
+    assert store.list_keys() == []

@@ -12,7 +12,7 @@ import pytest
 
 from shared.errors import Conflict, NotFound
 from shared.keymaterial import generate_api_key, key_sha256
-from shared.store import ApiKey, Store, Team, TeamChanges
+from shared.store import ApiKey, Member, Store, Team, TeamChanges
 from tests.records import T0, a_key, a_team
 from tests.store_backends import BACKENDS
 
@@ -330,3 +330,209 @@ def test_teams_and_keys_are_listed_in_pages(store: Store) -> None:
     assert {k.team_id for k in store.list_keys(team_ids=["t-a", "t-c"])} == {"t-a", "t-c"}
     assert [k.user_id for k in store.list_keys(team_id="t-a", limit=1)] == [store.list_keys(team_id="t-a")[0].user_id]
     assert (store.count_keys(), store.count_keys(team_id="t-a"), store.count_keys(user_id="alice")) == (4, 2, 2)
+
+
+# -- memberships and team caps (issue 13) ----------------------------------------------------
+
+
+def member(team_id: str = "test-team", user_id: str = "alice", **overrides: object) -> Member:
+    fields: dict[str, object] = {"team_id": team_id, "user_id": user_id, "role": "member",
+                                 "user_email": f"{user_id}@test.com", "joined_at": T0}
+    fields.update(overrides)
+    return Member(**fields)  # type: ignore[arg-type]
+
+
+def test_members_are_stored_listed_in_pages_and_counted(store: Store) -> None:
+    for team_id in ("team-a", "team-b", "team-c"):
+        store.create_team(team=team(team_id))
+    made = [store.put_member(member=member("team-a", user, role="admin" if user == "bob" else "member",
+                                           joined_at=T0 + timedelta(minutes=n)))
+            for n, user in enumerate(("carol", "alice", "bob", "dave"))]
+    assert made[2] == member("team-a", "bob", role="admin", joined_at=T0 + timedelta(minutes=2))
+    assert store.get_member(team_id="team-a", user_id="bob") == made[2]
+    assert [m.user_id for m in store.list_members(team_id="team-a")] == ["alice", "bob", "carol", "dave"]
+    first = store.list_members(team_id="team-a", limit=3)
+    assert [m.user_id for m in first] == ["alice", "bob", "carol"]
+    assert [m.user_id for m in store.list_members(team_id="team-a", after=first[-1].user_id, limit=3)] == ["dave"]
+    assert store.list_members(team_id="team-a", after="dave") == []
+    assert store.count_members(team_id="team-a") == 4
+    # A user's side: the teams they belong to, by team_id, paged the same way.
+    store.put_member(member=member("team-c", "alice"))
+    store.put_member(member=member("team-b", "alice", role="admin"))
+    assert [(m.team_id, m.role) for m in store.list_members(user_id="alice")] == [
+        ("team-a", "member"), ("team-b", "admin"), ("team-c", "member")]
+    assert [m.team_id for m in store.list_members(user_id="alice", after="team-a", limit=1)] == ["team-b"]
+    assert store.count_members(user_id="alice") == 3 and store.count_members(user_id="nobody") == 0
+    assert store.list_members(team_id="team-b", user_id="alice") == [member("team-b", "alice", role="admin")]
+    with pytest.raises(ValueError):
+        store.list_members()
+
+
+def test_put_member_changes_role_and_email_and_keeps_when_they_joined(store: Store) -> None:
+    store.create_team(team=team())
+    store.put_member(member=member())
+    changed = store.put_member(member=member(role="admin", user_email="a@new.example", joined_at=T0 + timedelta(days=9)))
+    assert changed == member(role="admin", user_email="a@new.example")  # joined_at: the first put's
+    assert store.get_member(team_id="test-team", user_id="alice") == changed
+    assert store.count_members(team_id="test-team") == 1
+
+
+def test_members_of_unknown_teams_and_unknown_members_are_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.put_member(member=member("ghost"))
+    store.create_team(team=team())
+    with pytest.raises(NotFound):
+        store.get_member(team_id="test-team", user_id="alice")
+    with pytest.raises(NotFound):
+        store.get_member(team_id="ghost", user_id="alice")
+    with pytest.raises(NotFound):
+        store.delete_member(team_id="test-team", user_id="alice")
+    with pytest.raises(NotFound):
+        store.delete_member(team_id="ghost", user_id="alice")
+    assert store.list_members(team_id="ghost") == [] and store.count_members(team_id="ghost") == 0
+
+
+def test_a_key_makes_its_user_a_member_and_never_demotes_one(store: Store) -> None:
+    store.create_team(team=team())
+    key, api_key = new_key(user_id="alice", created_at=T0 + timedelta(hours=1))
+    store.create_key(key=key, api_key=api_key)
+    assert store.get_member(team_id="test-team", user_id="alice") == member(joined_at=T0 + timedelta(hours=1))
+    admin_key, admin_api_key = new_key(user_id="carol", role="admin")
+    store.create_key(key=admin_key, api_key=admin_api_key)
+    assert store.get_member(team_id="test-team", user_id="carol").role == "admin"
+    store.put_member(member=member(user_id="bob", role="admin", user_email="bob@corp.example"))
+    for _ in range(2):
+        plain, plain_api_key = new_key(user_id="bob", role="member", created_at=T0 + timedelta(days=1))
+        store.create_key(key=plain, api_key=plain_api_key)
+    assert store.get_member(team_id="test-team", user_id="bob") == member(
+        user_id="bob", role="admin", user_email="bob@corp.example")
+    assert [m.user_id for m in store.list_members(team_id="test-team")] == ["alice", "bob", "carol"]
+
+
+def test_removing_a_member_revokes_their_keys_in_that_team_only(store: Store) -> None:
+    from shared.store.base import KeyChanges
+
+    store.create_team(team=team("team-a"))
+    store.create_team(team=team("team-b"))
+    mine = [new_key("team-a", "alice") for _ in range(2)]
+    gone, gone_api_key = new_key("team-a", "alice")
+    elsewhere, elsewhere_api_key = new_key("team-b", "alice")
+    bobs, bobs_api_key = new_key("team-a", "bob")
+    for key, value in (*mine, (gone, gone_api_key), (elsewhere, elsewhere_api_key), (bobs, bobs_api_key)):
+        store.create_key(key=key, api_key=value)
+    store.update_key(secret_name=gone.secret_name, changes=KeyChanges(status="expired"))
+    before = store.generation()
+
+    removed, revoked = store.delete_member(team_id="team-a", user_id="alice")
+
+    assert removed == member("team-a", "alice")
+    assert revoked == sorted((replace(key, status="revoked") for key, _ in mine), key=lambda k: k.secret_name)
+    for key, _ in mine:
+        assert store.get_key(secret_name=key.secret_name).status == "revoked"
+    assert store.get_key(secret_name=gone.secret_name).status == "expired"  # not active: left as it was
+    assert store.get_key(secret_name=elsewhere.secret_name).status == "active"
+    assert store.get_key(secret_name=bobs.secret_name).status == "active"
+    assert store.generation() != before, "the gateway must see the revocations at once"
+    with pytest.raises(NotFound):
+        store.get_member(team_id="team-a", user_id="alice")
+    assert [m.team_id for m in store.list_members(user_id="alice")] == ["team-b"]
+    assert [m.user_id for m in store.list_members(team_id="team-a")] == ["bob"]
+    with pytest.raises(NotFound):
+        store.delete_member(team_id="team-a", user_id="alice")
+
+
+def test_the_gateway_refuses_a_removed_members_keys_on_the_next_request(store: Store) -> None:
+    from local.gateway.auth import KeyCache
+    from shared.errors import Unauthorized
+
+    store.create_team(team=team())
+    key, api_key = new_key()
+    kept, kept_api_key = new_key(user_id="bob")
+    store.create_key(key=key, api_key=api_key)
+    store.create_key(key=kept, api_key=kept_api_key)
+    cache = KeyCache(store)
+    assert cache.authenticate(f"Bearer {api_key}").key.user_id == "alice"
+    store.delete_member(team_id="test-team", user_id="alice")
+    with pytest.raises(Unauthorized):
+        cache.authenticate(f"Bearer {api_key}")
+    assert cache.authenticate(f"Bearer {kept_api_key}").key.user_id == "bob"
+
+
+def test_membership_changes_alone_do_not_move_the_generation(store: Store) -> None:
+    store.create_team(team=team())
+    before = store.generation()
+    store.put_member(member=member())
+    store.put_member(member=member(role="admin"))
+    store.list_members(team_id="test-team")
+    removed, revoked = store.delete_member(team_id="test-team", user_id="alice")  # no keys to revoke
+    assert revoked == [] and removed.role == "admin"
+    assert store.generation() == before, "memberships are not the gateway's business"
+    changes_since = getattr(store, "changes_since", None)
+    if changes_since is not None:  # a store with a change log logs nothing for them either
+        assert changes_since(before).keys_by_sha256 == {} and changes_since(before).teams == {}
+
+
+def test_delete_team_removes_its_memberships_and_only_its(store: Store) -> None:
+    store.create_team(team=team("team-a"))
+    store.create_team(team=team("team-b"))
+    key, api_key = new_key("team-a", "alice")
+    store.create_key(key=key, api_key=api_key)
+    store.put_member(member=member("team-a", "bob"))
+    store.put_member(member=member("team-b", "alice"))
+    store.delete_team(team_id="team-a")
+    assert store.list_members(team_id="team-a") == []
+    assert store.list_members(user_id="alice") == [member("team-b", "alice")]
+    assert store.list_members(user_id="bob") == []
+    store.create_team(team=team("team-a"))  # the same id again: a team of nobody
+    assert store.list_members(team_id="team-a") == []
+    with pytest.raises(NotFound):
+        store.get_member(team_id="team-a", user_id="bob")
+
+
+def test_team_key_caps_round_trip_and_clear(store: Store) -> None:
+    assert team().max_keys_per_user is None and team().max_key_lifetime is None
+    capped = store.create_team(team=team(max_keys_per_user=3, max_key_lifetime="90d"))
+    assert store.get_team(team_id="test-team") == capped
+    assert store.list_teams() == [capped] and store.snapshot().teams == {"test-team": capped}
+    assert store.update_team(team_id="test-team", changes=TeamChanges(token_limit=5)) == replace(capped, token_limit=5)
+    changed = store.update_team(team_id="test-team", changes=TeamChanges(max_keys_per_user=10))
+    assert (changed.max_keys_per_user, changed.max_key_lifetime) == (10, "90d")
+    cleared = store.update_team(team_id="test-team", changes=TeamChanges(clear=frozenset({"max_keys_per_user"})))
+    assert cleared == replace(capped, token_limit=5, max_keys_per_user=None)
+    assert store.get_team(team_id="test-team") == cleared
+    # A value for one field and a clear of another, in one update.
+    both = store.update_team(team_id="test-team", changes=TeamChanges(
+        max_keys_per_user=1, max_key_lifetime="24h", clear=frozenset()))
+    assert (both.max_keys_per_user, both.max_key_lifetime) == (1, "24h")
+    mixed = store.update_team(team_id="test-team", changes=TeamChanges(
+        max_key_lifetime="30d", clear=frozenset({"max_keys_per_user"})))
+    assert (mixed.max_keys_per_user, mixed.max_key_lifetime) == (None, "30d")
+    assert store.get_team(team_id="test-team") == mixed
+    store.update_team(team_id="test-team", changes=TeamChanges(clear=frozenset({"max_key_lifetime", "max_keys_per_user"})))
+    assert store.get_team(team_id="test-team") == replace(capped, token_limit=5, max_keys_per_user=None, max_key_lifetime=None)
+    other = store.create_team(team=team("other"))
+    assert store.get_team(team_id="other") == other and other.max_keys_per_user is None
+
+
+def test_team_changes_refuse_clearing_what_cannot_be_none() -> None:
+    with pytest.raises(ValueError, match="token_limit"):
+        TeamChanges(clear=frozenset({"token_limit"}))
+    with pytest.raises(ValueError, match="both"):
+        TeamChanges(max_keys_per_user=2, clear=frozenset({"max_keys_per_user"}))
+    assert TeamChanges(clear={"max_key_lifetime"}).clear == frozenset({"max_key_lifetime"})  # type: ignore[arg-type]
+
+
+def test_active_keys_are_counted_per_user_and_team(store: Store) -> None:
+    from shared.store.base import KeyChanges
+
+    store.create_team(team=team("team-a"))
+    store.create_team(team=team("team-b"))
+    made = [new_key("team-a", "alice") for _ in range(4)] + [new_key("team-b", "alice"), new_key("team-a", "bob")]
+    for key, value in made:
+        store.create_key(key=key, api_key=value)
+    store.set_key_status(secret_name=made[0][0].secret_name, status="revoked")
+    store.update_key(secret_name=made[1][0].secret_name, changes=KeyChanges(status="expired"))
+    assert store.count_active_keys(team_id="team-a", user_id="alice") == 2
+    assert store.count_active_keys(team_id="team-b", user_id="alice") == 1
+    assert store.count_active_keys(team_id="team-a", user_id="carol") == 0
+    assert store.count_active_keys(team_id="ghost", user_id="alice") == 0

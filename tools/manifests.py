@@ -337,9 +337,11 @@ ACCOUNT_RULES: dict[str, list[dict[str, Any]]] = {
         _AUDIT,
         {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices", "llminferenceservices"], "verbs": ["list"]},
     ],
-    # Teams and keys: RBAC cannot tell a team Secret from a key Secret, so one account writes both.
-    # Read-modify-write is a merge patch conditioned on the resourceVersion read.
-    "writer": [{"apiGroups": [""], "resources": ["secrets"], "verbs": _WRITE_SECRETS}, _AUDIT],
+    # Teams, keys and memberships: RBAC cannot tell a team Secret from a key or membership
+    # Secret, so one account writes all three. Read-modify-write is a merge patch conditioned on
+    # the resourceVersion read. deletecollection removes a deleted team's memberships in one
+    # request (by label) instead of one per member; it adds no power to list plus delete.
+    "writer": [{"apiGroups": [""], "resources": ["secrets"], "verbs": [*_WRITE_SECRETS, "deletecollection"]}, _AUDIT],
     # Marks expired keys, deletes orphaned and long-expired ones, prunes the audit log.
     "cleanup": [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "patch", "delete"]},

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from shared.settings import Settings
-from shared.store.base import ApiKey, KeyStatus, LimitScope, Snapshot, Store, Team, TeamChanges
+from shared.store.base import (
+    ApiKey,
+    KeyStatus,
+    LimitScope,
+    Member,
+    MemberRole,
+    Snapshot,
+    Store,
+    Team,
+    TeamChanges,
+)
 
-__all__ = ["ApiKey", "KeyStatus", "LimitScope", "Snapshot", "Store", "Team", "TeamChanges", "open_store"]
+__all__ = [
+    "ApiKey", "KeyStatus", "LimitScope", "Member", "MemberRole", "Snapshot", "Store", "Team", "TeamChanges",
+    "open_store",
+]
 
 
 def open_store(settings: Settings) -> Store:

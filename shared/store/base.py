@@ -15,6 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 LimitScope = Literal["user", "team"]
 KeyStatus = Literal["active", "revoked", "expired"]
+MemberRole = Literal["member", "admin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,28 @@ class Team:
     time_window: str
     limit_scope: LimitScope
     created_at: datetime
+    # Caps on the team's keys, checked by the API layer when a key is made; None: no cap. The
+    # lifetime is a duration as given ("90d", "24h"), validated there, stored verbatim here.
+    max_keys_per_user: int | None = None
+    max_key_lifetime: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A user's membership of a team. `joined_at` is when the membership was first stored and
+    never moves; role and email follow the latest `put_member`."""
+
+    team_id: str
+    user_id: str
+    role: MemberRole
+    user_email: str
+    joined_at: datetime
+
+
+def member_role(key_role: str) -> MemberRole:
+    """The membership role a key's `role` field gives its holder: a key only ever said "admin"
+    or something else (older keys say "user"), and anything but "admin" is a plain member."""
+    return "admin" if key_role == "admin" else "member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +109,18 @@ class AuditFilter:
     limit: int = 100
 
 
+# The team fields that may be None, and so may be cleared through `TeamChanges.clear`.
+CLEARABLE_TEAM_FIELDS = frozenset({"max_keys_per_user", "max_key_lifetime"})
+
+
 @dataclass(frozen=True, slots=True)
 class TeamChanges:
-    """A partial update; None means "leave as is"."""
+    """A partial update; None means "leave as is".
+
+    None cannot also mean "remove the cap", so a field to set back to None is named in `clear`
+    (only fields of CLEARABLE_TEAM_FIELDS; naming a field both in `clear` and with a value is a
+    contradiction and refused).
+    """
 
     team_name: str | None = None
     description: str | None = None
@@ -96,15 +128,30 @@ class TeamChanges:
     token_limit: int | None = None
     time_window: str | None = None
     limit_scope: LimitScope | None = None
+    max_keys_per_user: int | None = None
+    max_key_lifetime: str | None = None
+    clear: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.clear) - CLEARABLE_TEAM_FIELDS
+        if unknown:
+            raise ValueError(f"cannot clear {sorted(unknown)}: only {sorted(CLEARABLE_TEAM_FIELDS)} may be cleared")
+        both = {name for name in self.clear if getattr(self, name) is not None}
+        if both:
+            raise ValueError(f"{sorted(both)} both given a value and cleared")
+        # A plain set or list would make the record unhashable and mutable behind its back.
+        object.__setattr__(self, "clear", frozenset(self.clear))
 
     def apply(self, team: Team) -> Team:
         from dataclasses import replace
 
-        changed = {k: v for k, v in self.as_dict().items() if v is not None}
+        changed: dict[str, object] = {k: v for k, v in self.as_dict().items() if v is not None}
+        changed.update(dict.fromkeys(self.clear))
         return replace(team, **changed)
 
     def as_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The value fields (not `clear`), by name."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "clear"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +174,8 @@ class StoreChanges:
 
 @runtime_checkable
 class Store(Protocol):
-    """Teams and keys. Every method is one atomic operation on the backend.
+    """Teams, their members, and keys. Every method is one atomic operation on the backend
+    (the cluster backend's multi-object operations say how close they come).
 
     Errors: NotFound for an unknown team or key, Conflict for a duplicate,
     BackendUnavailable when the backend cannot be reached.
@@ -147,11 +195,43 @@ class Store(Protocol):
     def update_team(self, *, team_id: str, changes: TeamChanges) -> Team: ...
 
     def delete_team(self, *, team_id: str) -> list[ApiKey]:
-        """Delete the team and, in the same operation, its keys; return the keys removed."""
+        """Delete the team and, in the same operation, its keys and memberships; return the
+        keys removed."""
+        ...
+
+    # Memberships change no authentication decision: on their own they do not move
+    # `generation()`; delete_member does when it revokes keys.
+
+    def put_member(self, *, member: Member) -> Member:
+        """Add a member to an existing team (NotFound otherwise), or change an existing
+        member's role and email; `joined_at` stays that of the first put. Returns it as stored."""
+        ...
+
+    def get_member(self, *, team_id: str, user_id: str) -> Member:
+        """NotFound unless the user is a member of the team."""
+        ...
+
+    def list_members(self, *, team_id: str | None = None, user_id: str | None = None,
+                     after: str | None = None, limit: int | None = None) -> list[Member]:
+        """A team's members by user_id (`after` a user_id), or, given only `user_id`, the user's
+        memberships by team_id (`after` a team_id); at most `limit`. One of the two is
+        required (ValueError). An unknown team or user has no members: []."""
+        ...
+
+    def count_members(self, *, team_id: str | None = None, user_id: str | None = None) -> int:
+        """How many `list_members` would list without a page."""
+        ...
+
+    def delete_member(self, *, team_id: str, user_id: str) -> tuple[Member, list[ApiKey]]:
+        """Remove the membership and revoke (status "revoked") every active key the user holds
+        in that team, in one operation; return the membership removed and the keys revoked,
+        as they are now. NotFound if the user is not a member."""
         ...
 
     def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
-        """Store a key for an existing team (NotFound otherwise)."""
+        """Store a key for an existing team (NotFound otherwise), and make its user a member
+        of the team if not yet one (role from the key's `role`, `joined_at` its `created_at`);
+        an existing member's role and email are left as they are."""
         ...
 
     def get_key(self, *, secret_name: str) -> ApiKey: ...
@@ -166,6 +246,12 @@ class Store(Protocol):
         ...
 
     def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int: ...
+
+    def count_active_keys(self, *, team_id: str, user_id: str) -> int:
+        """The user's keys in the team whose stored status is "active" (what a per-user cap
+        counts). An active key past its `expires_at` still counts until the sweep marks it:
+        expiry against the clock is the caller's to check (shared.expiry)."""
+        ...
 
     def delete_key(self, *, secret_name: str) -> ApiKey: ...
 
@@ -199,7 +285,8 @@ class Store(Protocol):
     def snapshot(self) -> Snapshot: ...
 
     def generation(self) -> int:
-        """A number that changes after every committed write, cheap enough for every request."""
+        """A number that changes after every committed write of a team or key (what the
+        gateway's view depends on), cheap enough for every request."""
         ...
 
     def ping(self) -> None:

@@ -18,6 +18,25 @@ epoch; they are never key material. Retention is the cleanup sweep's business, n
 Revocation: only an active key keeps the `app` and `kuadrant.io/auth-secret` labels that
 Authorino selects by, so revoking or expiring a key removes it from the gateway's view at once.
 
+Memberships are Secrets of their own (`shared.store.kubeshapes` says why not a field of the
+team Secret), written with the RBAC the key Secrets already need. Multi-object operations keep
+the order whose interruption leaves the safer state, and a retry of the same call finishes
+the job:
+- `create_key` writes the key, then the membership if there is none; if the membership cannot
+  be written the key is deleted again (its plaintext was never handed out, so a key that
+  survives a failed rollback is one nobody holds).
+- `delete_member` revokes the user's active keys in the team, then deletes the membership,
+  then revokes again whatever key was made in between: an interruption leaves a member with
+  fewer keys, never a non-member with a working key.
+- `delete_team` deletes the keys, then the team's memberships (one deletecollection by label:
+  10,000 members need not be 10,000 requests), then the team Secret; garbage collection of
+  the ownerReferences backs up both cascades.
+A team from before memberships (no `maas/members: stored` on its Secret) has the members its
+keys imply until its first membership write (put_member, delete_member, create_key), which
+stores those members first and then marks the team, so that no user is lost on the way.
+Membership writes do not bump the generation (the gateway does not read memberships); the
+remote check still counts any write it sees in the namespace within `generation_check_s`.
+
 `generation()` is a local counter bumped by this process's writes plus, at most every
 `generation_check_s` seconds (default 2 s), one cheap list call (limit=1) whose resourceVersion
 reveals writes by other replicas: a writer elsewhere is seen within that bound. In a cluster it is
@@ -71,9 +90,11 @@ from shared.store.base import (
     AuditFilter,
     KeyChanges,
     KeyStatus,
+    Member,
     Snapshot,
     Team,
     TeamChanges,
+    member_role,
 )
 from shared.store.kubeshapes import (
     AUDIT_TYPE,
@@ -84,25 +105,35 @@ from shared.store.kubeshapes import (
     GRACE_LABEL,
     KEY_TYPE,
     LABEL_VALUE,
+    MEMBER_TYPE,
+    MEMBERS_ANNOTATION,
+    MEMBERS_STORED,
     RESOURCE_TYPE,
     SHA_LABEL,
     SHA_PREFIX_LEN,
     STATUS_ANNOTATION,
     TEAM_ID_LABEL,
     TEAM_TYPE,
+    USER_HASH_LABEL,
     audit_body,
     audit_from_config_map,
     audit_matches,
+    derived_members,
     is_kind,
     key_body,
     key_from_secret,
+    member_body,
+    member_from_secret,
+    member_secret_name,
+    members_stored,
     selected_labels,
-    team_annotations,
+    team_annotations_patch,
     team_body,
     team_from_secret,
     team_identity,
     team_secret_name,
     timestamp,
+    user_hash,
 )
 
 __all__ = ["KubernetesStore", "api_client_from_config", "kube_errors", "retry_on_conflict"]
@@ -216,6 +247,14 @@ def _page(items: list[T], name: Callable[[T], str], after: str | None, limit: in
     """Sorted items after `after`, those `wanted`, at most `limit`."""
     chosen = [item for item in items if (after is None or name(item) > after) and (wanted is None or wanted(item))]
     return chosen if limit is None else chosen[:limit]
+
+
+def _label_value(value: str) -> bool:
+    return bool(value) and len(value) <= 63 and bool(LABEL_VALUE.match(value))
+
+
+def _not_a_member(team_id: str, user_id: str) -> NotFound:
+    return NotFound(f"user '{user_id}' is not a member of team '{team_id}'")
 
 
 class KubernetesStore:
@@ -346,7 +385,7 @@ class KubernetesStore:
             # Read inside the attempt: the patch is conditioned on this read's version.
             secret = self._read_team(team_id)
             updated = changes.apply(team_from_secret(secret))
-            written = self._patch(secret, {"metadata": {"annotations": team_annotations(updated)}})
+            written = self._patch(secret, {"metadata": {"annotations": team_annotations_patch(updated)}})
             return team_from_secret(written)
 
         updated = retry_on_conflict(attempt, f"team '{team_id}'")
@@ -389,6 +428,13 @@ class KubernetesStore:
             except (NotFound, Conflict):
                 continue  # deleted or changed meanwhile; the ownerReference still collects it
             removed.append(key_from_secret(secret))
+        # Before the team Secret: once it is gone a team of that id may be created again, and
+        # its memberships carry the same label.
+        with kube_errors(f"memberships of team '{team_id}'"):
+            self._core.delete_collection_namespaced_secret(
+                self._namespace, label_selector=f"{RESOURCE_TYPE}={MEMBER_TYPE},{TEAM_ID_LABEL}={team_id}",
+                _request_timeout=self._timeout,
+            )
         with kube_errors(f"team '{team_id}'"):
             try:
                 self._delete(team_secret)
@@ -399,6 +445,175 @@ class KubernetesStore:
         self._bump()
         return removed
 
+    # -- members -------------------------------------------------------------------------
+
+    def _team_keys(self, team_id: str) -> list[ApiKey]:
+        return [key_from_secret(s) for s in self._list(f"{RESOURCE_TYPE}={KEY_TYPE},{TEAM_ID_LABEL}={team_id}", "keys")]
+
+    def _read_member(self, team_id: str, user_id: str) -> V1Secret | None:
+        if not DNS_LABEL.match(team_id):
+            return None
+        try:
+            secret = self._read(member_secret_name(team_id, user_id), f"member '{user_id}' of team '{team_id}'")
+        except NotFound:
+            return None
+        # The name is a hash of the user id: compare the id itself, and the kind.
+        if not is_kind(secret, MEMBER_TYPE) or member_from_secret(secret).user_id != user_id:
+            return None
+        return secret
+
+    def _create_member(self, member: Member, team_uid: str) -> V1Secret | None:
+        """Create a membership Secret; None if one exists already (it is left as it is)."""
+        try:
+            with kube_errors(f"member '{member.user_id}' of team '{member.team_id}'"):
+                return self._core.create_namespaced_secret(
+                    self._namespace, member_body(member, team_uid), _request_timeout=self._timeout
+                )
+        except Conflict:
+            return None  # AlreadyExists: a create's only 409
+
+    def _store_derived_members(self, team_secret: V1Secret) -> None:
+        """Make a team from before memberships one whose members are stored: write the members
+        its keys imply, then mark it. Until marked, its readers derive members from its keys,
+        so an interruption halfway loses nobody, and the next write finishes the job."""
+        if members_stored(team_secret):
+            return
+        team_id = team_secret.metadata.labels[TEAM_ID_LABEL]
+        team_uid = team_secret.metadata.uid
+        for member in derived_members(self._team_keys(team_id)).values():
+            self._create_member(member, team_uid)
+
+        def attempt() -> None:
+            current = self._read_team(team_id)
+            if current.metadata.uid != team_uid:
+                raise NotFound(f"team '{team_id}' not found")  # deleted (and made again) meanwhile
+            if not members_stored(current):
+                self._patch(current, {"metadata": {"annotations": {MEMBERS_ANNOTATION: MEMBERS_STORED}}})
+
+        retry_on_conflict(attempt, f"team '{team_id}'")
+
+    def _team_members(self, team_id: str) -> dict[str, Member]:
+        """A team's members by user_id; none for an unknown team."""
+        try:
+            team_secret = self._read_team(team_id)
+        except NotFound:
+            return {}
+        stored = {
+            member.user_id: member
+            for member in (member_from_secret(s) for s in self._list(
+                f"{RESOURCE_TYPE}={MEMBER_TYPE},{TEAM_ID_LABEL}={team_id}", "members"))
+        }
+        if members_stored(team_secret):
+            return stored
+        derived = {user_id: member for (_, user_id), member in derived_members(self._team_keys(team_id)).items()}
+        return derived | stored  # stored halfway through _store_derived_members: those win
+
+    def _user_members(self, user_id: str) -> dict[str, Member]:
+        """A user's memberships by team_id."""
+        stored = {
+            member.team_id: member
+            for member in (member_from_secret(s) for s in self._list(
+                f"{RESOURCE_TYPE}={MEMBER_TYPE},{USER_HASH_LABEL}={user_hash(user_id)}", "members"))
+            if member.user_id == user_id
+        }
+        if not _label_value(user_id):
+            return stored  # no key can name such a user: nothing to derive
+        # Teams the user holds keys in without a stored membership: a team from before
+        # memberships (derive it), or one they were removed from (the keys stay, revoked).
+        unstored: dict[str, list[ApiKey]] = {}
+        for key in self.list_keys(user_id=user_id):
+            if key.team_id not in stored:
+                unstored.setdefault(key.team_id, []).append(key)
+        for team_id, keys in unstored.items():
+            try:
+                team_secret = self._read_team(team_id)
+            except NotFound:
+                continue  # orphaned keys: the sweep removes them
+            if not members_stored(team_secret):
+                stored[team_id] = derived_members(keys)[(team_id, user_id)]
+        return stored
+
+    def put_member(self, *, member: Member) -> Member:
+        team_secret = self._read_team(member.team_id)
+        self._store_derived_members(team_secret)
+        what = f"member '{member.user_id}' of team '{member.team_id}'"
+        for _ in range(ATTEMPTS):
+            created = self._create_member(member, team_secret.metadata.uid)
+            if created is not None:
+                return member_from_secret(created)
+
+            def attempt() -> Member | None:
+                secret = self._read_member(member.team_id, member.user_id)
+                if secret is None:
+                    return None  # removed since our create found it: create it again
+                current = member_from_secret(secret)
+                if (current.role, current.user_email) == (member.role, member.user_email):
+                    return current
+                notes = {"maas/role": member.role, "maas/user-email": member.user_email}
+                return member_from_secret(self._patch(secret, {"metadata": {"annotations": notes}}))
+
+            updated = retry_on_conflict(attempt, what)
+            if updated is not None:
+                return updated
+        raise BackendUnavailable(f"Kubernetes API: {what} kept appearing and disappearing under {ATTEMPTS} attempts")
+
+    def get_member(self, *, team_id: str, user_id: str) -> Member:
+        secret = self._read_member(team_id, user_id)
+        if secret is not None:
+            return member_from_secret(secret)
+        try:
+            team_secret = self._read_team(team_id)
+        except NotFound:
+            raise _not_a_member(team_id, user_id) from None
+        if not members_stored(team_secret):  # a team from before memberships
+            found = derived_members(self._team_keys(team_id)).get((team_id, user_id))
+            if found is not None:
+                return found
+        raise _not_a_member(team_id, user_id)
+
+    def list_members(self, *, team_id: str | None = None, user_id: str | None = None,
+                     after: str | None = None, limit: int | None = None) -> list[Member]:
+        # One list call and a page cut from it, as for teams and keys: membership Secrets are
+        # named by a hash, so the API server's own order is no user's or team's order.
+        if team_id is not None:
+            members = sorted(self._team_members(team_id).values(), key=lambda m: m.user_id)
+            return _page(members, lambda m: m.user_id, after, limit,
+                         None if user_id is None else (lambda m: m.user_id == user_id))
+        if user_id is not None:
+            teams = sorted(self._user_members(user_id).values(), key=lambda m: m.team_id)
+            return _page(teams, lambda m: m.team_id, after, limit, None)
+        raise ValueError("members are listed by team_id or by user_id")
+
+    def count_members(self, *, team_id: str | None = None, user_id: str | None = None) -> int:
+        return len(self.list_members(team_id=team_id, user_id=user_id))
+
+    def delete_member(self, *, team_id: str, user_id: str) -> tuple[Member, list[ApiKey]]:
+        try:
+            team_secret = self._read_team(team_id)
+        except NotFound:
+            raise _not_a_member(team_id, user_id) from None
+        self._store_derived_members(team_secret)
+        secret = self._read_member(team_id, user_id)
+        if secret is None:
+            raise _not_a_member(team_id, user_id)
+        member = member_from_secret(secret)
+        revoked = self._revoke_active_keys(team_id, user_id)
+        with kube_errors(f"member '{user_id}' of team '{team_id}'"):
+            try:
+                # On the uid only: a role changed meanwhile does not save the membership.
+                self._core.delete_namespaced_secret(
+                    secret.metadata.name, self._namespace,
+                    body=V1DeleteOptions(preconditions=V1Preconditions(uid=secret.metadata.uid)),
+                    _request_timeout=self._timeout,
+                )
+            except ApiException as exc:
+                if exc.status in (404, 409):  # removed (and perhaps added again) by someone else
+                    raise _not_a_member(team_id, user_id) from exc
+                raise
+        # A key made between the first sweep and the delete found the membership still there.
+        revoked += self._revoke_active_keys(team_id, user_id)
+        return member, sorted(revoked, key=lambda key: key.secret_name)
+
     # -- keys ----------------------------------------------------------------------------
 
     def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
@@ -407,12 +622,27 @@ class KubernetesStore:
         team_secret = self._read_team(key.team_id)
         if self.find_key(key_sha256=key.key_sha256) is not None:
             raise Conflict("an identical API key already exists")
+        # Before the key: a user of a team from before memberships keeps the role their
+        # earlier keys gave them, not this key's.
+        self._store_derived_members(team_secret)
         body = key_body(
             key, api_key, team_from_secret(team_secret), team_secret.metadata.uid, self._selector, self._watch_label
         )
         with kube_errors(f"key '{key.secret_name}'"):
             written = self._core.create_namespaced_secret(self._namespace, body, _request_timeout=self._timeout)
         self._bump(written)
+        member = Member(team_id=key.team_id, user_id=key.user_id, role=member_role(key.role),
+                        user_email=key.user_email, joined_at=key.created_at)
+        try:
+            self._create_member(member, team_secret.metadata.uid)
+        except MaasError:
+            try:
+                with kube_errors(f"key '{key.secret_name}'"):
+                    self._delete(written)
+            except MaasError:
+                pass  # nobody was given this key's plaintext: left behind, it opens nothing to anyone
+            self._bump()
+            raise
         return key
 
     def get_key(self, *, secret_name: str) -> ApiKey:
@@ -445,6 +675,9 @@ class KubernetesStore:
     def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int:
         return len(self.list_keys(team_id=team_id, user_id=user_id))
 
+    def count_active_keys(self, *, team_id: str, user_id: str) -> int:
+        return sum(1 for key in self.list_keys(team_id=team_id, user_id=user_id) if key.status == "active")
+
     def delete_key(self, *, secret_name: str) -> ApiKey:
         def attempt() -> ApiKey:
             secret = self._read_key(secret_name)
@@ -475,17 +708,48 @@ class KubernetesStore:
             changed = replace(current, **given)
             if changed == current:
                 return current
-            notes = {STATUS_ANNOTATION: changed.status}
-            if changed.expires_at is not None:
-                notes[EXPIRES_ANNOTATION] = timestamp(changed.expires_at)
-            if changed.replaced_by:
-                notes["maas/replaced-by"] = changed.replaced_by
-            patch = {"metadata": {"labels": selected_labels(changed, self._selector), "annotations": notes}}
-            return key_from_secret(self._patch(secret, patch))
+            return self._write_key_lifecycle(secret, changed)
 
         updated = retry_on_conflict(attempt, f"key '{secret_name}'")
         self._bump()
         return updated
+
+    def _write_key_lifecycle(self, secret: V1Secret, changed: ApiKey) -> ApiKey:
+        """Patch a key Secret, conditioned on the version read, to `changed`'s lifecycle fields."""
+        notes = {STATUS_ANNOTATION: changed.status}
+        if changed.expires_at is not None:
+            notes[EXPIRES_ANNOTATION] = timestamp(changed.expires_at)
+        if changed.replaced_by:
+            notes["maas/replaced-by"] = changed.replaced_by
+        patch = {"metadata": {"labels": selected_labels(changed, self._selector), "annotations": notes}}
+        return key_from_secret(self._patch(secret, patch))
+
+    def _revoke_active_keys(self, team_id: str, user_id: str) -> list[ApiKey]:
+        """Revoke the user's keys in the team that are active when read (one that expired or was
+        revoked meanwhile is left as it is); return those revoked."""
+        if not _label_value(user_id):
+            return []  # no key Secret can carry such a user id
+        revoked: list[ApiKey] = []
+        for key in self.list_keys(team_id=team_id, user_id=user_id):
+            if key.status != "active":
+                continue
+
+            def attempt(name: str = key.secret_name) -> ApiKey | None:
+                secret = self._read_key(name)
+                current = key_from_secret(secret)
+                if current.status != "active":
+                    return None
+                return self._write_key_lifecycle(secret, replace(current, status="revoked"))
+
+            try:
+                done = retry_on_conflict(attempt, f"key '{key.secret_name}'")
+            except NotFound:
+                continue  # deleted meanwhile: nothing left to revoke
+            if done is not None:
+                revoked.append(done)
+        if revoked:
+            self._bump()
+        return revoked
 
     def touch_keys(self, *, last_used: Mapping[str, datetime]) -> int:
         # Each key is one conditioned patch that only moves forward; the generation stays put

@@ -12,20 +12,35 @@ the label Authorino's Secret watcher selects by (tests/cluster/SOURCES.md §2): 
 Authorino reads keys only when it rebuilds an AuthConfig, so new keys fail and revoked ones go
 on working until then. Authorino keeps the Secret it indexed until the key leaves the selector
 (§8): a change it must see is made through the selector labels, never an annotation alone.
+
+A membership is a Secret of its own, `team-<team_id>-member-<hash>`, the hash being the first
+32 hex digits of the SHA-256 of the user id (user ids need not be label values, and a label
+value is at most 63 characters): labelled with its type, its team and that hash (selected by
+either), the record in annotations, owned by its team Secret. No Authorino label: the gateway
+never reads memberships. One object per membership rather than a list in the team Secret: a
+team of 10,000 members (about 200 bytes each) would pass the 256 KiB limit on annotations and
+near the 1 MiB one on an object, and every join would race every other join and every team
+update for the team Secret's resourceVersion.
+
+A team Secret written by this version carries `maas/members: stored`: its members are exactly
+its membership Secrets. A team from before memberships lacks it, and until its first
+membership write its members are derived from its keys (`derived_members`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 from shared.errors import BackendUnavailable
 from shared.identifiers import DNS_LABEL_RE
 from shared.keymaterial import key_sha256 as sha256_of
-from shared.store.base import ApiKey, AuditEntry, AuditFilter, Team
+from shared.store.base import ApiKey, AuditEntry, AuditFilter, Member, Team, member_role
 from shared.tiers import TIER_ANNOTATION, tier_of
 
 RESOURCE_TYPE = "maas/resource-type"
@@ -33,6 +48,17 @@ TEAM_TYPE = "team-config"
 TEAM_ID_LABEL = "maas/team-id"
 KEY_TYPE = "team-key"
 AUDIT_TYPE = "audit"
+MEMBER_TYPE = "team-member"
+USER_HASH_LABEL = "maas/user-hash"
+USER_HASH_LEN = 32
+# On a team Secret: its memberships are its membership Secrets (not derived from its keys).
+MEMBERS_ANNOTATION = "maas/members"
+MEMBERS_STORED = "stored"
+# The optional team fields, by annotation; absent when None.
+OPTIONAL_TEAM_ANNOTATIONS = {
+    "max_keys_per_user": "maas/max-keys-per-user",
+    "max_key_lifetime": "maas/max-key-lifetime",
+}
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
 GRACE_LABEL = "maas/in-grace"
@@ -70,7 +96,7 @@ def _decode(secret: Any, field: str) -> str:
 
 
 def team_annotations(team: Team) -> dict[str, str]:
-    return {
+    notes = {
         "maas/team-name": team.team_name,
         "maas/description": team.description,
         "maas/policy": team.policy,
@@ -79,6 +105,20 @@ def team_annotations(team: Team) -> dict[str, str]:
         "maas/limit-scope": team.limit_scope,
         "maas/created-at": timestamp(team.created_at),
     }
+    for name, annotation in OPTIONAL_TEAM_ANNOTATIONS.items():
+        value = getattr(team, name)
+        if value is not None:
+            notes[annotation] = str(value)
+    return notes
+
+
+def team_annotations_patch(team: Team) -> dict[str, str | None]:
+    """A merge patch making a team Secret's annotations say `team`: a field that is None now
+    removes its annotation (null in a merge patch deletes the key)."""
+    notes: dict[str, str | None] = dict(team_annotations(team))
+    for name, annotation in OPTIONAL_TEAM_ANNOTATIONS.items():
+        notes.setdefault(annotation, None)
+    return notes
 
 
 def team_body(team: Team) -> dict[str, Any]:
@@ -89,14 +129,20 @@ def team_body(team: Team) -> dict[str, Any]:
         "metadata": {
             "name": team_secret_name(team.team_id),
             "labels": {RESOURCE_TYPE: TEAM_TYPE, TEAM_ID_LABEL: team.team_id},
-            "annotations": team_annotations(team),
+            # A new team has nothing to derive: its memberships are stored from the start.
+            "annotations": team_annotations(team) | {MEMBERS_ANNOTATION: MEMBERS_STORED},
         },
     }
+
+
+def members_stored(team_secret: Any) -> bool:
+    return (team_secret.metadata.annotations or {}).get(MEMBERS_ANNOTATION) == MEMBERS_STORED
 
 
 def team_from_secret(secret: Any) -> Team:
     labels = secret.metadata.labels or {}
     notes = secret.metadata.annotations or {}
+    cap = notes.get(OPTIONAL_TEAM_ANNOTATIONS["max_keys_per_user"])
     try:
         return Team(
             team_id=labels[TEAM_ID_LABEL],
@@ -107,6 +153,8 @@ def team_from_secret(secret: Any) -> Team:
             time_window=notes["maas/time-window"],
             limit_scope="team" if notes.get("maas/limit-scope") == "team" else "user",
             created_at=parse_timestamp(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
+            max_keys_per_user=None if cap is None else int(cap),
+            max_key_lifetime=notes.get(OPTIONAL_TEAM_ANNOTATIONS["max_key_lifetime"]),
         )
     except (KeyError, ValueError) as exc:
         raise BackendUnavailable(
@@ -209,6 +257,83 @@ def key_from_secret(secret: Any) -> ApiKey:
         raise BackendUnavailable(
             f"key Secret '{secret.metadata.name}' is malformed (missing or bad {exc}); fix or delete it"
         ) from exc
+
+
+def user_hash(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:USER_HASH_LEN]
+
+
+def member_secret_name(team_id: str, user_id: str) -> str:
+    # The hash is hex without dashes, so no (team, user) pair's name is another's.
+    return f"team-{team_id}-member-{user_hash(user_id)}"
+
+
+def member_annotations(member: Member) -> dict[str, str]:
+    return {
+        "maas/user-id": member.user_id,
+        "maas/user-email": member.user_email,
+        "maas/role": member.role,
+        "maas/joined-at": timestamp(member.joined_at),
+    }
+
+
+def member_body(member: Member, team_uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": member_secret_name(member.team_id, member.user_id),
+            "labels": {
+                RESOURCE_TYPE: MEMBER_TYPE,
+                TEAM_ID_LABEL: member.team_id,
+                USER_HASH_LABEL: user_hash(member.user_id),
+            },
+            "annotations": member_annotations(member),
+            # Garbage collection backs up delete_team's explicit removal, as for keys.
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Secret", "name": team_secret_name(member.team_id), "uid": team_uid}
+            ],
+        },
+    }
+
+
+def member_from_secret(secret: Any) -> Member:
+    labels = secret.metadata.labels or {}
+    notes = secret.metadata.annotations or {}
+    try:
+        joined = parse_timestamp(notes.get("maas/joined-at")) or secret.metadata.creation_timestamp
+        return Member(
+            team_id=labels[TEAM_ID_LABEL],
+            user_id=notes["maas/user-id"],
+            role=member_role(notes.get("maas/role", "member")),
+            user_email=notes.get("maas/user-email", ""),
+            joined_at=joined,
+        )
+    except (KeyError, ValueError) as exc:
+        raise BackendUnavailable(
+            f"membership Secret '{secret.metadata.name}' is malformed (missing or bad {exc}); fix or delete it"
+        ) from exc
+
+
+def derived_members(keys: Iterable[ApiKey]) -> dict[tuple[str, str], Member]:
+    """The members keys imply, by (team_id, user_id): one per user holding a key in a team, with
+    the role and email of their newest key, joined when their oldest was made (what the SQLite
+    store's backfill does for a database from before memberships)."""
+    held: dict[tuple[str, str], list[ApiKey]] = {}
+    for key in keys:
+        held.setdefault((key.team_id, key.user_id), []).append(key)
+    members: dict[tuple[str, str], Member] = {}
+    for (team_id, user_id), its_keys in held.items():
+        newest = max(its_keys, key=lambda k: (k.created_at, k.secret_name))
+        members[(team_id, user_id)] = Member(
+            team_id=team_id,
+            user_id=user_id,
+            role=member_role(newest.role),
+            user_email=newest.user_email,
+            joined_at=min(k.created_at for k in its_keys),
+        )
+    return members
 
 
 def is_kind(secret: Any, kind: str) -> bool:

@@ -11,7 +11,15 @@ as clients come ran out of descriptors after about 10,000 requests.)
 
 Every write records what it changed in the `changes` table, under the generation it commits,
 so a reader holding an older view (the gateway's key cache) can catch up with `changes_since`
-by reading the few rows that changed instead of the whole store.
+by reading the few rows that changed instead of the whole store. A write that changes no team
+or key (a membership alone) records nothing and leaves the generation where it was: the
+gateway's view does not depend on memberships.
+
+Memberships are the `members` table, one row per (team_id, user_id), removed with their team
+by the foreign key. A database from before it gets the table on open, filled once from its keys
+(one member per user holding a key in a team: role and email of the newest key, joined when
+the oldest was made), so that its teams keep their users; the `meta` row `members_backfilled`
+says that happened, so a member removed later is not brought back by a reopen.
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ from shared.store.base import (
     AuditFilter,
     KeyChanges,
     KeyStatus,
+    Member,
     Snapshot,
     StoreChanges,
     Team,
     TeamChanges,
+    member_role,
 )
 from shared.store.generation import GenerationFile
 
@@ -47,7 +57,9 @@ CREATE TABLE IF NOT EXISTS teams (
     token_limit  INTEGER NOT NULL CHECK (token_limit >= 1),
     time_window  TEXT NOT NULL,
     limit_scope  TEXT NOT NULL CHECK (limit_scope IN ('user', 'team')),
-    created_at   TEXT NOT NULL
+    created_at   TEXT NOT NULL,
+    max_keys_per_user INTEGER,
+    max_key_lifetime  TEXT
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     secret_name    TEXT PRIMARY KEY,
@@ -88,6 +100,30 @@ CREATE TABLE IF NOT EXISTS changes (
     key_sha256  TEXT
 );
 CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
+CREATE TABLE IF NOT EXISTS members (
+    team_id      TEXT NOT NULL REFERENCES teams(team_id) ON DELETE CASCADE,
+    user_id      TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('member', 'admin')),
+    user_email   TEXT NOT NULL,
+    joined_at    TEXT NOT NULL,
+    PRIMARY KEY (team_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS members_user ON members(user_id, team_id);
+"""
+
+# Once per database, in the transaction that creates the table: the key holders of a database
+# from before memberships become its members. Newest key by (created_at, secret_name), so that
+# two keys made in the same instant still pick one deterministically.
+_BACKFILL_MEMBERS = """
+INSERT OR IGNORE INTO members (team_id, user_id, role, user_email, joined_at)
+SELECT team_id, user_id, CASE WHEN role = 'admin' THEN 'admin' ELSE 'member' END, user_email, first_at
+FROM (
+    SELECT team_id, user_id, role, user_email,
+           MIN(created_at) OVER (PARTITION BY team_id, user_id) AS first_at,
+           ROW_NUMBER() OVER (PARTITION BY team_id, user_id ORDER BY created_at DESC, secret_name DESC) AS rank
+    FROM api_keys
+)
+WHERE rank = 1
 """
 
 # Idle connections kept for reuse; more may be open at once, and are closed when given back.
@@ -96,13 +132,21 @@ POOL_IDLE = 8
 CHANGES_KEPT = 10_000
 
 # Columns added after the first release, for databases created before them.
-_ADDED_COLUMNS = {"api_keys": (("replaced_by", "TEXT"),)}
+_ADDED_COLUMNS = {
+    "api_keys": (("replaced_by", "TEXT"),),
+    "teams": (("max_keys_per_user", "INTEGER"), ("max_key_lifetime", "TEXT")),
+}
 
 _KEY_COLUMNS = (
     "secret_name, key_sha256, team_id, user_id, user_email, role, status, models_allowed, "
     "alias, created_at, expires_at, last_used_at, replaced_by"
 )
 _AUDIT_COLUMNS = "id, at, actor, action, method, path, outcome, team_id, secret_name"
+_TEAM_COLUMNS = (
+    "team_id, team_name, description, policy, token_limit, time_window, limit_scope, created_at, "
+    "max_keys_per_user, max_key_lifetime"
+)
+_MEMBER_COLUMNS = "team_id, user_id, role, user_email, joined_at"
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -123,6 +167,18 @@ def _team(row: sqlite3.Row) -> Team:
         time_window=row["time_window"],
         limit_scope=row["limit_scope"],
         created_at=datetime.fromisoformat(row["created_at"]),
+        max_keys_per_user=row["max_keys_per_user"],
+        max_key_lifetime=row["max_key_lifetime"],
+    )
+
+
+def _member(row: sqlite3.Row) -> Member:
+    return Member(
+        team_id=row["team_id"],
+        user_id=row["user_id"],
+        role=row["role"],
+        user_email=row["user_email"],
+        joined_at=datetime.fromisoformat(row["joined_at"]),
     )
 
 
@@ -173,12 +229,27 @@ def _page_clauses(column: str, after: str | None, within: Collection[str] | None
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
 
+def _member_clauses(team_id: str | None, user_id: str | None) -> tuple[str, list[object]]:
+    if team_id is None and user_id is None:
+        raise ValueError("members are listed by team_id or by user_id")
+    clauses: list[str] = []
+    args: list[object] = []
+    for clause, value in (("team_id = ?", team_id), ("user_id = ?", user_id)):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    return " AND ".join(clauses), args
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     for table, columns in _ADDED_COLUMNS.items():
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for name, kind in columns:
             if name not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    if conn.execute("SELECT 1 FROM meta WHERE name = 'members_backfilled'").fetchone() is None:
+        conn.execute(_BACKFILL_MEMBERS)
+        conn.execute("INSERT INTO meta (name, value) VALUES ('members_backfilled', 1)")
 
 
 class SqliteStore:
@@ -196,8 +267,16 @@ class SqliteStore:
         self._generation = GenerationFile(path.with_suffix(".generation"))
         try:
             with self._borrowed() as conn:
-                conn.executescript(_SCHEMA)
-                _migrate(conn)
+                # One write transaction for schema, columns and backfill: two processes opening
+                # an old database at once cannot both add a column or both backfill.
+                try:
+                    conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+                    _migrate(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"SQLite store at {path} cannot be initialised: {exc}") from exc
 
@@ -262,7 +341,10 @@ class SqliteStore:
     @contextmanager
     def _write(self) -> Iterator[tuple[sqlite3.Connection, list[tuple[str | None, str | None]]]]:
         """A write transaction: (connection, changed). The caller appends what it changed,
-        (team_id, key_sha256), to `changed`, recorded under the generation the write commits."""
+        (team_id, key_sha256), to `changed`, recorded under the generation the write commits.
+        Nothing appended (a membership change alone): the generation stays, so the gateway
+        keeps its view."""
+        generation: int | None = None
         with self._borrowed() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -271,6 +353,9 @@ class SqliteStore:
             changed: list[tuple[str | None, str | None]] = []
             try:
                 yield conn, changed
+                if not changed:
+                    conn.execute("COMMIT")
+                    return
                 generation = conn.execute(
                     "UPDATE meta SET value = value + 1 WHERE name = 'generation' RETURNING value"
                 ).fetchone()[0]
@@ -284,7 +369,8 @@ class SqliteStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        self._generation.publish(generation)
+        if generation is not None:
+            self._generation.publish(generation)
 
     # -- teams ---------------------------------------------------------------------------
 
@@ -292,7 +378,7 @@ class SqliteStore:
         try:
             with self._write() as (conn, changed):
                 conn.execute(
-                    "INSERT INTO teams VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO teams ({_TEAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         team.team_id,
                         team.team_name,
@@ -302,6 +388,8 @@ class SqliteStore:
                         team.time_window,
                         team.limit_scope,
                         _ts(team.created_at),
+                        team.max_keys_per_user,
+                        team.max_key_lifetime,
                     ),
                 )
                 changed.append((team.team_id, None))
@@ -337,7 +425,8 @@ class SqliteStore:
             updated = changes.apply(_team(row))
             conn.execute(
                 "UPDATE teams SET team_name = ?, description = ?, policy = ?, token_limit = ?, "
-                "time_window = ?, limit_scope = ? WHERE team_id = ?",
+                "time_window = ?, limit_scope = ?, max_keys_per_user = ?, max_key_lifetime = ? "
+                "WHERE team_id = ?",
                 (
                     updated.team_name,
                     updated.description,
@@ -345,6 +434,8 @@ class SqliteStore:
                     updated.token_limit,
                     updated.time_window,
                     updated.limit_scope,
+                    updated.max_keys_per_user,
+                    updated.max_key_lifetime,
                     team_id,
                 ),
             )
@@ -361,11 +452,77 @@ class SqliteStore:
                 )
             ]
             conn.execute("DELETE FROM api_keys WHERE team_id = ?", (team_id,))
+            conn.execute("DELETE FROM members WHERE team_id = ?", (team_id,))
             if conn.execute("DELETE FROM teams WHERE team_id = ?", (team_id,)).rowcount == 0:
                 raise NotFound(f"team '{team_id}' not found")
             changed.append((team_id, None))
             changed.extend((None, key.key_sha256) for key in keys)
         return keys
+
+    # -- members -------------------------------------------------------------------------
+
+    def put_member(self, *, member: Member) -> Member:
+        with self._write() as (conn, _):
+            if conn.execute("SELECT 1 FROM teams WHERE team_id = ?", (member.team_id,)).fetchone() is None:
+                raise NotFound(f"team '{member.team_id}' not found")
+            row = conn.execute(
+                f"INSERT INTO members ({_MEMBER_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role, user_email = excluded.user_email "
+                f"RETURNING {_MEMBER_COLUMNS}",
+                (member.team_id, member.user_id, member.role, member.user_email, _ts(member.joined_at)),
+            ).fetchone()
+        return _member(row)
+
+    def get_member(self, *, team_id: str, user_id: str) -> Member:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_MEMBER_COLUMNS} FROM members WHERE team_id = ? AND user_id = ?", (team_id, user_id)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"user '{user_id}' is not a member of team '{team_id}'")
+        return _member(row)
+
+    def list_members(self, *, team_id: str | None = None, user_id: str | None = None,
+                     after: str | None = None, limit: int | None = None) -> list[Member]:
+        where, args = _member_clauses(team_id, user_id)
+        # A team's members page by user_id; a user's memberships (no team given) by team_id.
+        order = "user_id" if team_id is not None else "team_id"
+        if after is not None:
+            where += f" AND {order} > ?"
+            args.append(after)
+        sql = f"SELECT {_MEMBER_COLUMNS} FROM members WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._read() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [_member(row) for row in rows]
+
+    def count_members(self, *, team_id: str | None = None, user_id: str | None = None) -> int:
+        where, args = _member_clauses(team_id, user_id)
+        with self._read() as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM members WHERE {where}", args).fetchone()[0])
+
+    def delete_member(self, *, team_id: str, user_id: str) -> tuple[Member, list[ApiKey]]:
+        with self._write() as (conn, changed):
+            row = conn.execute(
+                f"DELETE FROM members WHERE team_id = ? AND user_id = ? RETURNING {_MEMBER_COLUMNS}",
+                (team_id, user_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"user '{user_id}' is not a member of team '{team_id}'")
+            revoked = [
+                _key(key_row)
+                for key_row in conn.execute(
+                    f"UPDATE api_keys SET status = 'revoked' WHERE team_id = ? AND user_id = ? "
+                    f"AND status = 'active' RETURNING {_KEY_COLUMNS}",
+                    (team_id, user_id),
+                ).fetchall()
+            ]
+            # The revocations are the gateway's business (as set_key_status's are); the
+            # membership alone is not.
+            changed.extend((None, key.key_sha256) for key in revoked)
+        return _member(row), sorted(revoked, key=lambda key: key.secret_name)
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -392,6 +549,13 @@ class SqliteStore:
                         _ts(key.last_used_at),
                         key.replaced_by,
                     ),
+                )
+                # An existing member keeps their role (an admin's new key does not demote them)
+                # and the day they joined.
+                conn.execute(
+                    f"INSERT INTO members ({_MEMBER_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (team_id, user_id) DO NOTHING",
+                    (key.team_id, key.user_id, member_role(key.role), key.user_email, _ts(key.created_at)),
                 )
                 changed.append((None, key.key_sha256))
         except sqlite3.IntegrityError as exc:
@@ -444,6 +608,13 @@ class SqliteStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._read() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM api_keys {where}", args).fetchone()[0])
+
+    def count_active_keys(self, *, team_id: str, user_id: str) -> int:
+        with self._read() as conn:
+            return int(conn.execute(
+                "SELECT COUNT(*) FROM api_keys WHERE team_id = ? AND user_id = ? AND status = 'active'",
+                (team_id, user_id),
+            ).fetchone()[0])
 
     def delete_key(self, *, secret_name: str) -> ApiKey:
         with self._write() as (conn, changed):
