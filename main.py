@@ -9,6 +9,8 @@ no raw control character reaches a log, whichever server runs the functions.
 from functions.cleanup import cleanup
 from functions.keys import create_key, delete_key, delete_key_legacy, list_team_keys, list_user_keys
 from functions.lifecycle import list_audit, revoke_key, rotate_key
+from functions.me import create_my_key, list_my_keys, my_usage, whoami
+from functions.members import add_member, list_members, remove_member, update_member
 from functions.meta import health, openapi
 from functions.models import list_models, list_openai_models
 from functions.teams import create_team, delete_team, get_team, list_teams, update_team
@@ -19,6 +21,14 @@ from shared import logsafety
 logsafety.install()
 
 __all__ = [
+    "add_member",
+    "create_my_key",
+    "list_members",
+    "list_my_keys",
+    "my_usage",
+    "remove_member",
+    "update_member",
+    "whoami",
     "cleanup",
     "create_key",
     "create_team",

@@ -28,8 +28,9 @@ from pydantic import BaseModel, ValidationError
 from functions._context import context
 from functions._fielderrors import FieldError, field_errors, invalid_field
 from shared import audit
-from shared.auth import require_admin
+from shared.access import Caller, authorize, authorize_key
 from shared.context import Context
+from shared.store import ApiKey
 from shared.errors import (
     InvalidRequest,
     MaasError,
@@ -158,6 +159,16 @@ class Call:
     body_optional: bool = False
     # The validated body, once parsed: the audit entry of a refused create still names its team.
     parsed: BaseModel | None = None
+    # Who signed in (routes with admin credentials); None on public routes and the model listings.
+    caller: Caller | None = None
+
+    def signed_in(self) -> Caller:
+        assert self.caller is not None, "a route that signs in"
+        return self.caller
+
+    def may_manage(self, key: ApiKey) -> None:
+        """The `key` rule, for a handler that finds its key itself (by value, not by handle)."""
+        authorize_key(self.signed_in(), self.ctx.store, key)
 
     def body(self, model: type[Model]) -> Model:
         """The JSON body as `model`; when the route's body is optional, none means all defaults."""
@@ -271,11 +282,15 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
             try:
                 params = _check_route(route, request)
                 ctx = context()
+                caller: Caller | None = None
                 if route.auth == "admin":
-                    require_admin(ctx.settings, request.headers.get("Authorization"))
-                    actor = "admin"
+                    signed = ctx.signin().sign_in(request.headers.get("Authorization"))
+                    caller = Caller(signed.identity, signed.platform_admin, ctx.settings.team_group_pattern)
+                    actor = signed.identity.actor
+                    authorize(route.access, caller, ctx.store, params=_validated_params(params),
+                              query={name: request.args.get(name, "") for name in request.args})
                 call = Call(request=request, ctx=ctx, params=_validated_params(params),
-                            body_optional=route.body_optional)
+                            body_optional=route.body_optional, caller=caller)
                 result = handler(call)
                 response = (
                     result if isinstance(result, flask.Response) else json_response(result, route.success_status)

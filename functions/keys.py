@@ -36,4 +36,4 @@ def delete_key(call: Call) -> KeyDeleted:
 @functions_framework.http
 @endpoint("delete_key_legacy")
 def delete_key_legacy(call: Call) -> KeyDeleted:
-    return keys.delete_key_by_value(call.ctx, call.body(KeyDeleteByValue).key)
+    return keys.delete_key_by_value(call.ctx, call.body(KeyDeleteByValue).key, may_delete=call.may_manage)

@@ -27,6 +27,7 @@ from shared.auth import authenticate
 from shared.context import Context
 from shared.errors import MaasError
 from shared.logsafety import clean
+from shared.signin import ADMIN_KEY_IDENTITY
 from shared.schemas import AuditEntryPublic, AuditPage, AuditQuery
 from shared.store.base import AuditEntry, AuditFilter
 
@@ -56,13 +57,13 @@ class Action:
 
 
 def actor_of(ctx: Context, authorization: str | None) -> str:
-    """Who made the request: "admin", the handle of the API key used, or "anonymous"."""
+    """Who made the request: "admin-key", the handle of the API key used, or "anonymous"."""
     try:
         principal = authenticate(ctx.settings, ctx.store, authorization, ctx.clock())
     except MaasError:
         return ANONYMOUS
     if principal.admin or principal.key is None:
-        return "admin"
+        return ADMIN_KEY_IDENTITY.actor
     return principal.key.secret_name
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from shared.settings import Settings
+from shared.signin import SignIn
 from shared.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Context:
     ledger: UsageLedger | None = None
     _usage: UsageSource | None = field(default=None, init=False, repr=False)
     _catalog: ModelCatalog | None = field(default=None, init=False, repr=False)
+    _signin: SignIn | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def usage(self) -> UsageSource:
@@ -52,6 +54,13 @@ class Context:
                 else:
                     self._usage = open_usage_source(self.settings)
             return self._usage
+
+    def signin(self) -> SignIn:
+        """The admin API's sign-in, with the verifiers' caches kept for the process."""
+        with self._lock:
+            if self._signin is None:
+                self._signin = SignIn(self.settings, self.store)
+            return self._signin
 
     def catalog(self) -> ModelCatalog:
         with self._lock:

@@ -46,6 +46,20 @@ def expiry_for(now: datetime, *, expires_in: str | None, expires_at: datetime | 
     return expires_at
 
 
+def within_lifetime(now: datetime, expires_at: datetime | None, max_lifetime: str | None,
+                    field: str = "expires_in") -> datetime | None:
+    """A new key's expiry under its team's `max_key_lifetime`: none given means the longest
+    allowed; a later one is a 422 naming the cap."""
+    if max_lifetime is None:
+        return expires_at
+    latest = now + duration(max_lifetime)
+    if expires_at is None:
+        return latest
+    if expires_at > latest:
+        raise _invalid(field, f"the team's max_key_lifetime is {max_lifetime}: a key here may live at most that long")
+    return expires_at
+
+
 def grace_end(now: datetime, grace_period: str, current_expiry: datetime | None) -> datetime:
     """When a rotated key stops working: after the grace, but never later than it would have."""
     end = now + duration(grace_period)

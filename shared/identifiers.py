@@ -13,3 +13,4 @@ USER_ID = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
 SECRET_NAME = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
 
 DNS_LABEL_RE = re.compile(DNS_LABEL)
+USER_ID_RE = re.compile(USER_ID)

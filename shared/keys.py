@@ -15,14 +15,14 @@ a working key; if shortening fails, the successor is removed again and the error
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from shared.auth import usable
 from shared.context import Context
 from shared.errors import Conflict, InvalidRequest, MaasError, NotFound
-from shared.expiry import effective_status, expiry_for, grace_end
+from shared.expiry import effective_status, expiry_for, grace_end, within_lifetime
 from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.members import members_of
 from shared.schemas import (
@@ -114,8 +114,15 @@ def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
         created_at=now,
         models_allowed=tuple(request.models),
         alias=request.alias,
-        expires_at=expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at),
+        expires_at=within_lifetime(now, expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at),
+                                   team.max_key_lifetime,
+                                   "expires_at" if request.expires_at is not None else "expires_in"),
     )
+    if team.max_keys_per_user is not None:
+        held = sum(1 for key in ctx.store.list_keys(team_id=team_id, user_id=request.user_id) if usable(key, now))
+        if held >= team.max_keys_per_user:
+            raise Conflict(f"'{request.user_id}' already holds {held} active key(s) in team '{team_id}', its "
+                           f"max_keys_per_user: revoke one first")
     return _issue(ctx, team, template, warnings)
 
 
@@ -142,6 +149,8 @@ def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> KeyCreated
         expires_at: datetime | None = now + (old.expires_at - old.created_at)
     else:
         expires_at = expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at)
+    expires_at = within_lifetime(now, expires_at, team.max_key_lifetime,
+                                 "expires_at" if request.expires_at is not None else "expires_in")
     created = _issue(ctx, team, replace(old, status="active", created_at=now, expires_at=expires_at,
                                         last_used_at=None, replaced_by=None))
     end = grace_end(now, request.grace_period, old.expires_at)
@@ -218,9 +227,11 @@ def delete_key(ctx: Context, secret_name: str) -> KeyDeleted:
     return _deleted(ctx.store.delete_key(secret_name=secret_name))
 
 
-def delete_key_by_value(ctx: Context, api_key: str) -> KeyDeleted:
+def delete_key_by_value(ctx: Context, api_key: str, *, may_delete: Callable[[ApiKey], None]) -> KeyDeleted:
+    """`may_delete` raises when the caller may not (the access rule needs the key found first)."""
     found = ctx.store.find_key(key_sha256=key_sha256(api_key))
     if found is None:
         # Never echo the key: name only what was looked for.
         raise NotFound("no key matches the given API key")
+    may_delete(found)
     return _deleted(ctx.store.delete_key(secret_name=found.secret_name))

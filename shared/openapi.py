@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from shared.access import WHO
 from shared.routes import ROUTES, Route
 from shared.schemas import PATH_PARAMETERS
 from shared.version import VERSION
@@ -42,6 +43,7 @@ _OPENAI_ERROR = {
 _ERROR_STATUSES = {
     "400": "Malformed JSON",
     "401": "Missing or invalid credentials",
+    "403": "Signed in, without the role this needs (the message names it)",
     "404": "Unknown team, key or endpoint",
     "409": "Duplicate",
     "413": "Body too large",
@@ -78,7 +80,8 @@ def _query_schema(model: type[BaseModel], name: str) -> dict[str, Any]:
 
 
 def _operation(route: Route) -> dict[str, Any]:
-    operation: dict[str, Any] = {"operationId": route.target, "summary": route.summary}
+    operation: dict[str, Any] = {"operationId": route.target, "summary": route.summary,
+                                 "description": f"Who may call it: {WHO[route.access]}."}
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
         for name in route.params
@@ -148,7 +151,8 @@ def openapi_document() -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "Authorization",
-                    "description": "`ADMIN <admin key>` or `Bearer <admin key>`",
+                    "description": "`ADMIN <admin key>`, or `Bearer <admin key | OpenID Connect token | "
+                    "Kubernetes token>`",
                 },
                 "ApiKey": {
                     "type": "apiKey",

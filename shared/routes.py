@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from shared import schemas
+from shared.access import Rule
 from shared.catalog import listing
 from shared.errors import MethodNotAllowed, NotFound
 from shared.usage import schemas as usage_schemas
@@ -27,6 +28,8 @@ class Route:
     path: str
     target: str
     summary: str
+    # Who may call it (shared.access): required, so that no route is added without a rule.
+    access: Rule = field(kw_only=True)
     auth: Auth = "admin"
     success_status: int = 200
     request: type[BaseModel] | None = None
@@ -50,38 +53,54 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", "health", "Liveness and store reachability", auth="none", response=schemas.Health),
-    Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 document", auth="none"),
-    Route("POST", "/teams", "create_team", "Create a team", success_status=201,
+    Route("GET", "/health", "health", "Liveness and store reachability", access="public", auth="none", response=schemas.Health),
+    Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 document", access="public", auth="none"),
+    Route("POST", "/teams", "create_team", "Create a team", access="platform", success_status=201,
           request=schemas.TeamCreate, response=schemas.TeamPublic),
-    Route("GET", "/teams", "list_teams", "List teams (paged)", query=schemas.PageQuery, response=schemas.TeamList),
-    Route("GET", "/teams/{team_id}", "get_team", "Get a team with its keys and users", response=schemas.TeamDetail),
-    Route("PATCH", "/teams/{team_id}", "update_team", "Update a team (partial, atomic)",
+    Route("GET", "/teams", "list_teams", "List teams (paged)", access="platform", query=schemas.PageQuery, response=schemas.TeamList),
+    Route("GET", "/teams/{team_id}", "get_team", "Get a team with its keys and users", access="team", response=schemas.TeamDetail),
+    Route("PATCH", "/teams/{team_id}", "update_team", "Update a team (partial, atomic)", access="platform",
           request=schemas.TeamUpdate, response=schemas.TeamPublic),
-    Route("DELETE", "/teams/{team_id}", "delete_team", "Delete a team and its keys", response=schemas.TeamDeleted),
-    Route("POST", "/teams/{team_id}/keys", "create_key", "Issue an API key", success_status=201,
+    Route("DELETE", "/teams/{team_id}", "delete_team", "Delete a team and its keys", access="platform", response=schemas.TeamDeleted),
+    Route("POST", "/teams/{team_id}/keys", "create_key", "Issue an API key", access="team", success_status=201,
           request=schemas.KeyCreate, response=schemas.KeyCreated),
-    Route("GET", "/teams/{team_id}/keys", "list_team_keys", "List a team's keys (paged) and users",
+    Route("GET", "/teams/{team_id}/keys", "list_team_keys", "List a team's keys (paged) and users", access="team",
           query=schemas.PageQuery, response=schemas.TeamKeys),
-    Route("GET", "/users/{user_id}/keys", "list_user_keys", "List a user's keys across teams (paged)",
+    Route("GET", "/teams/{team_id}/members", "list_members", "List a team's members and their roles (paged)",
+          access="team", query=schemas.PageQuery, response=schemas.MemberList),
+    Route("POST", "/teams/{team_id}/members", "add_member", "Add a member to a team, with a role",
+          access="team", success_status=201, request=schemas.MemberCreate, response=schemas.MemberPublic),
+    Route("PATCH", "/teams/{team_id}/members/{user_id}", "update_member", "Change a member's role",
+          access="team", request=schemas.MemberUpdate, response=schemas.MemberPublic),
+    Route("DELETE", "/teams/{team_id}/members/{user_id}", "remove_member",
+          "Remove a member from a team, revoking their keys there", access="team", response=schemas.MemberRemoved),
+    Route("GET", "/me", "whoami", "Who I am: how I signed in, my teams and roles", access="signed_in",
+          response=schemas.Me),
+    Route("GET", "/me/keys", "list_my_keys", "My keys across my teams (paged)", access="signed_in",
           query=schemas.PageQuery, response=schemas.UserKeys),
-    Route("DELETE", "/keys/{secret_name}", "delete_key", "Delete a key by its handle", response=schemas.KeyDeleted),
-    Route("DELETE", "/delete_key", "delete_key_legacy", "Delete a key given the key itself",
+    Route("POST", "/me/keys", "create_my_key", "Issue a key to myself in a team I belong to", access="signed_in",
+          success_status=201, request=schemas.MyKeyCreate, response=schemas.KeyCreated),
+    Route("GET", "/me/usage", "my_usage", "My token usage across teams", access="signed_in",
+          query=usage_schemas.UsageQuery, response=usage_schemas.UserUsage),
+    Route("GET", "/users/{user_id}/keys", "list_user_keys", "List a user's keys across teams (paged)", access="user",
+          query=schemas.PageQuery, response=schemas.UserKeys),
+    Route("DELETE", "/keys/{secret_name}", "delete_key", "Delete a key by its handle", access="key", response=schemas.KeyDeleted),
+    Route("DELETE", "/delete_key", "delete_key_legacy", "Delete a key given the key itself", access="key",
           request=schemas.KeyDeleteByValue, response=schemas.KeyDeleted),
-    Route("POST", "/keys/{secret_name}/revoke", "revoke_key", "Revoke a key at once (kept, listed as revoked)",
+    Route("POST", "/keys/{secret_name}/revoke", "revoke_key", "Revoke a key at once (kept, listed as revoked)", access="key",
           response=schemas.KeyRevoked),
     Route("POST", "/keys/{secret_name}/rotate", "rotate_key",
-          "Issue a successor key; the old one works until its grace period ends", success_status=201,
+          "Issue a successor key; the old one works until its grace period ends", access="key", success_status=201,
           request=schemas.KeyRotate, response=schemas.KeyCreated, body_optional=True),
-    Route("GET", "/audit", "list_audit", "Admin actions, newest first, filtered and paged",
+    Route("GET", "/audit", "list_audit", "Admin actions, newest first, filtered and paged", access="team_query",
           query=schemas.AuditQuery, response=schemas.AuditPage),
-    Route("GET", "/users/{user_id}/usage", "user_usage", "A user's token usage across teams",
+    Route("GET", "/users/{user_id}/usage", "user_usage", "A user's token usage across teams", access="user",
           query=usage_schemas.UsageQuery, response=usage_schemas.UserUsage),
-    Route("GET", "/teams/{team_id}/usage", "team_usage", "A team's token usage per user (and a series)",
+    Route("GET", "/teams/{team_id}/usage", "team_usage", "A team's token usage per user (and a series)", access="team",
           query=usage_schemas.TeamUsageQuery, response=usage_schemas.TeamUsage),
-    Route("GET", "/models", "list_models", "Models with readiness (admin: all; API key: its models)",
+    Route("GET", "/models", "list_models", "Models with readiness (admin: all; API key: its models)", access="models",
           auth="admin_or_key", response=listing.ModelList),
-    Route("GET", "/v1/models", "list_openai_models", "OpenAI model list (admin: all; API key: its models)",
+    Route("GET", "/v1/models", "list_openai_models", "OpenAI model list (admin: all; API key: its models)", access="models",
           auth="admin_or_key", response=listing.OpenAIModelList),
 )
 

@@ -29,6 +29,7 @@ from pydantic import (
 from shared import identifiers
 from shared.durations import normalize_rate_window, normalize_window, window_ms
 from shared.expiry import MAX_GRACE
+from shared.store.base import CLEARABLE_TEAM_FIELDS
 
 
 def _utc_text(value: datetime) -> str:
@@ -119,6 +120,7 @@ GracePeriod = Annotated[
     Field(description="How long the old key keeps working after a rotation: '0' (default) to '30d'"),
 ]
 TokenLimit = Annotated[int, Field(strict=True, ge=1, le=2**53, description="Tokens per time window")]
+MaxKeys = Annotated[int, Field(strict=True, ge=1, le=10_000)]
 
 _MODEL_NAME = r"^[^,\s]+$"
 _ACTION = r"^[a-z_]{1,64}$"
@@ -150,12 +152,13 @@ PATH_PARAMETERS: dict[str, TypeAdapter[str]] = {
 }
 
 
+# defer_build: each model is compiled on its first use, so a function target compiles its own only.
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, defer_build=True)
 
 
 class Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # -- requests --------------------------------------------------------------------------
@@ -171,6 +174,10 @@ class TeamCreate(Request):
     limit_scope: LimitScope = Field(
         default="user", description="'user': each member has the budget; 'team': one shared budget"
     )
+    max_keys_per_user: MaxKeys | None = Field(default=None, description="Active keys a user may hold here; null: any")
+    max_key_lifetime: Lifetime | None = Field(
+        default=None, description="Longest a key issued here may live, e.g. '90d'; null: keys may not expire"
+    )
 
 
 class TeamUpdate(Request):
@@ -180,12 +187,14 @@ class TeamUpdate(Request):
     token_limit: TokenLimit | None = None
     time_window: TimeWindow | None = None
     limit_scope: LimitScope | None = None
+    max_keys_per_user: MaxKeys | None = Field(default=None, description="null removes the cap")
+    max_key_lifetime: Lifetime | None = Field(default=None, description="null removes the cap")
 
     @model_validator(mode="after")
     def _no_nulls_and_not_empty(self) -> TeamUpdate:
         if not self.model_fields_set:
             raise ValueError("the update names no field to change")
-        nulls = sorted(name for name in self.model_fields_set if getattr(self, name) is None)
+        nulls = sorted(name for name in self.model_fields_set - CLEARABLE_TEAM_FIELDS if getattr(self, name) is None)
         if nulls:
             raise ValueError(f"fields may not be null: {', '.join(nulls)}")
         return self
@@ -215,6 +224,38 @@ class KeyCreate(Request):
     @classmethod
     def _one_expiry(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         return _only_one_expiry(value, info)
+
+
+class MyKeyCreate(Request):
+    """A key for the caller (POST /me/keys), in a team they belong to, with the membership's role."""
+
+    team_id: DnsLabel
+    alias: Annotated[str, StringConstraints(max_length=63)] = ""
+    models: list[Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_MODEL_NAME)]] = Field(
+        default_factory=list, max_length=100, description="Models this key may use; empty means all"
+    )
+    expires_in: Lifetime | None = Field(default=None, description="Lifetime from now; excludes expires_at")
+    expires_at: Rfc3339 | None = Field(
+        default=None, description="RFC 3339 instant in the future; excludes expires_in"
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _one_expiry(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return _only_one_expiry(value, info)
+
+
+MemberRole = Literal["member", "admin"]
+
+
+class MemberCreate(Request):
+    user_id: UserId
+    user_email: EmailStr | Literal[""] = ""
+    role: MemberRole = "member"
+
+
+class MemberUpdate(Request):
+    role: MemberRole
 
 
 class KeyRotate(Request):
@@ -277,6 +318,8 @@ class TeamPublic(Response):
     created_at: Timestamp
     key_count: int
     user_count: int
+    max_keys_per_user: int | None = None
+    max_key_lifetime: str | None = None
 
 
 class TeamList(Response):
@@ -293,6 +336,42 @@ class TeamMember(Response):
     team_name: str
     joined_at: Timestamp
     policy: str
+
+
+class MemberPublic(Response):
+    team_id: str
+    user_id: str
+    user_email: str
+    role: str
+    joined_at: Timestamp
+
+
+class MemberList(Response):
+    members: list[MemberPublic]
+    total_members: int
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next page; null on the last")
+
+
+class MemberRemoved(Response):
+    member: MemberPublic
+    revoked_keys: list[str] = Field(description="Handles of the member's keys in the team, revoked with it")
+
+
+class MyTeam(Response):
+    team_id: str
+    team_name: str
+    role: str
+
+
+class Me(Response):
+    """Who the caller is (GET /me): how they signed in, and their teams with their roles."""
+
+    user_id: str
+    user_email: str | None
+    signed_in_with: str
+    platform_admin: bool
+    groups: list[str]
+    teams: list[MyTeam]
 
 
 class TeamDetail(TeamPublic):

@@ -280,6 +280,22 @@ class Settings(BaseSettings):
         description="Admin API: PEM bundle of the CAs to trust for an https issuer with a private CA; "
         "unset: the system's CAs.",
     )
+    admin_groups_list: str = Field(
+        default="", validation_alias="MAAS_ADMIN_GROUPS",
+        description="Admin API: comma-separated identity-provider groups whose members are platform admins "
+        "(from the OIDC groups claim). Empty: only the admin key (and, in a cluster, a SubjectAccessReview).",
+    )
+    team_group_pattern: str | None = Field(
+        default=None, validation_alias="MAAS_TEAM_GROUP_PATTERN", pattern=r"^[^{}]*\{team_id\}[^{}]*$",
+        description="Admin API: identity-provider groups that make their members members of a team, e.g. "
+        "`maas-{team_id}`; with `-admins` after the team id (`maas-t1-admins`), its admins. Unset: "
+        "memberships are only those stored.",
+    )
+    kubernetes_sign_in: bool = Field(
+        default=True, validation_alias="MAAS_KUBERNETES_SIGN_IN",
+        description="Admin API in a cluster (MAAS_STORE=kubernetes): accept Kubernetes/OpenShift user tokens "
+        "(TokenReview); platform admins by SubjectAccessReview on `admin` `teams.maas.opendatahub.io`.",
+    )
 
     @field_validator("oidc_issuer", "oidc_audience", "oidc_ca_file", mode="before")
     @classmethod
@@ -290,10 +306,10 @@ class Settings(BaseSettings):
     @field_validator("oidc_issuer")
     @classmethod
     def _oidc_issuer(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:  # pydantic-settings validates defaults too: unset must not import PyJWT
+            return value
         from shared.oidc import issuer_problem  # here, so that reading settings never imports PyJWT
 
-        if value is None:
-            return value
         problem = issuer_problem(value)
         if problem is not None:
             raise ValueError(f"the OIDC issuer {problem}")
@@ -319,6 +335,10 @@ class Settings(BaseSettings):
     def authorino_watch_label(self) -> tuple[str, str]:
         key, _, value = self.authorino_secret_label.partition("=")
         return key, value
+
+    @property
+    def admin_groups(self) -> tuple[str, ...]:
+        return tuple(group.strip() for group in self.admin_groups_list.split(",") if group.strip())
 
     @property
     def store_namespace(self) -> str:

@@ -22,6 +22,8 @@ def _public(team: Team, keys: list[ApiKey]) -> TeamPublic:
         created_at=team.created_at,
         key_count=len(keys),
         user_count=len({key.user_id for key in keys}),
+        max_keys_per_user=team.max_keys_per_user,
+        max_key_lifetime=team.max_key_lifetime,
     )
 
 
@@ -36,6 +38,8 @@ def team_from_request(request: TeamCreate, created_at: datetime) -> Team:
         time_window=request.time_window,
         limit_scope=request.limit_scope,
         created_at=created_at,
+        max_keys_per_user=request.max_keys_per_user,
+        max_key_lifetime=request.max_key_lifetime,
     )
 
 
@@ -72,7 +76,9 @@ def get_team(ctx: Context, team_id: str) -> TeamDetail:
 
 
 def update_team(ctx: Context, team_id: str, request: TeamUpdate) -> TeamPublic:
-    changes = TeamChanges(**request.model_dump(exclude_unset=True))
+    given = request.model_dump(exclude_unset=True)
+    cleared = frozenset(name for name, value in given.items() if value is None)  # only the caps may be null
+    changes = TeamChanges(**{name: value for name, value in given.items() if value is not None}, clear=cleared)
     team = ctx.store.update_team(team_id=team_id, changes=changes)
     ctx.teams_changed()
     return _public(team, ctx.store.list_keys(team_id=team_id))

@@ -89,7 +89,7 @@ def test_create_team_answers_the_team(api: AdminClient) -> None:
     assert body == {
         "team_id": team_id, "team_name": "Test Team", "description": "", "policy": "test-tokens",
         "token_limit": 100000, "time_window": "1h", "limit_scope": "user",
-        "created_at": body["created_at"], "key_count": 0, "user_count": 0,
+        "created_at": body["created_at"], "key_count": 0, "user_count": 0, "max_keys_per_user": None, "max_key_lifetime": None,
     }
     assert TIMESTAMP.match(body["created_at"])
 

@@ -44,7 +44,7 @@ def test_every_route_with_credentials_is_audited(api: DirectClient) -> None:
     unaudited = {route.target for route in ROUTES if route.auth == "none"}
     assert not seen & unaudited, "health and the OpenAPI document are not admin actions"
     for entry in entries:
-        assert entry["actor"] == "admin"
+        assert entry["actor"] == "admin-key"
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", entry["at"])
 
 
@@ -57,7 +57,7 @@ def test_an_entry_says_who_what_when_and_outcome_and_nothing_secret(api: DirectC
     entries = _entries(api)
     assert [e["action"] for e in entries] == ["delete_key_legacy", "create_key", "create_team"]
     legacy, made, team = entries
-    assert made == {"id": made["id"], "at": "2025-08-25T06:05:00Z", "actor": "admin", "action": "create_key",
+    assert made == {"id": made["id"], "at": "2025-08-25T06:05:00Z", "actor": "admin-key", "action": "create_key",
                     "method": "POST", "path": "/teams/team-a/keys", "outcome": 201, "team_id": "team-a",
                     "secret_name": created["secret_name"]}
     # The legacy delete names no key in its path: the entry takes the handle from the result.
@@ -79,8 +79,8 @@ def test_refusals_are_audited_with_who_tried(api: DirectClient) -> None:
     api.call("POST", "/teams", json={"team_id": "Bad_Id"})
     failures = _entries(api, "&outcome=failure")
     assert [(e["actor"], e["action"], e["outcome"]) for e in failures] == [
-        ("admin", "create_team", 422),
-        ("admin", "get_team", 404),
+        ("admin-key", "create_team", 422),
+        ("admin-key", "get_team", 404),
         (key["secret_name"], "list_teams", 401),  # a key holder tried an admin action
         ("anonymous", "delete_team", 401),
         ("anonymous", "list_teams", 401),

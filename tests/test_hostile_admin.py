@@ -305,7 +305,7 @@ def test_anonymous_refusals_are_counted_and_only_sampled(api: DirectClient) -> N
     # The admin's own actions are all there.
     _team(api)
     entries = api.call("GET", "/audit?limit=500&action=create_team").body["entries"]
-    assert [(e["actor"], e["outcome"]) for e in entries] == [("admin", 201)]
+    assert [(e["actor"], e["outcome"]) for e in entries] == [("admin-key", 201)]
 
 
 def test_stored_entries_are_bounded_and_hold_only_valid_ids(api: DirectClient) -> None:

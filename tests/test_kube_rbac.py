@@ -308,6 +308,10 @@ def run_reader(run: Run) -> None:
         run.call("GET", "/audit")
         run.call("GET", "/users/alice/usage")
         run.call("GET", "/teams/alpha/usage")
+        run.call("GET", "/teams/alpha/members")
+        run.call("GET", "/me")
+        run.call("GET", "/me/keys")
+        run.call("GET", "/me/usage")
 
     run.audited(calls)
 
@@ -330,6 +334,10 @@ def run_writer(run: Run) -> None:
         run.call("POST", f"/keys/{run.seed.keys['alice'][0]}/rotate", 201, json={"grace_period": "1h"})
         run.call("DELETE", f"/keys/{run.seed.keys['bob'][0]}")
         run.call("DELETE", "/delete_key", json={"key": run.seed.keys["carol"][1]})
+        run.call("POST", "/teams/alpha/members", 201, json={"user_id": "admin", "role": "member"})
+        run.call("PATCH", "/teams/alpha/members/admin", json={"role": "admin"})
+        run.call("POST", "/me/keys", 201, json={"team_id": "alpha", "alias": "mine"})
+        run.call("DELETE", "/teams/alpha/members/admin")
         run.call("POST", "/teams", 201, json={"team_id": "gamma", "token_limit": 500, "time_window": "1h"})
         routed(run, models=True)
         drift(run)  # a hand edit of the policies that do not depend on the teams, and of the route
@@ -389,9 +397,11 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
 CALLED = {
     "none": {"openapi"},
     "health": {"health"},
-    "reader": {"list_teams", "get_team", "list_team_keys", "list_user_keys", "list_audit", "user_usage", "team_usage"},
+    "reader": {"list_teams", "get_team", "list_team_keys", "list_user_keys", "list_audit", "user_usage", "team_usage",
+               "list_members", "whoami", "list_my_keys", "my_usage"},
     "models": {"list_models", "list_openai_models"},
-    "writer": {"create_key", "revoke_key", "rotate_key", "delete_key", "delete_key_legacy", "create_team", "update_team", "delete_team"},
+    "writer": {"create_key", "revoke_key", "rotate_key", "delete_key", "delete_key_legacy", "create_team", "update_team",
+               "delete_team", "add_member", "update_member", "remove_member", "create_my_key"},
     "cleanup": {"cleanup"},
 }
 

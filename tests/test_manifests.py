@@ -296,7 +296,7 @@ def test_the_admin_api_is_exempt_from_the_api_key_policy(rendered: list[dict[str
 
 
 def test_many_routes_spill_into_further_valid_httproutes() -> None:
-    routes = tuple(Route("GET", f"/r{i}/{{team_id}}", f"target_{i}", "synthetic") for i in range(35))
+    routes = tuple(Route("GET", f"/r{i}/{{team_id}}", f"target_{i}", "synthetic", access="platform") for i in range(35))
     settings = Settings(api_hostname="keys.example.com")
     documents = manifests.http_routes(settings, routes)
 
