@@ -176,13 +176,12 @@ def _page(keys: list[ApiKey], page: PageQuery) -> tuple[list[ApiKey], str | None
 
 
 def list_team_keys(ctx: Context, team_id: str, page: PageQuery | None = None) -> TeamKeys:
-    """A page of the team's keys; `users` are all its members (from all its keys: a team's
-    membership is small next to the store)."""
+    """A page of the team's keys; `users` are all its members, with their roles."""
     team = ctx.store.get_team(team_id=team_id)
     keys = ctx.store.list_keys(team_id=team_id)
     shown, cursor = _page(keys, page or PageQuery())
     now = ctx.clock()
-    members = members_of(team, keys)
+    members = members_of(ctx.store, team)
     return TeamKeys(
         team_id=team.team_id,
         team_name=team.team_name,

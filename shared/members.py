@@ -1,30 +1,22 @@
-"""A team's users are derived from its keys: one member per user_id holding a key there."""
+"""A team's users as its listings show them (`users` of GET /teams/{id} and its keys): its
+stored memberships (shared.membership), each with its role."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from shared.schemas import TeamMember
-from shared.store import ApiKey, Team
+from shared.store import Store, Team
 
 
-def members_of(team: Team, keys: Iterable[ApiKey]) -> list[TeamMember]:
-    by_user: dict[str, list[ApiKey]] = {}
-    for key in keys:
-        by_user.setdefault(key.user_id, []).append(key)
-    members = []
-    for user_id in sorted(by_user):
-        held = sorted(by_user[user_id], key=lambda k: k.created_at)
-        newest = held[-1]
-        members.append(
-            TeamMember(
-                user_id=user_id,
-                user_email=newest.user_email,
-                role=newest.role,
-                team_id=team.team_id,
-                team_name=team.team_name,
-                joined_at=held[0].created_at,
-                policy=team.policy,
-            )
+def members_of(store: Store, team: Team) -> list[TeamMember]:
+    return [
+        TeamMember(
+            user_id=member.user_id,
+            user_email=member.user_email,
+            role=member.role,
+            team_id=team.team_id,
+            team_name=team.team_name,
+            joined_at=member.joined_at,
+            policy=team.policy,
         )
-    return members
+        for member in store.list_members(team_id=team.team_id)
+    ]

@@ -71,7 +71,7 @@ def get_team(ctx: Context, team_id: str) -> TeamDetail:
     return TeamDetail(
         **_public(team, keys).model_dump(),
         keys=[key.secret_name for key in keys],
-        users=members_of(team, keys),
+        users=members_of(ctx.store, team),
     )
 
 
