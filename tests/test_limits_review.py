@@ -346,11 +346,7 @@ def test_a_usage_event_split_across_reads_is_read_whole(build: Callable[..., Set
     assert "maas_unmetered_requests{" not in setup.metrics()
 
 
-@pytest.mark.parametrize("stream", [
-    True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="a whole reply without usage is charged 4 bytes "
-                 "a token: a backend whose tokens are shorter (`a `, digits, CJK) is charged half or less")),
-], ids=["stream", "whole"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
 def test_a_usage_less_reply_of_short_tokens_is_charged_what_was_generated(
     build: Callable[..., Setup], stream: bool
 ) -> None:

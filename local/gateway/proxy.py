@@ -392,7 +392,9 @@ class _Call:
         elif self.stream:
             generated = stream_tokens(b"".join(seen))
         else:
-            generated = reply_tokens(b"".join(seen))
+            # At least a byte a token: an upper bound, which the reservation caps (the backend
+            # could not generate more than the request allowed).
+            generated = min(reply_tokens(b"".join(seen)), self.reservation.amount)
         return max(1, self.prompt_estimate + generated)
 
     def settle(self) -> None:
