@@ -527,3 +527,20 @@ def test_the_yaml_has_no_anchors(tmp_path: Path) -> None:
     for name in ("manifests.yaml", "policies.yaml"):
         text = (tmp_path / name).read_text()
         assert "&id" not in text and "*id" not in text, name
+
+
+def test_identity_provider_settings_reach_every_function_through_the_config_map() -> None:
+    settings = Settings(oidc_audience="maas", oidc_issuer="https://idp.example.com/realms/acme",
+                        oidc_user_claim="preferred_username", admin_groups_list="platform-team",
+                        team_group_pattern="maas-{team_id}")
+    data = manifests.config_map(settings, "http://prometheus:9090")["data"]
+    assert data["MAAS_OIDC_ISSUER"] == "https://idp.example.com/realms/acme"
+    assert data["MAAS_OIDC_AUDIENCE"] == "maas" and data["MAAS_OIDC_USER_CLAIM"] == "preferred_username"
+    assert data["MAAS_ADMIN_GROUPS"] == "platform-team" and data["MAAS_TEAM_GROUP_PATTERN"] == "maas-{team_id}"
+    # Read back as the functions read it, the same sign-in.
+    again = Settings(**{name: value for name, value in data.items() if name.startswith("MAAS_OIDC_")},
+                     MAAS_ADMIN_GROUPS=data["MAAS_ADMIN_GROUPS"])
+    assert (again.oidc_issuer, again.oidc_audience, again.admin_groups) == (
+        settings.oidc_issuer, "maas", ("platform-team",))
+    plain = manifests.config_map(Settings(), "http://prometheus:9090")["data"]
+    assert not [name for name in plain if "OIDC" in name or "GROUP" in name]

@@ -178,6 +178,22 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
     }
     if settings.models_hostname:
         data["MAAS_MODELS_HOSTNAME"] = settings.models_hostname
+    # Sign-in with an identity provider, as set when rendering: every function that checks
+    # credentials must accept the same tokens and map the same groups.
+    if settings.oidc_issuer:
+        data.update({
+            "MAAS_OIDC_ISSUER": settings.oidc_issuer,
+            "MAAS_OIDC_AUDIENCE": settings.oidc_audience or "",
+            "MAAS_OIDC_USER_CLAIM": settings.oidc_user_claim,
+            "MAAS_OIDC_EMAIL_CLAIM": settings.oidc_email_claim,
+            "MAAS_OIDC_GROUPS_CLAIM": settings.oidc_groups_claim,
+        })
+    if settings.admin_groups_list:
+        data["MAAS_ADMIN_GROUPS"] = settings.admin_groups_list
+    if settings.team_group_pattern:
+        data["MAAS_TEAM_GROUP_PATTERN"] = settings.team_group_pattern
+    if not settings.kubernetes_sign_in:
+        data["MAAS_KUBERNETES_SIGN_IN"] = "false"
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
