@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -161,6 +161,9 @@ class Call:
     parsed: BaseModel | None = None
     # Who signed in (routes with admin credentials); None on public routes and the model listings.
     caller: Caller | None = None
+    # What an update changed, field -> (before, after): set by its handler with audit.changed
+    # once the change is made, and recorded in the action's audit entry (bounded there).
+    changes: Mapping[str, tuple[object, object]] | None = None
 
     def signed_in(self) -> Caller:
         assert self.caller is not None, "a route that signs in"
@@ -233,7 +236,8 @@ def _check_route(route: Route, request: flask.Request) -> dict[str, str]:
 
 
 def _audit(ctx: Context, route: Route, request: flask.Request, params: dict[str, str], actor: str | None,
-           sources: tuple[object, object], status: int) -> None:
+           sources: tuple[object, object], status: int,
+           changes: Mapping[str, tuple[object, object]] | None = None) -> None:
     """Record the action. The path names the team or key; when it does not, the result does
     (the legacy delete by value), or else the validated body (a refused team create). Without
     valid credentials it is only counted and sampled (shared.audit)."""
@@ -246,6 +250,7 @@ def _audit(ctx: Context, route: Route, request: flask.Request, params: dict[str,
             outcome=status,
             team_id=params.get("team_id") or _first_text(sources, "team_id"),
             secret_name=params.get("secret_name") or _first_text(sources, "secret_name"),
+            changes=changes,
         ))
     except Exception:  # noqa: BLE001 - auditing must never fail the action it records
         log.exception("audit failed for %s", route.target)
@@ -313,7 +318,7 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
                 response = error_response(MaasError("internal error"))
             if route.auth != "none" and params is not None and ctx is not None:
                 _audit(ctx, route, request, params, actor, (result, call.parsed if call else None),
-                       response.status_code)
+                       response.status_code, call.changes if call else None)
             elif params is None:
                 # Not this function's path: nobody's action, but a refusal all the same.
                 audit.REFUSED.count(target, response.status_code)

@@ -12,13 +12,19 @@ from shared.schemas import AuditPage, AuditQuery, KeyCreated, KeyRevoked, KeyRot
 @functions_framework.http
 @endpoint("revoke_key")
 def revoke_key(call: Call) -> KeyRevoked:
-    return keys.revoke_key(call.ctx, call.params["secret_name"])
+    revocation = keys.revoke_key(call.ctx, call.params["secret_name"])
+    # The status is the one field a revocation changes, and the answer shows it.
+    call.changes = audit.changed({"status": revocation.status_before}, revocation.revoked)
+    return revocation.revoked
 
 
 @functions_framework.http
 @endpoint("rotate_key")
 def rotate_key(call: Call) -> KeyCreated:
-    return keys.rotate_key(call.ctx, call.params["secret_name"], call.body(KeyRotate))
+    rotation = keys.rotate_key(call.ctx, call.params["secret_name"], call.body(KeyRotate))
+    # The old key's change (expires_at, replaced_by, status), not the new key's answer.
+    call.changes = audit.changed(rotation.old_before, rotation.old_after)
+    return rotation.created
 
 
 @functions_framework.http

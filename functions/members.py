@@ -5,7 +5,7 @@ from __future__ import annotations
 import functions_framework
 
 from functions._http import Call, endpoint
-from shared import membership
+from shared import audit, membership
 from shared.schemas import MemberCreate, MemberList, MemberPublic, MemberRemoved, MemberUpdate, PageQuery
 
 
@@ -24,7 +24,11 @@ def add_member(call: Call) -> MemberPublic:
 @functions_framework.http
 @endpoint("update_member")
 def update_member(call: Call) -> MemberPublic:
-    return membership.update_member(call.ctx, call.params["team_id"], call.params["user_id"], call.body(MemberUpdate))
+    request, team_id, user_id = call.body(MemberUpdate), call.params["team_id"], call.params["user_id"]
+    before = membership.get_member(call.ctx, team_id, user_id)
+    after = membership.update_member(call.ctx, team_id, user_id, request)
+    call.changes = audit.changed(before, after)
+    return after
 
 
 @functions_framework.http

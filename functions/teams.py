@@ -5,7 +5,7 @@ from __future__ import annotations
 import functions_framework
 
 from functions._http import Call, endpoint
-from shared import teams
+from shared import audit, teams
 from shared.schemas import PageQuery, TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
 
 
@@ -30,7 +30,12 @@ def get_team(call: Call) -> TeamDetail:
 @functions_framework.http
 @endpoint("update_team")
 def update_team(call: Call) -> TeamPublic:
-    return teams.update_team(call.ctx, call.params["team_id"], call.body(TeamUpdate))
+    request, team_id = call.body(TeamUpdate), call.params["team_id"]
+    before = teams.team_public(call.ctx, team_id)
+    after = teams.update_team(call.ctx, team_id, request)
+    # Only the fields it names: a key issued meanwhile moves key_count, but not by this update.
+    call.changes = audit.changed(before, after, only=request.model_fields_set)
+    return after
 
 
 @functions_framework.http

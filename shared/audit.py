@@ -5,6 +5,13 @@ them. They name the action (the function target), the path with its parameters, 
 key handle involved, and the status answered; never a request body, never key material.
 Writing an entry must never fail the action it records: `record` logs and carries on.
 
+An update also records what it changed: a handler sets `Call.changes` to `changed(before,
+after)` of the public response models it read before and answered after, so what is stored is
+what GET would have shown anyone allowed to see it, never a body as sent. A secret field
+(NEVER_RECORDED: `KeyCreated.api_key`) is dropped whoever passes it, anything key-shaped in a
+value is redacted, and the whole is bounded: MAX_CHANGED_FIELDS fields, each value cut to
+MAX_CHANGE_VALUE characters, since a value such as a description is the client's text.
+
 What is stored is bounded whoever asks: the path is cut to MAX_PATH characters, with anything
 key-shaped redacted and control characters escaped, and a team id or key handle is kept only
 when it is a valid one. A request without valid credentials is not an action of anyone's: it
@@ -15,12 +22,17 @@ process, so no anonymous client can grow the store by more than that, however fa
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import threading
 import time
 import weakref
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+
+from pydantic import BaseModel
 
 from shared import identifiers
 from shared.auth import authenticate
@@ -28,8 +40,8 @@ from shared.context import Context
 from shared.errors import MaasError
 from shared.logsafety import clean
 from shared.signin import ADMIN_KEY_IDENTITY
-from shared.schemas import AuditEntryPublic, AuditPage, AuditQuery
-from shared.store.base import AuditEntry, AuditFilter
+from shared.schemas import AuditChange, AuditEntryPublic, AuditPage, AuditQuery
+from shared.store.base import AuditChanges, AuditEntry, AuditFilter, AuditValue
 
 log = logging.getLogger("maas.audit")
 
@@ -39,6 +51,15 @@ MAX_PATH = 320
 # Refused anonymous requests sampled into the log: this many at once, then one per interval.
 SAMPLE_BURST = 10
 SAMPLE_EVERY_S = 60.0
+# An update's recorded changes: at most this many fields, each value cut to this many characters
+# (and "..." added), so one entry stays a few KiB (an audit ConfigMap in a cluster).
+MAX_CHANGED_FIELDS = 20
+MAX_CHANGE_VALUE = 200
+MAX_FIELD_NAME = 64
+# Fields never recorded, whatever model they come from: the key shown once by KeyCreated, and
+# the key a legacy delete is given.
+NEVER_RECORDED = frozenset({"api_key", "key"})
+_INT64 = 2**63
 
 _TEAM_ID = re.compile(identifiers.DNS_LABEL)
 _SECRET_NAME = re.compile(identifiers.SECRET_NAME)
@@ -54,6 +75,25 @@ class Action:
     outcome: int
     team_id: str | None = None
     secret_name: str | None = None
+    # Field -> (before, after) for an update (`changed`); bounded when recorded.
+    changes: Mapping[str, tuple[object, object]] | None = None
+
+
+def _fields(state: BaseModel | Mapping[str, object]) -> Mapping[str, object]:
+    # JSON mode: timestamps as the API shows them, so an entry reads like the answers it compares.
+    return state.model_dump(mode="json") if isinstance(state, BaseModel) else state
+
+
+def changed(before: BaseModel | Mapping[str, object], after: BaseModel | Mapping[str, object],
+            only: Collection[str] | None = None) -> dict[str, tuple[object, object]]:
+    """The fields both states have whose values differ, as (before, after), in `after`'s order;
+    `only` narrows them to the fields an update named. Never a NEVER_RECORDED field."""
+    old, new = _fields(before), _fields(after)
+    return {
+        name: (old[name], value)
+        for name, value in new.items()
+        if name in old and old[name] != value and name not in NEVER_RECORDED and (only is None or name in only)
+    }
 
 
 def actor_of(ctx: Context, authorization: str | None) -> str:
@@ -152,6 +192,44 @@ def _valid(pattern: re.Pattern[str], value: str | None) -> str | None:
     return value if value is not None and len(value) <= 253 and pattern.match(value) else None
 
 
+def _cut(text: str, limit: int) -> str:
+    # Cleaned before cut, like the path: a redaction must see the whole key to recognise it.
+    shown = clean(text[: limit * 4])
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _stored_value(value: object) -> AuditValue:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        # Beyond int64 only by a handler's mistake (requests are bounded): not worth its digits.
+        return value if -_INT64 <= value < _INT64 else "an integer beyond int64"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _cut(value, MAX_CHANGE_VALUE)
+    # A list or a nested value: kept as its JSON text, bounded like any other.
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return _cut(text, MAX_CHANGE_VALUE)
+
+
+def _stored_changes(changes: Mapping[str, tuple[object, object]] | None) -> AuditChanges | None:
+    if not changes:
+        return None
+    stored: dict[str, tuple[AuditValue, AuditValue]] = {}
+    for name, pair in changes.items():
+        if len(stored) >= MAX_CHANGED_FIELDS:
+            break
+        # A malformed pair is skipped, not raised: the entry itself must still be written.
+        if not isinstance(name, str) or name in NEVER_RECORDED or not (isinstance(pair, tuple) and len(pair) == 2):
+            continue
+        stored[_cut(name, MAX_FIELD_NAME)] = (_stored_value(pair[0]), _stored_value(pair[1]))
+    return stored or None
+
+
 def record(ctx: Context, actor: str, action: Action) -> None:
     entry = AuditEntry(
         at=ctx.clock(),
@@ -162,6 +240,7 @@ def record(ctx: Context, actor: str, action: Action) -> None:
         outcome=action.outcome,
         team_id=_valid(_TEAM_ID, action.team_id),
         secret_name=_valid(_SECRET_NAME, action.secret_name),
+        changes=_stored_changes(action.changes),
     )
     try:
         ctx.store.record_audit(entry=entry)
@@ -208,6 +287,9 @@ def list_audit(ctx: Context, query: AuditQuery) -> AuditPage:
                 outcome=entry.outcome,
                 team_id=entry.team_id,
                 secret_name=entry.secret_name,
+                changes=None if entry.changes is None else {
+                    name: AuditChange(before=before, after=after) for name, (before, after) in entry.changes.items()
+                },
             )
             for entry in page
         ],

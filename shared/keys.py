@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from shared.auth import usable
@@ -59,6 +59,10 @@ def _public_fields(key: ApiKey, team: Team, now: datetime) -> dict[str, object]:
         "last_used_at": key.last_used_at,
         "replaced_by": key.replaced_by,
     }
+
+
+def _key_public(key: ApiKey, team: Team, now: datetime) -> KeyPublic:
+    return KeyPublic(**_public_fields(key, team, now))
 
 
 def _unchecked_models(ctx: Context, models: Sequence[str]) -> list[str]:
@@ -126,19 +130,40 @@ def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
     return _issue(ctx, team, template, warnings)
 
 
-def revoke_key(ctx: Context, secret_name: str) -> KeyRevoked:
+@dataclass(frozen=True)
+class Revocation:
+    """A revocation's answer, and the key's status (as listings show it) before, for the audit
+    entry. The key alone is read, not its team: a key whose team is gone must still be revocable."""
+
+    revoked: KeyRevoked
+    status_before: str
+
+
+def revoke_key(ctx: Context, secret_name: str) -> Revocation:
     """Refuse the key from now on; it stays listed (status revoked) for the record."""
+    before = effective_status(ctx.store.get_key(secret_name=secret_name), ctx.clock())
     key = ctx.store.update_key(secret_name=secret_name, changes=KeyChanges(status="revoked"))
-    return KeyRevoked(
+    revoked = KeyRevoked(
         message=f"key '{key.secret_name}' revoked",
         secret_name=key.secret_name,
         team_id=key.team_id,
         user_id=key.user_id,
         status=key.status,
     )
+    return Revocation(revoked, before)
 
 
-def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> KeyCreated:
+@dataclass(frozen=True)
+class Rotation:
+    """A rotation's answer, and the old key before and after it (for the audit entry): the
+    answer is the new key's, so the old one's change is read where it is made, not again."""
+
+    created: KeyCreated
+    old_before: KeyPublic
+    old_after: KeyPublic
+
+
+def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> Rotation:
     old = ctx.store.get_key(secret_name=secret_name)
     now = ctx.clock()
     if not usable(old, now):
@@ -157,7 +182,7 @@ def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> KeyCreated
     changes = KeyChanges(replaced_by=created.secret_name, expires_at=end,
                          status="revoked" if end <= now else None)
     try:
-        ctx.store.update_key(secret_name=secret_name, changes=changes)
+        shortened = ctx.store.update_key(secret_name=secret_name, changes=changes)
     except MaasError:
         ctx.store.delete_key(secret_name=created.secret_name)
         raise
@@ -165,7 +190,7 @@ def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> KeyCreated
         # The old key's expiry got shorter: in a cluster, Authorino sees that only once the
         # policies' identity revision changes (shared.policies).
         ctx.teams_changed()
-    return created
+    return Rotation(created, _key_public(old, team, now), _key_public(shortened, team, now))
 
 
 def _page(keys: list[ApiKey], page: PageQuery) -> tuple[list[ApiKey], str | None]:
@@ -186,7 +211,7 @@ def list_team_keys(ctx: Context, team_id: str, page: PageQuery | None = None) ->
         team_id=team.team_id,
         team_name=team.team_name,
         policy=team.policy,
-        keys=[KeyPublic(**_public_fields(key, team, now)) for key in shown],
+        keys=[_key_public(key, team, now) for key in shown],
         users=members,
         total_keys=len(keys),
         total_users=len(members),

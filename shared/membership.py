@@ -44,6 +44,10 @@ def list_members(ctx: Context, team_id: str, page: PageQuery | None = None) -> M
     )
 
 
+def get_member(ctx: Context, team_id: str, user_id: str) -> MemberPublic:
+    return _public(ctx.store.get_member(team_id=team_id, user_id=user_id))
+
+
 def add_member(ctx: Context, team_id: str, request: MemberCreate) -> MemberPublic:
     ctx.store.get_team(team_id=team_id)
     try:

@@ -461,6 +461,13 @@ class KeyRevoked(Response):
     status: str
 
 
+class AuditChange(Response):
+    """One field an update changed, as the answers of the API showed it before and after."""
+
+    before: str | bool | int | float | None
+    after: str | bool | int | float | None
+
+
 class AuditEntryPublic(Response):
     id: int
     at: Timestamp
@@ -471,6 +478,10 @@ class AuditEntryPublic(Response):
     outcome: int
     team_id: str | None
     secret_name: str | None
+    changes: dict[str, AuditChange] | None = Field(
+        description="For an update, each field it changed; null for other actions. Values are cut to "
+                    "200 characters, at most 20 fields, never a key",
+    )
 
 
 class AuditPage(Response):

@@ -65,6 +65,11 @@ def list_teams(ctx: Context, page: PageQuery | None = None) -> TeamList:
     )
 
 
+def team_public(ctx: Context, team_id: str) -> TeamPublic:
+    """The team as an update answers it: what that update's audit entry compares with."""
+    return _public(ctx.store.get_team(team_id=team_id), ctx.store.list_keys(team_id=team_id))
+
+
 def get_team(ctx: Context, team_id: str) -> TeamDetail:
     team = ctx.store.get_team(team_id=team_id)
     keys = ctx.store.list_keys(team_id=team_id)

@@ -448,6 +448,19 @@ def test_audit_entries_are_config_maps_listed_newest_first(cluster: tuple[KubeDo
     assert store.list_teams() == [] and store.list_keys() == []
 
 
+def test_an_audit_entrys_changes_are_json_in_its_config_map(cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    double, store = cluster
+    changed = store.record_audit(entry=audit_entry(1, changes={"role": ("member", "admin")}))
+    plain = store.record_audit(entry=audit_entry(2))
+    data = double.get("configmaps", NS, f"maas-audit-{changed.id}")["data"]  # type: ignore[index]
+    assert data["changes"] == '{"role":["member","admin"]}'
+    assert "changes" not in double.get("configmaps", NS, f"maas-audit-{plain.id}")["data"]  # type: ignore[index]
+    # Hand-edited into something else: the entry is still listed, without its changes.
+    with double.cluster.lock:
+        double.cluster.objects[("", "v1", "configmaps", NS, f"maas-audit-{changed.id}")]["data"]["changes"] = '{"role": 1}'
+    assert store.list_audit(where=AuditFilter()) == [plain, replace(changed, changes=None)]
+
+
 # -- memberships (issue 13) ------------------------------------------------------------------
 
 

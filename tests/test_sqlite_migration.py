@@ -1,5 +1,6 @@
-"""A SQLite database made by the version before memberships and team caps opens with the new
-store: its key holders become its teams' members, once, and its teams have no caps."""
+"""A SQLite database made by the version before memberships, team caps and audited changes
+opens with the new store: its key holders become its teams' members, once, its teams have no
+caps, and its audit entries no changes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.store.base import Member, TeamChanges
+from shared.store.base import AuditEntry, AuditFilter, Member, TeamChanges
 from shared.store.sqlite import SqliteStore
 from tests.records import T0, a_key
 
@@ -94,6 +95,8 @@ def old_database(path: Path) -> None:
             "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, '', '', ?, NULL, NULL, NULL)",
             (key.secret_name, key.key_sha256, team_id, user_id, email, role, status, _ts(minutes)),
         )
+    conn.execute("INSERT INTO audit (at, actor, action, method, path, outcome, team_id, secret_name) "
+                 "VALUES (?, 'admin', 'update_team', 'PATCH', '/teams/team-a', 200, 'team-a', NULL)", (_ts(90),))
     conn.execute("UPDATE meta SET value = 41 WHERE name = 'generation'")
     conn.commit()
     conn.close()
@@ -143,6 +146,24 @@ def test_the_new_columns_and_table_work_on_a_migrated_database(path: Path) -> No
         assert len(revoked) == 2  # her two active keys there; the revoked one stays as it was
     finally:
         store.close()
+
+
+def test_the_audit_table_gains_its_changes_column_and_old_entries_have_none(path: Path) -> None:
+    store = SqliteStore(path)
+    try:
+        [old] = store.list_audit(where=AuditFilter())
+        assert (old.action, old.at, old.changes) == ("update_team", at(90), None)
+        made = store.record_audit(entry=AuditEntry(at=at(91), actor="admin-key", action="update_team", method="PATCH",
+                                                   path="/teams/team-a", outcome=200, team_id="team-a",
+                                                   changes={"token_limit": (1000, 20)}))
+        assert store.list_audit(where=AuditFilter()) == [made, old]
+        assert made.changes == {"token_limit": (1000, 20)}
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(audit)")]
+    conn.close()
+    assert columns[-1] == "changes" and columns.count("changes") == 1
 
 
 def test_the_backfill_happens_once_so_a_removed_member_stays_removed(path: Path) -> None:

@@ -287,6 +287,26 @@ def test_audit_entries_are_listed_newest_first_with_filters(store: Store) -> Non
     assert store.list_audit(where=AuditFilter(limit=2, before_id=made[2].id)) == [made[1], made[0]]
 
 
+def test_audit_entries_keep_what_an_update_changed(store: Store) -> None:
+    from shared.store.base import AuditEntry, AuditFilter
+
+    # Every kind of value an entry may hold, in an order that is not alphabetical.
+    changes = {"token_limit": (100_000, 20), "max_keys_per_user": (None, 2), "description": ("", "ünï \\x1b \"q\""),
+               "flag": (False, True), "ratio": (0.5, 1.5)}
+    updated = store.record_audit(entry=AuditEntry(at=T0, actor="oidc:alice@example.com", action="update_team",
+                                                  method="PATCH", path="/teams/a", outcome=200, team_id="a",
+                                                  changes=changes))
+    read = store.record_audit(entry=AuditEntry(at=T0, actor="admin-key", action="get_team", method="GET",
+                                               path="/teams/a", outcome=200, team_id="a"))
+    listed = store.list_audit(where=AuditFilter())
+    assert listed == [read, updated]
+    assert listed[1].changes == changes and list(listed[1].changes) == list(changes)
+    assert [type(v) for pair in listed[1].changes.values() for v in pair] == [
+        int, int, type(None), int, str, str, bool, bool, float, float]
+    assert listed[0].changes is None
+    assert store.list_audit(where=AuditFilter(action="update_team")) == [updated]
+
+
 def test_audit_entries_do_not_move_the_generation(store: Store) -> None:
     from shared.store.base import AuditEntry
 

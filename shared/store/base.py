@@ -8,6 +8,8 @@ compares against in a cluster).
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,12 +82,19 @@ class KeyChanges:
     replaced_by: str | None = None
 
 
+# A value in an audit entry's `changes`: what JSON holds without nesting, so both stores keep
+# it as text and read back exactly what was written.
+AuditValue = str | int | float | bool | None
+AuditChanges = Mapping[str, tuple[AuditValue, AuditValue]]
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One admin action: who, what, when, outcome. Never key material, never a body."""
+    """One admin action: who, what, when, outcome, and for an update what changed. Never key
+    material, never a body: `changes` comes from response models, bounded (shared.audit)."""
 
     at: datetime
-    actor: str  # "admin", a key's handle, or "anonymous"
+    actor: str  # shared.identity.Identity.actor: "oidc:<email>", "admin-key", a key's handle, "anonymous"...
     action: str  # the function target, e.g. "create_key"
     method: str
     path: str
@@ -93,6 +102,39 @@ class AuditEntry:
     team_id: str | None = None
     secret_name: str | None = None
     id: int | None = None  # assigned by the store, increasing
+    # Field -> (before, after), in the order the response model lists them; None: not an update.
+    changes: AuditChanges | None = None
+
+
+def changes_text(changes: AuditChanges | None) -> str | None:
+    """`changes` as the JSON text both stores keep: {"field": [before, after], ...}."""
+    if not changes:
+        return None
+    return json.dumps({name: [before, after] for name, (before, after) in changes.items()},
+                      ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _is_value(value: object) -> bool:
+    return value is None or isinstance(value, str | int | bool) or (isinstance(value, float) and math.isfinite(value))
+
+
+def changes_from_text(text: str | None) -> dict[str, tuple[AuditValue, AuditValue]] | None:
+    """What `changes_text` wrote. Anything else (a hand-edited entry) reads as no changes: the
+    entry's who, what and when still count, so it is not dropped for this one field."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    changes: dict[str, tuple[AuditValue, AuditValue]] = {}
+    for name, pair in data.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_value(v) for v in pair)):
+            return None
+        changes[name] = (pair[0], pair[1])
+    return changes or None
 
 
 @dataclass(frozen=True, slots=True)

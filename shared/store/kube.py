@@ -13,7 +13,8 @@ never removes an object re-created in between.
 
 Audit entries are ConfigMaps `maas-audit-<id>` (label `maas/resource-type: audit`, plus
 `maas/action`, `maas/team-id`, `maas/outcome` for selection), the id being microseconds since the
-epoch; they are never key material. Retention is the cleanup sweep's business, not the store's.
+epoch; the entry is their data (an update's before and after as JSON under `changes`), never
+key material. Retention is the cleanup sweep's business, not the store's.
 
 Revocation: only an active key keeps the `app` and `kuadrant.io/auth-secret` labels that
 Authorino selects by, so revoking or expiring a key removes it from the gateway's view at once.

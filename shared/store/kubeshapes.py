@@ -40,7 +40,16 @@ from typing import Any
 from shared.errors import BackendUnavailable
 from shared.identifiers import DNS_LABEL_RE
 from shared.keymaterial import key_sha256 as sha256_of
-from shared.store.base import ApiKey, AuditEntry, AuditFilter, Member, Team, member_role
+from shared.store.base import (
+    ApiKey,
+    AuditEntry,
+    AuditFilter,
+    Member,
+    Team,
+    changes_from_text,
+    changes_text,
+    member_role,
+)
 from shared.tiers import TIER_ANNOTATION, tier_of
 
 RESOURCE_TYPE = "maas/resource-type"
@@ -359,6 +368,10 @@ def audit_body(entry: AuditEntry) -> dict[str, Any]:
         data["team_id"] = entry.team_id
     if entry.secret_name is not None:
         data["secret_name"] = entry.secret_name
+    changes = changes_text(entry.changes)
+    if changes is not None:
+        # Bounded by shared.audit (20 fields of 200 characters): a few KiB at most per ConfigMap.
+        data["changes"] = changes
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -380,6 +393,7 @@ def audit_from_config_map(config_map: Any) -> AuditEntry | None:
             outcome=int(data["outcome"]),
             team_id=data.get("team_id"),
             secret_name=data.get("secret_name"),
+            changes=changes_from_text(data.get("changes")),
         )
     except (KeyError, ValueError):
         return None  # not one of ours, or hand-edited: an audit listing skips it

@@ -19,7 +19,9 @@ Memberships are the `members` table, one row per (team_id, user_id), removed wit
 by the foreign key. A database from before it gets the table on open, filled once from its keys
 (one member per user holding a key in a team: role and email of the newest key, joined when
 the oldest was made), so that its teams keep their users; the `meta` row `members_backfilled`
-says that happened, so a member removed later is not brought back by a reopen.
+says that happened, so a member removed later is not brought back by a reopen. Columns added
+since the first release (`_ADDED_COLUMNS`: a team's caps, an audit entry's `changes`) are added
+on open too, NULL in the rows that were there.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from shared.store.base import (
     StoreChanges,
     Team,
     TeamChanges,
+    changes_from_text,
+    changes_text,
     member_role,
 )
 from shared.store.generation import GenerationFile
@@ -89,7 +93,8 @@ CREATE TABLE IF NOT EXISTS audit (
     path         TEXT NOT NULL,
     outcome      INTEGER NOT NULL,
     team_id      TEXT,
-    secret_name  TEXT
+    secret_name  TEXT,
+    changes      TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_action ON audit(action, id);
 CREATE INDEX IF NOT EXISTS audit_team ON audit(team_id, id);
@@ -135,13 +140,15 @@ CHANGES_KEPT = 10_000
 _ADDED_COLUMNS = {
     "api_keys": (("replaced_by", "TEXT"),),
     "teams": (("max_keys_per_user", "INTEGER"), ("max_key_lifetime", "TEXT")),
+    # An update's before and after (base.changes_text); NULL for older entries, as for reads.
+    "audit": (("changes", "TEXT"),),
 }
 
 _KEY_COLUMNS = (
     "secret_name, key_sha256, team_id, user_id, user_email, role, status, models_allowed, "
     "alias, created_at, expires_at, last_used_at, replaced_by"
 )
-_AUDIT_COLUMNS = "id, at, actor, action, method, path, outcome, team_id, secret_name"
+_AUDIT_COLUMNS = "id, at, actor, action, method, path, outcome, team_id, secret_name, changes"
 _TEAM_COLUMNS = (
     "team_id, team_name, description, policy, token_limit, time_window, limit_scope, created_at, "
     "max_keys_per_user, max_key_lifetime"
@@ -212,6 +219,7 @@ def _audit(row: sqlite3.Row) -> AuditEntry:
         outcome=row["outcome"],
         team_id=row["team_id"],
         secret_name=row["secret_name"],
+        changes=changes_from_text(row["changes"]),
     )
 
 
@@ -696,10 +704,10 @@ class SqliteStore:
         try:
             # One autocommit INSERT: the audit log is not part of the store's generation.
             row = conn.execute(
-                "INSERT INTO audit (at, actor, action, method, path, outcome, team_id, secret_name) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO audit (at, actor, action, method, path, outcome, team_id, secret_name, changes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (_ts(entry.at), entry.actor, entry.action, entry.method, entry.path, entry.outcome,
-                 entry.team_id, entry.secret_name),
+                 entry.team_id, entry.secret_name, changes_text(entry.changes)),
             ).fetchone()
         except sqlite3.OperationalError as exc:
             raise BackendUnavailable(f"SQLite store unavailable: {exc}") from exc
