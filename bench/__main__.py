@@ -12,7 +12,8 @@ throughput; at concurrency 1, added p50 <= 1 ms. The end of the output says whet
 met. Each run's report is written to bench/results/ (ignored by git), the newest also as
 bench/results/latest.md.
 After the gateway, the admin side at scale (bench/admin.py: 100,000 keys, the admin API's
-latencies, the gateway during admin writes, cold start, RSS); `--only gateway|admin` runs one.
+latencies, the gateway during admin writes, cold start, RSS); `--only gateway|admin` runs one,
+`--only cold` the admin side's cold start alone (on its own 100k-key data dir).
 """
 
 from __future__ import annotations
@@ -201,8 +202,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=4, help="duration of each measured run")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per side and case (medians reported)")
-    parser.add_argument("--only", choices=("gateway", "admin"),
-                        help="one part: the gateway against a direct backend, or the admin side at scale")
+    parser.add_argument("--only", choices=("gateway", "admin", "cold"),
+                        help="one part: the gateway against a direct backend, the admin side at scale, or the "
+                             "admin side's cold start alone")
     parser.add_argument("--quick", action="store_true", help="admin side: the gateway's RSS over 200k requests, not 1M")
     args = parser.parse_args()
     started = datetime.now(timezone.utc)
@@ -212,9 +214,13 @@ def main() -> None:
         print(line, flush=True)
         out.append(line)
 
-    if args.only != "admin":
+    if args.only == "cold":
+        from bench import admin
+
+        admin.run_cold(say)
+    if args.only in (None, "gateway"):
         _gateway_bench(args, say)
-    if args.only != "gateway":
+    if args.only in (None, "admin"):
         from bench import admin
 
         if out:

@@ -17,7 +17,7 @@ from shared.store import ApiKey
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # compiled on first use
 
 
 class ModelPublic(_Model):

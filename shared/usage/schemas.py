@@ -25,7 +25,7 @@ Duration = Annotated[str, StringConstraints(min_length=1, max_length=32, strip_w
 class UsageQuery(BaseModel):
     """`start`/`end` (RFC 3339) or `window` (`24h`, `7d`), any two of the three; none: all time."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # compiled on first use
 
     start: Rfc3339 | None = Field(default=None, description="RFC 3339, e.g. 2025-08-25T00:00:00Z")
     end: Rfc3339 | None = Field(default=None, description="RFC 3339; default now")
@@ -39,7 +39,7 @@ class TeamUsageQuery(UsageQuery):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # compiled on first use
 
 
 _CALLS_BY_MODEL = (
