@@ -126,7 +126,9 @@ class Simulator:
         return web.json_response({"status": "ok"})
 
     async def list_models(self, request: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model", "created": self.created, "owned_by": "simulator"} for m in self.models]
+        # With vLLM's `max_model_len`: what the gateway reserves for a request without max_tokens.
+        data = [{"id": m, "object": "model", "created": self.created, "owned_by": "simulator",
+                 "max_model_len": MAX_MODEL_LEN} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
     async def _body(self, request: web.Request) -> dict[str, Any]:

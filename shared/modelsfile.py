@@ -25,6 +25,10 @@ One YAML document with a list under `models:`; each entry is one model clients c
   clients only ever see the name they asked for.
 - `api_key` (optional): the backend's own credential, sent as `Authorization: Bearer <api_key>`
   on calls and readiness probes; never logged, echoed or listed.
+- `max_context` (optional, 1-10,000,000): the model's context length in tokens, what the gateway
+  reserves for a request without `max_tokens`. Left out, the gateway learns it from the
+  backend's `GET {url}/models` (vLLM's `max_model_len`; local/gateway/contexts.py), and assumes
+  DEFAULT_MAX_CONTEXT until, or unless, the backend says.
 
 Any other field is an error, so a misspelt one is not silently ignored.
 
@@ -69,7 +73,8 @@ class ModelBackend(BaseModel):
     api_key: SecretStr | None = None
     # The model's context length (prompt plus completion, in tokens): what a request without
     # max_tokens can make the backend generate, so what the gateway reserves for it (vLLM
-    # generates up to the context length when max_tokens is absent).
+    # generates up to the context length when max_tokens is absent). None: the gateway asks the
+    # backend (local/gateway/contexts.py), and assumes DEFAULT_MAX_CONTEXT until it says.
     max_context: int | None = Field(default=None, ge=1, le=10_000_000)
 
     @field_validator("url")
@@ -84,7 +89,8 @@ class ModelBackend(BaseModel):
 
     @property
     def context(self) -> int:
-        """The context length: the declared one, else DEFAULT_MAX_CONTEXT."""
+        """The context length: the declared one, else DEFAULT_MAX_CONTEXT (the gateway may know
+        better: what the backend says, local/gateway/contexts.py)."""
         return self.max_context or DEFAULT_MAX_CONTEXT
 
     @property

@@ -32,6 +32,13 @@ servers are (tests/test_limits_review.py):
 - `first_wins`: a duplicated JSON member is read at its first occurrence (as some parsers do).
 - `max_n`: a call asking for more completions than this is refused (400) after `delay_s`.
 
+`GET /v1/models` answers as vLLM's does (vllm/entrypoints/openai/serving_models.py,
+`show_available_models`): a ModelList with a ModelCard for each of `models` (default: the
+tests' one, `lenient`), its `max_model_len` the backend's `context`, read at each call. With
+`model_list="openai"` the cards have no `max_model_len` (as OpenAI's and most other servers'),
+with `model_list="error"` the list is a 500. `models_listed` counts those calls (apart from
+`requests`, which counts model calls only).
+
 A stream whose reader goes away ends there, quietly (its tokens were counted when it started).
 """
 
@@ -100,7 +107,8 @@ class LenientBackend:
                  image_tokens: int = 0, remember_responses: bool = False, echo_request: bool = False,
                  pause_before_usage_s: float = 0.0, split_usage_digits: int = 0,
                  split_usage_pause_s: float = 0.0, delay_s: float = 0.0, first_wins: bool = False,
-                 max_n: int | None = None) -> None:
+                 max_n: int | None = None, models: tuple[str, ...] = ("lenient",),
+                 model_list: str = "vllm") -> None:
         self.context = context
         self.report_usage = report_usage
         self.token_delay_s = token_delay_s
@@ -116,6 +124,9 @@ class LenientBackend:
         self.delay_s = delay_s
         self.first_wins = first_wins
         self.max_n = max_n
+        self.models = models
+        self.model_list = model_list
+        self.models_listed = 0
         self._stored: dict[str, int] = {}  # response id -> its prompt + output tokens
         self.generated = 0
         self.requests = 0
@@ -325,6 +336,21 @@ class LenientBackend:
             reply["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
         return web.json_response(reply)
 
+    async def _list_models(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.models_listed += 1
+        if self.model_list == "error":
+            return web.json_response({"object": "error", "message": "no listing today", "type": "InternalServerError",
+                                      "code": 500}, status=500)
+        cards = []
+        for model in self.models:
+            card: dict[str, Any] = {"id": model, "object": "model", "created": 0, "owned_by": "vllm", "root": model,
+                                    "parent": None, "permission": []}
+            if self.model_list == "vllm":
+                card["max_model_len"] = self.context
+            cards.append(card)
+        return web.json_response({"object": "list", "data": cards})
+
     # -- serving -------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -333,6 +359,7 @@ class LenientBackend:
         app.router.add_post("/v1/completions", self._chat_or_completion)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._list_models)
         self._thread.start()
 
         async def listen() -> int:

@@ -166,7 +166,9 @@ def api_key(store: SqliteStore) -> str:
 @pytest.fixture
 def gateway(tmp_path: Path, store: SqliteStore, backend: ScriptedBackend) -> Iterator[GatewayService]:
     models = tmp_path / "models.yaml"
-    models.write_text(f"models:\n  - name: {MODEL}\n    url: http://127.0.0.1:{backend.port}/v1\n")
+    # The context declared: the gateway does not ask this backend for it (GET /v1/models, one
+    # more connection than the tests count).
+    models.write_text(f"models:\n  - name: {MODEL}\n    url: http://127.0.0.1:{backend.port}/v1\n    max_context: 4096\n")
     service = GatewayService(
         Settings(gateway_port=0, data_dir=tmp_path / "data", models_file=models, upstream_timeout_s=0.3),  # type: ignore[call-arg]
         store,

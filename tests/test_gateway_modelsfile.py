@@ -154,6 +154,9 @@ class _Answering(RequestReader):
     asked: list[str]
 
     def on_request(self, body: bytes) -> None:
+        if not body:  # the gateway's GET /v1/models, asking for the context: not a vLLM's answer
+            self.transport.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            return
         asyncio.get_running_loop().create_task(self._answer(json.loads(body)))
 
     async def _answer(self, request: dict[str, Any]) -> None:

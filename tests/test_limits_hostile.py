@@ -75,6 +75,8 @@ def _start_gateway(tmp_path: Path, store: SqliteStore, backend: LenientBackend, 
         store,
     )
     service.start()
+    if context is None:  # the gateway asks the backend for it (local/gateway/contexts.py)
+        assert service.wait_for_contexts(10)
     return service
 
 

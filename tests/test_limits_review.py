@@ -33,6 +33,10 @@ import httpx
 import pytest
 import redis
 
+from local.gateway.contexts import Unreachable, context_from_listing, fetch_listing
+from local.simulator import SimulatorService
+from shared.modelsfile import ModelBackend
+from shared.settings import Settings
 from shared.store.base import TeamChanges
 from shared.store.sqlite import SqliteStore
 from tests.lenient_backend import LenientBackend
@@ -180,13 +184,17 @@ def test_a_length_member_the_endpoint_does_not_read_is_taken_as_the_bound(
 
 @pytest.mark.parametrize("max_tokens", [
     6000,  # an explicit length beyond the assumed context is taken at its word
-    pytest.param(None, marks=pytest.mark.xfail(strict=True, reason="without max_context the gateway assumes 4096 "
-                 "(documented: set max_context to the backend's --max-model-len); an 8192-context backend asked "
-                 "for no length generates more than that")),
+    None,
 ], ids=["max_tokens-6000", "no-max_tokens"])
 def test_a_model_without_max_context_under_reserves_a_larger_context(
     build: Callable[..., Setup], max_tokens: int | None
 ) -> None:
+    """Without `max_context` the gateway assumed 4096, and an 8192-context backend asked for no
+    length generated more than was reserved. It now learns the context from the backend's
+    `GET /v1/models`, as vLLM answers it: each ModelCard's `max_model_len`
+    (vllm/entrypoints/openai/protocol.py, class ModelCard), the engine's context length
+    (vllm/entrypoints/openai/serving_models.py, `show_available_models`). The lenient backend
+    answers the same way; the fixture waits for the gateway to have asked."""
     setup = build(context=8192, max_context=None, delay_s=0.3)
     limit = 9000
     setup.team(token_limit=limit)
@@ -195,6 +203,142 @@ def test_a_model_without_max_context_under_reserves_a_larger_context(
     # One request's real worst cost: max_tokens and the prompt, or the whole 8192 context.
     worst = 8192 if max_tokens is None else max_tokens + _estimate(body)
     assert setup.backend.generated <= limit + worst
+
+
+def _reserved_by_one_call(setup: Setup, body: dict[str, Any]) -> int:
+    """What one call in flight holds reserved (the backend's `delay_s` keeps it there a while)."""
+    key = setup.key()
+    answered: list[int] = []
+    caller = threading.Thread(target=lambda: answered.append(_post(setup.gateway.url, key, CHAT, body).status_code))
+    caller.start()
+    try:
+        assert eventually(lambda: _spent(setup)[1] > 0, timeout=10)
+        return _spent(setup)[1]
+    finally:
+        caller.join(30)
+        assert answered == [200]
+
+
+def test_the_context_learned_from_the_backend_is_what_a_call_without_max_tokens_reserves(
+    build: Callable[..., Setup], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="maas.gateway"):
+        setup = build(context=8192, max_context=None, delay_s=0.5)
+    setup.team(token_limit=10**6)
+    assert setup.gateway.contexts() == {MODEL: 8192}
+    assert _reserved_by_one_call(setup, _chat(max_tokens=None)) == 8192  # not the 4096 assumed before
+    assert _reserved_by_one_call(setup, _chat(max_tokens=9000)) == 8192  # the backend holds no more
+    said = [r.getMessage() for r in caplog.records if r.name == "maas.gateway" and "context" in r.getMessage()]
+    assert said == [f"model '{MODEL}': context length 8192 tokens, learned from its backend's GET /v1/models "
+                    "(max_model_len); a request without max_tokens is reserved that many"]
+    # The gateway's own listing shows it, as vLLM's does.
+    listing = httpx.get(setup.gateway.url + "/v1/models", headers={"Authorization": f"Bearer {setup.key()}"})
+    assert [(m["id"], m["max_model_len"]) for m in listing.json()["data"]] == [(MODEL, 8192)]
+
+
+def test_a_declared_max_context_wins_over_the_context_the_backend_says(build: Callable[..., Setup]) -> None:
+    setup = build(context=8192, max_context=2048, delay_s=0.5)
+    setup.team(token_limit=10**6)
+    assert setup.gateway.contexts() == {MODEL: 2048}
+    assert _reserved_by_one_call(setup, _chat(max_tokens=None)) == 2048
+    assert setup.backend.models_listed == 0  # never asked
+
+
+@pytest.mark.parametrize("model_list", ["error", "openai"])
+def test_a_backend_that_does_not_say_its_context_keeps_the_assumed_4096_and_is_served(
+    build: Callable[..., Setup], caplog: pytest.LogCaptureFixture, model_list: str
+) -> None:
+    """A 500 from GET /v1/models, or cards without `max_model_len` (OpenAI's shape)."""
+    with caplog.at_level(logging.INFO, logger="maas.gateway"):
+        setup = build(context=8192, max_context=None, delay_s=0.5, model_list=model_list)
+    setup.team(token_limit=10**6)
+    assert setup.backend.models_listed == 1
+    assert setup.gateway.contexts() == {MODEL: None}
+    assert _reserved_by_one_call(setup, _chat(max_tokens=None)) == 4096
+    said = [r.getMessage() for r in caplog.records if r.name == "maas.gateway" and "context" in r.getMessage()]
+    why = "could not ask its backend (HTTP 500)" if model_list == "error" else \
+        f"its backend's GET /v1/models gives no max_model_len for '{MODEL}'"
+    assert said == [f"model '{MODEL}': {why}; assuming a 4096-token context: set max_context in the models file "
+                    "to its backend's context length (vLLM: --max-model-len)"]
+    listing = httpx.get(setup.gateway.url + "/v1/models", headers={"Authorization": f"Bearer {setup.key()}"})
+    assert [m["id"] for m in listing.json()["data"]] == [MODEL] and "max_model_len" not in listing.json()["data"][0]
+
+
+def test_a_models_file_reload_learns_the_context_again(build: Callable[..., Setup]) -> None:
+    setup = build(context=8192, max_context=None)
+    assert setup.gateway.contexts() == {MODEL: 8192} and setup.backend.models_listed == 1
+    setup.backend.context = 16384  # (a vLLM restarted with another --max-model-len)
+    models = setup.tmp_path / "models.yaml"
+    models.write_text(models.read_text() + f"  - name: second\n    url: {setup.backend.url}\n    upstream_model: {MODEL}\n")
+    assert eventually(lambda: setup.gateway.contexts() == {MODEL: 16384, "second": 16384}, timeout=10)
+    assert setup.backend.models_listed == 2  # one list for both models of the one server
+
+
+def test_the_context_is_learned_again_every_few_minutes(
+    build: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("local.gateway.contexts.RELEARN_INTERVAL_S", 0.2)
+    setup = build(context=8192, max_context=None)
+    assert setup.gateway.contexts() == {MODEL: 8192}
+    setup.backend.context = 2048
+    assert eventually(lambda: setup.gateway.contexts() == {MODEL: 2048}, timeout=10)
+    setup.backend.model_list = "error"  # unreachable now: what it said last still holds
+    listed = setup.backend.models_listed
+    assert eventually(lambda: setup.backend.models_listed >= listed + 2, timeout=10)
+    assert setup.gateway.contexts() == {MODEL: 2048}
+    setup.backend.model_list = "openai"  # it answers, and says no context: 4096 is assumed again
+    assert eventually(lambda: setup.gateway.contexts() == {MODEL: None}, timeout=10)
+
+
+def test_the_context_is_not_asked_for_on_a_request(build: Callable[..., Setup]) -> None:
+    setup = build(context=8192, max_context=None)
+    setup.team(token_limit=10**9)
+    key = setup.key()
+    listed = setup.backend.models_listed
+    assert listed == 1
+    responses = _concurrently(setup.gateway.url, key, CHAT, _chat(max_tokens=2), 50)
+    responses += _concurrently(setup.gateway.url, key, CHAT, _chat(max_tokens=None, stream=True), 10)
+    assert [r.status_code for r in responses] == [200] * 60
+    for _ in range(5):
+        assert httpx.get(setup.gateway.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert setup.backend.requests == 60 and setup.backend.models_listed == listed
+
+
+def test_the_context_is_asked_with_the_backends_api_key() -> None:
+    """The built-in simulator answers only its token, and lists its 4096-token context as vLLM does."""
+    simulator = SimulatorService(Settings(simulator_port=0))  # type: ignore[call-arg]
+    simulator.start()
+    try:
+        entry = {"name": "m", "url": f"{simulator.url}/v1", "upstream_model": "vllm-simulator"}
+        keyed = ModelBackend.model_validate({**entry, "api_key": simulator.token.get_secret_value()})
+        assert context_from_listing(fetch_listing(keyed, 2.0), keyed.served_model) == 4096
+        with pytest.raises(Unreachable, match="HTTP 401"):
+            fetch_listing(ModelBackend.model_validate(entry), 2.0)
+    finally:
+        simulator.stop()
+
+
+@pytest.mark.parametrize(("listing", "served", "context"), [
+    ({"object": "list", "data": [{"id": "m", "max_model_len": 8192}]}, "m", 8192),
+    ({"data": [{"id": "other", "max_model_len": 8192}, {"id": "m", "max_model_len": 100}]}, "m", 100),
+    ({"data": [{"id": "m", "max_model_len": 8192}]}, "n", None),  # no card for the served name
+    ({"data": [{"id": "base", "max_model_len": 8192}, {"id": "lora", "parent": "base", "max_model_len": None}]},
+     "lora", 8192),  # vLLM's LoRA cards have none: the base model's
+    ({"data": [{"id": "m"}]}, "m", None),
+    ({"data": [{"id": "m", "max_model_len": "8192"}]}, "m", None),
+    ({"data": [{"id": "m", "max_model_len": 8192.0}]}, "m", None),
+    ({"data": [{"id": "m", "max_model_len": True}]}, "m", None),
+    ({"data": [{"id": "m", "max_model_len": 0}]}, "m", None),
+    ({"data": [{"id": "m", "max_model_len": 10_000_001}]}, "m", None),
+    ({"data": [{"id": "m", "max_model_len": 10_000_000}]}, "m", 10_000_000),
+    ({"data": {"id": "m"}}, "m", None),
+    ([{"id": "m", "max_model_len": 8192}], "m", None),
+    (None, "m", None),
+])
+def test_only_an_int_context_within_bounds_on_the_served_models_card_is_learned(
+    listing: Any, served: str, context: int | None
+) -> None:
+    assert context_from_listing(listing, served) == context
 
 
 # -- 2. the prompt estimate (body bytes / 4) is not an upper bound -----------------------------------

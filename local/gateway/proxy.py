@@ -29,6 +29,7 @@ from typing import Any
 
 from local.gateway.accesslog import AccessLog, shown_path
 from local.gateway.auth import Caller, KeyCache
+from local.gateway.contexts import ContextKey, context_key
 from local.gateway.limiter import Budget, Limiter, RedisLimiter, Reservation, TokenLimiter
 from local.gateway.metrics import UsageMeter
 from local.gateway.server import Request, Responder, status_line
@@ -57,7 +58,7 @@ from shared.errors import (
     UpstreamTimeout,
     openai_body,
 )
-from shared.modelsfile import ModelBackend
+from shared.modelsfile import DEFAULT_MAX_CONTEXT, ModelBackend
 
 log = logging.getLogger("maas.gateway")
 
@@ -221,14 +222,15 @@ def _prompt_bound(raw: bytes, body: dict[str, Any], path: bytes, max_context: in
     return min(len(raw), ceiling)
 
 
-def _worst_cost(raw: bytes, body: dict[str, Any], path: bytes, backend: ModelBackend) -> int:
+def _worst_cost(raw: bytes, body: dict[str, Any], path: bytes, known: int | None) -> int:
     """The most tokens this request can be charged: its prompt, plus every completion of every
-    prompt at the length the endpoint reads (capped by the model's declared `max_context`);
+    prompt at the length the endpoint reads (capped by the model's known context, `known`: its
+    `max_context` in the models file, else what its backend's GET /v1/models says, contexts.py);
     when it sets none a backend reads as a plain number (absent, or "300" or 300.0, which a lax
     parser takes), every completion at the context length (vLLM generates until prompt and
-    completion fill it; 4,096 when the models file does not say). Never more than every
-    completion filling a declared context."""
-    max_context = backend.context
+    completion fill it; 4,096 when neither says). Never more than every completion filling a
+    known context."""
+    max_context = known or DEFAULT_MAX_CONTEXT
     if path == b"/v1/embeddings":
         return _prompt_bound(raw, body, path, max_context)  # nothing is generated
     completions = _completions(body, path)
@@ -244,10 +246,9 @@ def _worst_cost(raw: bytes, body: dict[str, Any], path: bytes, backend: ModelBac
     filled = completions * max_context
     if not bound:
         return filled
-    declared = backend.max_context
-    if declared is None:  # an explicit length beyond the assumed context is the client's word
+    if known is None:  # an explicit length beyond the assumed context is the client's word
         return completions * bound + _prompt_bound(raw, body, path, max(max_context, bound))
-    return min(filled, completions * min(bound, declared) + _prompt_bound(raw, body, path, declared))
+    return min(filled, completions * min(bound, known) + _prompt_bound(raw, body, path, known))
 
 
 def _with_usage_option(body: bytes) -> bytes | None:
@@ -266,6 +267,9 @@ class _Route:
     def __init__(self, backend: ModelBackend, pool: Pool) -> None:
         self.backend = backend
         self.pool = pool
+        # The model's context when known: declared in the models file, or learned from the
+        # backend (Gateway.learned); None: DEFAULT_MAX_CONTEXT is assumed.
+        self.max_context = backend.max_context
         # Set when the backend answers under another name: what turns its name into the client's.
         self.rename = renamer(backend.name) if backend.renamed else None
         auth = b""
@@ -705,6 +709,8 @@ class Gateway:
         self._pools: dict[str, Pool] = {}
         self._routes: dict[str, _Route] = {}
         self._models: list[ModelInfo] = []
+        # What backends said their context is (contexts.py), for the models that declare none.
+        self._learned: dict[ContextKey, int] = {}
         self.use(backends, created=models_created)
         self._watch = _Watch(upstream_timeout_s)
 
@@ -724,11 +730,29 @@ class Gateway:
             pools[server] = pool
             routes[backend.name] = _Route(backend, pool)
         dropped = [pool for server, pool in self._pools.items() if server not in pools]
+        self._take_learned(routes)
         # What /v1/models lists: the same entries as the admin API's listing of the models file.
         self._routes, self._pools = routes, pools
         self._models = describe(list(backends), created=created)
         for pool in dropped:
             pool.close()
+
+    def learned(self, contexts: dict[ContextKey, int]) -> None:
+        """What the backends without a declared `max_context` say theirs is (contexts.py): in force
+        from the next request on (call it on the gateway's loop). A backend left out is assumed
+        to hold DEFAULT_MAX_CONTEXT again."""
+        self._learned = contexts
+        self._take_learned(self._routes)
+
+    def _take_learned(self, routes: dict[str, _Route]) -> None:
+        for route in routes.values():
+            if route.backend.max_context is None:  # a declared context always wins
+                route.max_context = self._learned.get(context_key(route.backend))
+
+    def contexts(self) -> dict[str, int | None]:
+        """Each model's context as reserved: declared or learned; None where DEFAULT_MAX_CONTEXT
+        is assumed."""
+        return {name: route.max_context for name, route in self._routes.items()}
 
     def close(self) -> None:
         self._watch.close()
@@ -846,8 +870,13 @@ class Gateway:
 
     def _list_models(self, request: Request, responder: Responder) -> None:
         caller = self._keys.authenticate(request.header(b"authorization"))
-        listing = openai_model_list(visible(self._models, caller.key))
-        responder.send(200, _JSON, listing.model_dump_json().encode())
+        listing = openai_model_list(visible(self._models, caller.key)).model_dump()
+        routes = self._routes
+        for model in listing["data"]:  # vLLM's member for the context, where it is known
+            route = routes.get(model["id"])
+            if route is not None and route.max_context is not None:
+                model["max_model_len"] = route.max_context
+        responder.send(200, _JSON, json.dumps(listing, separators=(",", ":")).encode())
 
     # -- model calls ---------------------------------------------------------------------
 
@@ -900,7 +929,7 @@ class Gateway:
         prompt_estimate = len(request.body) // _PROMPT_BYTES_PER_TOKEN
         if path == b"/v1/embeddings":
             stream = False  # (an embeddings reply is never a stream)
-        estimate = _worst_cost(request.body, body, path, route.backend)
+        estimate = _worst_cost(request.body, body, path, route.max_context)
         options = body.get("stream_options")
         # The gateway asks every stream for usage; a client that did not is not sent it.
         strip_usage = stream and path in _USAGE_OPTION_PATHS and not (

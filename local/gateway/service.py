@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 
 from local.gateway.auth import KeyCache
 from local.gateway.accesslog import AccessLog
+from local.gateway.contexts import ContextKey, ContextLearner
 from local.gateway.limits import LimiterService
 from local.gateway.loopthread import LoopThread
 from local.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -70,7 +72,10 @@ class GatewayService:
     read when both run in one process, so they see counts before they are flushed.
 
     The model table follows `models` (the models file the settings name, watched by the
-    service itself when none is given): an edit is served from the next request on.
+    service itself when none is given): an edit is served from the next request on. The
+    context of each model that declares no `max_context` is learned from its backend's
+    `GET /v1/models` on a thread of its own, at start, on every edit and every few minutes
+    (contexts.py): never on a request.
     """
 
     def __init__(self, settings: Settings, store: Store | None = None, *, ledger: UsageLedger | None = None,
@@ -101,6 +106,7 @@ class GatewayService:
             models_created=self._table.created,
             access=AccessLog(enabled=settings.access_log),
         )
+        self._contexts = ContextLearner(self._learned)
         self._last_use_task: asyncio.Task[None] | None = None
         self._thread = LoopThread("maas-gateway")
         self._server: Listener | None = None
@@ -132,19 +138,55 @@ class GatewayService:
             self.limits.release()
             raise
         self._unsubscribe = self.models.subscribe(self._use)
+        self._contexts.use(self._table.backends)
+        self._contexts.start()
         if self.models.table is not self._table:
             self._use(self.models.table)  # changed since this service was made
         if self._own_models:
             self.models.start()
 
     def _use(self, table: ModelsTable) -> None:
-        """A new models table (on the watcher's thread): swapped in on the gateway's loop."""
+        """A new models table (on the watcher's thread): swapped in on the gateway's loop, and
+        its backends asked for their contexts (on the learner's thread)."""
         self._table = table
         try:
             loop = self._thread.loop
         except RuntimeError:
             return  # stopping
         loop.call_soon_threadsafe(lambda: self._gateway.use(table.backends, created=table.created))
+        self._contexts.use(table.backends)
+
+    def _learned(self, contexts: dict[ContextKey, int]) -> None:
+        """What the backends said (on the learner's thread): in force on the gateway's loop
+        before this returns, after the table it was learned for."""
+        done = threading.Event()
+
+        def take() -> None:
+            try:
+                self._gateway.learned(contexts)
+            finally:
+                done.set()
+
+        try:
+            self._thread.loop.call_soon_threadsafe(take)
+        except RuntimeError:
+            return  # stopped
+        while not done.wait(1):
+            if self._contexts.stopping:
+                return
+
+    def wait_for_contexts(self, timeout_s: float = 5.0) -> bool:
+        """Whether the backends of the table served now were asked for their context (whatever
+        they said is in force) within `timeout_s`: what a test waits for before its calls."""
+        return self._contexts.wait(timeout_s)
+
+    def contexts(self) -> dict[str, int | None]:
+        """Each model's context as the gateway reserves it: declared or learned; None where
+        4,096 is assumed (shared/modelsfile.py, DEFAULT_MAX_CONTEXT)."""
+        return self._thread.call(self._contexts_now, timeout=5)
+
+    async def _contexts_now(self) -> dict[str, int | None]:
+        return self._gateway.contexts()
 
     async def _listen(self) -> int:
         await self.limits.start()
@@ -246,6 +288,7 @@ class GatewayService:
             self._unsubscribe = None
         if self._own_models:
             self.models.stop()
+        self._contexts.stop()
         try:
             self._thread.stop(self._shutdown, timeout=self._settings.gateway_drain_timeout_s + 30)
         finally:
