@@ -528,6 +528,86 @@ def measure_rss(data_dir: Path, api_key: str, total: int, say: Say) -> Rss:
 # -- the whole run and its table ------------------------------------------------------------
 
 
+# -- descriptors over many admin requests --------------------------------------------------------
+
+FD_TOTAL, FD_TOTAL_QUICK = 100_000, 5_000
+FD_SLACK = 5  # a connection or two the server is closing when counted
+
+
+def _tree(pid: int) -> list[int]:
+    """The runtime and its descendants (the admin API runs in a child process)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            pending.extend(int(child) for child in children.read_text().split())
+    return found
+
+
+def _descriptors(pid: int) -> int:
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in _tree(pid) if os.path.exists(f"/proc/{p}/fd"))
+
+
+@dataclass
+class Descriptors:
+    requests: int = 0
+    before: int = 0
+    peak: int = 0
+    after: int = 0
+    unexpected: int = 0  # answers other than the kind's own status
+
+
+def measure_descriptors(site: Site, admin_key: str, total: int, say: Say) -> Descriptors:
+    """`total` admin requests of every kind (200, 401, 404, 400, 422, /health, /metrics), one in
+    fifty on a fresh TLS connection, against the runtime's descriptors before and after."""
+    runtime = site.runtime
+    assert runtime is not None
+    kinds: list[tuple[str, str, dict[str, str] | None, bytes | None, int]] = [
+        ("GET", "/teams/team-00000", None, None, 200),
+        ("GET", "/teams/no-such-team", None, None, 404),
+        ("GET", "/teams", {"Authorization": "Bearer wrong"}, None, 401),
+        ("POST", "/teams", None, b"{not json", 400),
+        ("POST", "/teams", None, b'{"team_id": "Bad_Id"}', 422),
+        ("GET", "/health", None, None, 200),
+        ("GET", "/me", None, None, 200),
+    ]
+    result = Descriptors()
+    verify = _verify(site.data_dir)
+    fresh = lambda: httpx.Client(base_url=runtime.admin_url, verify=verify, timeout=60.0,  # noqa: E731
+                                 headers={"Authorization": f"Bearer {admin_key}"})
+    with fresh() as warm:
+        for method, path, headers, body, _ in kinds * 3:
+            warm.request(method, path, headers=headers, content=body)
+    time.sleep(0.5)
+    result.before = result.peak = _descriptors(runtime.process.pid)
+    client = fresh()
+    t0 = time.monotonic()
+    try:
+        for number in range(total):
+            if number % 50 == 49:
+                client.close()
+                client = fresh()
+            method, path, headers, body, expected = kinds[number % len(kinds)]
+            if client.request(method, path, headers=headers, content=body).status_code != expected:
+                result.unexpected += 1
+            result.requests += 1
+            if number % 5_000 == 0:
+                result.peak = max(result.peak, _descriptors(runtime.process.pid))
+                if number and number % 20_000 == 0:
+                    say(f"    {number:,} requests, {time.monotonic() - t0:.0f} s ...")
+    finally:
+        client.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # closed connections leave the table a moment later
+        result.after = _descriptors(runtime.process.pid)
+        if result.after <= result.before + FD_SLACK:
+            break
+        time.sleep(0.5)
+    return result
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -536,7 +616,8 @@ def _row(label: str, cells: list[str], target: str = "", result: str = "") -> st
     return f"{label:<34}" + "".join(f"{cell:>15}" for cell in cells) + f"  {target:<24}{result}"
 
 
-def _table(sites: list[Site], cold: tuple[float, float], rss: Rss, rss_total: int) -> list[str]:
+def _table(sites: list[Site], cold: tuple[float, float], rss: Rss, rss_total: int,
+           fds: Descriptors | None = None, fd_total: int = 0) -> list[str]:
     first, last = sites[0], sites[-1]
     head = _row("figure (p50/p99 ms)", [f"{site.label} keys" for site in sites], "target", "result")
     lines = [head, "-" * len(head)]
@@ -563,6 +644,12 @@ def _table(sites: list[Site], cold: tuple[float, float], rss: Rss, rss_total: in
     lines.append(_row(f"gateway RSS MB: {rss.warm_requests // 1000}k / {rss.requests // 1000}k req",
                       [*blank, f"{rss.warm_kb / 1024:.1f}/{rss.end_kb / 1024:.1f}"], f"within {RSS_DRIFT:.0%}",
                       f"{_verdict(ok)} ({drift:+.1%}{errors})"))
+    if fds is not None:
+        ok = fds.requests >= fd_total and fds.after <= fds.before + FD_SLACK and not fds.unexpected
+        unexpected = f", {fds.unexpected} unexpected answers" if fds.unexpected else ""
+        lines.append(_row(f"admin fds: before/peak/after {fds.requests // 1000}k req",
+                          [*blank, f"{fds.before}/{fds.peak}/{fds.after}"], f"after <= before + {FD_SLACK}",
+                          f"{_verdict(ok)}{unexpected}"))
     return [line.rstrip() for line in lines]
 
 
@@ -622,6 +709,9 @@ def run(say: Say, *, quick: bool = False) -> None:
         say(f"  gateway at c=1, {GATEWAY_SECONDS} s each: idle, during admin writes, during admin reads; "
             f"{GATEWAY_RUNS} rounds over the scales ...")
         measure_gateway(sites, api_key, say)
+        fd_total = FD_TOTAL_QUICK if quick else FD_TOTAL
+        say(f"  admin descriptors over {fd_total:,} requests of every kind on the {sites[-1].label}-key runtime ...")
+        fds = measure_descriptors(sites[-1], admin_key, fd_total, say)
         running.close()  # the runtimes hold the data dirs' locks that the RSS gateway needs
         biggest = sites[-1]
         cold = measure_cold_start(biggest.data_dir, admin_key, say, biggest.label)
@@ -630,7 +720,7 @@ def run(say: Say, *, quick: bool = False) -> None:
         rss = measure_rss(biggest.data_dir, api_key, rss_total, say)
     say(f"  admin bench took {time.monotonic() - started:.0f} s; load average after: {_load()}")
     say("")
-    for line in _table(sites, cold, rss, rss_total):
+    for line in _table(sites, cold, rss, rss_total, fds, fd_total):
         say(line)
     if not sites[-1].paged:
         say("note: GET /teams?limit=100 was not paged (no next_cursor): measured unpaged")
