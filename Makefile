@@ -12,11 +12,14 @@ STAMP := $(VENV)/.installed-stamp
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing pinned requirements into $(VENV) ..."
 	@# This machine's pip config names local indexes that may not exist; their warnings are noise.
 	@$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 \
+		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@# The project itself, editable, for the `maas` command ($(BIN)/maas); its dependencies are the pins above.
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
 		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@touch $@
 

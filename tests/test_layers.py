@@ -17,6 +17,13 @@ RULES: list[tuple[str, tuple[str, ...], set[str]]] = [
     ("functions", ("local",), set()),
     ("shared functions local", ("kubernetes",), {"shared/store/kube.py", "shared/kubeapply.py", "shared/kubeidentity.py"}),
     ("shared functions local", ("prometheus_api_client",), {"shared/usage/prometheus.py"}),
+    # The command line is a client of the admin API over HTTP, like any other: none of the server
+    # is in it, but for `maas serve` (the local runtime), `maas cluster-check` (its tool) and
+    # `maas policy render` (shared/policies.py, pure).
+    ("cli", WEB + ("functions", "main", "kubernetes", "prometheus_api_client"), set()),
+    ("cli", ("local",), {"cli/serve.py"}),
+    ("cli", ("tools",), {"cli/cluster.py"}),
+    ("cli", ("shared",), {"cli/policy.py"}),
 ]
 
 

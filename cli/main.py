@@ -1,0 +1,177 @@
+"""`maas`: the command tree, its root options, and how every failure becomes one line and an
+exit code (cli/exitcodes.py)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cli import audit, auth, cluster, completion, keys, members, models, policy, serve, teams, usage
+from cli.exitcodes import EXIT_CODES_HELP, CliError, ExitCode
+from cli.session import Session
+
+VERSION = "0.1.0"
+
+_EXIT_CODES = "\n".join(f"  {int(code)}  {meaning}" for code, meaning in EXIT_CODES_HELP)
+
+HELP = """Manage teams, API keys, members and usage of the MaaS key manager, over its admin API.
+
+Sign in once with `maas login`; every other command uses what it saved (per server, in
+~/.config/maas/credentials.json, 0600). Tables are for people; --json and -o yaml print the
+API's answer as is, for scripts. Every command has --help, with examples.
+"""
+
+EPILOG = f"""Examples:
+  maas serve                                  # terminal 1, in the project
+  maas login --admin-key < .maas/admin-key    # terminal 2, same folder
+  maas team create test-team --token-limit 100000 --time-window 1h
+  maas key create test-team test-user --email test-user@test.com
+  maas usage team test-team --by model
+
+Environment:
+  MAAS_URL         the admin API (default: https://127.0.0.1:8443)
+  MAAS_CA_FILE     a CA certificate to trust, as --ca
+  ADMIN_KEY        the admin key, for `maas login --admin-key`
+  MAAS_DATA_DIR    make run's data: maas trusts its tls/cert.pem for 127.0.0.1
+  XDG_CONFIG_HOME  where maas/credentials.json is kept (default: ~/.config)
+
+Exit codes:
+{_EXIT_CODES}
+"""
+
+
+def reflow(text: str) -> str:
+    """Prose paragraphs as one line each, for the terminal to wrap at its width; a paragraph
+    with indented lines (examples, tables) as it is written."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph if any(line.startswith(" ") for line in paragraph.splitlines()) else " ".join(paragraph.split())
+        for paragraph in paragraphs
+    )
+
+
+def _tidy(command: Any) -> None:
+    """Help texts reflowed (`reflow`), and no `<bool>` type shown beside a flag, which takes no value."""
+    for attribute in ("help", "epilog"):
+        text = getattr(command, attribute, None)
+        if text:
+            setattr(command, attribute, reflow(text))
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for child in getattr(command, "commands", {}).values():
+        _tidy(child)
+
+
+def _report(error: CliError) -> int:
+    print(f"maas: {error.line()}", file=sys.stderr)
+    return int(error.code)
+
+
+class MaasGroup(TyperGroup):
+    """Typer's group, with its errors printed as one line and mapped to our exit codes, under
+    the console script and typer's CliRunner alike."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        # Typer vendors click since 0.2x: its usage errors live there (typer pinned, requirements.txt).
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+        _tidy(self)
+        try:
+            result = super().main(args, prog_name or "maas", complete_var, standalone_mode=False,
+                                  windows_expand_args=windows_expand_args, **extra)
+            code = result if isinstance(result, int) else 0
+        except CliError as error:
+            code = _report(error)
+        except NoArgsIsHelpError as error:
+            # `maas` or `maas team` alone: typer's rich help has printed itself by now; plain help
+            # (no rich) is the message.
+            if error.format_message().strip():
+                print(error.format_message(), file=sys.stderr)
+            code = ExitCode.USAGE
+        except UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "maas"
+            code = _report(CliError(error.format_message(), ExitCode.USAGE, hint=f"see `{where} --help`"))
+        except typer.TyperException as error:
+            code = _report(CliError(error.format_message(), ExitCode.API_ERROR))
+        except (typer.Abort, KeyboardInterrupt):
+            print("maas: interrupted", file=sys.stderr)
+            code = 130
+        except BrokenPipeError:
+            # `maas key list --all | head`: the reader left, nothing to report; stdout goes to
+            # /dev/null so that the interpreter's last flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    name="maas",
+    cls=MaasGroup,
+    help=HELP,
+    epilog=EPILOG,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"maas {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(
+        "--url", envvar="MAAS_URL", show_envvar=True, metavar="URL",
+        help="The admin API. Default: the last server you signed in to, else https://127.0.0.1:8443.",
+    )] = None,
+    ca: Annotated[Path | None, typer.Option(
+        "--ca", envvar="MAAS_CA_FILE", show_envvar=True, metavar="FILE", exists=True, dir_okay=False,
+        help="A CA certificate (PEM) to trust for the server. For 127.0.0.1, maas trusts "
+             "$MAAS_DATA_DIR/tls/cert.pem (make run's) by itself.",
+    )] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", "-k", help="Do not check the server's TLS certificate.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    ctx.obj = Session(url_flag=url, ca=ca, insecure=insecure)
+
+
+app.command("serve", rich_help_panel="This machine")(serve.serve)
+auth.register(app)
+app.add_typer(teams.app, name="team", rich_help_panel="Admin")
+app.add_typer(members.app, name="member", rich_help_panel="Admin")
+app.add_typer(keys.app, name="key", rich_help_panel="Admin")
+app.add_typer(usage.app, name="usage", rich_help_panel="Admin")
+app.command("models", rich_help_panel="Admin")(models.list_models)
+app.command("audit", rich_help_panel="Admin")(audit.audit)
+app.add_typer(policy.app, name="policy", rich_help_panel="Cluster")
+app.command("cluster-check", rich_help_panel="Cluster", context_settings=cluster.CONTEXT,
+            add_help_option=False)(cluster.cluster_check)
+app.command("completion", rich_help_panel="This machine")(completion.completion)
+
+
+def main() -> None:
+    app()

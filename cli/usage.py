@@ -1,0 +1,116 @@
+"""`maas usage user|team|me`: tokens spent and calls allowed or refused, over a range.
+
+The range is the API's: --window (the last 24h, 7d) or --start/--end (RFC 3339); all time when
+none is given. --by picks the breakdown shown in the table; --json shows every breakdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from cli import output
+from cli.exitcodes import CliError, ExitCode
+from cli.output import Format, JsonOption, OutputOption
+from cli.session import session
+
+app = typer.Typer(help="Token usage per user, per team and per model.", no_args_is_help=True)
+
+
+class By(str, Enum):
+    team = "team"
+    user = "user"
+    model = "model"
+
+
+Window = Annotated[str | None, typer.Option("--window", "-w", help="The last 24h, 7d, 30m (up to now or --end).")]
+Start = Annotated[str | None, typer.Option("--start", help="From this instant, RFC 3339 (2026-01-01T00:00:00Z).")]
+End = Annotated[str | None, typer.Option("--end", help="Up to this instant, RFC 3339 (default: now).")]
+ByOption = Annotated[By | None, typer.Option("--by", help="The breakdown to show: team, user or model.")]
+
+_BREAKDOWNS = {
+    By.team: ("team_breakdown", [("TEAM", "team_id"), ("NAME", "team_name"), ("TOKENS", "token_usage"),
+                                 ("CALLS", "authorized_calls"), ("LIMITED", "limited_calls")]),
+    By.user: ("user_breakdown", [("USER", "user_id"), ("EMAIL", "user_email"), ("TOKENS", "token_usage"),
+                                 ("CALLS", "authorized_calls"), ("LIMITED", "limited_calls")]),
+    By.model: ("model_breakdown", [("MODEL", "model"), ("TOKENS", "token_usage"), ("CALLS", "authorized_calls"),
+                                   ("LIMITED", "limited_calls")]),
+}
+_TOTALS: output.Columns = (("tokens", "total_token_usage"), ("calls", "total_authorized_calls"),
+                           ("limited calls", "total_limited_calls"), ("from", "start"), ("to", "end"),
+                           ("as of", "last_updated"))
+
+
+def _show(subject: output.Columns, by: By, allowed: tuple[By, ...]) -> Callable[[dict[str, Any]], None]:
+    if by not in allowed:
+        raise CliError(f"--by {by.value} is not a breakdown of this usage", ExitCode.USAGE,
+                       hint=f"choose {' or '.join(b.value for b in allowed)}")
+    field, columns = _BREAKDOWNS[by]
+
+    def render(data: dict[str, Any]) -> None:
+        output.details(data, [*subject, *_TOTALS])
+        print()
+        output.table(data.get(field) or [], columns, empty=f"no usage by {by.value} in this range")
+
+    return render
+
+
+def _query(window: str | None, start: str | None, end: str | None) -> dict[str, Any]:
+    return {"window": window, "start": start, "end": end}
+
+
+@app.command("user")
+def user(
+    ctx: typer.Context, user_id: Annotated[str, typer.Argument(metavar="USER_ID", help="The user's id.")],
+    window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
+    out: OutputOption = Format.table, as_json: JsonOption = False,
+) -> None:
+    """A user's usage across their teams (--by team, the default, or model).
+
+    Examples:
+      maas usage user test-user
+      maas usage user test-user --window 24h --by model
+    """
+    render = _show([("user", "user_id")], by or By.team, (By.team, By.model))
+    with session(ctx).api() as api:
+        data = api.get(f"/users/{user_id}/usage", **_query(window, start, end))
+    output.emit(data, output.chosen(out, as_json), render)
+
+
+@app.command("team")
+def team(
+    ctx: typer.Context, team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")],
+    window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
+    step: Annotated[str | None, typer.Option("--step", help="Add a series per user in steps of this (1h) to the JSON/YAML answer.")] = None,
+    out: OutputOption = Format.table, as_json: JsonOption = False,
+) -> None:
+    """A team's usage per user (--by user, the default, or model).
+
+    Examples:
+      maas usage team test-team
+      maas usage team test-team --window 7d --by model
+      maas usage team test-team --window 24h --step 1h -o yaml
+    """
+    render = _show([("team", "team_id"), ("name", "team_name")], by or By.user, (By.user, By.model))
+    with session(ctx).api() as api:
+        data = api.get(f"/teams/{team_id}/usage", **_query(window, start, end), step=step)
+    output.emit(data, output.chosen(out, as_json), render)
+
+
+@app.command("me")
+def me(
+    ctx: typer.Context, window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
+    out: OutputOption = Format.table, as_json: JsonOption = False,
+) -> None:
+    """Your own usage across your teams (--by team, the default, or model).
+
+    Examples:
+      maas usage me --window 24h
+    """
+    render = _show([("user", "user_id")], by or By.team, (By.team, By.model))
+    with session(ctx).api() as api:
+        data = api.get("/me/usage", **_query(window, start, end))
+    output.emit(data, output.chosen(out, as_json), render)
