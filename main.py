@@ -7,6 +7,7 @@ no raw control character reaches a log, whichever server runs the functions.
 """
 
 from functions.cleanup import cleanup
+from functions.console import console
 from functions.keys import create_key, delete_key, delete_key_legacy, list_team_keys, list_user_keys
 from functions.lifecycle import list_audit, revoke_key, rotate_key
 from functions.me import create_my_key, list_my_keys, my_usage, whoami
@@ -30,6 +31,7 @@ __all__ = [
     "update_member",
     "whoami",
     "cleanup",
+    "console",
     "create_key",
     "create_team",
     "delete_key",

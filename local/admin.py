@@ -23,7 +23,7 @@ from functions._http import METRICS_PATH, error_response
 from local.adminserver import AdminApplication, Limits, WorkerThread, gunicorn_options
 from local.tls import ensure_certificate
 from shared.errors import MaasError, MalformedRequest, MethodNotAllowed, NotFound, PayloadTooLarge
-from shared.routes import resolve
+from shared.routes import HTTP_ROUTES, resolve
 from shared.settings import Settings
 
 Target = Callable[[flask.Request], flask.Response]
@@ -60,7 +60,7 @@ def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask
             # each Knative Service does in a cluster; here one process serves them all.
             return table["health"](request)
         try:
-            route, _ = resolve(request.method, request.path)
+            route, _ = resolve(request.method, request.path, HTTP_ROUTES)
         except MaasError as error:
             return error_response(error)
         return table[route.target](request)
@@ -73,7 +73,7 @@ def create_admin_app(targets: Mapping[str, Target] | None = None) -> flask.Flask
         request = flask.request
         if error.code == 405:
             try:
-                resolve(request.method, request.path)
+                resolve(request.method, request.path, HTTP_ROUTES)
             except MaasError as ours:
                 return error_response(ours)
         ours_for = _WERKZEUG_ERRORS.get(error.code or 0)

@@ -18,7 +18,8 @@ from shared.catalog import listing
 from shared.errors import MethodNotAllowed, NotFound
 from shared.usage import schemas as usage_schemas
 
-Auth = Literal["admin", "none", "admin_or_key"]
+# `session`: the console's pages (PAGES), which sign people in with a session cookie of their own.
+Auth = Literal["admin", "none", "admin_or_key", "session"]
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -103,6 +104,44 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/models", "list_openai_models", "OpenAI model list (admin: all; API key: its models)", access="models",
           auth="admin_or_key", response=listing.OpenAIModelList),
 )
+
+
+# The web console (functions/console): server-rendered pages, one function target beside the API
+# on the same origin. Not API routes (no OpenAPI entry, no JSON answers), so a table of their own;
+# the local router and the cluster's HTTPRoute serve both (HTTP_ROUTES). The pages are public
+# (the sign-in page is one): a page signs its visitor in with a session of its own and does what
+# it does by calling the API's targets above in-process as that person, so every action is
+# authorized by its API route's rule and audited as that route, never by a rule of the console's.
+CONSOLE = "console"
+PAGES: tuple[Route, ...] = tuple(
+    Route(method, path, CONSOLE, summary, access="public", auth="session")
+    for method, path, summary in (
+        ("GET", "/", "The console: my keys once signed in, else the sign-in page"),
+        ("GET", "/console/signin", "Sign in: the admin key, or the identity provider"),
+        ("POST", "/console/signin", "Sign in with the admin key"),
+        ("GET", "/console/signin/oidc", "Sign in with the identity provider (authorization code + PKCE)"),
+        ("GET", "/console/oidc/callback", "The identity provider's redirect back"),
+        ("POST", "/console/signout", "Sign out"),
+        ("GET", "/console/keys", "My keys"),
+        ("POST", "/console/keys", "Issue a key to myself"),
+        ("POST", "/console/keys/{secret_name}/revoke", "Revoke a key"),
+        ("POST", "/console/keys/{secret_name}/rotate", "Rotate a key"),
+        ("GET", "/console/usage", "My usage and budget"),
+        ("GET", "/console/teams", "Teams (paged)"),
+        ("POST", "/console/teams", "Create a team"),
+        ("GET", "/console/teams/{team_id}", "A team: limits, members, keys, usage"),
+        ("POST", "/console/teams/{team_id}", "Edit a team's limits"),
+        ("GET", "/console/teams/{team_id}/delete", "What deleting a team takes with it"),
+        ("POST", "/console/teams/{team_id}/delete", "Delete a team"),
+        ("POST", "/console/teams/{team_id}/keys", "Issue a key in a team"),
+        ("POST", "/console/teams/{team_id}/members", "Add a member"),
+        ("POST", "/console/teams/{team_id}/members/{user_id}", "Change a member's role"),
+        ("POST", "/console/teams/{team_id}/members/{user_id}/remove", "Remove a member"),
+        ("GET", "/console/static/{name}", "The console's stylesheet and script"),
+    )
+)
+# What the local router and the cluster's HTTPRoute send to a function.
+HTTP_ROUTES: tuple[Route, ...] = ROUTES + PAGES
 
 
 # CloudEvent targets: deployed as functions like the HTTP ones, fed by Knative Eventing.

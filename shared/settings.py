@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.durations import normalize_window
+from shared.durations import normalize_window, window_ms
 
 
 def weak_admin_key(secret: str) -> bool:
@@ -297,10 +297,29 @@ class Settings(BaseSettings):
         "(TokenReview); platform admins by SubjectAccessReview on `admin` `teams.maas.opendatahub.io`.",
     )
 
+    # The web console (functions/console).
+    console_session_ttl: str = Field(
+        default="8h", validation_alias="MAAS_CONSOLE_SESSION_TTL",
+        description="Console: how long a sign-in lasts ('8h'); then the person signs in again. Sessions are "
+        "kept in the console's process: one process (make run; in a cluster the console runs as one pod).",
+    )
+    console_url: str | None = Field(
+        default=None, validation_alias="MAAS_CONSOLE_URL", pattern=r"^https://[^/?#\s]+$",
+        description="Console: its address as browsers see it (https://maas.example.com), where the identity "
+        "provider sends people back (<it>/console/oidc/callback, registered at the provider as the client's "
+        "redirect URI); unset: the address of the request, right for make run but not behind a gateway "
+        "that rewrites the Host.",
+    )
+
     @field_validator("oidc_issuer", "oidc_audience", "oidc_ca_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Manifests and .env files often carry `MAAS_OIDC_ISSUER=`: that means off, not an empty URL.
+        return None if value == "" else value
+
+    @field_validator("console_url", mode="before")
+    @classmethod
+    def _console_url_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("oidc_issuer")
@@ -326,7 +345,7 @@ class Settings(BaseSettings):
             raise ValueError("ADMIN_KEY must be a random secret of at least 16 characters, not a placeholder")
         return value
 
-    @field_validator("expired_key_retention", "audit_retention")
+    @field_validator("expired_key_retention", "audit_retention", "console_session_ttl")
     @classmethod
     def _duration(cls, value: str) -> str:
         return normalize_window(value)
@@ -335,6 +354,10 @@ class Settings(BaseSettings):
     def authorino_watch_label(self) -> tuple[str, str]:
         key, _, value = self.authorino_secret_label.partition("=")
         return key, value
+
+    @property
+    def console_session_ttl_s(self) -> float:
+        return window_ms(self.console_session_ttl) / 1000
 
     @property
     def admin_groups(self) -> tuple[str, ...]:

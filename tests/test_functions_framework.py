@@ -15,17 +15,19 @@ from pathlib import Path
 import httpx
 
 import main
-from shared.routes import EVENT_TARGETS, ROUTES
+from shared.routes import CONSOLE, EVENT_TARGETS, HTTP_ROUTES, PAGES, ROUTES, route_for
 from tests.runtime import ROOT
 
-_SAMPLE = {"team_id": "some-team", "user_id": "some-user", "secret_name": "apikey-a-b-0011aabb"}
+_SAMPLE = {"team_id": "some-team", "user_id": "some-user", "secret_name": "apikey-a-b-0011aabb", "name": "console.css"}
 
 
 def test_routing_table_and_exported_targets_agree() -> None:
     route_targets = {route.target for route in ROUTES}
-    assert len(route_targets) == len(ROUTES), "one target per route"
-    assert route_targets <= set(main.__all__)
-    assert set(main.__all__) <= route_targets | set(EVENT_TARGETS)
+    assert len(route_targets) == len(ROUTES), "one target per API route"
+    page_targets = {page.target for page in PAGES}
+    assert page_targets == {CONSOLE} and not page_targets & route_targets, "the console's pages are its own"
+    assert route_targets | page_targets <= set(main.__all__)
+    assert set(main.__all__) <= route_targets | page_targets | set(EVENT_TARGETS)
     for name in main.__all__:
         assert callable(getattr(main, name))
 
@@ -33,9 +35,9 @@ def test_routing_table_and_exported_targets_agree() -> None:
 def test_routing_table_has_no_ambiguous_routes() -> None:
     from shared.routes import resolve
 
-    for route in ROUTES:
+    for route in HTTP_ROUTES:
         path = route.path.format(**_SAMPLE)
-        assert resolve(route.method, path)[0] is route
+        assert resolve(route.method, path, HTTP_ROUTES)[0] is route
 
 
 def _free_port() -> int:
@@ -58,7 +60,8 @@ def test_every_target_starts_alone_and_answers_its_route(tmp_path: Path) -> None
     env = {**os.environ, "MAAS_DATA_DIR": str(tmp_path), "ADMIN_KEY": "k" * 40}
     env = {k: v for k, v in env.items() if k != "FUNCTION_TARGET"}
     started = {}
-    for route in ROUTES:
+    # The console's sign-in page stands for its pages: HTML, public, setting its session cookie.
+    for route in (*ROUTES, route_for(CONSOLE, PAGES)):
         port = _free_port()
         process = subprocess.Popen(
             image_command(route.target, port),
@@ -78,6 +81,12 @@ def test_every_target_starts_alone_and_answers_its_route(tmp_path: Path) -> None
                     assert process.poll() is None, process.stderr.read() if process.stderr else ""
                     assert time.monotonic() < deadline, f"{route.target} did not start"
                     time.sleep(0.2)
+            if route.target == CONSOLE:
+                assert reply.status_code == 303 and reply.headers["location"] == "/console/signin"
+                signin = httpx.get(base + "/console/signin", timeout=5)
+                assert signin.status_code == 200 and "Admin key" in signin.text, signin.text
+                assert "HttpOnly" in signin.headers["set-cookie"]
+                continue
             expected = 200 if route.auth == "none" else 401
             assert reply.status_code == expected, (route.target, reply.text)
             assert "error" in reply.json() or expected == 200

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -356,6 +357,60 @@ def run_writer(run: Run) -> None:
         run.problems.append("the TokenRateLimitPolicy outlived the last team")
 
 
+def run_console(run: Run) -> None:
+    """A platform admin's session in the console, its pages in the order the writer's calls go: the
+    console acts through the API's targets, so it needs what they need, and lists the models."""
+    from local.admin import create_admin_app
+
+    client = create_admin_app().test_client()
+
+    def page(method: str, path: str, expect: int = 200, **form: str) -> str:
+        form_data = {"csrf": csrf[0], **form} if method == "POST" else None
+        answer = client.open(path, method=method, data=form_data, base_url="https://console.test")
+        text = answer.get_data(as_text=True)
+        if answer.status_code != expect:
+            shown = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text.partition("<main")[2]))
+            run.problems.append(f"console {method} {path}: {answer.status_code} {shown.strip()[:200]}")
+        found = re.search(r'name="csrf" value="([^"]+)"', text)
+        if found:
+            csrf[0] = found.group(1)
+        return text
+
+    csrf = [""]
+
+    def calls() -> None:
+        page("GET", "/console/signin")
+        page("POST", "/console/signin", 303, admin_key=ADMIN_KEY)
+        page("GET", "/console/keys")
+        page("POST", "/console/teams", 303, team_id="gamma", token_limit="500", time_window="1h")
+        page("GET", "/console/teams")
+        if "granite-8b" not in page("GET", "/console/teams/alpha"):
+            run.problems.append("console: the key form offers no models")
+        page("POST", "/console/teams/alpha/members", 303, user_id="erin", role="member")
+        page("POST", "/console/teams/alpha/members/erin", 303, role="admin")
+        issued = page("POST", "/console/teams/alpha/keys", 201, user_id="erin", alias="from-console")
+        handle = re.search(r"<code>(apikey-erin-alpha-[0-9a-f]+)</code>", issued)
+        page("POST", f"/console/keys/{handle.group(1) if handle else 'missing'}/revoke", 303)
+        page("POST", f"/console/keys/{run.seed.keys['alice'][0]}/rotate", 201, grace_period="1h")
+        page("POST", "/console/teams/alpha/members/erin/remove", 303)
+        page("GET", "/console/usage")
+        routed(run, models=True)
+        drift(run)
+        page("POST", "/console/teams/alpha", 303, token_limit="5000", team_name="Alpha")  # repairs the edit
+        repaired(run)
+        remove_models(run)
+        for team in ("gamma", "alpha", "beta"):
+            page("GET", f"/console/teams/{team}/delete")
+            page("POST", f"/console/teams/{team}/delete", 303)
+        routed(run, models=False)
+        page("POST", "/console/signout", 303)
+
+    run.audited(calls)
+    repaired(run)
+    if run.double.get("secrets", run.settings.store_namespace, run.seed.keys["dave"][0]) is not None:
+        run.problems.append("beta's keys outlived their team")
+
+
 def run_cleanup(run: Run) -> None:
     """The sweep (marks and deletes the expired key, deletes the orphan, prunes the audit log,
     creates the policies), then two teams' deletion events after hand edits of the policies:
@@ -391,6 +446,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "reader": run_reader,
     "models": run_models,
     "writer": run_writer,
+    "console": run_console,
     "cleanup": run_cleanup,
 }
 # Which targets each scenario calls: every target of the account, and only those.
@@ -402,6 +458,7 @@ CALLED = {
     "models": {"list_models", "list_openai_models"},
     "writer": {"create_key", "revoke_key", "rotate_key", "delete_key", "delete_key_legacy", "create_team", "update_team",
                "delete_team", "add_member", "update_member", "remove_member", "create_my_key"},
+    "console": {"console"},
     "cleanup": {"cleanup"},
 }
 

@@ -16,13 +16,14 @@ import yaml
 
 from shared.modelroute import managed_route_objects
 from shared.policies import generate_policies
-from shared.routes import EVENT_TARGETS, ROUTES, Route
+from shared.routes import CONSOLE, EVENT_TARGETS, HTTP_ROUTES, PAGES, ROUTES, Route
 from shared.settings import Settings
 from tests import crds
 from tools import manifests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_VALUES = {"team_id": "team-a1", "user_id": "User.name_1-x", "secret_name": "apikey-u-team-a1-0a1b2c3d"}
+SAMPLE_VALUES = {"team_id": "team-a1", "user_id": "User.name_1-x", "secret_name": "apikey-u-team-a1-0a1b2c3d",
+                 "name": "console.css"}
 
 
 def run_manifests(out_dir: Path, *args: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -128,7 +129,7 @@ def test_every_document_is_strictly_valid_with_a_keys_namespace() -> None:
     moved = {(kind, name) for _, kind, namespace, name in seen if namespace == "llm-keys"}
     assert moved == {("ApiServerSource", "maas-team-secrets"), ("ServiceAccount", "maas-events"),
                      ("Role", "maas-events"), ("RoleBinding", "maas-events")} | {
-        (kind, manifests.account_name(account)) for account in ("reader", "models", "writer", "cleanup")
+        (kind, manifests.account_name(account)) for account in ("reader", "models", "writer", "cleanup", "console")
         for kind in ("Role", "RoleBinding")}
     assert {namespace for _, _, namespace, _ in seen} == {"llm", "llm-keys", None}
     assert {(kind, name) for _, kind, namespace, name in seen if namespace is None} == CLUSTER_SCOPED
@@ -153,7 +154,7 @@ def test_rendering_is_deterministic() -> None:
 
 def test_every_target_has_a_scale_to_zero_knative_service(rendered: list[dict[str, Any]]) -> None:
     services = named(rendered, "Service")
-    targets = {route.target for route in ROUTES} | set(EVENT_TARGETS)
+    targets = {route.target for route in HTTP_ROUTES} | set(EVENT_TARGETS)
     images = set()
 
     assert set(services) == {manifests.service_name(t) for t in targets}
@@ -179,7 +180,7 @@ def test_admin_key_reaches_only_the_functions_that_check_it(rendered: list[dict[
     services = named(rendered, "Service")
     secret = named(rendered, "Secret")[manifests.ADMIN_KEY_SECRET]
     assert "ADMIN_KEY" in secret["stringData"]
-    for route in ROUTES:
+    for route in HTTP_ROUTES:
         container = services[manifests.service_name(route.target)]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e for e in container["env"]}
         if route.auth == "none":
@@ -232,7 +233,7 @@ def test_the_functions_render_the_model_route_with_the_deployments_settings(sett
 
 
 def test_every_route_is_matched_by_exactly_its_function(rendered: list[dict[str, Any]]) -> None:
-    for route in ROUTES:
+    for route in HTTP_ROUTES:
         path = sample_path(route)
         assert matching_backends(rendered, route.method, path) == [manifests.service_name(route.target)], (
             route.method,
@@ -247,13 +248,13 @@ def test_the_httproute_matches_nothing_else(rendered: list[dict[str, Any]]) -> N
         for rule in route["spec"]["rules"]
         for match in rule["matches"]
     ]
-    # One match per route, each for a route of the table: no extra method or path is let through.
-    assert len(matches) == len(ROUTES)
+    # One match per route or page, each for one of the tables: no extra method or path is let through.
+    assert len(matches) == len(HTTP_ROUTES)
     for match in matches:
-        owners = [r for r in ROUTES if rule_matches(match, r.method, sample_path(r))]
+        owners = [r for r in HTTP_ROUTES if rule_matches(match, r.method, sample_path(r))]
         assert len(owners) == 1, match
 
-    known = {(r.method, sample_path(r)) for r in ROUTES}
+    known = {(r.method, sample_path(r)) for r in HTTP_ROUTES}
     strangers = [
         ("PUT", "/teams"),
         ("GET", "/teams/"),
@@ -261,7 +262,13 @@ def test_the_httproute_matches_nothing_else(rendered: list[dict[str, Any]]) -> N
         ("GET", "/teams/a/keys/b"),
         ("POST", "/teams/a"),
         ("GET", "/keys/x"),
-        ("GET", "/"),
+        ("POST", "/"),
+        ("GET", "/index.html"),
+        ("GET", "/console"),
+        ("GET", "/console/"),
+        ("PUT", "/console/keys"),
+        ("GET", "/console/teams/a/b/c"),
+        ("GET", "/console/static/a/b"),
         ("GET", "/teamsx"),
         ("GET", "/health/"),
         ("POST", "/v1/chat/completions"),
@@ -269,6 +276,21 @@ def test_the_httproute_matches_nothing_else(rendered: list[dict[str, Any]]) -> N
     for method, path in strangers:
         assert (method, path) not in known
         assert matching_backends(rendered, method, path) == [], (method, path)
+
+
+def test_the_console_is_one_rule_on_one_single_pod_service(rendered: list[dict[str, Any]]) -> None:
+    """Its pages share a rule (rule names are unique, one per target); its sessions live in its
+    process, so it never scales past one pod, and it checks the admin key, so it gets it."""
+    rules = [rule for route in of_kind(rendered, "HTTPRoute") for rule in route["spec"]["rules"]
+             if rule["backendRefs"][0]["name"] == manifests.service_name(CONSOLE)]
+    assert len(rules) == 1 and rules[0]["name"] == "console" and len(rules[0]["matches"]) == len(PAGES)
+    service = named(rendered, "Service")[manifests.service_name(CONSOLE)]
+    template = service["spec"]["template"]
+    assert template["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"] == "1"
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    assert "ADMIN_KEY" in env and template["spec"]["serviceAccountName"] == manifests.function_account(CONSOLE)
+    names = [rule["name"] for route in of_kind(rendered, "HTTPRoute") for rule in route["spec"]["rules"]]
+    assert len(names) == len(set(names))
 
 
 def test_backends_are_the_rendered_services(rendered: list[dict[str, Any]]) -> None:
@@ -298,7 +320,7 @@ def test_the_admin_api_is_exempt_from_the_api_key_policy(rendered: list[dict[str
 def test_many_routes_spill_into_further_valid_httproutes() -> None:
     routes = tuple(Route("GET", f"/r{i}/{{team_id}}", f"target_{i}", "synthetic", access="platform") for i in range(35))
     settings = Settings(api_hostname="keys.example.com")
-    documents = manifests.http_routes(settings, routes)
+    documents = manifests.http_routes(settings, routes, pages=())
 
     assert [len(d["spec"]["rules"]) for d in documents] == [16, 16, 3]
     assert [d["metadata"]["name"] for d in documents] == [
@@ -384,7 +406,7 @@ def test_rbac_grants_each_function_what_it_needs(rendered: list[dict[str, Any]])
     models = ("serving.kserve.io", "inferenceservices"), ("serving.kserve.io", "llminferenceservices")
     assert grants["models"] == {("", "secrets"): {"list"}, ("", "configmaps"): {"create"}} | {m: {"list"} for m in models}
     writes = {"get", "list", "create", "patch", "delete"}
-    for account in ("writer", "cleanup"):
+    for account in ("writer", "cleanup", "console"):
         for policy in ("authpolicies", "tokenratelimitpolicies"):
             assert {"get", "create", "update"} <= grants[account][("kuadrant.io", policy)]
         assert {"get", "create", "update"} <= grants[account][("extensions.kuadrant.io", "telemetrypolicies")]
@@ -393,6 +415,9 @@ def test_rbac_grants_each_function_what_it_needs(rendered: list[dict[str, Any]])
         assert "delete" not in grants[account][("kuadrant.io", "authpolicies")]
     assert grants["writer"][("", "secrets")] == writes | {"deletecollection"}  # a deleted team's memberships
     assert grants["writer"][("", "configmaps")] == {"create"}
+    # The console acts through the writers' and readers' targets, and lists models for its forms.
+    assert grants["console"][("", "secrets")] == writes | {"deletecollection"}
+    assert grants["console"][("", "configmaps")] == {"create"}
     assert grants["cleanup"][("", "secrets")] == writes - {"create"}
     assert grants["cleanup"][("", "configmaps")] == {"list", "delete"}
     # The models account lists models, and so do the policy writers (the maas-models route is

@@ -32,7 +32,7 @@ from shared.gatewayapi import HTTP_ROUTE_API, MAX_RULES_PER_ROUTE, gateway_paren
 from shared.kubeidentity import PLATFORM_ADMIN, REVIEWER_RULES
 from shared.modelroute import managed_route_objects
 from shared.policies import generate_policies, managed_policies
-from shared.routes import EVENT_TARGETS, ROUTES, Route
+from shared.routes import CONSOLE, EVENT_TARGETS, HTTP_ROUTES, PAGES, ROUTES, Route
 from shared.schemas import TeamCreate
 from shared.settings import Settings
 from shared.store.base import Team
@@ -77,7 +77,7 @@ def path_match(path: str) -> dict[str, str]:
 def function_targets() -> list[str]:
     """Every deployable target, HTTP ones in routing-table order, then the event ones."""
     targets: list[str] = []
-    for target in [route.target for route in ROUTES] + list(EVENT_TARGETS):
+    for target in [route.target for route in HTTP_ROUTES] + list(EVENT_TARGETS):
         if target not in targets:
             targets.append(target)
     return targets
@@ -93,6 +93,10 @@ def knative_service(target: str, settings: Settings, func: dict[str, Any], image
         annotations["autoscaling.knative.dev/target"] = str(scale["target"])
     if "metric" in scale:
         annotations["autoscaling.knative.dev/metric"] = scale["metric"]
+    if target == CONSOLE:
+        # The console keeps its sessions in its process (functions/console/sessions.py): one pod,
+        # or a person would be signed out whenever a request reached another.
+        annotations["autoscaling.knative.dev/max-scale"] = "1"
 
     env: list[dict[str, Any]] = [
         {"name": "FUNCTION_TARGET", "value": target},
@@ -101,7 +105,7 @@ def knative_service(target: str, settings: Settings, func: dict[str, Any], image
         # `kubernetes.podspec-fieldref` (off by default); tests/cluster/test_knative.py.
         {"name": "MAAS_NAMESPACE", "value": settings.namespace},
     ]
-    http_route = next((route for route in ROUTES if route.target == target), None)
+    http_route = next((route for route in HTTP_ROUTES if route.target == target), None)
     if http_route is None:
         env.append({"name": "FUNCTION_SIGNATURE_TYPE", "value": "cloudevent"})
     if http_route is not None and http_route.auth != "none":
@@ -205,9 +209,13 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ routing
 
 
-def http_routes(settings: Settings, routes: Sequence[Route] = ROUTES) -> list[dict[str, Any]]:
-    """HTTPRoutes sending each (method, path) of the routing table to its function's Service."""
-    rules = [_rule(route, settings) for route in routes]
+def http_routes(settings: Settings, routes: Sequence[Route] = ROUTES,
+                pages: Sequence[Route] = PAGES) -> list[dict[str, Any]]:
+    """HTTPRoutes sending each (method, path) of the routing table to its function's Service: a
+    rule per API route, and one per console target with a match per page (a rule holds up to 64)."""
+    rules = [_rule(route, settings=settings) for route in routes]
+    for target in dict.fromkeys(page.target for page in pages):
+        rules.append(_rule(*[page for page in pages if page.target == target], settings=settings))
     chunks = [rules[i : i + MAX_RULES_PER_ROUTE] for i in range(0, len(rules), MAX_RULES_PER_ROUTE)]
     documents = []
     for index, chunk in enumerate(chunks):
@@ -232,15 +240,16 @@ def http_routes(settings: Settings, routes: Sequence[Route] = ROUTES) -> list[di
     return documents
 
 
-def _rule(route: Route, settings: Settings) -> dict[str, Any]:
+def _rule(route: Route, *more: Route, settings: Settings) -> dict[str, Any]:
+    """One rule for `route` (and `more` routes of the same target: the console's pages)."""
     name = service_name(route.target)
     rule: dict[str, Any] = {}
     if settings.route_rule_names:
         # `rules[].name` is Standard from Gateway API v1.4.0 (Experimental from v1.2.0); older CRDs
         # prune or reject it, hence MAAS_ROUTE_RULE_NAMES=false (tests/cluster/test_gateway_api.py).
-        rule["name"] = rule_name(route)
+        rule["name"] = rule_name(route) if not more else route.target.replace("_", "-")
     return rule | {
-        "matches": [{"path": path_match(route.path), "method": route.method}],
+        "matches": [{"path": path_match(r.path), "method": r.method} for r in (route, *more)],
         # Knative's local gateway routes by Host: to the function's cluster-local name.
         "filters": [host_rewrite(f"{name}.{settings.namespace}.svc.cluster.local")],
         "backendRefs": [backend_ref(route, settings)],
@@ -338,6 +347,7 @@ FUNCTION_ACCOUNTS: dict[str, str] = {
     "update_team": "writer",
     "delete_team": "writer",
     "cleanup": "cleanup",
+    "console": "console",
 }
 # What each account may do: Secrets and ConfigMaps (the store) in the keys namespace, the models
 # in MAAS_NAMESPACE (rule_namespace); the policy writers also get the policies Role.
@@ -366,6 +376,13 @@ ACCOUNT_RULES: dict[str, list[dict[str, Any]]] = {
     # the resourceVersion read. deletecollection removes a deleted team's memberships in one
     # request (by label) instead of one per member; it adds no power to list plus delete.
     "writer": [{"apiGroups": [""], "resources": ["secrets"], "verbs": [*_WRITE_SECRETS, "deletecollection"]}, _AUDIT],
+    # The console does what a person may do through the API's targets, in its process: the
+    # writer's grants, and listing the models for the key forms.
+    "console": [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": [*_WRITE_SECRETS, "deletecollection"]},
+        _AUDIT,
+        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices", "llminferenceservices"], "verbs": ["list"]},
+    ],
     # Marks expired keys, deletes orphaned and long-expired ones, prunes the audit log.
     "cleanup": [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "patch", "delete"]},
@@ -373,8 +390,8 @@ ACCOUNT_RULES: dict[str, list[dict[str, Any]]] = {
     ],
 }
 # Whose work ends in sync_policies: team changes, a rotation that shortens the old key's expiry
-# (shared.keys.rotate_key), and cleanup.
-POLICY_WRITERS = ("writer", "cleanup")
+# (shared.keys.rotate_key), and cleanup; the console makes the first two as a person asks.
+POLICY_WRITERS = ("writer", "cleanup", "console")
 
 
 def account_name(account: str) -> str:
@@ -494,6 +511,7 @@ def reviewer_accounts() -> list[str]:
     """The accounts of the functions that check admin credentials: they may be handed a
     Kubernetes user token (shared.kubeidentity) and must review it."""
     checking = {FUNCTION_ACCOUNTS[route.target] for route in ROUTES if route.auth != "none"}
+    # The console signs in with the admin key or the identity provider only: no Kubernetes token.
     return [account for account in ACCOUNT_RULES if account in checking]
 
 

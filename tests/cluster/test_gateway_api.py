@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from shared.routes import ROUTES, Route
+from shared.routes import HTTP_ROUTES, PAGES, ROUTES, Route
 from shared.settings import Settings
 from tests import crds
 from tools import manifests
@@ -142,10 +142,14 @@ def backends(route: JSON, documents: list[JSON], settings: Settings) -> Iterator
 
 
 def _function_of(rule: JSON) -> str:
-    (match,) = rule["matches"]
-    owners = [r for r in ROUTES if r.method == match["method"] and manifests.path_match(r.path) == match["path"]]
-    assert len(owners) == 1, match
-    return manifests.service_name(owners[0].target)
+    """The one function a rule's matches (one per API route; the console's pages, one each) go to."""
+    targets = set()
+    for match in rule["matches"]:
+        owners = [r for r in HTTP_ROUTES if r.method == match["method"] and manifests.path_match(r.path) == match["path"]]
+        assert len(owners) == 1, match
+        targets.add(owners[0].target)
+    assert len(targets) == 1, rule["matches"]
+    return manifests.service_name(targets.pop())
 
 
 def _grants(grant: JSON, from_namespace: str, service: str, namespace: str) -> bool:
@@ -178,7 +182,7 @@ def test_every_rendered_httproute_keeps_the_gateway_api_rules(rendering: str) ->
     documents = manifests.render(settings)
     routes = _routes(documents)
     assert routes
-    assert sum(len(r["spec"]["rules"]) for r in routes) == len(ROUTES)
+    assert sum(len(r["spec"]["rules"]) for r in routes) == len(ROUTES) + len({page.target for page in PAGES})
     assert {r["metadata"]["name"]: route_errors(r, documents, settings) for r in routes} == {
         r["metadata"]["name"]: [] for r in routes
     }
@@ -191,7 +195,7 @@ def test_spilled_routes_keep_the_rules_too(named: bool) -> None:
     """Past 16 routes the renderer opens another HTTPRoute: every one of them stays in bounds."""
     table = tuple(Route("GET", f"/r{i}/{{team_id}}", f"target_{i}", "synthetic") for i in range(40))
     settings = Settings(route_rule_names=named)
-    routes = manifests.http_routes(settings, table)
+    routes = manifests.http_routes(settings, table, pages=())
     assert len(routes) == 3
     for route in routes:
         assert list(route_limits(route)) == [] and list(rule_names(route, named=named)) == []
