@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench manifests clean reset
+.PHONY: help venv run test bench manifests screenshots clean reset
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,10 +28,11 @@ venv: $(STAMP) ## Create the virtualenv from the pinned requirements
 run: $(STAMP) ## Serve every function, the gateway and the model simulator on this machine
 	@$(BIN)/python -m local serve
 
-test: $(STAMP) ## Run the test suite (installs Debian's prometheus and redis-server for the tests when missing)
+test: $(STAMP) ## Run the test suite (installs Debian's prometheus, redis-server and chromium for the tests when missing)
 	@bash tools/ensure_prometheus.sh
 	@bash tools/ensure_redis.sh
 	@bash tools/ensure_oidc_provider.sh
+	@bash tools/ensure_chromium.sh
 	@command -v jq >/dev/null && command -v curl >/dev/null || \
 		(echo "installing curl and jq (the quickstart test pastes curl | jq) ..." && \
 		 apt-get update -qq && apt-get install -y -qq --no-install-recommends curl jq >/dev/null)
@@ -39,6 +40,11 @@ test: $(STAMP) ## Run the test suite (installs Debian's prometheus and redis-ser
 
 bench: $(STAMP) ## Benchmark the gateway against a direct backend, then the admin side at 100k keys (ARGS="--only admin --quick")
 	@$(BIN)/python -m bench $(ARGS)
+
+screenshots: $(STAMP) ## Photograph the console's main pages into docs/screenshots/ (with Debian's chromium)
+	@bash tools/ensure_oidc_provider.sh
+	@bash tools/ensure_chromium.sh
+	@$(BIN)/python -m tools.screenshots
 
 manifests: $(STAMP) ## Render the cluster deployment to dist/manifests.yaml, its starting policies to dist/policies.yaml
 	@$(BIN)/python -m tools.manifests --out dist/manifests.yaml --policies-out dist/policies.yaml
