@@ -193,7 +193,7 @@ def test_every_rendered_httproute_keeps_the_gateway_api_rules(rendering: str) ->
 @pytest.mark.parametrize("named", [True, False])
 def test_spilled_routes_keep_the_rules_too(named: bool) -> None:
     """Past 16 routes the renderer opens another HTTPRoute: every one of them stays in bounds."""
-    table = tuple(Route("GET", f"/r{i}/{{team_id}}", f"target_{i}", "synthetic") for i in range(40))
+    table = tuple(Route("GET", f"/r{i}/{{team_id}}", f"target_{i}", "synthetic", access="platform") for i in range(40))
     settings = Settings(route_rule_names=named)
     routes = manifests.http_routes(settings, table, pages=())
     assert len(routes) == 3

@@ -20,7 +20,7 @@ from shared import cleanup
 from shared.keymaterial import generate_admin_key
 from shared.policies import auth_policy
 from shared.settings import Settings
-from shared.store.kubeshapes import team_secret_name
+from shared.store.kubeshapes import member_secret_name, team_secret_name
 from tests.admin_client import DirectClient
 from tests.cluster.authorino import Authorino
 from tests.cluster.deployment import deployed, new_key
@@ -60,7 +60,9 @@ def test_the_store_writes_only_in_the_keys_namespace(cluster) -> None:
     double, api, settings = cluster
     key = new_key(api)
     assert settings.store_namespace == KEYS and settings.namespace == FUNCTIONS
-    assert set(double.names("secrets", KEYS)) == {team_secret_name("alpha"), key["secret_name"]}
+    # The team, the key, and the membership the key made (one Secret per member).
+    assert set(double.names("secrets", KEYS)) == {team_secret_name("alpha"), key["secret_name"],
+                                                   member_secret_name("alpha", "alice")}
     assert any(name.startswith("maas-audit-") for name in double.names("configmaps", KEYS))
     assert double.names("secrets", FUNCTIONS) == [] and double.names("configmaps", FUNCTIONS) == []
 
