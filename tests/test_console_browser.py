@@ -153,7 +153,7 @@ def test_a_member_signs_in_with_the_provider_sees_member_pages_only_and_watches_
     expect(page).to_have_url(re.compile("/console/keys$"))
     expect(page.get_by_text("Signed in as")).to_contain_text("mona")
     nav = page.get_by_role("navigation", name="Console")
-    expect(nav.get_by_role("link")).to_have_text(["My keys", "My usage"])
+    expect(nav.get_by_role("link")).to_have_text(["My keys", "My usage", "Models"])
     cookies = {cookie["name"]: cookie for cookie in browser.cookies()}
     session = cookies["__Host-maas-console"]
     assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Lax"

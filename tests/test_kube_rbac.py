@@ -391,9 +391,12 @@ def run_console(run: Run) -> None:
         issued = page("POST", "/console/teams/alpha/keys", 201, user_id="erin", alias="from-console")
         handle = re.search(r"<code>(apikey-erin-alpha-[0-9a-f]+)</code>", issued)
         page("POST", f"/console/keys/{handle.group(1) if handle else 'missing'}/revoke", 303)
+        page("POST", f"/console/keys/{handle.group(1) if handle else 'missing'}/delete", 303)
         page("POST", f"/console/keys/{run.seed.keys['alice'][0]}/rotate", 201, grace_period="1h")
         page("POST", "/console/teams/alpha/members/erin/remove", 303)
         page("GET", "/console/usage")
+        if "granite-8b" not in page("GET", "/console/models"):
+            run.problems.append("console: the models page lists no models")
         routed(run, models=True)
         drift(run)
         page("POST", "/console/teams/alpha", 303, token_limit="5000", team_name="Alpha")  # repairs the edit

@@ -11,6 +11,7 @@ and is kept nowhere.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -39,6 +40,8 @@ log = logging.getLogger("maas.console")
 HERE = Path(__file__).resolve().parent
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 PAGE_SIZE = 25
+# A console link as the pages write them: nothing else may reach a redirect's Location.
+_LOCAL_LINK = re.compile(r"^/console/[A-Za-z0-9._~/?=&%-]*$")
 # Pages anyone may open; every other page needs a signed-in session.
 OPEN = {("GET", "/"), ("GET", "/console/signin"), ("POST", "/console/signin"), ("GET", "/console/signin/oidc"),
         ("GET", "/console/oidc/callback"), ("GET", "/console/static/{name}")}
@@ -135,7 +138,7 @@ class Page:
             route, _ = resolve("GET", given.partition("?")[0], PAGES)
         except MaasError:
             return default
-        return given if route.path != "/" and given.startswith("/console/") and "\\" not in given else default
+        return given if route.path != "/" and _LOCAL_LINK.match(given) else default
 
     def anonymous_session(self) -> Session:
         if self.session is None:
@@ -156,7 +159,7 @@ def _nav(page: Page) -> dict[str, Any]:
     if page.session is None or page.session.signed is None:
         return {"me": None, "links": []}
     me = page.me()
-    links = [("My keys", "/console/keys"), ("My usage", "/console/usage")]
+    links = [("My keys", "/console/keys"), ("My usage", "/console/usage"), ("Models", "/console/models")]
     if me["platform_admin"]:
         links.append(("Teams", "/console/teams"))
     for team in me["teams"]:
@@ -366,6 +369,17 @@ def revoke_key(page: Page) -> flask.Response:
     return redirect(back)
 
 
+def delete_key(page: Page) -> flask.Response:
+    secret_name = page.params["secret_name"]
+    back = page.back("/console/keys")
+    answer = page.api("delete_key", params={"secret_name": secret_name})
+    if not answer.ok:
+        return refused(page, answer, "The key was not deleted", back=back)
+    assert page.session is not None
+    page.session.flash(f"Key {secret_name} deleted: it no longer works, and is no longer listed.")
+    return redirect(back)
+
+
 def rotate_key(page: Page) -> flask.Response:
     secret_name = page.params["secret_name"]
     back = page.back("/console/keys")
@@ -374,6 +388,16 @@ def rotate_key(page: Page) -> flask.Response:
     if not answer.ok:
         return refused(page, answer, "The key was not rotated", back=back)
     return key_created(page, answer.body, back=back, rotated=secret_name)
+
+
+def models_page(page: Page) -> flask.Response:
+    page.me()
+    authorize(route_for("list_models").access, page.caller, page.ctx.store, params={}, query={})
+    try:
+        models = page.ctx.catalog().list_models()
+    except MaasError as exc:
+        return problem(page, exc.status, "The models cannot be listed", exc.message)
+    return render(page, "models.html", title="Models", models=models)
 
 
 # -- usage -------------------------------------------------------------------------------------
@@ -604,6 +628,8 @@ VIEWS: dict[tuple[str, str], Callable[[Page], flask.Response]] = {
     ("POST", "/console/keys"): create_my_key,
     ("POST", "/console/keys/{secret_name}/revoke"): revoke_key,
     ("POST", "/console/keys/{secret_name}/rotate"): rotate_key,
+    ("POST", "/console/keys/{secret_name}/delete"): delete_key,
+    ("GET", "/console/models"): models_page,
     ("GET", "/console/usage"): my_usage,
     ("GET", "/console/teams"): teams_page,
     ("POST", "/console/teams"): create_team,
