@@ -105,10 +105,12 @@ def test_an_admin_creates_a_team_issues_a_key_sees_it_used_and_revokes_it(runtim
     expect(page).to_have_url(re.compile(f"/console/teams/{TEAM}$"))
     expect(page.get_by_role("status")).to_contain_text(f"Team {TEAM} created")
 
-    page.get_by_text("Add a member").click()
-    page.get_by_label("User id", exact=True).first.fill("mona")
-    page.get_by_role("button", name="Add member").click()
-    expect(page.get_by_role("status")).to_contain_text(f"mona is now a member of team {TEAM}")
+    for user, role in (("mona", "member"), ("tara", "admin")):
+        page.get_by_text("Add a member").click()
+        page.get_by_label("User id", exact=True).first.fill(user)
+        page.get_by_label("Role", exact=True).select_option(role)
+        page.get_by_role("button", name="Add member").click()
+        expect(page.get_by_role("status")).to_contain_text(f"{user} is now a {role} of team {TEAM}")
 
     page.get_by_text("Issue a key").click()
     form = page.locator(f"form[action='/console/teams/{TEAM}/keys']")
@@ -190,4 +192,17 @@ def test_a_member_signs_in_with_the_provider_sees_member_pages_only_and_watches_
     page.goto(runtime.admin_url + "/console/keys")
     expect(page).to_have_url(re.compile("/console/signin$"))
     visits.take()
-    assert len(visits.pages) == 3 and visits.holding(key) == []
+
+    # A team admin: their team's page (members, keys, usage; its limits only to read), no other.
+    oidc_provider.login_as(sub="tara")
+    page.get_by_role("link", name="Sign in with your identity provider").click()
+    nav.get_by_role("link", name=f"Team {TEAM}").click()
+    expect(page.get_by_role("heading", name="Members")).to_be_visible()
+    expect(page.get_by_role("table", name=re.compile("key\\(s\\)"))).to_contain_text("laptop")
+    expect(page.get_by_text("A platform admin sets a team's limits.")).to_be_visible()
+    assert page.get_by_role("button", name="Save limits").count() == 0
+    assert page.get_by_role("link", name=re.compile("delete", re.I)).count() == 0
+    visits.take()
+    answer = page.goto(runtime.admin_url + "/console/teams")
+    assert answer is not None and answer.status == 403
+    assert len(visits.pages) == 4 and visits.holding(key) == []
