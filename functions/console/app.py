@@ -10,6 +10,7 @@ and is kept nowhere.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -30,9 +31,10 @@ from shared import audit
 from shared.access import Caller, authorize
 from shared.auth import is_admin
 from shared.context import Context
-from shared.errors import BackendUnavailable, MaasError, MethodNotAllowed, NotFound, Unauthorized
+from shared.durations import window_ms
+from shared.errors import BackendUnavailable, MaasError, MethodNotAllowed, NotFound
 from shared.routes import CONSOLE, PAGES, Route, resolve, route_for
-from shared.signin import SignedIn
+from shared.signin import ADMIN_KEY_IDENTITY, SignedIn
 from shared.store import Team
 
 log = logging.getLogger("maas.console")
@@ -247,8 +249,6 @@ def signin_admin_key(page: Page) -> flask.Response:
     if not is_admin(settings, page.request.form.get("admin_key", "")):
         _audit_sign(page, None, 401)
         return signin_form(page, status=401, error="That is not the admin key.")
-    from shared.signin import ADMIN_KEY_IDENTITY
-
     return _signed_in(page, SignedIn(ADMIN_KEY_IDENTITY, platform_admin=True))
 
 
@@ -301,8 +301,6 @@ def oidc_callback(page: Page) -> flask.Response:
 
 
 def _same(given: str, expected: str) -> bool:
-    import hmac
-
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
@@ -452,8 +450,6 @@ def _budget(page: Page, my_team: Mapping[str, Any], now: datetime) -> dict[str, 
         team: Team = page.ctx.store.get_team(team_id=my_team["team_id"])
     except NotFound:
         return None
-    from shared.durations import window_ms
-
     length = timedelta(milliseconds=window_ms(team.time_window))
     who = {"team_id": team.team_id} if team.limit_scope == "team" else {"team_id": team.team_id,
                                                                         "user_id": caller.user_id}
