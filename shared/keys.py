@@ -10,11 +10,19 @@ a moment after its key is made.
 Rotation issues the successor first and only then shortens the old key (to the end of its grace
 period, or revokes it when there is none), so a failure half-way never leaves the user without
 a working key; if shortening fails, the successor is removed again and the error reported.
+A key already rotated is not rotated again (its successor is): each rotation of one old key in
+its grace would otherwise add a live key, past the team's max_keys_per_user.
+
+The team's max_keys_per_user is counted and the key issued under a lock per (team, user), so
+parallel requests in one process cannot pass it together; processes (several pods of a
+function) are not serialized with each other.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -42,6 +50,13 @@ from shared.store import ApiKey, Team
 from shared.store.base import KeyChanges
 
 log = logging.getLogger("maas.keys")
+
+# Striped: one lock per (team, user) would grow without bound; a shared stripe only waits.
+_CAP_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+def _cap_lock(team_id: str, user_id: str) -> threading.Lock:
+    return _CAP_LOCKS[zlib.crc32(f"{team_id}/{user_id}".encode()) % len(_CAP_LOCKS)]
 
 
 def _public_fields(key: ApiKey, team: Team, now: datetime) -> dict[str, object]:
@@ -122,12 +137,14 @@ def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
                                    team.max_key_lifetime,
                                    "expires_at" if request.expires_at is not None else "expires_in"),
     )
-    if team.max_keys_per_user is not None:
+    if team.max_keys_per_user is None:
+        return _issue(ctx, team, template, warnings)
+    with _cap_lock(team_id, request.user_id):  # count and issue as one step (module docstring)
         held = sum(1 for key in ctx.store.list_keys(team_id=team_id, user_id=request.user_id) if usable(key, now))
         if held >= team.max_keys_per_user:
             raise Conflict(f"'{request.user_id}' already holds {held} active key(s) in team '{team_id}', its "
                            f"max_keys_per_user: revoke one first")
-    return _issue(ctx, team, template, warnings)
+        return _issue(ctx, team, template, warnings)
 
 
 @dataclass(frozen=True)
@@ -168,6 +185,8 @@ def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> Rotation:
     now = ctx.clock()
     if not usable(old, now):
         raise Conflict(f"key '{secret_name}' is {effective_status(old, now)}: issue a new key instead")
+    if old.replaced_by is not None:
+        raise Conflict(f"key '{secret_name}' was rotated already: rotate its successor '{old.replaced_by}' instead")
     team = ctx.store.get_team(team_id=old.team_id)
     if request.expires_in is None and request.expires_at is None and old.expires_at is not None:
         # The new key lives as long as the old one was meant to: a rotation keeps the policy.

@@ -7,6 +7,8 @@ them a member if they are not one; removing a member revokes their keys in that 
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter, ValidationError
+
 from shared import identifiers
 from shared.access import Caller
 from shared.context import Context
@@ -25,6 +27,17 @@ from shared.schemas import (
     PageQuery,
 )
 from shared.store import Member
+
+_EMAIL = TypeAdapter(KeyCreate.model_fields["user_email"].annotation)
+
+
+def _key_email(email: str | None) -> str:
+    """The caller's email for their key, or "" when the provider's claim is no address a key
+    may carry (the claim is the provider's text, not a 500)."""
+    try:
+        return _EMAIL.validate_python(email or "")
+    except ValidationError:
+        return ""
 
 
 def _public(member: Member) -> MemberPublic:
@@ -106,6 +119,6 @@ def create_my_key(ctx: Context, caller: Caller, request: MyKeyCreate) -> KeyCrea
         raise Forbidden(f"this needs a member of team '{request.team_id}' (a team admin adds you: "
                         f"POST /teams/{request.team_id}/members)")
     return create_key(ctx, request.team_id, KeyCreate(
-        user_id=caller.user_id, user_email=caller.identity.email or "", role=role, alias=request.alias,
+        user_id=caller.user_id, user_email=_key_email(caller.identity.email), role=role, alias=request.alias,
         models=request.models, expires_in=request.expires_in, expires_at=request.expires_at,
     ))

@@ -2,7 +2,8 @@
 
 Three ways, tried in this order on `Authorization: Bearer <token>` (or `ADMIN <admin key>`):
 - the admin key (ADMIN_KEY): the bootstrap and break-glass credential, a platform admin;
-- an OpenID Connect token (MAAS_OIDC_ISSUER), when the token looks like a JWT;
+- an OpenID Connect token (MAAS_OIDC_ISSUER), when the token looks like a JWT (and, with
+  Kubernetes sign-in on, names that issuer: a ServiceAccount token is a JWT of the cluster's);
 - in a cluster (MAAS_STORE=kubernetes, MAAS_KUBERNETES_SIGN_IN), a Kubernetes or OpenShift user
   token, asked about with a TokenReview.
 An API key is not an admin credential: it is for the models (the gateway) and for the model
@@ -15,6 +16,9 @@ identity that a SubjectAccessReview allows `admin` on `teams.maas.opendatahub.io
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import threading
 from dataclasses import dataclass
 
@@ -25,6 +29,16 @@ from shared.settings import Settings
 from shared.store import Store
 
 ADMIN_KEY_IDENTITY = Identity(subject="admin", method="admin-key")
+
+
+def _names_issuer(token: str, issuer: str) -> bool:
+    """Whether a JWT's (unverified) `iss` is `issuer`: which verifier is to judge it, no more."""
+    try:
+        segment = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (IndexError, binascii.Error, ValueError, RecursionError):
+        return False
+    return isinstance(claims, dict) and claims.get("iss") == issuer
 
 
 @dataclass(frozen=True)
@@ -86,14 +100,16 @@ class SignIn:
         if is_admin(self._settings, token):
             return SignedIn(ADMIN_KEY_IDENTITY, platform_admin=True)
         verifier = self._oidc_verifier()
+        reviewer = self._kubernetes_reviewer()
         if verifier is not None:
             from shared.oidc import looks_like_jwt
 
-            if looks_like_jwt(token):
+            # A ServiceAccount's token is a JWT too: one naming another issuer is the cluster's
+            # to judge when it judges tokens, else the verifier refuses it ("wrong issuer").
+            if looks_like_jwt(token) and (reviewer is None or _names_issuer(token, verifier.issuer)):
                 identity = verifier.verify(token)
                 admins = set(self._settings.admin_groups)
                 return SignedIn(identity, platform_admin=bool(admins.intersection(identity.groups)))
-        reviewer = self._kubernetes_reviewer()
         if reviewer is not None:
             identity = reviewer.review(token)
             return SignedIn(identity, platform_admin=reviewer.is_platform_admin(identity))
