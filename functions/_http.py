@@ -302,7 +302,7 @@ def endpoint(target: str) -> Callable[[Handler], Callable[[flask.Request], flask
                 caller: Caller | None = None
                 if route.auth == "admin":
                     signed = _signed_in(ctx, request)
-                    caller = Caller(signed.identity, signed.platform_admin, ctx.settings.team_group_pattern)
+                    caller = Caller.of(signed, ctx.settings)
                     actor = signed.identity.actor
                     authorize(route.access, caller, ctx.store, params=_validated_params(params),
                               query={name: request.args.get(name, "") for name in request.args})

@@ -21,11 +21,16 @@ Anything else is 403 naming the role needed; 401 is for no or bad credentials.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from shared import identifiers
 from shared.errors import Forbidden, NotFound
 from shared.identity import Identity
+from shared.settings import Settings
 from shared.store import ApiKey, Store
+
+if TYPE_CHECKING:
+    from shared.signin import SignedIn
 
 Rule = Literal["public", "platform", "team", "team_query", "user", "key", "signed_in", "models"]
 RULES: tuple[Rule, ...] = ("public", "platform", "team", "team_query", "user", "key", "signed_in", "models")
@@ -42,14 +47,30 @@ WHO: dict[Rule, str] = {
 }
 
 
+def team_in_group(group: str, pattern: str) -> str | None:
+    """The team id a group names by `pattern` (`maas-{team_id}`), if it is a valid one."""
+    prefix, _, suffix = pattern.partition("{team_id}")
+    if len(group) <= len(prefix) + len(suffix) or not (group.startswith(prefix) and group.endswith(suffix)):
+        return None
+    team_id = group[len(prefix): len(group) - len(suffix)]
+    return team_id if identifiers.DNS_LABEL_RE.match(team_id) else None
+
+
 @dataclass(frozen=True)
 class Caller:
     """A signed-in caller and what they are to the platform."""
 
     identity: Identity
     platform_admin: bool
-    # MAAS_TEAM_GROUP_PATTERN: groups named for a team give a membership of it (shared.settings).
+    # MAAS_TEAM_GROUP_PATTERN / MAAS_TEAM_ADMIN_GROUP_PATTERN: groups named for a team give a
+    # membership of it, as a member or as an admin (shared.settings keeps the two apart).
     team_group_pattern: str | None = None
+    team_admin_group_pattern: str | None = None
+
+    @classmethod
+    def of(cls, signed: SignedIn, settings: Settings) -> Caller:
+        return cls(signed.identity, signed.platform_admin, settings.team_group_pattern,
+                   settings.team_admin_group_pattern)
 
     @property
     def user_id(self) -> str:
@@ -57,19 +78,17 @@ class Caller:
 
     def group_roles(self) -> dict[str, str]:
         """The teams the caller's groups name, with the role they give."""
-        pattern = self.team_group_pattern
-        if pattern is None:
-            return {}
-        prefix, _, suffix = pattern.partition("{team_id}")
         roles: dict[str, str] = {}
         for group in self.identity.groups:
-            if not (group.startswith(prefix) and group.endswith(suffix)) or len(group) <= len(prefix) + len(suffix):
-                continue
-            team_id = group[len(prefix): len(group) - len(suffix)]
-            if team_id.endswith("-admins") and len(team_id) > len("-admins"):
-                roles[team_id[: -len("-admins")]] = "admin"
-            else:
-                roles.setdefault(team_id, "member")
+            if self.team_admin_group_pattern is not None:
+                team_id = team_in_group(group, self.team_admin_group_pattern)
+                if team_id is not None:
+                    roles[team_id] = "admin"
+                    continue
+            if self.team_group_pattern is not None:
+                team_id = team_in_group(group, self.team_group_pattern)
+                if team_id is not None:
+                    roles.setdefault(team_id, "member")
         return roles
 
     def role_in(self, store: Store, team_id: str) -> str | None:

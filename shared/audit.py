@@ -48,6 +48,7 @@ log = logging.getLogger("maas.audit")
 ANONYMOUS = "anonymous"
 # A stored path is cut to this many characters (and "..." added): enough for every route's ids.
 MAX_PATH = 320
+MAX_ACTOR = 160
 # Refused anonymous requests sampled into the log: this many at once, then one per interval.
 SAMPLE_BURST = 10
 SAMPLE_EVERY_S = 60.0
@@ -233,7 +234,7 @@ def _stored_changes(changes: Mapping[str, tuple[object, object]] | None) -> Audi
 def record(ctx: Context, actor: str, action: Action) -> None:
     entry = AuditEntry(
         at=ctx.clock(),
-        actor=actor,
+        actor=_cut(actor, MAX_ACTOR),  # a provider's subject: any text, any length
         action=action.action,
         method=action.method[:16],
         path=_stored_path(action.path),

@@ -25,7 +25,9 @@ class Identity:
 
     @property
     def actor(self) -> str:
-        """How the audit log names this identity: `oidc:alice@example.com`, `admin-key`."""
+        """How the audit log names this identity: `oidc:alice`, `kubernetes:alice`, `admin-key`.
+        The subject, not the email: a provider may let a user claim someone else's address, while
+        the subject is the provider's own name for them (and the user id of their keys)."""
         if self.method == "admin-key":
             return "admin-key"
-        return f"{self.method}:{self.email or self.subject}"
+        return f"{self.method}:{self.subject}"

@@ -107,6 +107,9 @@ def whoami(ctx: Context, caller: Caller) -> Me:
 def create_my_key(ctx: Context, caller: Caller, request: MyKeyCreate) -> KeyCreated:
     from shared.keys import create_key  # keys imports members; both are core
 
+    if caller.identity.method == "admin-key":
+        raise Forbidden("this needs a person signed in: the admin key is no user (issue a key to someone with "
+                        "POST /teams/{team_id}/keys)")
     if not identifiers.USER_ID_RE.match(caller.user_id):
         # A key's user id is a label value in a cluster: an email or `system:serviceaccount:...`
         # cannot be one. Nothing else maps it without risking two people on one id.
@@ -118,7 +121,13 @@ def create_my_key(ctx: Context, caller: Caller, request: MyKeyCreate) -> KeyCrea
         ctx.store.get_team(team_id=request.team_id)  # 404 before 403 for a team that does not exist
         raise Forbidden(f"this needs a member of team '{request.team_id}' (a team admin adds you: "
                         f"POST /teams/{request.team_id}/members)")
+    # The key (and the membership it may make) takes the stored role, never a group's: a role a
+    # group gives lasts as long as the group does, not as long as the key.
+    try:
+        stored = ctx.store.get_member(team_id=request.team_id, user_id=caller.user_id).role
+    except NotFound:
+        stored = "member"
     return create_key(ctx, request.team_id, KeyCreate(
-        user_id=caller.user_id, user_email=_key_email(caller.identity.email), role=role, alias=request.alias,
+        user_id=caller.user_id, user_email=_key_email(caller.identity.email), role=stored, alias=request.alias,
         models=request.models, expires_in=request.expires_in, expires_at=request.expires_at,
     ))

@@ -288,8 +288,12 @@ class Settings(BaseSettings):
     team_group_pattern: str | None = Field(
         default=None, validation_alias="MAAS_TEAM_GROUP_PATTERN", pattern=r"^[^{}]*\{team_id\}[^{}]*$",
         description="Admin API: identity-provider groups that make their members members of a team, e.g. "
-        "`maas-{team_id}`; with `-admins` after the team id (`maas-t1-admins`), its admins. Unset: "
-        "memberships are only those stored.",
+        "`/maas/{team_id}`. Unset: memberships are only those stored.",
+    )
+    team_admin_group_pattern: str | None = Field(
+        default=None, validation_alias="MAAS_TEAM_ADMIN_GROUP_PATTERN", pattern=r"^[^{}]*\{team_id\}[^{}]*$",
+        description="Admin API: groups that make their members admins of a team, e.g. `/maas/{team_id}/admins`; "
+        "no group may fit both patterns (give their fixed parts a character team ids lack: `/`, `.`, `:`).",
     )
     kubernetes_sign_in: bool = Field(
         default=True, validation_alias="MAAS_KUBERNETES_SIGN_IN",
@@ -335,6 +339,23 @@ class Settings(BaseSettings):
         # Without an audience any token of the provider's, issued to any of its apps, would sign in.
         if info.data.get("oidc_audience") is None:
             raise ValueError("needs MAAS_OIDC_AUDIENCE too: the client id the provider puts in its tokens' aud")
+        return value
+
+    @field_validator("team_admin_group_pattern")
+    @classmethod
+    def _unambiguous_groups(cls, value: str | None, info: ValidationInfo) -> str | None:
+        members = info.data.get("team_group_pattern")
+        if value is None or members is None:
+            return value
+        from shared.access import team_in_group
+
+        # Team ids are DNS labels: with `maas-{team_id}` beside `maas-{team_id}-admins`, the
+        # admins' group of t1 is also the members' group of a team named t1-admins.
+        for sample in ("t1", "team-a"):
+            if team_in_group(value.replace("{team_id}", sample), members) is not None:
+                raise ValueError(f"a group may fit both MAAS_TEAM_GROUP_PATTERN ({members}) and this pattern: give "
+                                 "their fixed parts a character team ids lack, e.g. /maas/{team_id} and "
+                                 "/maas/{team_id}/admins")
         return value
 
     @field_validator("admin_key")

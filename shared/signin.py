@@ -28,7 +28,9 @@ from shared.identity import Identity
 from shared.settings import Settings
 from shared.store import Store
 
-ADMIN_KEY_IDENTITY = Identity(subject="admin", method="admin-key")
+# A subject no identity provider's user can share as a user id (it is none: shared.identifiers),
+# so nothing made for a person named `admin` is the admin key's, nor the other way round.
+ADMIN_KEY_IDENTITY = Identity(subject="<admin-key>", method="admin-key")
 
 
 def _names_issuer(token: str, issuer: str) -> bool:

@@ -226,19 +226,21 @@ def test_whoami_names_teams_roles_and_platform_admin(fresh_world: Any, tokens: d
     assert tara["platform_admin"] is False and tara["user_email"] == "tara@example.com"
     pat = world.api.call("GET", "/me", auth=f"Bearer {tokens['platform']}").body
     assert pat["platform_admin"] is True and pat["groups"] == ["platform-admins"]
-    assert world.api.call("GET", "/me").body["signed_in_with"] == "admin-key"
+    admin = world.api.call("GET", "/me").body
+    assert admin["signed_in_with"] == "admin-key" and admin["teams"] == []
 
 
 def test_groups_named_for_a_team_make_members_and_admins(tmp_path: Path, admin_key: str,
                                                       oidc_provider: OidcProvider) -> None:  # noqa: F811
     settings = Settings(admin_key=SecretStr(admin_key), data_dir=tmp_path / "groups", oidc_audience="maas",
-                        oidc_issuer=oidc_provider.issuer, team_group_pattern="maas-{team_id}")
+                        oidc_issuer=oidc_provider.issuer, team_group_pattern="/maas/{team_id}",
+                        team_admin_group_pattern="/maas/{team_id}/admins")
     install_context(build_context(settings))
     try:
         api = DirectClient(admin_key)
         for team in ("t1", "t2"):
             assert api.call("POST", "/teams", json={"team_id": team, "token_limit": 10, "time_window": "1h"}).status == 201
-        gail = f"Bearer {oidc_provider.token(sub='gail', groups=['maas-t1', 'maas-t2-admins', 'maas-ghost', 'other'])}"
+        gail = f"Bearer {oidc_provider.token(sub='gail', groups=['/maas/t1', '/maas/t2/admins', '/maas/ghost', 'other'])}"
         me = api.call("GET", "/me", auth=gail).body
         assert me["teams"] == [{"team_id": "t1", "team_name": "t1", "role": "member"},
                                {"team_id": "t2", "team_name": "t2", "role": "admin"}]

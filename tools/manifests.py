@@ -196,6 +196,8 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
         data["MAAS_ADMIN_GROUPS"] = settings.admin_groups_list
     if settings.team_group_pattern:
         data["MAAS_TEAM_GROUP_PATTERN"] = settings.team_group_pattern
+    if settings.team_admin_group_pattern:
+        data["MAAS_TEAM_ADMIN_GROUP_PATTERN"] = settings.team_admin_group_pattern
     if not settings.kubernetes_sign_in:
         data["MAAS_KUBERNETES_SIGN_IN"] = "false"
     return {

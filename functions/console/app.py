@@ -117,7 +117,7 @@ class Page:
     @property
     def caller(self) -> Caller:
         signed = self.signed
-        return Caller(signed.identity, signed.platform_admin, self.ctx.settings.team_group_pattern)
+        return Caller.of(signed, self.ctx.settings)
 
     def api(self, target: str, **kwargs: Any) -> api.Answer:
         return api.call(target, self.signed, remote_addr=self.request.remote_addr, **kwargs)
