@@ -111,8 +111,8 @@ def login(
     with Api(target, trust, credential=credential) as api:
         me = api.get("/me")  # a credential the server refuses is not kept
     store.put(credential)
-    print(f"Signed in to {target} as {me.get('user_id')} ({me.get('signed_in_with')}); "
-          f"credentials kept in {credentials_path()}")
+    who = "the admin key" if me.get("signed_in_with") == "admin-key" else f"{me.get('user_id')} ({me.get('signed_in_with')})"
+    print(f"Signed in to {target} as {who}; credentials kept in {credentials_path()}")
 
 
 def logout(

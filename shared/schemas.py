@@ -207,11 +207,10 @@ def _only_one_expiry(expires_at: datetime | None, info: ValidationInfo) -> datet
     return expires_at
 
 
-class KeyCreate(Request):
-    user_id: UserId
-    user_email: EmailStr | Literal[""] = ""
+class KeyTerms(Request):
+    """What a new key may do and how long it lives: the same whoever issues it."""
+
     alias: Annotated[str, StringConstraints(max_length=63)] = ""
-    role: Literal["member", "admin"] = "member"
     models: list[Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_MODEL_NAME)]] = Field(
         default_factory=list, max_length=100, description="Models this key may use; empty means all"
     )
@@ -226,23 +225,16 @@ class KeyCreate(Request):
         return _only_one_expiry(value, info)
 
 
-class MyKeyCreate(Request):
+class KeyCreate(KeyTerms):
+    user_id: UserId
+    user_email: EmailStr | Literal[""] = ""
+    role: Literal["member", "admin"] = "member"
+
+
+class MyKeyCreate(KeyTerms):
     """A key for the caller (POST /me/keys), in a team they belong to, with the membership's role."""
 
     team_id: DnsLabel
-    alias: Annotated[str, StringConstraints(max_length=63)] = ""
-    models: list[Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_MODEL_NAME)]] = Field(
-        default_factory=list, max_length=100, description="Models this key may use; empty means all"
-    )
-    expires_in: Lifetime | None = Field(default=None, description="Lifetime from now; excludes expires_at")
-    expires_at: Rfc3339 | None = Field(
-        default=None, description="RFC 3339 instant in the future; excludes expires_in"
-    )
-
-    @field_validator("expires_at")
-    @classmethod
-    def _one_expiry(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        return _only_one_expiry(value, info)
 
 
 MemberRole = Literal["member", "admin"]

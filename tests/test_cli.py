@@ -152,7 +152,7 @@ def test_the_quickstart_with_maas_alone(runtime: Runtime, tmp_path: Path) -> Non
     # data dir (MAAS_DATA_DIR, else ./.maas) by itself.
     login = maas("login", "--admin-key")
     assert login.code == 0, login.err
-    assert "as admin (admin-key)" in login.out
+    assert "as the admin key;" in login.out
     assert maas("whoami", "--json").json()["signed_in_with"] == "admin-key"
 
     team = maas("team", "create", "test-team", "--name", "Test Team", "--policy", "test-tokens",
