@@ -135,3 +135,8 @@ def admin_body(error: MaasError) -> dict[str, Any]:
 def openai_body(error: MaasError) -> dict[str, Any]:
     """The OpenAI error shape used on /v1/* and by the gateway."""
     return {"error": {"message": error.message, "type": error.openai_type, "code": error.code}}
+
+
+def not_a_member(team_id: str) -> Forbidden:
+    """A self-service key for someone who is (no longer) a member of the team."""
+    return Forbidden(f"this needs a member of team '{team_id}' (a team admin adds you: POST /teams/{team_id}/members)")

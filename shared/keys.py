@@ -99,7 +99,8 @@ def _unchecked_models(ctx: Context, models: Sequence[str]) -> list[str]:
     return []
 
 
-def _issue(ctx: Context, team: Team, template: ApiKey, warnings: list[str] | None = None) -> KeyCreated:
+def _issue(ctx: Context, team: Team, template: ApiKey, warnings: list[str] | None = None,
+           member_only: bool = False) -> KeyCreated:
     """Store a new key made from `template` (handle and hash are filled in) and show it once."""
     api_key = generate_api_key()
     key = replace(
@@ -107,7 +108,7 @@ def _issue(ctx: Context, team: Team, template: ApiKey, warnings: list[str] | Non
         secret_name=secret_name_for(template.user_id, team.team_id),
         key_sha256=key_sha256(api_key),
     )
-    stored = ctx.store.create_key(key=key, api_key=api_key)
+    stored = ctx.store.create_key(key=key, api_key=api_key, member_only=member_only)
     fields = _public_fields(stored, team, template.created_at)
     return KeyCreated(
         api_key=api_key,
@@ -118,7 +119,8 @@ def _issue(ctx: Context, team: Team, template: ApiKey, warnings: list[str] | Non
     )
 
 
-def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
+def create_key(ctx: Context, team_id: str, request: KeyCreate, *, member_only: bool = False) -> KeyCreated:
+    """`member_only`: for a stored member only, checked where the key is written (Store.create_key)."""
     team = ctx.store.get_team(team_id=team_id)
     warnings = _unchecked_models(ctx, request.models)
     now = ctx.clock()
@@ -138,13 +140,13 @@ def create_key(ctx: Context, team_id: str, request: KeyCreate) -> KeyCreated:
                                    "expires_at" if request.expires_at is not None else "expires_in"),
     )
     if team.max_keys_per_user is None:
-        return _issue(ctx, team, template, warnings)
+        return _issue(ctx, team, template, warnings, member_only)
     with _cap_lock(team_id, request.user_id):  # count and issue as one step (module docstring)
         held = sum(1 for key in ctx.store.list_keys(team_id=team_id, user_id=request.user_id) if usable(key, now))
         if held >= team.max_keys_per_user:
             raise Conflict(f"'{request.user_id}' already holds {held} active key(s) in team '{team_id}', its "
                            f"max_keys_per_user: revoke one first")
-        return _issue(ctx, team, template, warnings)
+        return _issue(ctx, team, template, warnings, member_only)
 
 
 @dataclass(frozen=True)

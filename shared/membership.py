@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from shared import identifiers
 from shared.access import Caller
 from shared.context import Context
-from shared.errors import Conflict, Forbidden, NotFound
+from shared.errors import Conflict, Forbidden, NotFound, not_a_member
 from shared.schemas import (
     KeyCreate,
     KeyCreated,
@@ -116,18 +116,19 @@ def create_my_key(ctx: Context, caller: Caller, request: MyKeyCreate) -> KeyCrea
         raise Forbidden(f"this needs a user id of 1-63 letters, digits, '.', '_' or '-', and you signed in as "
                         f"'{caller.user_id[:80]}': sign in with a claim that is one (MAAS_OIDC_USER_CLAIM, e.g. "
                         f"preferred_username), or ask a team admin for a key")
-    role = caller.role_in(ctx.store, request.team_id)
-    if role is None:
-        ctx.store.get_team(team_id=request.team_id)  # 404 before 403 for a team that does not exist
-        raise Forbidden(f"this needs a member of team '{request.team_id}' (a team admin adds you: "
-                        f"POST /teams/{request.team_id}/members)")
-    # The key (and the membership it may make) takes the stored role, never a group's: a role a
-    # group gives lasts as long as the group does, not as long as the key.
+    # One read decides: a removal landing after it is caught where the key is written
+    # (member_only). The key takes the stored role, never a group's: a role a group gives lasts
+    # as long as the group does, not as long as the key.
     try:
-        stored = ctx.store.get_member(team_id=request.team_id, user_id=caller.user_id).role
+        stored: str | None = ctx.store.get_member(team_id=request.team_id, user_id=caller.user_id).role
     except NotFound:
-        stored = "member"
+        stored = None
+    if stored is None:
+        ctx.store.get_team(team_id=request.team_id)  # 404 before 403 for a team that does not exist
+        if request.team_id not in caller.group_roles():
+            raise not_a_member(request.team_id)
+        # A member through a group only: the key makes them a stored member, as any key does.
     return create_key(ctx, request.team_id, KeyCreate(
-        user_id=caller.user_id, user_email=_key_email(caller.identity.email), role=stored, alias=request.alias,
+        user_id=caller.user_id, user_email=_key_email(caller.identity.email), role=stored or "member", alias=request.alias,
         models=request.models, expires_in=request.expires_in, expires_at=request.expires_at,
-    ))
+    ), member_only=stored is not None)

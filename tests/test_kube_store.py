@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client import ApiClient, Configuration, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from shared.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
+from shared.errors import BackendUnavailable, Conflict, Forbidden, InvalidRequest, NotFound
 from shared.keymaterial import generate_api_key, key_sha256
 from shared.store.base import ApiKey, AuditEntry, AuditFilter, KeyChanges, Member, Store, Team, TeamChanges
 from shared.store.kube import KubernetesStore
@@ -606,3 +606,28 @@ def test_a_key_whose_membership_cannot_be_written_is_taken_back(
         store.create_key(key=key, api_key=api_key)
     assert double.get("secrets", NS, key.secret_name) is None
     assert store.list_keys() == []
+
+
+def test_a_member_only_key_written_as_the_member_is_removed_is_taken_back(
+        cluster: tuple[KubeDouble, KubernetesStore]) -> None:
+    """No transaction spans two Secrets: the membership is read again after the key is written,
+    and a key written after a removal's revocation pass is deleted (shared.membership's race)."""
+    _, store = cluster
+    store.create_team(team=records.a_team())
+    store.put_member(member=Member(team_id="test-team", user_id="alice", role="member", user_email="",
+                                   joined_at=records.T0))
+    write = store._core.create_namespaced_secret  # noqa: SLF001
+
+    def removed_meanwhile(*args: object, **kwargs: object) -> object:
+        written = write(*args, **kwargs)
+        store.delete_member(team_id="test-team", user_id="alice")  # the team admin's DELETE lands now
+        return written
+
+    store._core.create_namespaced_secret = removed_meanwhile  # type: ignore[method-assign]  # noqa: SLF001
+    key, api_key = records.a_key(user_id="alice")
+    with pytest.raises(Forbidden):
+        store.create_key(key=key, api_key=api_key, member_only=True)
+    store._core.create_namespaced_secret = write  # type: ignore[method-assign]  # noqa: SLF001
+    assert [k for k in store.list_keys(team_id="test-team") if k.status == "active"] == []
+    with pytest.raises(NotFound):
+        store.get_member(team_id="test-team", user_id="alice")

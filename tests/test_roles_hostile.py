@@ -20,7 +20,8 @@ What was tried, and what came of it:
   its successor is the one to rotate).
 - A removed member: their keys stop at the gateway, no new key, no rotation (held); a removal
   landing between /me/keys' membership check and its write leaves them a member again with a
-  new key (xfail: the store's create_key makes the membership).
+  new key (FIXED: a stored member's self-service key is written only while they are one,
+  Store.create_key(member_only=True), and makes no membership).
 - Groups (MAAS_TEAM_GROUP_PATTERN): empty team ids, case, path-like and long names, a huge
   list, non-strings (held); `maas-t1-admins` when a team `t1-admins` exists makes admins of t1
   (FIXED: admins have their own pattern, MAAS_TEAM_ADMIN_GROUP_PATTERN, and patterns a group could
@@ -311,8 +312,6 @@ def test_a_removed_member_keeps_no_key_and_gets_no_new_one(world: Any) -> None:
         w.ctx.store.get_member(team_id="t1", user_id="alice")
 
 
-@pytest.mark.xfail(strict=True, reason="a removal landing between /me/keys' membership check and its key write is "
-                                       "undone: the store's create_key makes the membership again, with a live key")
 def test_a_removal_racing_a_self_service_key_still_removes(world: Any) -> None:
     w: World = world()
     store = w.ctx.store

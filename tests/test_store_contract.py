@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, Forbidden, NotFound
 from shared.keymaterial import generate_api_key, key_sha256
 from shared.store import ApiKey, Member, Store, Team, TeamChanges
 from tests.records import T0, a_key, a_team
@@ -427,6 +427,22 @@ def test_a_key_makes_its_user_a_member_and_never_demotes_one(store: Store) -> No
     assert store.get_member(team_id="test-team", user_id="bob") == member(
         user_id="bob", role="admin", user_email="bob@corp.example")
     assert [m.user_id for m in store.list_members(team_id="test-team")] == ["alice", "bob", "carol"]
+
+
+def test_a_member_only_key_is_written_for_a_member_alone_and_makes_none(store: Store) -> None:
+    """Self-service keys (shared.membership.create_my_key): a removal racing one is not undone."""
+    store.create_team(team=team())
+    stranger, stranger_api_key = new_key(user_id="dan")
+    with pytest.raises(Forbidden, match="needs a member of team 'test-team'"):
+        store.create_key(key=stranger, api_key=stranger_api_key, member_only=True)
+    assert store.list_keys(team_id="test-team") == []
+    with pytest.raises(NotFound):
+        store.get_member(team_id="test-team", user_id="dan")
+    store.put_member(member=member(user_id="bob", role="admin", user_email="bob@corp.example"))
+    own, own_api_key = new_key(user_id="bob", role="member")
+    store.create_key(key=own, api_key=own_api_key, member_only=True)
+    assert [key.secret_name for key in store.list_keys(team_id="test-team")] == [own.secret_name]
+    assert store.get_member(team_id="test-team", user_id="bob").role == "admin"
 
 
 def test_removing_a_member_revokes_their_keys_in_that_team_only(store: Store) -> None:

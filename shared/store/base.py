@@ -270,10 +270,12 @@ class Store(Protocol):
         as they are now. NotFound if the user is not a member."""
         ...
 
-    def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
+    def create_key(self, *, key: ApiKey, api_key: str, member_only: bool = False) -> ApiKey:
         """Store a key for an existing team (NotFound otherwise), and make its user a member
         of the team if not yet one (role from the key's `role`, `joined_at` its `created_at`);
-        an existing member's role and email are left as they are."""
+        an existing member's role and email are left as they are. `member_only`: only for a
+        user who is a member when the key is written (Forbidden otherwise), making no
+        membership: a removal racing a self-service key is not undone by it."""
         ...
 
     def get_key(self, *, secret_name: str) -> ApiKey: ...

@@ -82,6 +82,7 @@ from shared.errors import (
     InvalidRequest,
     MaasError,
     NotFound,
+    not_a_member,
 )
 from shared.keymaterial import key_sha256 as sha256_of
 from shared.settings import Settings
@@ -617,12 +618,14 @@ class KubernetesStore:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
+    def create_key(self, *, key: ApiKey, api_key: str, member_only: bool = False) -> ApiKey:
         if not hmac.compare_digest(sha256_of(api_key), key.key_sha256):
             raise InvalidRequest("key_sha256 does not match the API key")
         team_secret = self._read_team(key.team_id)
         if self.find_key(key_sha256=key.key_sha256) is not None:
             raise Conflict("an identical API key already exists")
+        if member_only:
+            return self._create_member_key(key, api_key, team_secret)
         # Before the key: a user of a team from before memberships keeps the role their
         # earlier keys gave them, not this key's.
         self._store_derived_members(team_secret)
@@ -644,6 +647,37 @@ class KubernetesStore:
                 pass  # nobody was given this key's plaintext: left behind, it opens nothing to anyone
             self._bump()
             raise
+        return key
+
+    def _create_member_key(self, key: ApiKey, api_key: str, team_secret: V1Secret) -> ApiKey:
+        """A key only for a member: checked before the write and again after it, since a
+        removal may land between (its own second revocation pass covers a key written before
+        it; this covers one written after its first)."""
+        def member() -> bool:
+            try:
+                self.get_member(team_id=key.team_id, user_id=key.user_id)
+            except NotFound:
+                return False
+            return True
+
+        if not member():
+            raise not_a_member(key.team_id)
+        body = key_body(
+            key, api_key, team_from_secret(team_secret), team_secret.metadata.uid, self._selector, self._watch_label
+        )
+        with kube_errors(f"key '{key.secret_name}'"):
+            written = self._core.create_namespaced_secret(self._namespace, body, _request_timeout=self._timeout)
+        self._bump(written)
+        if not member():
+            try:
+                with kube_errors(f"key '{key.secret_name}'"):
+                    self._delete(written)
+            except Conflict:
+                # Changed since written: the removal's own pass got to it. Revoked either way.
+                self.set_key_status(secret_name=key.secret_name, status="revoked")
+            finally:
+                self._bump()
+            raise not_a_member(key.team_id)
         return key
 
     def get_key(self, *, secret_name: str) -> ApiKey:

@@ -34,7 +34,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from shared.errors import BackendUnavailable, Conflict, NotFound
+from shared.errors import BackendUnavailable, Conflict, NotFound, not_a_member
 from shared.store.base import (
     ApiKey,
     AuditEntry,
@@ -534,12 +534,15 @@ class SqliteStore:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def create_key(self, *, key: ApiKey, api_key: str) -> ApiKey:
+    def create_key(self, *, key: ApiKey, api_key: str, member_only: bool = False) -> ApiKey:
         del api_key  # the embedded store keeps only the SHA-256
         try:
             with self._write() as (conn, changed):
                 if conn.execute("SELECT 1 FROM teams WHERE team_id = ?", (key.team_id,)).fetchone() is None:
                     raise NotFound(f"team '{key.team_id}' not found")
+                if member_only and conn.execute("SELECT 1 FROM members WHERE team_id = ? AND user_id = ?",
+                                                (key.team_id, key.user_id)).fetchone() is None:
+                    raise not_a_member(key.team_id)
                 conn.execute(
                     f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
