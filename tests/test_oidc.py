@@ -101,7 +101,7 @@ def test_a_valid_token_is_the_identity_it_names(provider: OidcProvider, verifier
         subject="alice", method="oidc", email="alice@example.com", groups=("team-a", "maas-admins"),
         issuer=provider.issuer,
     )
-    assert verifier.verify(token).actor == "oidc:alice@example.com"
+    assert verifier.verify(token).actor == "oidc:alice"  # the subject, never a claimed address
 
 
 def test_an_audience_list_that_contains_ours_and_no_groups_or_email(
