@@ -283,7 +283,7 @@ def test_other_endpoints_are_a_404_in_the_openai_shape_and_never_reach_the_backe
 
 
 def test_a_call_refused_only_by_reservations_in_flight_is_told_to_retry_soon(make: Callable[..., Setup]) -> None:
-    setup = make(token_delay_s=0.02)
+    setup = make(token_delay_s=0.003)  # 990 tokens: about 3 s generating
     setup.team(token_limit=1000, time_window="1h")
     key = setup.key()
 
