@@ -88,12 +88,6 @@ class ModelBackend(BaseModel):
         return url
 
     @property
-    def context(self) -> int:
-        """The context length: the declared one, else DEFAULT_MAX_CONTEXT (the gateway may know
-        better: what the backend says, local/gateway/contexts.py)."""
-        return self.max_context or DEFAULT_MAX_CONTEXT
-
-    @property
     def served_model(self) -> str:
         """The model name to send upstream."""
         return self.upstream_model or self.name

@@ -71,6 +71,12 @@ def _b64url_json(segment: str) -> Any:
         return None
 
 
+def names_issuer(token: str, issuer: str) -> bool:
+    """Whether a JWT's `iss`, unverified, is `issuer`: which verifier is to judge it, no more."""
+    claims = _b64url_json(token.split(".")[1]) if looks_like_jwt(token) else None
+    return isinstance(claims, dict) and claims.get("iss") == issuer
+
+
 def _header(token: str) -> dict[str, Any] | None:
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
         return None

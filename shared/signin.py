@@ -16,9 +16,6 @@ identity that a SubjectAccessReview allows `admin` on `teams.maas.opendatahub.io
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import threading
 from dataclasses import dataclass
 
@@ -31,16 +28,6 @@ from shared.store import Store
 # A subject no identity provider's user can share as a user id (it is none: shared.identifiers),
 # so nothing made for a person named `admin` is the admin key's, nor the other way round.
 ADMIN_KEY_IDENTITY = Identity(subject="<admin-key>", method="admin-key")
-
-
-def _names_issuer(token: str, issuer: str) -> bool:
-    """Whether a JWT's (unverified) `iss` is `issuer`: which verifier is to judge it, no more."""
-    try:
-        segment = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (IndexError, binascii.Error, ValueError, RecursionError):
-        return False
-    return isinstance(claims, dict) and claims.get("iss") == issuer
 
 
 @dataclass(frozen=True)
@@ -104,11 +91,11 @@ class SignIn:
         verifier = self._oidc_verifier()
         reviewer = self._kubernetes_reviewer()
         if verifier is not None:
-            from shared.oidc import looks_like_jwt
+            from shared.oidc import looks_like_jwt, names_issuer
 
             # A ServiceAccount's token is a JWT too: one naming another issuer is the cluster's
             # to judge when it judges tokens, else the verifier refuses it ("wrong issuer").
-            if looks_like_jwt(token) and (reviewer is None or _names_issuer(token, verifier.issuer)):
+            if looks_like_jwt(token) and (reviewer is None or names_issuer(token, verifier.issuer)):
                 identity = verifier.verify(token)
                 admins = set(self._settings.admin_groups)
                 return SignedIn(identity, platform_admin=bool(admins.intersection(identity.groups)))
