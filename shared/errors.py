@@ -105,6 +105,11 @@ class RateLimited(MaasError):
     openai_type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
+    def __init__(self, message: str, *, limit: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # Which limit refused (name, unit, window, reset): in the body, so a client can tell.
+        self.limit = dict(limit) if limit is not None else None
+
 
 class UpstreamError(MaasError):
     status = 502
@@ -134,7 +139,10 @@ def admin_body(error: MaasError) -> dict[str, Any]:
 
 def openai_body(error: MaasError) -> dict[str, Any]:
     """The OpenAI error shape used on /v1/* and by the gateway."""
-    return {"error": {"message": error.message, "type": error.openai_type, "code": error.code}}
+    body: dict[str, Any] = {"message": error.message, "type": error.openai_type, "code": error.code}
+    if isinstance(error, RateLimited) and error.limit is not None:
+        body["limit"] = error.limit
+    return {"error": body}
 
 
 def not_a_member(team_id: str) -> Forbidden:

@@ -35,6 +35,7 @@ from shared.keymaterial import generate_api_key, key_sha256, secret_name_for
 from shared.members import members_of
 from shared.schemas import (
     PageQuery,
+    RatePublic,
     KeyCreate,
     KeyCreated,
     KeyDeleted,
@@ -73,6 +74,8 @@ def _public_fields(key: ApiKey, team: Team, now: datetime) -> dict[str, object]:
         "expires_at": key.expires_at,
         "last_used_at": key.last_used_at,
         "replaced_by": key.replaced_by,
+        "limits": [RatePublic.of(rate) for rate in key.rates],
+        "max_concurrent": key.max_concurrent,
     }
 
 
@@ -135,6 +138,8 @@ def create_key(ctx: Context, team_id: str, request: KeyCreate, *, member_only: b
         created_at=now,
         models_allowed=tuple(request.models),
         alias=request.alias,
+        rates=request.rates,
+        max_concurrent=request.max_concurrent,
         expires_at=within_lifetime(now, expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at),
                                    team.max_key_lifetime,
                                    "expires_at" if request.expires_at is not None else "expires_in"),

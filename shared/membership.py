@@ -131,4 +131,5 @@ def create_my_key(ctx: Context, caller: Caller, request: MyKeyCreate) -> KeyCrea
     return create_key(ctx, request.team_id, KeyCreate(
         user_id=caller.user_id, user_email=_key_email(caller.identity.email), role=stored or "member", alias=request.alias,
         models=request.models, expires_in=request.expires_in, expires_at=request.expires_at,
+        limits=request.limits, max_concurrent=request.max_concurrent,
     ), member_only=stored is not None)

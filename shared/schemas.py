@@ -29,6 +29,7 @@ from pydantic import (
 from shared import identifiers
 from shared.durations import normalize_rate_window, normalize_window, window_ms
 from shared.expiry import MAX_GRACE
+from shared.rates import MAX_RATES, Rate, check_names, primary_index
 from shared.store.base import CLEARABLE_TEAM_FIELDS
 
 
@@ -163,6 +164,55 @@ class Response(BaseModel):
 
 # -- requests --------------------------------------------------------------------------
 
+RateUnit = Literal["tokens", "requests"]
+RateLimit = Annotated[int, Field(strict=True, ge=1, le=2**53, description="Tokens or requests per window")]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_MODEL_NAME)]
+MaxConcurrent = Annotated[int, Field(strict=True, ge=1, le=10_000)]
+_SHORT_FORM = ("token_limit", "time_window", "limit_scope")
+
+
+class KeyRateSpec(Request):
+    """One of a key's own rates: counted for that key alone, on top of its team's."""
+
+    name: DnsLabel = Field(description="Names the limit in 429s and explain, e.g. 'per-minute'")
+    limit: RateLimit
+    window: TimeWindow
+    unit: RateUnit = Field(default="tokens", description="'tokens' or 'requests'")
+    model: ModelName | None = Field(default=None, description="Only calls of this model count; null: every model")
+
+    def rate(self, scope: Literal["user", "team", "key"] = "key") -> Rate:
+        return Rate(self.name, self.limit, self.window, self.unit, scope, self.model)
+
+
+class RateSpec(KeyRateSpec):
+    """One of a team's rates."""
+
+    scope: LimitScope = Field(default="user", description="'user': each member has it; 'team': one shared")
+
+    def rate(self, scope: Literal["user", "team", "key"] | None = None) -> Rate:
+        return Rate(self.name, self.limit, self.window, self.unit, scope or self.scope, self.model)
+
+
+def _team_rates(limits: list[RateSpec] | None, given: set[str]) -> tuple[Rate, ...] | None:
+    """The rates a create or update gives; ValueError when they contradict or lack the primary."""
+    if limits is None:
+        return None
+    both = sorted(name for name in _SHORT_FORM if name in given)
+    if both:
+        raise ValueError(f"give 'limits' or the short form ({', '.join(both)}), not both: the short form "
+                         "is the first token rate of 'limits'")
+    rates = tuple(spec.rate() for spec in limits)
+    check_names(rates)
+    primary_index(rates)
+    return rates
+
+
+def _key_rates(limits: list[KeyRateSpec]) -> tuple[Rate, ...]:
+    rates = tuple(spec.rate("key") for spec in limits)
+    check_names(rates)
+    return rates
+
+
 
 class TeamCreate(Request):
     team_id: DnsLabel
@@ -178,6 +228,22 @@ class TeamCreate(Request):
     max_key_lifetime: Lifetime | None = Field(
         default=None, description="Longest a key issued here may live, e.g. '90d'; null: keys may not expire"
     )
+    limits: list[RateSpec] | None = Field(
+        default=None, max_length=MAX_RATES,
+        description="Every rate of the team (tokens or requests per window, per user or for the team, over "
+                    "every model or one); the first token rate over every model is token_limit/time_window. "
+                    "Excludes token_limit, time_window and limit_scope",
+    )
+
+    @model_validator(mode="after")
+    def _limits_or_short_form(self) -> TeamCreate:
+        _team_rates(self.limits, self.model_fields_set)
+        return self
+
+    @property
+    def rates(self) -> tuple[Rate, ...]:
+        """The rates to store: () when the short form alone says them."""
+        return _team_rates(self.limits, set()) or ()
 
 
 class TeamUpdate(Request):
@@ -189,6 +255,19 @@ class TeamUpdate(Request):
     limit_scope: LimitScope | None = None
     max_keys_per_user: MaxKeys | None = Field(default=None, description="null removes the cap")
     max_key_lifetime: Lifetime | None = Field(default=None, description="null removes the cap")
+    limits: list[RateSpec] | None = Field(
+        default=None, max_length=MAX_RATES,
+        description="Replaces every rate of the team; excludes token_limit, time_window and limit_scope",
+    )
+
+    @model_validator(mode="after")
+    def _limits_or_short_form(self) -> TeamUpdate:
+        _team_rates(self.limits, self.model_fields_set)
+        return self
+
+    @property
+    def rates(self) -> tuple[Rate, ...] | None:
+        return _team_rates(self.limits, set())
 
     @model_validator(mode="after")
     def _no_nulls_and_not_empty(self) -> TeamUpdate:
@@ -218,11 +297,28 @@ class KeyTerms(Request):
     expires_at: Rfc3339 | None = Field(
         default=None, description="RFC 3339 instant in the future; excludes expires_in"
     )
+    limits: list[KeyRateSpec] = Field(
+        default_factory=list, max_length=MAX_RATES,
+        description="The key's own rates, checked on top of its team's (they cannot widen them)",
+    )
+    max_concurrent: MaxConcurrent | None = Field(
+        default=None, description="Calls this key may have in flight at once; null: no cap",
+    )
 
     @field_validator("expires_at")
     @classmethod
     def _one_expiry(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         return _only_one_expiry(value, info)
+
+    @field_validator("limits")
+    @classmethod
+    def _distinct_names(cls, value: list[KeyRateSpec]) -> list[KeyRateSpec]:
+        _key_rates(value)
+        return value
+
+    @property
+    def rates(self) -> tuple[Rate, ...]:
+        return _key_rates(self.limits)
 
 
 class KeyCreate(KeyTerms):
@@ -299,6 +395,21 @@ class KeyDeleteByValue(Request):
 # -- responses -------------------------------------------------------------------------
 
 
+class RatePublic(Response):
+    name: str
+    limit: int
+    window: str
+    unit: RateUnit
+    scope: Literal["user", "team", "key"]
+    model: str | None = None
+
+    @classmethod
+    def of(cls, rate: Rate) -> RatePublic:
+        return cls(name=rate.name, limit=rate.limit, window=rate.window, unit=rate.unit, scope=rate.scope,
+                   model=rate.model)
+
+
+
 class TeamPublic(Response):
     team_id: str
     team_name: str
@@ -312,6 +423,7 @@ class TeamPublic(Response):
     user_count: int
     max_keys_per_user: int | None = None
     max_key_lifetime: str | None = None
+    limits: list[RatePublic] = Field(default_factory=list, description="Every rate of the team, the short form's included")
 
 
 class TeamList(Response):
@@ -384,6 +496,8 @@ class KeyPublic(Response):
     expires_at: Timestamp | None = None
     last_used_at: Timestamp | None = None
     replaced_by: str | None = None
+    limits: list[RatePublic] = Field(default_factory=list, description="The key's own rates, on top of its team's")
+    max_concurrent: int | None = None
 
 
 class UserKeyPublic(KeyPublic):
@@ -425,6 +539,8 @@ class KeyCreated(Response):
     alias: str
     created_at: Timestamp
     expires_at: Timestamp | None = None
+    limits: list[RatePublic] = Field(default_factory=list, description="The key's own rates, on top of its team's")
+    max_concurrent: int | None = None
     warnings: list[str] = Field(
         default_factory=list,
         description="What could not be checked, e.g. the models when the model catalog was unreachable",

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from shared.context import Context
 from shared.members import members_of
-from shared.schemas import PageQuery, TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
+from shared.schemas import PageQuery, RatePublic, TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
 from shared.store import ApiKey, Team, TeamChanges
 
 
@@ -24,12 +24,13 @@ def _public(team: Team, keys: list[ApiKey]) -> TeamPublic:
         user_count=len({key.user_id for key in keys}),
         max_keys_per_user=team.max_keys_per_user,
         max_key_lifetime=team.max_key_lifetime,
+        limits=[RatePublic.of(rate) for rate in team.limits],
     )
 
 
 def team_from_request(request: TeamCreate, created_at: datetime) -> Team:
     """The team a create request describes, with its defaults filled in."""
-    return Team(
+    team = Team(
         team_id=request.team_id,
         team_name=request.team_name or request.team_id,
         description=request.description,
@@ -41,6 +42,8 @@ def team_from_request(request: TeamCreate, created_at: datetime) -> Team:
         max_keys_per_user=request.max_keys_per_user,
         max_key_lifetime=request.max_key_lifetime,
     )
+    # A list of rates sets the short form from its primary rate (TeamChanges.apply).
+    return team if not request.rates else TeamChanges(rates=request.rates).apply(team)
 
 
 def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
@@ -81,9 +84,10 @@ def get_team(ctx: Context, team_id: str) -> TeamDetail:
 
 
 def update_team(ctx: Context, team_id: str, request: TeamUpdate) -> TeamPublic:
-    given = request.model_dump(exclude_unset=True)
+    given = request.model_dump(exclude_unset=True, exclude={"limits"})
     cleared = frozenset(name for name, value in given.items() if value is None)  # only the caps may be null
-    changes = TeamChanges(**{name: value for name, value in given.items() if value is not None}, clear=cleared)
+    changes = TeamChanges(**{name: value for name, value in given.items() if value is not None}, clear=cleared,
+                          rates=request.rates)
     team = ctx.store.update_team(team_id=team_id, changes=changes)
     ctx.teams_changed()
     return _public(team, ctx.store.list_keys(team_id=team_id))

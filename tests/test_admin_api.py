@@ -90,6 +90,9 @@ def test_create_team_answers_the_team(api: AdminClient) -> None:
         "team_id": team_id, "team_name": "Test Team", "description": "", "policy": "test-tokens",
         "token_limit": 100000, "time_window": "1h", "limit_scope": "user",
         "created_at": body["created_at"], "key_count": 0, "user_count": 0, "max_keys_per_user": None, "max_key_lifetime": None,
+        # The short form is the team's one rate.
+        "limits": [{"name": "tokens", "limit": 100000, "window": "1h", "unit": "tokens", "scope": "user",
+                    "model": None}],
     }
     assert TIMESTAMP.match(body["created_at"])
 
@@ -210,7 +213,9 @@ def test_patch_is_partial(api: AdminClient) -> None:
     created = make_team(api, team_id, description="before")
     reply = api.call("PATCH", f"/teams/{team_id}", json={"token_limit": 20, "time_window": "1m"})
     assert reply.status == 200, reply.text
-    assert reply.body == {**created, "token_limit": 20, "time_window": "1m"}
+    # The short form edits the team's one rate too.
+    assert reply.body == {**created, "token_limit": 20, "time_window": "1m",
+                          "limits": [{**created["limits"][0], "limit": 20, "window": "1m"}]}
     assert api.call("GET", f"/teams/{team_id}").body["description"] == "before"
 
 

@@ -565,7 +565,9 @@ def test_metrics_expose_limitador_series(
     ):
         assert f"# TYPE {name} counter" in lines
         assert f"{name}{labels} {value}" in lines
-    samples = [line for line in lines if not line.startswith("#")]
+    # Ours beside them: which limit refused, by its name (the short form's is `tokens`).
+    assert 'maas_limited_calls_by_limit{limit_name="tokens",team="t1"} 1' in lines
+    samples = [line for line in lines if not line.startswith("#") and not line.startswith("maas_")]
     assert len(samples) == 3
     assert all(route in line for line in samples)
     assert [line for line in samples if "model=" in line] == [samples[0]]

@@ -21,6 +21,10 @@ tests (tests/test_counters.py) check against a model:
   counters and adds `tokens` to their current windows, starting one where there is none (the
   tokens were used now). Settling a reservation twice takes it back once (Redis: by its `rid`).
 - Everything one call does is atomic: concurrent reservations cannot both take the last tokens.
+- `reserve_all(checks, rid=)` reserves on several counters at once (a team's several rates, a
+  key's own, its concurrency cap): all are admitted or none is changed, so a call refused by its
+  third limit holds nothing on the first two. It answers the index of the first refusing check
+  (-1: admitted) and a Hold per check. `settle_all` settles them together.
 
 Times are wall-clock milliseconds, so that saved windows (`snapshot`/`restore`) keep their ends
 across a restart, and several gateways on a Redis share one clock (Redis' own `TIME`).
@@ -29,7 +33,7 @@ across a restart, and several gateways on a Redis share one clock (Redis' own `T
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -54,6 +58,26 @@ class _Window:
 
 # A saved counter: (key, window start ms, window end ms, spent).
 Saved = tuple[str, int, int, int]
+
+
+class Check(NamedTuple):
+    """One counter of a `reserve_all`: reserve `amount` on `key` while below `limit`."""
+
+    key: str
+    limit: int
+    window_s: int
+    amount: int
+    also: str | None = None
+
+
+class Settlement(NamedTuple):
+    """One counter of a `settle_all`: take `reserved` back, count `tokens`."""
+
+    key: str
+    reserved: int
+    tokens: int
+    window_s: int
+    also: str | None = None
 
 
 def wall_ms() -> int:
@@ -91,6 +115,33 @@ class MemoryCounters:
                 self._reserved[also] = self._reserved.get(also, 0) + amount
                 self._changed.add(also)
         return Hold(admitted, window.started, spent, reserved, window.ends - now)
+
+    def reserve_all(self, checks: Sequence[Check], *, rid: str = "") -> tuple[int, list[Hold]]:
+        now = self._clock()
+        windows, reserved_map = self._windows, self._reserved
+        holds: list[Hold] = []
+        refused = -1
+        for at, check in enumerate(checks):
+            window = windows.get(check.key)
+            if window is None or now >= window.ends:
+                window = windows[check.key] = _Window(started=now, ends=now + check.window_s * 1000)
+            spent, reserved = window.spent, reserved_map.get(check.key, 0)
+            admitted = spent + reserved < check.limit
+            if not admitted and refused < 0:
+                refused = at
+            holds.append(Hold(admitted, window.started, spent, reserved, window.ends - now))
+        if refused >= 0:
+            return refused, holds
+        changed = self._changed
+        for check in checks:
+            for counter in (check.key,) if check.also is None else (check.key, check.also):
+                reserved_map[counter] = reserved_map.get(counter, 0) + check.amount
+                changed.add(counter)
+        return -1, holds
+
+    def settle_all(self, settlements: Sequence[Settlement], *, rid: str = "") -> None:
+        for item in settlements:
+            self.settle(item.key, reserved=item.reserved, tokens=item.tokens, window_s=item.window_s, also=item.also)
 
     def _release(self, key: str, amount: int) -> None:
         left = self._reserved.get(key, 0) - amount

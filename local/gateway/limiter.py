@@ -1,7 +1,11 @@
-"""Token limits with Limitador's semantics plus reservations (Kuadrant's reservation mode).
+"""Token and request limits with Limitador's semantics plus reservations (Kuadrant's reservation mode).
 
-A counter per (team, user) — or per team when the team's limit_scope is "team" — counts tokens
-in a fixed window that starts at the first hit (counters.py). A request is admitted while the
+Each rate of a team (shared/rates.py) has a counter per (team, user), or per team when its scope
+is "team", counting tokens or requests in a fixed window that starts at the first hit
+(counters.py); a key's own rates have a counter per key, and its cap on concurrent calls one
+more. A call reserves on every limit that applies to it (rates of another model do not) in one
+atomic step, so it is admitted by all of them or holds nothing; the first that refuses is named
+in the 429 (`refusal`). A request is admitted while the
 counter (spent plus reserved) is below the limit; it reserves what it can cost (proxy.py: every
 completion's max_tokens plus the prompt) and is settled from the backend's usage at completion.
 Every admitted request's reservation is visible to the next admission, so however many requests
@@ -26,15 +30,14 @@ import itertools
 import logging
 import os
 import sqlite3
-from collections.abc import Coroutine
-from datetime import datetime
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-from local.gateway.counters import Hold, MemoryCounters, Saved, wall_ms
-from shared.durations import window_ms
+from local.gateway.counters import Check, Hold, MemoryCounters, Saved, Settlement, wall_ms
 from shared.errors import RateLimited
-from shared.store.base import Team
+from shared.limitplan import CONCURRENT, TOKENS, Budget, Limit, LimitPlanner, budget_of, every_limit
+from shared.store.base import ApiKey, Team
 
 log = logging.getLogger("maas.gateway")
 
@@ -42,29 +45,32 @@ log = logging.getLogger("maas.gateway")
 # below the limit), those settle within a request's time, not at the window's end.
 IN_FLIGHT_RETRY_S = 1
 
-
 class Reservation:
-    """An admitted request's hold on its counter, and the X-RateLimit-* values at admission."""
+    """An admitted request's hold on its counters, and the X-RateLimit-* values at admission:
+    those of the token limit with the least left (the one that binds)."""
 
-    __slots__ = ("also", "amount", "key", "limit", "remaining", "reset", "rid", "settled", "window_s")
+    __slots__ = ("amount", "limits", "remaining", "reset", "rid", "settled", "shown")
 
-    def __init__(self, key: str, also: str, hold: Hold, window_s: int, amount: int, limit: int,
-                 rid: str = "") -> None:
-        self.key = key
-        self.also = also
+    def __init__(self, limits: tuple[Limit, ...], holds: Sequence[Hold], amount: int, rid: str = "") -> None:
+        self.limits = limits
         self.rid = rid
-        self.window_s = window_s
         self.amount = amount
-        self.limit = limit
-        # What is left once this request's reservation is counted.
-        self.remaining = max(0, limit - hold.spent - hold.reserved - amount)
-        self.reset = max(1, -(-hold.reset_ms // 1000))
         self.settled = False
+        shown, remaining, reset_ms = limits[0], -1, holds[0].reset_ms
+        for limit, hold in zip(limits, holds):
+            if limit.kind != TOKENS:
+                continue
+            left = max(0, limit.limit - hold.spent - hold.reserved - amount)
+            if remaining < 0 or left < remaining:
+                shown, remaining, reset_ms = limit, left, hold.reset_ms
+        self.shown = shown.limit
+        self.remaining = max(0, remaining)
+        self.reset = max(1, -(-reset_ms // 1000))
 
     @property
     def headers(self) -> dict[str, str]:
         return {
-            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Limit": str(self.shown),
             "X-RateLimit-Remaining": str(self.remaining),
             "X-RateLimit-Reset": str(self.reset),
         }
@@ -72,71 +78,40 @@ class Reservation:
     def header_lines(self) -> bytes:
         """`headers` as encoded head lines (the hot path writes heads as bytes)."""
         return b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n" % (
-            self.limit, self.remaining, self.reset,
+            self.shown, self.remaining, self.reset,
         )
 
+    def settlements(self, tokens: int, *, cancel: bool = False) -> list[Settlement]:
+        amount = self.amount
+        return [Settlement(limit.key, limit.amount(amount), 0 if cancel else limit.used(tokens), limit.window_s,
+                           limit.also) for limit in self.limits]
 
-def refusal(team: Team, hold: Hold) -> RateLimited:
+
+def refusal(limit: Limit, hold: Hold) -> RateLimited:
+    """The 429 of the first limit that refused a call, naming it: which, its window, its reset."""
     reset = max(1, -(-hold.reset_ms // 1000))
-    if hold.spent < team.token_limit:
+    rate = limit.rate
+    if limit.kind == CONCURRENT:
+        retry = IN_FLIGHT_RETRY_S
+        message = (f"this key already has {hold.reserved} call(s) in flight, its max_concurrent of {limit.limit}; "
+                   f"retry in {retry} s")
+    elif hold.spent < limit.limit:
         # Only reservations in flight stand in the way: they settle (usually under what they
         # held) long before the window ends.
         retry = min(reset, IN_FLIGHT_RETRY_S)
-        message = (f"token limit of {team.token_limit} per {team.time_window} is held by requests in "
-                   f"flight; retry in {retry} s")
+        message = f"{rate.describe()} is held by requests in flight; retry in {retry} s"
     else:
         retry = reset
-        message = f"token limit of {team.token_limit} per {team.time_window} reached; retry in {retry} s"
-    return RateLimited(message, headers={
+        message = f"{rate.describe()} reached; retry in {retry} s"
+    return RateLimited(message, limit={
+        "name": rate.name, "unit": rate.unit, "limit": rate.limit, "window": rate.window, "scope": rate.scope,
+        "model": rate.model, "reset_seconds": reset, "retry_after_seconds": retry,
+    }, headers={
         "Retry-After": str(retry),
-        "X-RateLimit-Limit": str(team.token_limit),
+        "X-RateLimit-Limit": str(limit.limit),
         "X-RateLimit-Remaining": "0",
         "X-RateLimit-Reset": str(reset),
     })
-
-
-class _Keys:
-    """Counter names: one per team incarnation and user, one per team incarnation."""
-
-    def __init__(self) -> None:
-        self._prefixes: dict[tuple[str, datetime], str] = {}
-        self._seconds: dict[str, int] = {}
-
-    def window_s(self, time_window: str) -> int:
-        seconds = self._seconds.get(time_window)
-        if seconds is None:
-            # Windows are whole seconds (normalize_rate_window); never 0.
-            seconds = self._seconds[time_window] = max(1, window_ms(time_window) // 1000)
-        return seconds
-
-    def pair(self, team: Team, user_id: str) -> tuple[str, str]:
-        """(the counter the team's scope enforces, the other scope's counter)."""
-        incarnation = (team.team_id, team.created_at)
-        prefix = self._prefixes.get(incarnation)
-        if prefix is None:
-            prefix = self._prefixes[incarnation] = f"{team.team_id}@{team.created_at.timestamp():.6f}/"
-        user_key, team_key = prefix + "u/" + user_id, prefix + "team"
-        return (team_key, user_key) if team.limit_scope == "team" else (user_key, team_key)
-
-
-class Budget(NamedTuple):
-    """A counter as a key holder may see it (GET /v1/me): why a request would be refused."""
-
-    limit: int
-    window: str
-    scope: str
-    spent: int
-    reserved: int
-    reset_s: int  # 0: no window open (the next request opens one)
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.spent - self.reserved)
-
-
-def _budget(team: Team, peeked: tuple[int, int, int]) -> Budget:
-    spent, reserved, reset_ms = peeked
-    return Budget(team.token_limit, team.time_window, team.limit_scope, spent, reserved, -(-reset_ms // 1000))
 
 
 class Limiter(Protocol):
@@ -145,7 +120,7 @@ class Limiter(Protocol):
 
     remote: bool
 
-    def settle(self, reservation: Reservation, *, tokens: int, team: Team) -> None: ...
+    def settle(self, reservation: Reservation, *, tokens: int) -> None: ...
 
     @property
     def outstanding(self) -> int: ...
@@ -156,7 +131,7 @@ class TokenLimiter:
 
     def __init__(self, counters: MemoryCounters | None = None) -> None:
         self.counters = counters if counters is not None else MemoryCounters()
-        self._keys = _Keys()
+        self._keys = LimitPlanner()
         self._open = 0  # reservations admitted and not settled yet
 
     @property
@@ -164,17 +139,17 @@ class TokenLimiter:
         """How many admitted requests have not been settled (0 once all requests are over)."""
         return self._open
 
-    def admit(self, *, team: Team, user_id: str, estimate: int) -> Reservation:
-        """Reserve `estimate` tokens, or raise RateLimited with Retry-After and X-RateLimit-*."""
-        key, also = self._keys.pair(team, user_id)
-        window_s = self._keys.window_s(team.time_window)
-        hold = self.counters.reserve(key, limit=team.token_limit, window_s=window_s, amount=estimate, also=also)
-        if not hold.admitted:
-            raise refusal(team, hold)
+    def admit(self, *, team: Team, key: ApiKey, model: str, estimate: int) -> Reservation:
+        """Reserve on every limit of the call, or raise RateLimited naming the first that refuses."""
+        limits = self._keys.plan(team, key, model)
+        refused, holds = self.counters.reserve_all([Check(limit.key, limit.limit, limit.window_s,
+                                                          limit.amount(estimate), limit.also) for limit in limits])
+        if refused >= 0:
+            raise refusal(limits[refused], holds[refused])
         self._open += 1
-        return Reservation(key, also, hold, window_s, estimate, team.token_limit)
+        return Reservation(limits, holds, estimate)
 
-    def settle(self, reservation: Reservation, *, tokens: int, team: Team) -> None:
+    def settle(self, reservation: Reservation, *, tokens: int) -> None:
         """Replace the reservation by what was really used (0 releases it). Idempotent.
 
         Tokens used after the window ended count in the window current now, as Limitador
@@ -183,23 +158,26 @@ class TokenLimiter:
             return
         reservation.settled = True
         self._open -= 1
-        self.counters.settle(reservation.key, reserved=reservation.amount, tokens=tokens,
-                             window_s=reservation.window_s, also=reservation.also)
+        self.counters.settle_all(reservation.settlements(tokens))
 
     def state(self, *, team: Team, user_id: str) -> tuple[int, int]:
-        """(spent, reserved) in the current window of the counter the team enforces."""
+        """(spent, reserved) in the current window of the counter the team's primary rate enforces."""
         return self.counters.state(self._keys.pair(team, user_id)[0])
 
-    def budget(self, *, team: Team, user_id: str) -> Budget:
-        return _budget(team, self.counters.peek(self._keys.pair(team, user_id)[0]))
+    def budgets(self, *, team: Team, key: ApiKey, model: str | None = None) -> list[Budget]:
+        """Every limit of the key's calls (of `model`; None: the limits of every model) now."""
+        return [budget_of(limit, self.counters.peek(limit.key)) for limit in self._every_limit(team, key, model)]
+
+    def _every_limit(self, team: Team, key: ApiKey, model: str | None) -> tuple[Limit, ...]:
+        if model is not None:
+            return self._keys.plan(team, key, model)
+        return every_limit(self._keys, team, key)
 
 
 class RemoteCounters(Protocol):
-    async def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None,
-                      rid: str, hold_ms: int) -> Hold: ...
+    async def reserve_all(self, checks: Sequence[Check], *, rid: str, hold_ms: int) -> tuple[int, list[Hold]]: ...
 
-    async def settle(self, key: str, *, reserved: int, tokens: int, window_s: int, also: str | None = None,
-                     rid: str, cancel: bool = False) -> None: ...
+    async def settle_all(self, settlements: Sequence[Settlement], *, rid: str, cancel: bool = False) -> None: ...
 
     async def state(self, key: str) -> tuple[int, int]: ...
 
@@ -218,7 +196,7 @@ class RedisLimiter:
 
     def __init__(self, counters: RemoteCounters, *, hold_s: float = 3600.0) -> None:
         self.counters = counters
-        self._keys = _Keys()
+        self._keys = LimitPlanner()
         self._open = 0
         self._settling: set[asyncio.Task[None]] = set()
         self._hold_ms = int(hold_s * 1000)
@@ -230,25 +208,25 @@ class RedisLimiter:
     def outstanding(self) -> int:
         return self._open
 
-    async def admit(self, *, team: Team, user_id: str, estimate: int) -> Reservation:
-        key, also = self._keys.pair(team, user_id)
-        window_s = self._keys.window_s(team.time_window)
+    async def admit(self, *, team: Team, key: ApiKey, model: str, estimate: int) -> Reservation:
+        limits = self._keys.plan(team, key, model)
         rid = f"{self._instance}.{next(self._rids)}"
+        checks = [Check(limit.key, limit.limit, limit.window_s, limit.amount(estimate), limit.also) for limit in limits]
         try:
-            hold = await self.counters.reserve(key, limit=team.token_limit, window_s=window_s, amount=estimate,
-                                               also=also, rid=rid, hold_ms=self._hold_ms)
+            refused, holds = await self.counters.reserve_all(checks, rid=rid, hold_ms=self._hold_ms)
         except BaseException:
             # Redis was too slow to answer, or the client left while it was asked: it may still
             # run the reservation. Take it back (or bar it) rather than hold the budget.
-            self._send(self.counters.settle(key, reserved=estimate, tokens=0, window_s=window_s, also=also,
-                                            rid=rid, cancel=True), "cancel a reservation", logging.DEBUG)
+            taken_back = Reservation(limits, [Hold(True, 0, 0, 0, 0)] * len(limits), estimate, rid)
+            self._send(self.counters.settle_all(taken_back.settlements(0, cancel=True), rid=rid, cancel=True),
+                       "cancel a reservation", logging.DEBUG)
             raise
-        if not hold.admitted:
-            raise refusal(team, hold)
+        if refused >= 0:
+            raise refusal(limits[refused], holds[refused])
         self._open += 1
-        return Reservation(key, also, hold, window_s, estimate, team.token_limit, rid)
+        return Reservation(limits, holds, estimate, rid)
 
-    def settle(self, reservation: Reservation, *, tokens: int, team: Team) -> None:
+    def settle(self, reservation: Reservation, *, tokens: int) -> None:
         """Sent without waiting (the answer has gone out); a failure is logged: the reservation
         then stands until it lapses (`hold_s`, longer than a request runs), which errs on the
         side of the limit."""
@@ -256,9 +234,8 @@ class RedisLimiter:
             return
         reservation.settled = True
         self._open -= 1
-        self._send(self.counters.settle(reservation.key, reserved=reservation.amount, tokens=tokens,
-                                        window_s=reservation.window_s, also=reservation.also,
-                                        rid=reservation.rid), f"settle {tokens} token(s)")
+        self._send(self.counters.settle_all(reservation.settlements(tokens), rid=reservation.rid),
+                   f"settle {tokens} token(s)")
 
     def _send(self, settling: Coroutine[Any, Any, None], what: str, level: int = logging.WARNING) -> None:
         # A cancel follows a failed reserve: when Redis is down, the 503 has said so already.
@@ -276,8 +253,10 @@ class RedisLimiter:
     async def state(self, *, team: Team, user_id: str) -> tuple[int, int]:
         return await self.counters.state(self._keys.pair(team, user_id)[0])
 
-    async def budget(self, *, team: Team, user_id: str) -> Budget:
-        return _budget(team, await self.counters.peek(self._keys.pair(team, user_id)[0]))
+    async def budgets(self, *, team: Team, key: ApiKey, model: str | None = None) -> list[Budget]:
+        limits = self._keys.plan(team, key, model) if model is not None else every_limit(self._keys, team, key)
+        peeked = await asyncio.gather(*(self.counters.peek(limit.key) for limit in limits))
+        return [budget_of(limit, seen) for limit, seen in zip(limits, peeked)]
 
     async def drain(self) -> None:
         """Wait for the settlements sent (at shutdown)."""

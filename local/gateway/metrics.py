@@ -34,6 +34,8 @@ LIMITADOR_NAMESPACE = "local/maas-models"
 _TOKENS_HELP = "Tokens charged to authorized requests (Limitador's hits are tokens here)"
 _AUTHORIZED_HELP = "Requests admitted under the token limit"
 _LIMITED_HELP = "Requests refused with 429 over the token limit"
+_BY_LIMIT_HELP = ("Requests refused with 429, by the team and the name of the limit that refused them "
+                  "(Limitador's --limit-name-in-labels would put it on limited_calls)")
 _UNMETERED_HELP = ("Model calls that ended without a usage report from the backend (charged the prompt "
                    "estimate plus their text at 4 bytes a token)")
 
@@ -57,6 +59,8 @@ class UsageMeter:
         self._calls: dict[tuple[str, str], list[int]] = {}
         # Calls per model that ended without a usage report (charged from their text instead).
         self._unmetered: dict[str, int] = {}
+        # Refusals per (team, limit name): which of a team's limits binds in practice.
+        self._by_limit: dict[tuple[str, str], int] = {}
 
     def _call_counts(self, team_id: str, user_id: str) -> list[int]:
         key = (team_id, user_id)
@@ -71,8 +75,10 @@ class UsageMeter:
         self._call_counts(team_id, user_id)[0] += 1
         self._ledger.record(team_id=team_id, user_id=user_id, model=model, tokens=tokens, authorized_calls=1)
 
-    def limited(self, *, team_id: str, user_id: str, model: str) -> None:
+    def limited(self, *, team_id: str, user_id: str, model: str, limit: str) -> None:
         self._call_counts(team_id, user_id)[1] += 1
+        by = (team_id, limit)
+        self._by_limit[by] = self._by_limit.get(by, 0) + 1
         self._ledger.record(team_id=team_id, user_id=user_id, model=model, limited_calls=1)
 
     def unmetered(self, *, model: str) -> None:
@@ -92,6 +98,10 @@ class UsageMeter:
                 if not counts[index]:
                     continue  # as in Limitador, a series exists from its first increment
                 lines.append(f"{name}{{{_labels(limitador_namespace=ns, team=team, user=user)}}} {counts[index]}")
+        lines.append(f"# HELP maas_limited_calls_by_limit {_BY_LIMIT_HELP}")
+        lines.append("# TYPE maas_limited_calls_by_limit counter")
+        for (team, limit), count in sorted(self._by_limit.items()):
+            lines.append(f"maas_limited_calls_by_limit{{{_labels(limit_name=limit, team=team)}}} {count}")
         lines.append(f"# HELP maas_unmetered_requests {_UNMETERED_HELP}")
         lines.append("# TYPE maas_unmetered_requests counter")
         for model, count in sorted(self._unmetered.items()):

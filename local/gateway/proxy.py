@@ -30,7 +30,7 @@ from typing import Any
 from local.gateway.accesslog import AccessLog, shown_path
 from local.gateway.auth import Caller, KeyCache
 from local.gateway.contexts import ContextKey, context_key
-from local.gateway.limiter import Budget, Limiter, RedisLimiter, Reservation, TokenLimiter
+from local.gateway.limiter import Limiter, RedisLimiter, Reservation, TokenLimiter
 from local.gateway.metrics import UsageMeter
 from local.gateway.server import Request, Responder, status_line
 from local.gateway.textcount import reply_tokens, reply_total, responses_stream_total, stream_tokens
@@ -58,7 +58,9 @@ from shared.errors import (
     UpstreamTimeout,
     openai_body,
 )
+from shared.limitplan import Budget, budgets_view
 from shared.modelsfile import DEFAULT_MAX_CONTEXT, ModelBackend
+from shared.rates import primary_index
 
 log = logging.getLogger("maas.gateway")
 
@@ -408,7 +410,7 @@ class _Call:
         tokens = self.tokens()
         team = self.caller.team
         gateway = self.gateway
-        gateway._limiter.settle(self.reservation, tokens=tokens, team=team)
+        gateway._limiter.settle(self.reservation, tokens=tokens)
         user = self.caller.key.user_id
         gateway._meter.authorized(team_id=team.team_id, user_id=user, model=self.model, tokens=tokens)
         gateway.access.record(b"POST", self.path, self.status, self.model, team.team_id, user, tokens, self.started)
@@ -826,22 +828,23 @@ class Gateway:
         caller = request.caller = self._keys.authenticate(request.header(b"authorization"))
         limiter = self._limiter
         if isinstance(limiter, TokenLimiter):
-            self._send_me(request, responder, caller, limiter.budget(team=caller.team, user_id=caller.key.user_id))
+            self._send_me(request, responder, caller, limiter.budgets(team=caller.team, key=caller.key))
             return None
         assert isinstance(limiter, RedisLimiter)
         return self._me_remote(request, responder, caller, limiter)
 
     async def _me_remote(self, request: Request, responder: Responder, caller: Caller, limiter: RedisLimiter) -> None:
         try:
-            budget = await limiter.budget(team=caller.team, user_id=caller.key.user_id)
+            budgets = await limiter.budgets(team=caller.team, key=caller.key)
         except MaasError as exc:
             self.reject(responder, exc)
             self._log(request, exc.status)
             return
-        self._send_me(request, responder, caller, budget)
+        self._send_me(request, responder, caller, budgets)
 
-    def _send_me(self, request: Request, responder: Responder, caller: Caller, budget: Budget) -> None:
+    def _send_me(self, request: Request, responder: Responder, caller: Caller, budgets: list[Budget]) -> None:
         key, team = caller.key, caller.team
+        budget = budgets[primary_index(team.limits)]
         body = {
             "object": "key_holder",
             "user_id": key.user_id,
@@ -855,6 +858,7 @@ class Gateway:
                 "models": list(key.models_allowed) or None,  # null: every model
             },
             "models": [model.name for model in visible(self._models, key)],
+            # The team's primary rate (its short form), as before teams had several.
             "budget": {
                 "token_limit": budget.limit,
                 "time_window": budget.window,
@@ -864,6 +868,7 @@ class Gateway:
                 "remaining": budget.remaining,
                 "reset_seconds": budget.reset_s,
             },
+            "limits": budgets_view(budgets),
         }
         responder.send(200, _JSON, json.dumps(body).encode())
         self._log(request, 200)
@@ -974,10 +979,11 @@ class Gateway:
         limiter = self._limiter
         assert isinstance(limiter, RedisLimiter)
         try:
-            reservation = await limiter.admit(team=caller.team, user_id=caller.key.user_id, estimate=estimate)
+            reservation = await limiter.admit(team=caller.team, key=caller.key, model=model, estimate=estimate)
         except MaasError as exc:
             if isinstance(exc, RateLimited):
-                self._meter.limited(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model)
+                self._meter.limited(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model,
+                                    limit=exc.limit["name"] if exc.limit else "")
             self.reject(responder, exc)
             self.access.record(b"POST", path, exc.status, model, caller.team.team_id, caller.key.user_id, 0,
                                time.monotonic())
@@ -990,9 +996,10 @@ class Gateway:
         limiter = self._limiter
         assert isinstance(limiter, TokenLimiter)
         try:
-            return limiter.admit(team=caller.team, user_id=caller.key.user_id, estimate=estimate)
-        except RateLimited:
-            self._meter.limited(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model)
+            return limiter.admit(team=caller.team, key=caller.key, model=model, estimate=estimate)
+        except RateLimited as exc:
+            self._meter.limited(team_id=caller.team.team_id, user_id=caller.key.user_id, model=model,
+                                limit=exc.limit["name"] if exc.limit else "")
             raise
 
     async def _call_async(self, call: _Call, responder: Responder) -> None:

@@ -42,8 +42,9 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 
-from local.gateway.counters import Hold, wall_ms
+from local.gateway.counters import Check, Hold, Settlement, wall_ms
 from local.gateway.resp import Reply, RespClient, RespConnectionError, RespError
 from shared.errors import BackendUnavailable
 
@@ -109,55 +110,79 @@ local function release(held, total, member, amount)
 end
 """
 
-# KEYS generation, window, held, total, tombstone[, also held, also total]
-# ARGV limit, window ms, amount, member, hold ms, the generation the caller knows ('' none), a new one
-# -> {admitted, window, spent, reserved, reset ms, now, generation}, or {-1, generation} when the
-# caller knew another generation: this Redis has forgotten what the caller saw (a restart
-# without persistence, a flush), and the caller puts it back before it reserves.
+# Several counters at once (counters.py, reserve_all): all admitted, or none changed.
+# KEYS generation, tombstone, then per counter: window, held, total, also held, also total
+# ARGV rid, hold ms, the generation the caller knows ('' none), a new one, then per counter:
+#      limit, window ms, amount, 1 when it has an `also` (its two keys are unused otherwise)
+# -> {refused index (1-based; 0: admitted), now, generation, then per counter started, spent,
+# reserved, reset ms}, or {-1, generation} when the caller knew another generation: this Redis has
+# forgotten what the caller saw (a restart without persistence, a flush), and the caller puts it
+# back before it reserves. A tombstoned rid is refused at its first counter.
 _RESERVE = _PRELUDE + """
 local generation = redis.call('GET', KEYS[1])
 if not generation then
-  generation = ARGV[7]
+  generation = ARGV[4]
   redis.call('SET', KEYS[1], generation)
 end
-if ARGV[6] ~= '' and ARGV[6] ~= generation then return {-1, generation} end
-if redis.call('EXISTS', KEYS[5]) == 1 then return {0, 0, 0, 0, 0, now, generation} end
-local reserved = purge(KEYS[3], KEYS[4])
-local started, ends = open(KEYS[2], tonumber(ARGV[2]))
-local spent = tonumber(redis.call('HGET', KEYS[2], 'spent'))
-local admitted = 0
-if spent + reserved < tonumber(ARGV[1]) then
-  local lapses = now + tonumber(ARGV[5])
-  hold(KEYS[3], KEYS[4], ARGV[4], ARGV[3], lapses)
-  if #KEYS > 5 then
-    purge(KEYS[6], KEYS[7])
-    hold(KEYS[6], KEYS[7], ARGV[4], ARGV[3], lapses)
+if ARGV[3] ~= '' and ARGV[3] ~= generation then return {-1, generation} end
+local n = (#ARGV - 4) / 4
+local out = {0, now, generation}
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  out[1] = 1
+  for i = 1, n do
+    table.insert(out, 0); table.insert(out, 0); table.insert(out, 0); table.insert(out, 0)
   end
-  admitted = 1
+  return out
 end
-return {admitted, started, spent, reserved, ends - now, now, generation}
+for i = 1, n do
+  local k, a = 2 + 5 * (i - 1), 4 + 4 * (i - 1)
+  local reserved = purge(KEYS[k + 2], KEYS[k + 3])
+  local started, ends = open(KEYS[k + 1], tonumber(ARGV[a + 2]))
+  local spent = tonumber(redis.call('HGET', KEYS[k + 1], 'spent'))
+  if out[1] == 0 and spent + reserved >= tonumber(ARGV[a + 1]) then out[1] = i end
+  table.insert(out, started); table.insert(out, spent); table.insert(out, reserved); table.insert(out, ends - now)
+end
+if out[1] == 0 then
+  local lapses = now + tonumber(ARGV[2])
+  for i = 1, n do
+    local k, a = 2 + 5 * (i - 1), 4 + 4 * (i - 1)
+    local member = ARGV[1] .. ':' .. ARGV[a + 3]
+    hold(KEYS[k + 2], KEYS[k + 3], member, ARGV[a + 3], lapses)
+    if ARGV[a + 4] == '1' then
+      purge(KEYS[k + 4], KEYS[k + 5])
+      hold(KEYS[k + 4], KEYS[k + 5], member, ARGV[a + 3], lapses)
+    end
+  end
+end
+return out
 """
 
-# KEYS window, held, total, tombstone[, also window, also held, also total]
-# ARGV window ms, member, amount, tokens, cancel (1: the caller never learnt whether it was admitted)
-# -> {} or, when tokens were counted, {started, ends, spent} of each window counted in
+# KEYS tombstone, then per counter: window, held, total, also window, also held, also total
+# ARGV rid, cancel (1: the caller never learnt whether it was admitted), then per counter:
+#      window ms, amount, tokens, 1 when it has an `also`
+# -> {key index, started, ends, spent} of each window tokens were counted in
 _SETTLE = _PRELUDE + """
-local tokens = tonumber(ARGV[4])
 local counted = {}
-if not release(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) and ARGV[5] == '1' then
-  redis.call('SET', KEYS[4], 1, 'PX', 60000)
+local n = (#ARGV - 2) / 4
+local function count(index, window_ms, tokens)
+  local started, ends = open(KEYS[index], window_ms)
+  local spent = redis.call('HINCRBY', KEYS[index], 'spent', tokens)
+  table.insert(counted, index); table.insert(counted, started); table.insert(counted, ends); table.insert(counted, spent)
 end
-local function count(window)
-  local started, ends = open(window, tonumber(ARGV[1]))
-  local spent = redis.call('HINCRBY', window, 'spent', tokens)
-  table.insert(counted, started)
-  table.insert(counted, ends)
-  table.insert(counted, spent)
+local found = false
+for i = 1, n do
+  local k, a = 1 + 6 * (i - 1), 2 + 4 * (i - 1)
+  local window_ms, amount, tokens = tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])
+  local member = ARGV[1] .. ':' .. amount
+  if release(KEYS[k + 2], KEYS[k + 3], member, amount) then found = true end
+  if tokens > 0 then count(k + 1, window_ms, tokens) end
+  if ARGV[a + 4] == '1' then
+    release(KEYS[k + 5], KEYS[k + 6], member, amount)
+    if tokens > 0 then count(k + 4, window_ms, tokens) end
+  end
 end
-if tokens > 0 then count(KEYS[1]) end
-if #KEYS > 4 then
-  release(KEYS[6], KEYS[7], ARGV[2], ARGV[3])
-  if tokens > 0 then count(KEYS[5]) end
+if not found and ARGV[2] == '1' then
+  redis.call('SET', KEYS[1], 1, 'PX', 60000)
 end
 return counted
 """
@@ -246,7 +271,8 @@ class RedisCounters:
         # what it puts back when the Redis turns out to have forgotten (a new generation).
         self._generation = ""
         self._seen: dict[str, tuple[int, int, int]] = {}  # window key: (started, ends, spent)
-        self._held: dict[str, tuple[str, str, str | None, str | None, int, int]] = {}
+        # rid: ((member, held, total) of each counter it holds on, when it lapses)
+        self._held: dict[str, tuple[list[tuple[str, str, str]], int]] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._prune_at = 1024
 
@@ -277,42 +303,64 @@ class RedisCounters:
 
     async def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None,
                       rid: str, hold_ms: int) -> Hold:
-        window, held, total = self._keys(key)
-        keys = [self._prefix + "generation", window, held, total, f"{self._prefix}x:{rid}"]
-        also_held = also_total = None
-        if also is not None:
-            _, also_held, also_total = self._keys(also)
-            keys += [also_held, also_total]
-        member = f"{rid}:{amount}"
-        args = [limit, window_s * 1000, amount, member, hold_ms]
+        _, holds = await self.reserve_all([Check(key, limit, window_s, amount, also)], rid=rid, hold_ms=hold_ms)
+        return holds[0]
+
+    async def reserve_all(self, checks: Sequence[Check], *, rid: str, hold_ms: int) -> tuple[int, list[Hold]]:
+        prefix = self._prefix
+        keys = [prefix + "generation", f"{prefix}x:{rid}"]
+        args: list[int | str] = [rid, hold_ms]
+        pairs: list[tuple[str, str, str]] = []  # (member, held, total) of every counter reserved on
+        for check in checks:
+            window, held, total = self._keys(check.key)
+            member = f"{rid}:{check.amount}"
+            pairs.append((member, held, total))
+            if check.also is not None:
+                _, also_held, also_total = self._keys(check.also)
+                pairs.append((member, also_held, also_total))
+            else:
+                also_held = also_total = held  # unused: the flag below says so
+            keys += [window, held, total, also_held, also_total]
+            args += [check.limit, check.window_s * 1000, check.amount, 0 if check.also is None else 1]
         for _ in range(3):
-            reply = await self._eval(self._reserve, keys, [*args, self._generation, os.urandom(8).hex()])
+            reply = await self._eval(self._reserve, keys, [*args[:2], self._generation, os.urandom(8).hex(), *args[2:]])
             assert isinstance(reply, list)
             if int(reply[0]) == -1:  # type: ignore[arg-type]
                 await self._recover(_text(reply[1]))
                 continue
-            admitted, started, spent, reserved, reset_ms, now = (int(v) for v in reply[:6])  # type: ignore[arg-type]
-            self._generation = _text(reply[6])
-            self._see(window, started, now + reset_ms, spent)
-            if admitted == 1:
-                self._held[rid] = (member, held, total, also_held, also_total, now + hold_ms)
-            return Hold(admitted == 1, started, spent, reserved, reset_ms)
+            refused, now = int(reply[0]) - 1, int(reply[1])  # type: ignore[arg-type]
+            self._generation = _text(reply[2])
+            holds = []
+            for at, check in enumerate(checks):
+                started, spent, reserved, reset_ms = (int(v) for v in reply[3 + 4 * at:7 + 4 * at])  # type: ignore[arg-type]
+                if started:
+                    self._see(keys[2 + 5 * at], started, now + reset_ms, spent)
+                admitted = refused < 0 or (spent + reserved < check.limit and started != 0)
+                holds.append(Hold(admitted, started, spent, reserved, reset_ms))
+            if refused < 0:
+                self._held[rid] = (pairs, now + hold_ms)
+            return refused, holds
         raise self._unavailable("answered with an error", "its counters were reset three times in a row")
 
     async def settle(self, key: str, *, reserved: int, tokens: int, window_s: int, also: str | None = None,
                      rid: str, cancel: bool = False) -> None:
         """Take reservation `rid` back and count `tokens`. `cancel`: the caller does not know
         whether Redis ran the reserve (it gave up waiting), so one that runs later is refused."""
+        await self.settle_all([Settlement(key, reserved, tokens, window_s, also)], rid=rid, cancel=cancel)
+
+    async def settle_all(self, settlements: Sequence[Settlement], *, rid: str, cancel: bool = False) -> None:
         self._held.pop(rid, None)
-        keys = self._keys(key) + [f"{self._prefix}x:{rid}"]
-        if also is not None:
-            keys += self._keys(also)
-        counted = await self._eval(self._settle, keys, [window_s * 1000, f"{rid}:{reserved}", reserved, tokens,
-                                                        1 if cancel else 0])
+        keys = [f"{self._prefix}x:{rid}"]
+        args: list[int | str] = [rid, 1 if cancel else 0]
+        for item in settlements:
+            mine = self._keys(item.key)
+            keys += mine + (mine if item.also is None else self._keys(item.also))
+            args += [item.window_s * 1000, item.reserved, item.tokens, 0 if item.also is None else 1]
+        counted = await self._eval(self._settle, keys, args)
         assert isinstance(counted, list)
-        windows = [keys[0]] if also is None else [keys[0], keys[4]]
-        for window, at in zip(windows, range(0, len(counted), 3)):
-            self._see(window, *(int(v) for v in counted[at:at + 3]))  # type: ignore[arg-type]
+        for at in range(0, len(counted), 4):
+            index, started, ends, spent = (int(v) for v in counted[at:at + 4])  # type: ignore[arg-type]
+            self._see(keys[index - 1], started, ends, spent)
 
     def _see(self, window: str, started: int, ends: int, spent: int) -> None:
         seen = self._seen
@@ -348,11 +396,9 @@ class RedisCounters:
             await self._eval(self._restore_windows, [name for name, _ in batch],
                              [value for _, seen in batch for value in seen])
         holds: list[tuple[str, str, str, int, int]] = []
-        for member, held, total, also_held, also_total, lapses in list(self._held.values()):
-            amount = int(member.rsplit(":", 1)[1])
-            holds.append((held, total, member, amount, lapses))
-            if also_held is not None and also_total is not None:
-                holds.append((also_held, also_total, member, amount, lapses))
+        for pairs, lapses in list(self._held.values()):
+            for member, held, total in pairs:
+                holds.append((held, total, member, int(member.rsplit(":", 1)[1]), lapses))
         for at in range(0, len(holds), 200):
             batch = holds[at:at + 200]
             await self._eval(self._restore_holds, [k for h in batch for k in h[:2]],

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
+from shared.rates import Rate, primary_index, short_form_rate
+
 LimitScope = Literal["user", "team"]
 KeyStatus = Literal["active", "revoked", "expired"]
 MemberRole = Literal["member", "admin"]
@@ -34,6 +36,14 @@ class Team:
     # lifetime is a duration as given ("90d", "24h"), validated there, stored verbatim here.
     max_keys_per_user: int | None = None
     max_key_lifetime: str | None = None
+    # The team's whole list of rates when it has more than the short form (shared/rates.py);
+    # (): the short form's one rate. TeamChanges.apply keeps the two in step.
+    rates: tuple[Rate, ...] = ()
+
+    @property
+    def limits(self) -> tuple[Rate, ...]:
+        """Every rate of the team, the primary one included."""
+        return self.rates or (short_form_rate(self.token_limit, self.time_window, self.limit_scope),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,10 @@ class ApiKey:
     # Set when the key was rotated: the handle of its successor. The old key then carries an
     # `expires_at` at the end of its grace period, and the sweep marks it revoked (not expired).
     replaced_by: str | None = None
+    # The key's own rates (scope "key"), checked on top of its team's, and its cap on calls in
+    # flight; neither can widen what the team allows.
+    rates: tuple[Rate, ...] = ()
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +186,8 @@ class TeamChanges:
     limit_scope: LimitScope | None = None
     max_keys_per_user: int | None = None
     max_key_lifetime: str | None = None
+    # The whole list of rates; excludes the short form's three fields in one change.
+    rates: tuple[Rate, ...] | None = None
     clear: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -189,6 +205,19 @@ class TeamChanges:
 
         changed: dict[str, object] = {k: v for k, v in self.as_dict().items() if v is not None}
         changed.update(dict.fromkeys(self.clear))
+        if self.rates is not None:
+            primary = self.rates[primary_index(self.rates)]
+            changed.update(token_limit=primary.limit, time_window=primary.window, limit_scope=primary.scope)
+            plain = short_form_rate(primary.limit, primary.window, primary.scope)
+            changed["rates"] = () if self.rates == (plain,) else self.rates
+        elif team.rates and any(name in changed for name in ("token_limit", "time_window", "limit_scope")):
+            # The short form edits the list's primary rate, in place and under its own name.
+            at = primary_index(team.rates)
+            old = team.rates[at]
+            primary = replace(old, limit=changed.get("token_limit", old.limit),
+                              window=changed.get("time_window", old.window),
+                              scope=changed.get("limit_scope", old.scope))
+            changed["rates"] = team.rates[:at] + (primary,) + team.rates[at + 1:]
         return replace(team, **changed)
 
     def as_dict(self) -> dict[str, object]:

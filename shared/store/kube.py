@@ -393,7 +393,7 @@ class KubernetesStore:
         updated = retry_on_conflict(attempt, f"team '{team_id}'")
         self._bump()
         if any(value is not None for value in (changes.policy, changes.token_limit, changes.time_window,
-                                               changes.limit_scope)):
+                                               changes.limit_scope, changes.rates)):
             self._regroup_keys(updated)
         return updated
 

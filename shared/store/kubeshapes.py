@@ -40,6 +40,7 @@ from typing import Any
 from shared.errors import BackendUnavailable
 from shared.identifiers import DNS_LABEL_RE
 from shared.keymaterial import key_sha256 as sha256_of
+from shared.rates import rates_from_text, rates_text
 from shared.store.base import (
     ApiKey,
     AuditEntry,
@@ -68,6 +69,9 @@ OPTIONAL_TEAM_ANNOTATIONS = {
     "max_keys_per_user": "maas/max-keys-per-user",
     "max_key_lifetime": "maas/max-key-lifetime",
 }
+# A team's or key's list of rates as JSON (shared/rates.py); absent: the short form only / none.
+RATES_ANNOTATION = "maas/rates"
+MAX_CONCURRENT_ANNOTATION = "maas/max-concurrent"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
 GRACE_LABEL = "maas/in-grace"
@@ -118,6 +122,9 @@ def team_annotations(team: Team) -> dict[str, str]:
         value = getattr(team, name)
         if value is not None:
             notes[annotation] = str(value)
+    rates = rates_text(team.rates)
+    if rates is not None:
+        notes[RATES_ANNOTATION] = rates
     return notes
 
 
@@ -125,7 +132,7 @@ def team_annotations_patch(team: Team) -> dict[str, str | None]:
     """A merge patch making a team Secret's annotations say `team`: a field that is None now
     removes its annotation (null in a merge patch deletes the key)."""
     notes: dict[str, str | None] = dict(team_annotations(team))
-    for name, annotation in OPTIONAL_TEAM_ANNOTATIONS.items():
+    for annotation in (*OPTIONAL_TEAM_ANNOTATIONS.values(), RATES_ANNOTATION):
         notes.setdefault(annotation, None)
     return notes
 
@@ -164,6 +171,7 @@ def team_from_secret(secret: Any) -> Team:
             created_at=parse_timestamp(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
             max_keys_per_user=None if cap is None else int(cap),
             max_key_lifetime=notes.get(OPTIONAL_TEAM_ANNOTATIONS["max_key_lifetime"]),
+            rates=rates_from_text(notes.get(RATES_ANNOTATION)),
         )
     except (KeyError, ValueError) as exc:
         raise BackendUnavailable(
@@ -206,6 +214,11 @@ def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
         notes["maas/last-used-at"] = timestamp(key.last_used_at)
     if key.replaced_by:
         notes["maas/replaced-by"] = key.replaced_by
+    rates = rates_text(key.rates)
+    if rates is not None:
+        notes[RATES_ANNOTATION] = rates
+    if key.max_concurrent is not None:
+        notes[MAX_CONCURRENT_ANNOTATION] = str(key.max_concurrent)
     return notes
 
 
@@ -246,6 +259,7 @@ def key_from_secret(secret: Any) -> ApiKey:
     notes = secret.metadata.annotations or {}
     models = notes.get(MODELS_ANNOTATION, "")
     status = notes.get(STATUS_ANNOTATION, "active")
+    concurrent = notes.get(MAX_CONCURRENT_ANNOTATION)
     try:
         return ApiKey(
             secret_name=secret.metadata.name,
@@ -261,6 +275,8 @@ def key_from_secret(secret: Any) -> ApiKey:
             expires_at=parse_timestamp(notes.get(EXPIRES_ANNOTATION)),
             last_used_at=parse_timestamp(notes.get("maas/last-used-at")),
             replaced_by=notes.get("maas/replaced-by") or None,
+            rates=rates_from_text(notes.get(RATES_ANNOTATION), scope="key"),
+            max_concurrent=None if concurrent is None else int(concurrent),
         )
     except (KeyError, ValueError) as exc:
         raise BackendUnavailable(

@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from shared.errors import BackendUnavailable, Conflict, NotFound, not_a_member
+from shared.rates import rates_from_text, rates_text
 from shared.store.base import (
     ApiKey,
     AuditEntry,
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS teams (
     limit_scope  TEXT NOT NULL CHECK (limit_scope IN ('user', 'team')),
     created_at   TEXT NOT NULL,
     max_keys_per_user INTEGER,
-    max_key_lifetime  TEXT
+    max_key_lifetime  TEXT,
+    rates        TEXT
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     secret_name    TEXT PRIMARY KEY,
@@ -78,7 +80,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at     TEXT NOT NULL,
     expires_at     TEXT,
     last_used_at   TEXT,
-    replaced_by    TEXT
+    replaced_by    TEXT,
+    rates          TEXT,
+    max_concurrent INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_team ON api_keys(team_id);
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user_id);
@@ -138,20 +142,21 @@ CHANGES_KEPT = 10_000
 
 # Columns added after the first release, for databases created before them.
 _ADDED_COLUMNS = {
-    "api_keys": (("replaced_by", "TEXT"),),
-    "teams": (("max_keys_per_user", "INTEGER"), ("max_key_lifetime", "TEXT")),
+    "api_keys": (("replaced_by", "TEXT"), ("rates", "TEXT"), ("max_concurrent", "INTEGER")),
+    # rates: the team's list of rates as JSON (shared/rates.py), NULL for the short form alone.
+    "teams": (("max_keys_per_user", "INTEGER"), ("max_key_lifetime", "TEXT"), ("rates", "TEXT")),
     # An update's before and after (base.changes_text); NULL for older entries, as for reads.
     "audit": (("changes", "TEXT"),),
 }
 
 _KEY_COLUMNS = (
     "secret_name, key_sha256, team_id, user_id, user_email, role, status, models_allowed, "
-    "alias, created_at, expires_at, last_used_at, replaced_by"
+    "alias, created_at, expires_at, last_used_at, replaced_by, rates, max_concurrent"
 )
 _AUDIT_COLUMNS = "id, at, actor, action, method, path, outcome, team_id, secret_name, changes"
 _TEAM_COLUMNS = (
     "team_id, team_name, description, policy, token_limit, time_window, limit_scope, created_at, "
-    "max_keys_per_user, max_key_lifetime"
+    "max_keys_per_user, max_key_lifetime, rates"
 )
 _MEMBER_COLUMNS = "team_id, user_id, role, user_email, joined_at"
 
@@ -176,6 +181,7 @@ def _team(row: sqlite3.Row) -> Team:
         created_at=datetime.fromisoformat(row["created_at"]),
         max_keys_per_user=row["max_keys_per_user"],
         max_key_lifetime=row["max_key_lifetime"],
+        rates=rates_from_text(row["rates"]),
     )
 
 
@@ -205,6 +211,8 @@ def _key(row: sqlite3.Row) -> ApiKey:
         expires_at=_dt(row["expires_at"]),
         last_used_at=_dt(row["last_used_at"]),
         replaced_by=row["replaced_by"],
+        rates=rates_from_text(row["rates"], scope="key"),
+        max_concurrent=row["max_concurrent"],
     )
 
 
@@ -386,7 +394,7 @@ class SqliteStore:
         try:
             with self._write() as (conn, changed):
                 conn.execute(
-                    f"INSERT INTO teams ({_TEAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO teams ({_TEAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         team.team_id,
                         team.team_name,
@@ -398,6 +406,7 @@ class SqliteStore:
                         _ts(team.created_at),
                         team.max_keys_per_user,
                         team.max_key_lifetime,
+                        rates_text(team.rates),
                     ),
                 )
                 changed.append((team.team_id, None))
@@ -433,7 +442,7 @@ class SqliteStore:
             updated = changes.apply(_team(row))
             conn.execute(
                 "UPDATE teams SET team_name = ?, description = ?, policy = ?, token_limit = ?, "
-                "time_window = ?, limit_scope = ?, max_keys_per_user = ?, max_key_lifetime = ? "
+                "time_window = ?, limit_scope = ?, max_keys_per_user = ?, max_key_lifetime = ?, rates = ? "
                 "WHERE team_id = ?",
                 (
                     updated.team_name,
@@ -444,6 +453,7 @@ class SqliteStore:
                     updated.limit_scope,
                     updated.max_keys_per_user,
                     updated.max_key_lifetime,
+                    rates_text(updated.rates),
                     team_id,
                 ),
             )
@@ -544,7 +554,7 @@ class SqliteStore:
                                                 (key.team_id, key.user_id)).fetchone() is None:
                     raise not_a_member(key.team_id)
                 conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.secret_name,
                         key.key_sha256,
@@ -559,6 +569,8 @@ class SqliteStore:
                         _ts(key.expires_at),
                         _ts(key.last_used_at),
                         key.replaced_by,
+                        rates_text(key.rates),
+                        key.max_concurrent,
                     ),
                 )
                 # An existing member keeps their role (an admin's new key does not demote them)
