@@ -10,6 +10,7 @@ from functions.cleanup import cleanup
 from functions.console import console
 from functions.keys import create_key, delete_key, delete_key_legacy, list_team_keys, list_user_keys
 from functions.lifecycle import list_audit, revoke_key, rotate_key
+from functions.limits import explain_limits, simulate_limits
 from functions.me import create_my_key, list_my_keys, my_usage, whoami
 from functions.members import add_member, list_members, remove_member, update_member
 from functions.meta import health, openapi
@@ -37,6 +38,7 @@ __all__ = [
     "delete_key",
     "delete_key_legacy",
     "delete_team",
+    "explain_limits",
     "get_team",
     "health",
     "list_audit",
@@ -48,6 +50,7 @@ __all__ = [
     "openapi",
     "revoke_key",
     "rotate_key",
+    "simulate_limits",
     "team_usage",
     "update_team",
     "user_usage",

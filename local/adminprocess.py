@@ -21,6 +21,8 @@ What the admin functions shared with the gateway in one process goes over a sock
   the in-process ledger did; a flush of a few rows costs about a millisecond, where waiting
   for the next timed flush would have cost up to 0.5 s on every read and a shorter interval
   only made the race rarer;
+- token counters: explain (shared/explain.py) reads the gateway's counters as they are now, on
+  the gateway's loop (`counters`), whichever store holds them (the process or Redis);
 - team changes: the Context's `teams_changed` runs in the runtime, where the cleanup events
   follow team deletes (local/events.py) and, with the Kubernetes store, the policies are
   synced, once, as before; the request waits for it.
@@ -62,7 +64,7 @@ _READY_S = 60.0  # a first start compiles bytecode; a slow disk takes its time
 _FLUSH_WAIT_S = 2.0
 _TEAMS_WAIT_S = 60.0  # a policy sync against a cluster
 _STOP_S = 20.0  # gunicorn's graceful_timeout (10 s) and its own exit
-_MESSAGE = 256
+_MESSAGE = 65_536  # a counters request names at most a few dozen counters
 _PR_SET_PDEATHSIG = 1
 
 
@@ -86,8 +88,10 @@ class AdminProcess:
     `failed` is then True."""
 
     def __init__(self, settings: Settings, *, ctx: Context, ledger: UsageLedger | None,
-                 on_exit: Callable[[], None], simulator_token: SecretStr | None = None) -> None:
+                 on_exit: Callable[[], None], simulator_token: SecretStr | None = None,
+                 counters: Callable[[list[str]], list[tuple[int, int, int]]] | None = None) -> None:
         self._settings, self._ctx, self._ledger, self._on_exit = settings, ctx, ledger, on_exit
+        self._counters = counters
         # The model listing probes each backend's readiness; the simulator answers only its token.
         self._simulator_token = simulator_token
         self._process: subprocess.Popen[bytes] | None = None
@@ -146,21 +150,26 @@ class AdminProcess:
                 return
             if not message:
                 return  # the child has gone
-            kind, _, number = message.decode("ascii", "replace").partition(" ")
+            kind, number, payload = (message.decode("utf-8", "replace").split(" ", 2) + ["", ""])[:3]
             if kind == "ready":
                 self._ready.set()
                 continue
-            ok = True
+            ok, data = True, ""
             try:
                 if kind == "flush" and self._ledger is not None:
                     self._ledger.flush()
                 elif kind == "teams":
                     self._ctx.teams_changed()
+                elif kind == "counters":
+                    if self._counters is None:
+                        ok = False
+                    else:
+                        data = json.dumps(self._counters([str(key) for key in json.loads(payload)]))
             except Exception:  # noqa: BLE001 - reported to the child, which answers for it
                 log.exception("the admin API's %s request failed", kind)
                 ok = False
             try:
-                self._channel.send(f"{number} {'ok' if ok else 'failed'}".encode())
+                self._channel.send(f"{number} {'ok' if ok else 'failed'} {data}".rstrip().encode())
             except OSError:
                 return
 
@@ -204,7 +213,7 @@ class _Channel:
         self._sock = socket.socket(fileno=fd)
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
-        self._waiting: dict[int, tuple[threading.Event, list[bool]]] = {}
+        self._waiting: dict[int, tuple[threading.Event, list[tuple[bool, str]]]] = {}
 
     def start(self) -> None:
         """In the worker, after gunicorn's fork: the thread that reads the answers."""
@@ -215,11 +224,17 @@ class _Channel:
 
     def ask(self, kind: str, timeout: float) -> bool | None:
         """True or False as the runtime answered; None without an answer in `timeout`."""
-        number, done, answer = next(self._numbers), threading.Event(), []
+        answer = self.fetch(kind, timeout)
+        return None if answer is None else answer[0]
+
+    def fetch(self, kind: str, timeout: float, payload: str = "") -> tuple[bool, str] | None:
+        """(ok, the runtime's data) as it answered; None without an answer in `timeout`."""
+        number, done = next(self._numbers), threading.Event()
+        answer: list[tuple[bool, str]] = []
         with self._lock:
             self._waiting[number] = (done, answer)
         try:
-            self._sock.send(f"{kind} {number}".encode())
+            self._sock.send(f"{kind} {number} {payload}".rstrip().encode())
             done.wait(timeout)
         except OSError:
             pass
@@ -236,11 +251,12 @@ class _Channel:
                 return
             if not message:
                 return
-            number, _, result = message.decode("ascii", "replace").partition(" ")
+            number, _, result = message.decode("utf-8", "replace").partition(" ")
+            outcome, _, data = result.partition(" ")
             with self._lock:
                 waiting = self._waiting.get(int(number)) if number.isdigit() else None
             if waiting is not None:
-                waiting[1].append(result == "ok")
+                waiting[1].append((outcome == "ok", data))
                 waiting[0].set()
 
 
@@ -279,7 +295,14 @@ def _serving(settings: Settings, simulator_token: SecretStr | None, channel: _Ch
         if channel.ask("teams", _TEAMS_WAIT_S) is not True:
             raise BackendUnavailable("the runtime did not take the team change's follow-ups; see its log")
 
+    def counters(keys: list[str]) -> list[tuple[int, int, int]]:
+        answer = channel.fetch("counters", _FLUSH_WAIT_S, json.dumps(keys))
+        if answer is None or not answer[0]:
+            raise BackendUnavailable("the gateway did not answer for its token counters; see its log")
+        return [(int(a), int(b), int(c)) for a, b, c in json.loads(answer[1])]
+
     ctx.teams_changed = teams_changed
+    ctx.counters = counters
     install_context(ctx)
     closers.extend([reset_context, ledger.close, models.stop])
     return create_admin_app()

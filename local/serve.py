@@ -123,7 +123,8 @@ def serve(settings: Settings) -> int:
         launch("cleanup", EventsService(ctx, interval_s=settings.cleanup_interval_s))
         # In a process of its own, on the server the image runs (local/adminprocess.py); if it
         # stops on its own, so does everything.
-        admin = AdminProcess(settings, ctx=ctx, ledger=ledger, on_exit=stop.set, simulator_token=simulator.token)
+        admin = AdminProcess(settings, ctx=ctx, ledger=ledger, on_exit=stop.set, simulator_token=simulator.token,
+                             counters=gateway.peek_counters)
         launch("admin API", admin)
         _say(f"MaaS key manager {VERSION}: {settings.store} store in {settings.data_dir}/")
         for label, service in reversed(services):

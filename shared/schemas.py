@@ -388,6 +388,41 @@ class PageQuery(Request):
     )
 
 
+class ExplainQuery(Request):
+    """Whose limits GET /teams/{team_id}/limits/explain shows (query parameters)."""
+
+    user_id: UserId | None = Field(default=None, description="The user whose counters to show; "
+                                   "default: the key's user (give one of the two)")
+    secret_name: SecretName | None = Field(default=None, description="A key of the team: its own limits too")
+    model: ModelName | None = Field(default=None, description="Only the limits a call of this model meets; "
+                                    "default: every model's")
+
+    @model_validator(mode="after")
+    def _someone(self) -> ExplainQuery:
+        if self.user_id is None and self.secret_name is None:
+            raise ValueError("give user_id or secret_name: limits are counted per user or per key")
+        return self
+
+
+class SimulateRequest(Request):
+    """Proposed limits to replay the team's recorded usage against."""
+
+    limits: list[RateSpec] = Field(min_length=1, max_length=MAX_RATES, description="The team's rates as "
+                                   "PATCH /teams/{team_id} would set them")
+    start: Rfc3339 | None = Field(default=None, description="RFC 3339, inclusive; default: end minus 24h")
+    end: Rfc3339 | None = Field(default=None, description="RFC 3339, exclusive; default: now")
+
+    @field_validator("limits")
+    @classmethod
+    def _a_team_list(cls, value: list[RateSpec]) -> list[RateSpec]:
+        _team_rates(value, set())
+        return value
+
+    @property
+    def rates(self) -> tuple[Rate, ...]:
+        return _team_rates(self.limits, set()) or ()
+
+
 class KeyDeleteByValue(Request):
     key: Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
@@ -424,6 +459,59 @@ class TeamPublic(Response):
     max_keys_per_user: int | None = None
     max_key_lifetime: str | None = None
     limits: list[RatePublic] = Field(default_factory=list, description="Every rate of the team, the short form's included")
+
+
+class LimitState(Response):
+    """One limit with its counter now (GET /v1/me and explain)."""
+
+    name: str
+    unit: RateUnit
+    limit: int
+    window: str
+    scope: Literal["user", "team", "key"]
+    model: str | None
+    spent: int | None = Field(description="Counted in the current window; null when the counters cannot be read")
+    reserved: int | None = Field(description="Held by calls in flight")
+    remaining: int | None
+    reset_seconds: int | None = Field(description="Until the window ends; 0: no window open (the next call opens one)")
+    binding: bool = Field(description="The limit that refuses first: the first exhausted one, else the one "
+                          "with the smallest share left")
+
+
+class LimitsExplained(Response):
+    team_id: str
+    user_id: str
+    secret_name: str | None
+    model: str | None
+    counters: Literal["live", "unavailable"] = Field(
+        description="'live': the gateway's counters as they are now; 'unavailable': only the limits "
+                    "(in a cluster the counters are Limitador's)")
+    limits: list[LimitState]
+    binding: str | None = Field(description="Name of the binding limit")
+    admitted_now: bool | None = Field(description="Whether a call would be admitted now; null without counters")
+
+
+class UserSimulation(Response):
+    user_id: str
+    requests: int = Field(description="Calls replayed (the calls admitted when they were made)")
+    tokens: int
+    refused_requests: int
+    refused_tokens: int
+    refused_by: dict[str, int] = Field(description="Refused calls by the name of the limit that refused them")
+
+
+class LimitsSimulated(Response):
+    team_id: str
+    start: Timestamp
+    end: Timestamp
+    limits: list[RatePublic]
+    requests: int
+    tokens: int
+    refused_requests: int
+    refused_tokens: int
+    refused_by: dict[str, int]
+    users: list[UserSimulation]
+    notes: list[str] = Field(default_factory=list, description="Where the replay is approximate, and why")
 
 
 class TeamList(Response):

@@ -313,6 +313,8 @@ def run_reader(run: Run) -> None:
         run.call("GET", "/me")
         run.call("GET", "/me/keys")
         run.call("GET", "/me/usage")
+        run.call("GET", "/teams/alpha/limits/explain?user_id=alice")
+        run.call("POST", "/teams/alpha/limits/simulate", json={"limits": [{"name": "t", "limit": 5, "window": "1h"}]})
 
     run.audited(calls)
 
@@ -457,7 +459,7 @@ CALLED = {
     "none": {"openapi"},
     "health": {"health"},
     "reader": {"list_teams", "get_team", "list_team_keys", "list_user_keys", "list_audit", "user_usage", "team_usage",
-               "list_members", "whoami", "list_my_keys", "my_usage"},
+               "list_members", "whoami", "list_my_keys", "my_usage", "explain_limits", "simulate_limits"},
     "models": {"list_models", "list_openai_models"},
     "writer": {"create_key", "revoke_key", "rotate_key", "delete_key", "delete_key_legacy", "create_team", "update_team",
                "delete_team", "add_member", "update_member", "remove_member", "create_my_key"},

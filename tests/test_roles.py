@@ -81,6 +81,9 @@ EXPECTED: dict[str, Example] = {
     "list_audit": Example("team_query", "GET", "/audit?team_id=t1"),
     "user_usage": Example("user", "GET", "/users/alice/usage"),
     "team_usage": Example("team", "GET", "/teams/t1/usage"),
+    "explain_limits": Example("team", "GET", "/teams/t1/limits/explain?user_id=alice"),
+    "simulate_limits": Example("team", "POST", "/teams/t1/limits/simulate",
+                               {"limits": [{"name": "tokens", "limit": 10, "window": "1h"}]}),
     "list_models": Example("models", "GET", "/models"),
     "list_openai_models": Example("models", "GET", "/v1/models"),
 }

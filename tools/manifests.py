@@ -334,6 +334,8 @@ FUNCTION_ACCOUNTS: dict[str, str] = {
     "list_audit": "reader",
     "user_usage": "reader",
     "team_usage": "reader",
+    "explain_limits": "reader",
+    "simulate_limits": "reader",
     "list_models": "models",
     "list_openai_models": "models",
     "create_key": "writer",

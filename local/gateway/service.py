@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from local.gateway.auth import KeyCache
 from local.gateway.accesslog import AccessLog
 from local.gateway.contexts import ContextKey, ContextLearner
+from local.gateway.limiter import RedisLimiter, TokenLimiter
 from local.gateway.limits import LimiterService
 from local.gateway.loopthread import LoopThread
 from local.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -113,6 +114,19 @@ class GatewayService:
         self._metrics_server: Listener | None = None
         self._port: int | None = None
         self._metrics_port: int | None = None
+
+    def peek_counters(self, keys: Sequence[str], timeout: float = 2.0) -> list[tuple[int, int, int]]:
+        """(spent, reserved, ms until the window ends) of each counter, read on the gateway's
+        loop, where the counters change (the admin API's explain: shared/explain.py)."""
+        limiter = self.limiter
+
+        async def peek() -> list[tuple[int, int, int]]:
+            if isinstance(limiter, TokenLimiter):
+                return [limiter.counters.peek(key) for key in keys]
+            assert isinstance(limiter, RedisLimiter)
+            return list(await asyncio.gather(*(limiter.counters.peek(key) for key in keys)))
+
+        return self._thread.call(peek, timeout=timeout)
 
     @property
     def url(self) -> str:
