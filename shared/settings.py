@@ -1,12 +1,29 @@
-"""Every setting of the product, read from the environment here and nowhere else."""
+"""Every setting of the product, read from the environment here and nowhere else.
+
+The environment is read as pydantic-settings read it (the same variables, the same precedence,
+the same errors; tests/test_coldstart_settings.py holds the two side by side), by a few lines
+of our own: importing pydantic-settings cost every function target ~30 ms of its cold start
+(issue 12), for a source of environment variables we use nothing else of.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
 
 from shared.durations import normalize_window, window_ms
 
@@ -16,10 +33,62 @@ def weak_admin_key(secret: str) -> bool:
     return "REPLACE-ME" in secret.upper() or len(secret) < 16
 
 
-class Settings(BaseSettings):
-    """Built once by `Settings()` (from the environment) and passed down."""
+def _names(name: str, field: FieldInfo) -> tuple[str, ...]:
+    """The names that set a field, preferred first: its variables, then the field's own name
+    (populate_by_name; case aside, `ADMIN_KEY` is both)."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return (*(choice for choice in alias.choices if isinstance(choice, str)), name)
+    return (alias, name) if isinstance(alias, str) else (name,)
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+def _input(model: type[BaseModel], given: Mapping[str, object]) -> dict[str, object]:
+    """What pydantic-settings handed its model, built its way, since the keys are what a
+    validation error's `loc` names: the values given to `Settings(...)`, each under its field's
+    first name; over what the environment sets (each field's first name found, case aside,
+    under its first name, or under the field's own name when found by it); then a given value
+    keeps the key it was given under when that is one of its field's names as spelled."""
+    fields = {name: _names(name, field) for name, field in model.model_fields.items()}
+    arguments: dict[str, object] = {}
+    left = dict(given)
+    for names in fields.values():
+        folded = [candidate.lower() for candidate in names]
+        matches = sorted((key for key in left if key.lower() in folded), key=lambda key: folded.index(key.lower()))
+        if matches:  # the first name's in preference order (then in given order: sorted is stable)
+            arguments[names[0]] = left[matches[0]]
+            for key in matches:
+                del left[key]
+    arguments.update(left)  # no setting's: `extra="ignore"` drops them
+    environment = {key.lower(): value for key, value in os.environ.items()}
+    found: dict[str, object] = {}
+    for name, names in fields.items():
+        for candidate in names:
+            value = environment.get(candidate.lower())
+            if value is not None:
+                found[name if candidate == name else names[0]] = value
+                break
+    values = {**found, **arguments}
+    for names in fields.values():
+        spelled = [key for key in given if key in names]
+        present = [key for key in names if key in values]
+        if spelled and present:
+            value = values[present[0]]
+            for key in present:
+                del values[key]
+            values[spelled[0]] = value
+    return values
+
+
+class Settings(BaseModel):
+    """Built once by `Settings()` (from the environment) and passed down. `Settings(x=...)`
+    and `Settings.model_validate({...})` (pydantic calls an overridden __init__) set x over
+    the environment."""
+
+    # validate_default: as pydantic-settings did, so the defaults pass the validators below too.
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, validate_default=True)
+
+    def __init__(self, **given: object) -> None:
+        super().__init__(**_input(type(self), given))
 
     admin_key: SecretStr | None = Field(
         default=None,
