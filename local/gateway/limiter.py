@@ -56,6 +56,12 @@ class Reservation:
         self.rid = rid
         self.amount = amount
         self.settled = False
+        if len(limits) == 1:  # the short form alone: most teams, on the hot path
+            limit, hold = limits[0], holds[0]
+            self.shown = limit.limit
+            self.remaining = max(0, limit.limit - hold.spent - hold.reserved - amount) if limit.kind == TOKENS else 0
+            self.reset = max(1, -(-hold.reset_ms // 1000))
+            return
         shown, remaining, reset_ms = limits[0], -1, holds[0].reset_ms
         for limit, hold in zip(limits, holds):
             if limit.kind != TOKENS:
@@ -142,6 +148,14 @@ class TokenLimiter:
     def admit(self, *, team: Team, key: ApiKey, model: str, estimate: int) -> Reservation:
         """Reserve on every limit of the call, or raise RateLimited naming the first that refuses."""
         limits = self._keys.plan(team, key, model)
+        if len(limits) == 1:  # the short form alone: one counter, without the lists
+            limit = limits[0]
+            hold = self.counters.reserve(limit.key, limit=limit.limit, window_s=limit.window_s,
+                                         amount=estimate if limit.kind == TOKENS else 1, also=limit.also)
+            if not hold.admitted:
+                raise refusal(limit, hold)
+            self._open += 1
+            return Reservation(limits, (hold,), estimate)
         refused, holds = self.counters.reserve_all([Check(limit.key, limit.limit, limit.window_s,
                                                           limit.amount(estimate), limit.also) for limit in limits])
         if refused >= 0:
@@ -158,6 +172,12 @@ class TokenLimiter:
             return
         reservation.settled = True
         self._open -= 1
+        limits = reservation.limits
+        if len(limits) == 1:
+            limit = limits[0]
+            self.counters.settle(limit.key, reserved=limit.amount(reservation.amount), tokens=limit.used(tokens),
+                                 window_s=limit.window_s, also=limit.also)
+            return
         self.counters.settle_all(reservation.settlements(tokens))
 
     def state(self, *, team: Team, user_id: str) -> tuple[int, int]:
