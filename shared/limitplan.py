@@ -81,8 +81,9 @@ class LimitPlanner:
         if entry is not None and entry[0] is team and entry[1] is key:
             return entry[2]
         limits = self._limits(team, key, model)
-        if len(self._plans) >= 65_536:
-            self._plans.clear()  # bounded: a plan is cheap to make again
+        if len(self._plans) >= 16_384:
+            # Bounded (an entry holds its records, ~1 kB): a plan costs a microsecond or two to make again.
+            self._plans.clear()
         self._plans[(id(team), id(key), model)] = (team, key, limits)
         return limits
 
