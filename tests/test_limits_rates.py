@@ -332,3 +332,21 @@ def test_a_key_keeps_its_own_limits_and_cap(api: AdminClient) -> None:
     for bad in ({"max_concurrent": 0}, {"limits": [{"name": "x", "limit": 1, "window": "1m", "scope": "team"}]},
                 {"limits": [{"name": "x", "limit": 1, "window": "1m"}, {"name": "x", "limit": 2, "window": "1h"}]}):
         assert api.call("POST", f"/teams/{team_id}/keys", json={"user_id": "bob", **bad}).status == 422
+
+
+def test_a_per_model_budget_holds_under_concurrency(rig: Callable[..., Rig]) -> None:
+    setup = rig(token_delay_s=0.002)
+    setup.team(Rate("tokens", 1_000_000, "1h"), Rate("big-model", 200, "1h", model=BIG))
+    responses = _concurrently(setup.gateway.url, setup.key(), CHAT, _chat(BIG, max_tokens=40), 30)
+    assert {_limit(r)["name"] for r in responses if r.status_code == 429} == {"big-model"}
+    assert setup.settled()
+    assert setup.backend.generated <= 200 + 40 + len(str(_chat(BIG, 40)).encode())
+
+
+def test_a_keys_request_rate_holds_under_concurrency(rig: Callable[..., Rig]) -> None:
+    setup = rig(delay_s=0.05)
+    setup.team()
+    key = setup.key(rates=(Rate("key-rpm", 4, "1h", unit="requests", scope="key"),))
+    responses = _concurrently(setup.gateway.url, key, CHAT, _chat(), 25)
+    assert sum(r.status_code == 200 for r in responses) == 4 == setup.backend.requests
+    assert {_limit(r)["name"] for r in responses if r.status_code == 429} == {"key-rpm"}
