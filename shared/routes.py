@@ -2,25 +2,93 @@
 
 The local router, each function's own path check, the OpenAPI document and the cluster's
 HTTPRoute are all derived from ROUTES.
+
+A route names its models without importing them: `schemas.TeamCreate` below is a reference to
+shared.schemas' TeamCreate, and `route.request` imports the model on its first read. So the
+table costs a function target the import of its own models only, not every target's (issue 12:
+a target's cold start), and a route is still declared as one line naming its models.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 from pydantic import BaseModel
 
-from shared import schemas
 from shared.access import Rule
-from shared.catalog import listing
 from shared.errors import MethodNotAllowed, NotFound
-from shared.usage import schemas as usage_schemas
 
 # `session`: the console's pages (PAGES), which sign people in with a session cookie of their own.
 Auth = Literal["admin", "none", "admin_or_key", "session"]
 _PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model by module and name, imported when first resolved."""
+
+    module: str
+    name: str
+
+    def resolve(self) -> type[BaseModel]:
+        return _model(self.module, self.name)
+
+
+@functools.cache
+def _model(module: str, name: str) -> type[BaseModel]:
+    found = getattr(importlib.import_module(module), name)
+    if not (isinstance(found, type) and issubclass(found, BaseModel)):
+        raise TypeError(f"{module}.{name} is not a pydantic model")
+    return found
+
+
+class Models:
+    """A module of models, named without importing it: `Models("shared.schemas").TeamCreate`
+    is ModelRef("shared.schemas", "TeamCreate")."""
+
+    __slots__ = ("_module",)
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> ModelRef:
+        if name.startswith("_"):  # copy, pickle and friends probing for hooks: no model is private
+            raise AttributeError(name)
+        return ModelRef(self._module, name)
+
+
+schemas = Models("shared.schemas")
+usage_schemas = Models("shared.usage.schemas")
+listing = Models("shared.catalog.listing")
+
+Model = type[BaseModel] | ModelRef
+
+
+class _ModelField:
+    """A route's request, response or query model: declared as a model or a ModelRef, read as
+    the model, whose module is imported on the field's first read (comparing or printing a
+    route reads its fields)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._declared = f"_declared_{name}"
+
+    @overload
+    def __get__(self, route: None, owner: type) -> None: ...
+    @overload
+    def __get__(self, route: Route, owner: type) -> type[BaseModel] | None: ...
+
+    def __get__(self, route: Route | None, owner: type) -> type[BaseModel] | None:
+        if route is None:  # the class's: dataclass reads it as the field's default
+            return None
+        declared: Model | None = route.__dict__[self._declared]
+        return declared.resolve() if isinstance(declared, ModelRef) else declared
+
+    def __set__(self, route: Route, value: Model | None) -> None:
+        route.__dict__[self._declared] = value  # once, by __init__: the dataclass is frozen
 
 
 @dataclass(frozen=True)
@@ -33,16 +101,17 @@ class Route:
     access: Rule = field(kw_only=True)
     auth: Auth = "admin"
     success_status: int = 200
-    request: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
+    request: _ModelField = _ModelField()
+    response: _ModelField = _ModelField()
+    query: _ModelField = _ModelField()
     # An absent body means the request model's defaults (rotate: "revoke at once, same expiry").
     body_optional: bool = False
-    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    @functools.cached_property
+    def pattern(self) -> re.Pattern[str]:
+        # Compiled on first use: a function target matches its own route's only.
         regex = _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", self.path)
-        object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
+        return re.compile(f"^{regex}$")
 
     @property
     def params(self) -> tuple[str, ...]:
