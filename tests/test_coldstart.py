@@ -111,3 +111,11 @@ def test_every_route_names_models_that_exist() -> None:
     for route in ROUTES:
         for model in (route.request, route.response, route.query):
             assert model is None or issubclass(model, BaseModel), route.target
+
+
+def test_the_bench_starts_functions_in_the_images_environment() -> None:
+    from bench.admin import image_environment
+
+    environment = image_environment()
+    assert environment["PYDANTIC_DISABLE_PLUGINS"] == "1" and environment["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert environment["PORT"] == "8080", "the last line of the ENV block is read too"
