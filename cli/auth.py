@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -50,26 +51,36 @@ def _admin_key(url: str) -> str:
 def login(
     ctx: typer.Context,
     url: Annotated[str | None, typer.Option("--url", metavar="URL", help="The admin API to sign in to (else maas --url, MAAS_URL, the default).")] = None,
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", metavar="FILE", exists=True, dir_okay=False, help="A private CA's certificate (PEM), as maas --ca-file (MAAS_CA_FILE): for the admin API and the identity provider; kept for the next commands.")] = None,
     admin_key: Annotated[bool, typer.Option("--admin-key", help="Sign in with the admin key: from ADMIN_KEY, a pipe, make run's .maas/admin-key (for 127.0.0.1), or a prompt.")] = False,
     token: Annotated[bool, typer.Option("--token", help="Sign in with a bearer token you have (OIDC or Kubernetes: `kubectl create token`), piped in or typed.")] = False,
-    issuer: Annotated[str | None, typer.Option("--issuer", metavar="URL", help="Sign in in a browser with this OpenID Connect provider (its issuer URL).")] = None,
+    issuer: Annotated[str | None, typer.Option("--issuer", metavar="URL", help="Sign in with this OpenID Connect provider (its issuer URL): by its device sign-in if it offers one, else in a browser here.")] = None,
     client_id: Annotated[str | None, typer.Option("--client-id", metavar="ID", help="The client registered for the key manager at the provider (its tokens' audience).")] = None,
+    device: Annotated[bool, typer.Option("--device", help="With --issuer: show a URL and a code to sign in with on any device (RFC 8628 device authorization).")] = False,
+    browser: Annotated[bool, typer.Option("--browser", help="With --issuer: sign in in a browser on this machine, redirected to 127.0.0.1 (authorization code with PKCE).")] = False,
     scope: Annotated[str, typer.Option("--scope", metavar="SCOPES", help="Scopes to ask the provider for.")] = "openid profile email",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Loopback port for the browser's redirect (0: any free one; some providers need a fixed one).")] = 0,
-    no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print the URL to open, on another machine's browser if need be.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Seconds to wait for the browser sign-in.")] = 300,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="--browser: loopback port for the redirect (0: any free one; some providers need a fixed one).")] = 0,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print the URL to open (on another machine's browser if need be), open none.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Seconds to wait for the sign-in at the provider.")] = 300,
 ) -> None:
     """Sign in to a key manager, and keep the credentials for the next commands.
 
     One of: --admin-key (the bootstrap credential), --token (a token you already have), or
-    --issuer with --client-id (a browser sign-in with your identity provider: authorization code
-    with PKCE, redirected to 127.0.0.1). With none and ADMIN_KEY set, the admin key. Credentials are
-    kept per server in ~/.config/maas/credentials.json (0600) and never printed.
+    --issuer with --client-id (a sign-in with your identity provider). With none and ADMIN_KEY
+    set, the admin key. Credentials are kept per server in ~/.config/maas/credentials.json (0600)
+    and never printed.
+
+    With --issuer, maas uses the provider's device sign-in when its discovery document offers one
+    (a URL and a code to enter there, from any device: fit for a shell on a server), else a
+    browser sign-in on this machine (authorization code with PKCE, redirected to 127.0.0.1);
+    --device or --browser chooses. A provider signed by a private CA needs --ca-file (MAAS_CA_FILE).
 
     Examples:
       maas login --admin-key < .maas/admin-key
       ADMIN_KEY=... maas login --url https://keys.example.com --admin-key
       maas login --issuer https://sso.example.com/realms/acme --client-id maas
+      maas login --issuer https://sso.example.com/realms/acme --client-id maas --browser
+      maas login --url https://keys.corp --ca-file corp-ca.pem --issuer https://sso.corp --client-id maas
       kubectl create token alice | maas login --token
     """
     state = session(ctx)
@@ -85,18 +96,36 @@ def login(
         admin_key = True
     if (issuer is None) != (client_id is None):
         raise CliError("--issuer and --client-id go together", ExitCode.USAGE)
-    trust = trust_for(target, ca=state.ca, insecure=state.insecure)
+    if device and browser:
+        raise CliError("choose --device or --browser, not both", ExitCode.USAGE)
+    if (device or browser) and issuer is None:
+        raise CliError(f"{'--device' if device else '--browser'} is a way to sign in with --issuer", ExitCode.USAGE,
+                       hint="add --issuer URL --client-id ID")
+    given_ca = ca_file or state.ca
+    trust = trust_for(target, ca=given_ca, insecure=state.insecure)
     # Keep the trust that worked, as an absolute path: later commands may run from any folder.
     ca = str(trust.ca.resolve()) if trust.ca is not None else None
     if issuer is not None and client_id is not None:
-        provider = oidc.discover(issuer)
+        # Only a CA given for it: make run's certificate (trusted for a loopback API) vouches for no provider.
+        provider = oidc.discover(issuer, ca=str(given_ca.resolve()) if given_ca is not None else None)
+        if provider.flow("device" if device else "browser" if browser else None) == "device":
+            def show_code(page: str, code: str, complete: str | None) -> None:
+                output.note(f"To sign in, open this page on any device and enter the code {code}:")
+                output.note(f"  {page}")
+                if complete:
+                    output.note("Or open this URL, which has the code in it:")
+                    output.note(f"  {complete}")
+                output.note(f"Waiting up to {timeout:.0f}s for the sign-in ...")
 
-        def show(link: str) -> None:
-            output.note(f"Open this URL in a browser to sign in (waiting up to {timeout:.0f}s):")
-            output.note(f"  {link}")
+            answer = oidc.device_login(provider, client_id, scope=scope, timeout=timeout,
+                                       open_browser=not no_browser, show=show_code)
+        else:
+            def show(link: str) -> None:
+                output.note(f"Open this URL in a browser to sign in (waiting up to {timeout:.0f}s):")
+                output.note(f"  {link}")
 
-        answer = oidc.browser_login(provider, client_id, scope=scope, port=port, timeout=timeout,
-                                    open_browser=not no_browser, show=show)
+            answer = oidc.browser_login(provider, client_id, scope=scope, port=port, timeout=timeout,
+                                        open_browser=not no_browser, show=show)
         credential = oidc.credential_from(answer, url=target, provider=provider, client_id=client_id,
                                           ca=ca, insecure=trust.insecure)
     else:

@@ -70,11 +70,13 @@ class Credential:
     secret: str = field(repr=False)
     ca: str | None = None
     insecure: bool = False
-    # OIDC browser sign-in: what refreshing the token needs.
+    # OIDC sign-in (device or browser): what refreshing the token needs.
     refresh_token: str | None = field(default=None, repr=False)
     token_endpoint: str | None = None
     client_id: str | None = None
     issuer: str | None = None
+    issuer_ca: str | None = None
+    """The CA given with --ca-file at login, trusted for the provider besides the system's."""
     expires_at: float | None = None
 
     def expired(self, *, leeway: float = 30.0) -> bool:

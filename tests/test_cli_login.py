@@ -1,9 +1,11 @@
-"""`maas login` against a real OpenID Connect provider (tests/oidc_provider.py): the browser
-sign-in (authorization code with PKCE, redirected to a loopback port), a token given as it is,
-the renewal of an expired sign-in, and what a member may and may not do with it.
+"""`maas login` against a real OpenID Connect provider (tests/oidc_provider.py): the device
+sign-in (RFC 8628), the browser sign-in (authorization code with PKCE, redirected to a loopback
+port), a token given as it is, the renewal of an expired sign-in, and what a member may and may
+not do with it.
 
-The browser is an HTTP client following the provider's /authorize redirect: the provider signs
-in whoever `login_as` names without a page, and redirects to maas's loopback listener.
+The browser is an HTTP client following the provider's /authorize redirect, or opening its
+device page: the provider signs in whoever `login_as` names without a form. The device grant is
+provider.mjs's addition to oauth2-mock-server (which has none), off unless a test turns it on.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
+from cli import oidc
+from cli.exitcodes import CliError
 from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
 from tests.runtime import Runtime, start_runtime
 from tests.test_cli import Maas, signed_in_maas
@@ -49,10 +54,11 @@ def person(admin: Maas, config: Path) -> Maas:
 
 
 def browser_login(maas: Maas, provider: OidcProvider, *, follow: bool = True,
-                  forged_state: str | None = None) -> tuple[int, str, str]:
+                  forged_state: str | None = None, extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
     """Run `maas login --issuer ... --no-browser`, open the URL it prints as a browser would,
     and return the login's exit code, stdout and stderr."""
-    login = maas.process("login", "--issuer", provider.issuer, "--client-id", "maas", "--no-browser", "--timeout", "20")
+    login = maas.process("login", "--issuer", provider.issuer, "--client-id", "maas", "--no-browser", "--timeout", "20",
+                         *extra)
     assert login.stderr is not None
     printed = []
     for line in login.stderr:
@@ -146,3 +152,135 @@ def test_a_token_from_elsewhere_signs_in_as_it_is(admin: Maas, oidc_provider: Oi
     wrong_audience = person(admin, tmp_path / "eve")("login", "--token", input=oidc_provider.token(sub="eve", aud="other"))
     assert wrong_audience.code == 3
     assert not any(token in text for text in bob.seen)
+
+
+# The device authorization grant (RFC 8628).
+
+def offer_device_grant(provider: OidcProvider, **settings: Any) -> None:
+    # provider.mjs's side door (/_control/device): the grant is off unless a test turns it on.
+    provider._control("POST", "device", settings)
+
+
+@pytest.fixture
+def device_grant(oidc_provider: OidcProvider) -> Iterator[OidcProvider]:  # noqa: F811
+    offer_device_grant(oidc_provider, enabled=True, interval=1)
+    try:
+        yield oidc_provider
+    finally:
+        offer_device_grant(oidc_provider, enabled=False)
+
+
+def device_login(maas: Maas, provider: OidcProvider, *flags: str, answer: str | None = "approve") -> tuple[int, str, str]:
+    """Run `maas login --issuer ...`, open the device page it prints as the person would on
+    their phone (approving, or with answer="deny" refusing, or with None never coming), and
+    return the login's exit code, stdout and stderr."""
+    login = maas.process("login", "--issuer", provider.issuer, "--client-id", "maas", "--no-browser",
+                         "--timeout", "20", *flags)
+    assert login.stdout is not None and login.stderr is not None
+    with login:  # closes the pipes, and waits
+        try:
+            printed: list[str] = []
+            for line in login.stderr:
+                printed.append(line)
+                if line.startswith("Waiting up to") or line.startswith("maas: "):
+                    break
+            links = [found.group(1) for found in map(_URL.match, printed) if found]
+            if answer is not None and len(links) == 2:
+                page, complete = links
+                code = printed[0].rstrip().rsplit(" ", 1)[-1].rstrip(":")
+                assert page == f"{provider.issuer}/device" and parse_qs(urlsplit(complete).query)["user_code"] == [code]
+                opened = httpx.get(complete + ("&deny=1" if answer == "deny" else ""), timeout=10)
+                assert opened.status_code == 200, opened.text
+            # The rest through the same buffered files (communicate() would skip what they hold
+            # already); maas stops by itself within its --timeout.
+            printed.extend(login.stderr)
+            out = login.stdout.read()
+            login.wait(timeout=30)
+        finally:
+            if login.poll() is None:
+                login.kill()
+    err = "".join(printed)
+    return login.returncode, out, err
+
+
+def test_a_device_sign_in_is_used_when_the_provider_offers_it(admin: Maas, device_grant: OidcProvider,
+                                                              tmp_path: Path) -> None:
+    alice = person(admin, tmp_path / "alice")
+    device_grant.login_as(sub="alice", email="alice@example.com")
+    asked = device_grant.requests("/device_authorization")
+    code, out, err = device_login(alice, device_grant)  # neither --device nor --browser: the provider's offer decides
+    assert code == 0, err
+    assert "as alice (oidc)" in out and "enter the code" in err
+    assert device_grant.requests("/device_authorization") == asked + 1
+    me = alice("whoami", "--json").json()
+    assert (me["user_id"], me["signed_in_with"]) == ("alice", "oidc")
+    assert [(t["team_id"], t["role"]) for t in me["teams"]] == [("team-a", "member")]
+    assert alice("key", "create", "team-a", "bob").code == 4, "a member mints only their own keys"
+
+    credentials = tmp_path / "alice" / "maas" / "credentials.json"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    saved = json.loads(credentials.read_text())["servers"][admin.url]
+    assert saved["method"] == "oidc" and saved["refresh_token"] and saved["client_id"] == "maas"
+    assert not any(saved["secret"] in text or saved["refresh_token"] in text for text in alice.seen)
+    # The device sign-in's refresh token renews it, like a browser sign-in's.
+    saved["expires_at"] = 0
+    credentials.write_text(json.dumps({"current": admin.url, "servers": {admin.url: saved}}))
+    renewals = device_grant.requests("/token")
+    assert alice("whoami", "--json").json()["user_id"] == "alice"
+    assert device_grant.requests("/token") == renewals + 1
+
+
+def test_browser_chooses_the_browser_sign_in_where_a_device_one_is_offered(admin: Maas, device_grant: OidcProvider,
+                                                                         tmp_path: Path) -> None:
+    carol = person(admin, tmp_path / "carol")
+    device_grant.login_as(sub="carol")
+    asked = device_grant.requests("/device_authorization")
+    code, out, err = browser_login(carol, device_grant, extra=("--browser",))
+    assert code == 0, err
+    assert "as carol (oidc)" in out and device_grant.requests("/device_authorization") == asked
+
+
+def test_a_refused_or_expired_device_sign_in_keeps_nothing(admin: Maas, device_grant: OidcProvider,
+                                                           tmp_path: Path) -> None:
+    dave = person(admin, tmp_path / "dave")
+    code, _, err = device_login(dave, device_grant, "--device", answer="deny")
+    assert code == 3 and err.splitlines()[-1].startswith("maas: the sign-in was refused at the identity provider")
+    offer_device_grant(device_grant, enabled=True, interval=1, expires_in=1)
+    code, _, err = device_login(dave, device_grant, answer=None)
+    assert code == 3 and "expired" in err.splitlines()[-1] and err.count("maas: ") == 1, err
+    assert not (tmp_path / "dave" / "maas" / "credentials.json").exists()
+
+
+def test_device_where_the_provider_offers_none_says_to_use_the_browser(admin: Maas, oidc_provider: OidcProvider,  # noqa: F811
+                                                                       tmp_path: Path) -> None:
+    erin = person(admin, tmp_path / "erin")
+    code, _, err = device_login(erin, oidc_provider, "--device")
+    assert code == 2 and "offers no device sign-in" in err and "--browser" in err.splitlines()[-1]
+    both = erin("login", "--issuer", oidc_provider.issuer, "--client-id", "maas", "--device", "--browser")
+    assert both.code == 2 and "not both" in both.err
+    alone = erin("login", "--device")
+    assert alone.code == 2 and "--issuer" in alone.err
+
+
+def test_a_device_sign_in_slows_down_when_the_provider_says_so(device_grant: OidcProvider) -> None:
+    """RFC 8628 3.5: after `slow_down`, 5 seconds more between polls, for this and every later poll.
+    In this process, with the waits recorded rather than slept."""
+    offer_device_grant(device_grant, enabled=True, interval=0, slow_down=1)
+    device_grant.login_as(sub="alice")
+    provider = oidc.discover(device_grant.issuer)
+    shown: list[str] = []
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:  # the person signs in after two polls: one slowed down, one pending
+            assert httpx.get(shown[-1], timeout=10).status_code == 200
+
+    answer = oidc.device_login(provider, "maas", scope="openid", timeout=60, open_browser=False,
+                               show=lambda page, code, complete: shown.append(complete or page), sleep=wait)
+    assert waits == [0, 5, 5]
+    assert answer["access_token"].count(".") == 2
+    with pytest.raises(CliError, match="the code has expired"):
+        offer_device_grant(device_grant, enabled=True, interval=1, expires_in=3)
+        oidc.device_login(provider, "maas", scope="openid", timeout=60, open_browser=False,
+                          show=lambda *_: None, sleep=lambda seconds: waits.append(seconds))
