@@ -6,6 +6,10 @@ lets them; a refusal shows the API's message as it is, with its status. Forms po
 the session's CSRF token; an action answers with a redirect to the page it came from (so a reload
 does not repeat it), except a new key, which is shown once in the answer to the post that made it
 and is kept nowhere.
+
+Tables page (and, when short enough, sort) on the server (functions.console.tables): the browser
+gets one page of rows. A few pages are views of another page's path (`?view=`, VIEWS_OF): the
+routing table has no path of their own for them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import flask
 import jinja2
@@ -26,6 +30,9 @@ import jinja2
 from functions._context import context
 from functions.console import api, charts
 from functions.console.oidcflow import OidcClient, new_request, token_nonce
+from functions.console.ranges import Range, RangeProblem, parse_instant, parse_range, rfc3339
+from functions.console.tables import PAGE_SIZE, WHOLE, Column, Table, api_table, whole_table
+from functions.console.usagedata import my_series, overview_of, team_series, top_series
 from functions.console.sessions import COOKIE, SESSIONS, Session
 from shared import audit
 from shared.access import Caller, authorize
@@ -33,7 +40,7 @@ from shared.auth import is_admin
 from shared.context import Context
 from shared.durations import window_ms
 from shared.errors import BackendUnavailable, MaasError, MethodNotAllowed, NotFound
-from shared.routes import CONSOLE, PAGES, Route, resolve, route_for
+from shared.routes import CONSOLE, PAGES, ROUTES, Route, resolve, route_for
 from shared.signin import ADMIN_KEY_IDENTITY, SignedIn
 from shared.store import Team
 
@@ -41,27 +48,35 @@ log = logging.getLogger("maas.console")
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
-PAGE_SIZE = 25
 # A console link as the pages write them: nothing else may reach a redirect's Location.
 _LOCAL_LINK = re.compile(r"^/console/[A-Za-z0-9._~/?=&%-]*$")
 # Pages anyone may open; every other page needs a signed-in session.
 OPEN = {("GET", "/"), ("GET", "/console/signin"), ("POST", "/console/signin"), ("GET", "/console/signin/oidc"),
         ("GET", "/console/oidc/callback"), ("GET", "/console/static/{name}")}
-# Scripts from this origin only; pygal's SVG carries its own <style>, hence inline styles.
+# Scripts from this origin only; pygal's SVG carries its own <style>, hence inline styles. Forms
+# post here only, and the sign-out's redirect may go on to the identity provider's end-session
+# endpoint (Chromium checks form-action on a form's redirects too): `{sign_out}` is its origin.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'{sign_out}; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",  # the callback's URL holds the provider's code
     "X-Frame-Options": "DENY",
 }
-USAGE_WINDOWS: dict[str, tuple[timedelta, int, str]] = {
-    # window -> (length, bucket seconds, label format)
-    "24h": (timedelta(hours=24), 3600, "%H:%M"),
-    "7d": (timedelta(days=7), 6 * 3600, "%a %H:%M"),
-    "30d": (timedelta(days=30), 86400, "%b %d"),
+# Pages that are views of another page's path: the routing table (shared.routes.PAGES) has no
+# path of their own for them, so they are `?view=` of the page they belong to.
+VIEWS_OF: dict[str, tuple[str, ...]] = {
+    "/console/teams": ("overview", "audit"),
+    "/console/teams/{team_id}": ("usage", "audit"),
 }
+# The overview sums each team's GET /teams/{team_id}/usage (the API has no platform-wide usage
+# route): one call a team, each an audit entry, so it stops after this many teams and says so.
+OVERVIEW_TEAMS = 200
+# GET /audit's filters, for the form: the function targets (and the console's sign-ins).
+AUDIT_ACTIONS = tuple(sorted({route.target for route in ROUTES} | {CONSOLE}))
+AUDIT_OUTCOMES = (("", "any"), ("success", "success (2xx)"), ("failure", "failure (any other)"),
+                  ("400", "400"), ("401", "401"), ("403", "403"), ("404", "404"), ("409", "409"),
+                  ("413", "413"), ("422", "422"), ("429", "429"), ("503", "503"))
 EXPIRIES = (("", "Never (or the team's longest lifetime)"), ("1d", "1 day"), ("7d", "7 days"), ("30d", "30 days"),
             ("90d", "90 days"), ("365d", "1 year"))
 GRACES = (("0s", "old key: revoke now"), ("1h", "old key: keep 1 hour"), ("24h", "old key: keep 1 day"))
@@ -133,6 +148,17 @@ class Page:
     def form(self, name: str) -> str:
         return self.request.form.get(name, "").strip()
 
+    @property
+    def view(self) -> str:
+        """Which view of this page's path the query asks for ("" for the page itself)."""
+        asked = self.request.args.get("view", "") if self.request.method == "GET" else ""
+        return asked if asked in VIEWS_OF.get(self.route.path, ()) else ""
+
+    @property
+    def current(self) -> str:
+        """This page as the navigation's links name it."""
+        return self.request.path + (f"?view={self.view}" if self.view else "")
+
     def back(self, default: str) -> str:
         """Where an action returns: a console page named by the form, never another site."""
         given = self.request.form.get("back", "")
@@ -163,7 +189,8 @@ def _nav(page: Page) -> dict[str, Any]:
     me = page.me()
     links = [("My keys", "/console/keys"), ("My usage", "/console/usage"), ("Models", "/console/models")]
     if me["platform_admin"]:
-        links.append(("Teams", "/console/teams"))
+        links += [("Overview", "/console/teams?view=overview"), ("Teams", "/console/teams"),
+                  ("Audit log", "/console/teams?view=audit")]
     for team in me["teams"]:
         if team["role"] == "admin" and not me["platform_admin"]:
             links.append((f"Team {team['team_id']}", f"/console/teams/{team['team_id']}"))
@@ -176,6 +203,9 @@ def render(page: Page, template: str, *, status: int = 200, **values: Any) -> fl
         csrf=session.csrf if session is not None else "",
         flashes=session.take_flashes() if session is not None else [],
         path=page.request.path,
+        current=page.current,
+        # Where an action on this page comes back to: the page as it is shown, its tables' pages too.
+        back_here=page.request.full_path.rstrip("?") if page.request.method == "GET" else page.request.path,
         **_nav(page),
         **values,
     )
@@ -310,7 +340,30 @@ def signout(page: Page) -> flask.Response:
     page.session, page.end_cookie = None, True
     if signed is not None:
         _audit_sign(page, signed, 303)
-    return redirect("/console/signin?signed_out=1")
+    provider = _end_session_url(page) if signed is not None and signed.identity.method == "oidc" else None
+    return redirect(provider or "/console/signin?signed_out=1")
+
+
+def _end_session_url(page: Page) -> str | None:
+    """RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0), when the provider advertises
+    an end_session_endpoint: else signing out here would leave the provider's session, and the
+    next "Sign in" would be let through without a password. The request names the client, not an
+    ID token (`id_token_hint`): the session keeps no token, since the API would take it as a
+    credential. The provider sends the browser back to the sign-in page, a URI to register with
+    it like the callback. A provider that cannot be reached: signed out here all the same."""
+    if page.ctx.settings.oidc_issuer is None:
+        return None
+    client = _oidc_client(page.ctx)
+    try:
+        endpoint = client.endpoints().end_session
+    except MaasError as exc:
+        log.warning("sign-out: the identity provider's session is left as it is: %s", exc.message)
+        return None
+    if endpoint is None:
+        return None
+    base = page.ctx.settings.console_url or page.request.host_url.rstrip("/")
+    query = urlencode({"client_id": client.client_id, "post_logout_redirect_uri": f"{base}/console/signin?signed_out=1"})
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -333,13 +386,39 @@ def _key_body(page: Page, **fixed: Any) -> dict[str, Any]:
     return body
 
 
+# The key tables' columns: the API pages keys by handle, so that is their sort at any size.
+MY_KEY_COLUMNS = (Column("alias", "Alias"), Column("team_id", "Team"), Column("secret_name", "Handle"),
+                  Column("status", "Status"), Column("models_allowed", "Models"), Column("created_at", "Created"),
+                  Column("expires_at", "Expires"), Column("last_used_at", "Last used"))
+TEAM_KEY_COLUMNS = (Column("user_id", "User"), Column("alias", "Alias"), Column("secret_name", "Handle"),
+                    Column("status", "Status"), Column("models_allowed", "Models"), Column("created_at", "Created"),
+                    Column("expires_at", "Expires"), Column("last_used_at", "Last used"))
+MEMBER_COLUMNS = (Column("user_id", "User"), Column("user_email", "Email"), Column("role", "Role"),
+                  Column("joined_at", "Joined"))
+TEAM_COLUMNS = (Column("team_id", "Team id"), Column("team_name", "Name"), Column("token_limit", "Limit", numeric=True),
+                Column("limit_scope", "Counted for"), Column("key_count", "Keys", numeric=True),
+                Column("user_count", "Users with keys", numeric=True), Column("created_at", "Created"))
+
+
+def _listing(page: Page, name: str, target: str, columns: tuple[Column, ...], *, items: str, total: str,
+             id_column: str, noun: str, base: str, params: Mapping[str, str] | None = None) -> Table | api.Answer:
+    """An API listing as a table paged (and, when short enough, sorted) on the server."""
+    def fetch(limit: int, cursor: str | None) -> api.Answer:
+        return page.api(target, params=dict(params or {}), query={"limit": str(limit), "cursor": cursor})
+
+    args = page.request.args if page.request.method == "GET" else {}
+    return api_table(name, columns, fetch, items=items, total=total, id_column=id_column, args=dict(args), base=base,
+                     noun=noun)
+
+
 def my_keys(page: Page, *, status: int = 200, error: api.Answer | None = None) -> flask.Response:
     me = page.me()
-    listing = page.api("list_my_keys", query={"limit": str(PAGE_SIZE), "cursor": page.request.args.get("cursor")})
-    if not listing.ok:
+    listing = _listing(page, "keys", "list_my_keys", MY_KEY_COLUMNS, items="keys", total="total_keys",
+                       id_column="secret_name", noun="keys", base="/console/keys")
+    if isinstance(listing, api.Answer):
         return refused(page, listing)
     models, models_problem = _models(page) if me["teams"] else ([], None)
-    return render(page, "keys.html", status=status, title="My keys", listing=listing.body, teams=me["teams"],
+    return render(page, "keys.html", status=status, title="My keys", listing=listing, teams=me["teams"],
                   models=models, models_problem=models_problem, expiries=EXPIRIES, graces=GRACES, error=error,
                   form=page.request.form if error else {})
 
@@ -401,41 +480,56 @@ def models_page(page: Page) -> flask.Response:
 # -- usage -------------------------------------------------------------------------------------
 
 
-def _bucket_labels(start: datetime, count: int, step_s: int, fmt: str) -> list[str]:
-    return [(start + timedelta(seconds=step_s * n)).strftime(fmt) for n in range(count)]
+USAGE_COLUMNS = (Column("token_usage", "Tokens", numeric=True), Column("authorized_calls", "Calls", numeric=True),
+                 Column("limited_calls", "Refused (429)", numeric=True))
+MODEL_USAGE_COLUMNS = (Column("model", "Model"), *USAGE_COLUMNS)
+TEAM_USER_COLUMNS = (Column("user_id", "User"), Column("user_email", "Email"), *USAGE_COLUMNS)
+
+
+def _usage_range(page: Page) -> tuple[Range, str | None]:
+    return parse_range(page.request.args, page.ctx.clock())
+
+
+def _range_refused(page: Page, answer: api.Answer) -> bool:
+    """Whether a usage answer ends the page: a refusal of the person (401, 403, 404) does; one of
+    the range (its start, end or step) is shown on the page beside its form, as the API said it."""
+    return not answer.ok and answer.status in (401, 403, 404)
+
+
+def _bucket_rows(rng: Range, series: Mapping[str, list[int]]) -> list[list[Any]]:
+    """The chart's numbers as table rows: a bucket's label, then one number a series."""
+    return [[label, *(series[name][i] for name in series)] for i, label in enumerate(rng.labels())]
 
 
 def my_usage(page: Page) -> flask.Response:
-    window = page.request.args.get("window", "24h")
-    if window not in USAGE_WINDOWS:
-        window = "24h"
     me = page.me()
-    answer = page.api("my_usage", query={"window": window})
-    if not answer.ok:
+    rng, range_problem = _usage_range(page)
+    answer = page.api("my_usage", query=rng.query())
+    if _range_refused(page, answer):
         return refused(page, answer)
-    # The series and budgets are about the caller alone, under my_usage's rule (signed_in).
-    caller = page.caller
-    authorize(route_for("my_usage").access, caller, page.ctx.store, params={}, query={})
-    length, step_s, fmt = USAGE_WINDOWS[window]
-    now = page.ctx.clock()
-    end = datetime.fromtimestamp((now.timestamp() // step_s + 1) * step_s, timezone.utc)
-    start = end - length
-    count = int(length.total_seconds() // step_s)
-    by_model: dict[str, list[int]] = {}
-    source = page.ctx.usage()
-    for point in source.series(start=start, end=end, step_s=step_s, user_id=caller.user_id):
-        index = int((point.start - start).total_seconds() // step_s)
-        if 0 <= index < count:
-            by_model.setdefault(point.row.model, [0] * count)[index] += point.row.tokens
-    labels = _bucket_labels(start, count, step_s, fmt)
-    totals = {m["model"]: m["token_usage"] for m in answer.body["model_breakdown"]}
-    over_time = charts.tokens_over_time(labels, dict(sorted(by_model.items())),
-                                        f"My tokens per {'hour' if step_s == 3600 else 'bucket'}, by model")
-    by_model_chart = charts.tokens_by_model(totals, "My tokens by model") if totals else None
-    budgets = [_budget(page, team, now) for team in me["teams"]]
-    return render(page, "usage.html", title="My usage", usage=answer.body, window=window, windows=list(USAGE_WINDOWS),
-                  over_time=over_time, by_model_chart=by_model_chart, budgets=[b for b in budgets if b],
-                  rows=list(zip(labels, *[by_model[m] for m in sorted(by_model)])), row_models=sorted(by_model))
+    tokens_by_model: dict[str, list[int]] = {}
+    calls_by_model: dict[str, list[int]] = {}
+    if answer.ok:
+        # The series is about the caller alone, under my_usage's rule (signed_in): GET /me/usage
+        # has no series of its own, so the usage source is read as that route reads it.
+        caller = page.caller
+        authorize(route_for("my_usage").access, caller, page.ctx.store, params={}, query={})
+        points = page.ctx.usage().series(start=rng.start, end=rng.end, step_s=rng.step_s, user_id=caller.user_id)
+        tokens_by_model, calls_by_model = my_series(points, rng)
+    labels = rng.labels()
+    body = answer.body if answer.ok else None
+    models = whole_table("models", MODEL_USAGE_COLUMNS, body["model_breakdown"] if body else [],
+                         args=page.request.args, base="/console/usage", default_sort="token_usage",
+                         default_order="desc")
+    budgets = [_budget(page, team, page.ctx.clock()) for team in me["teams"]]
+    return render(
+        page, "usage.html", title="My usage", usage=body, error=None if answer.ok else answer, rng=rng,
+        range_problem=range_problem, base="/console/usage", hidden={},
+        tokens_chart=charts.over_time(labels, tokens_by_model, f"My tokens per {rng.step_words}, by model"),
+        calls_chart=charts.over_time(labels, calls_by_model, f"My calls per {rng.step_words}, by model"),
+        token_rows=_bucket_rows(rng, tokens_by_model), call_rows=_bucket_rows(rng, calls_by_model),
+        token_models=list(tokens_by_model), call_models=list(calls_by_model), models=models,
+        budgets=[b for b in budgets if b])
 
 
 def _budget(page: Page, my_team: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
@@ -463,13 +557,17 @@ def _budget(page: Page, my_team: Mapping[str, Any], now: datetime) -> dict[str, 
 
 
 def teams_page(page: Page, *, status: int = 200, error: api.Answer | None = None) -> flask.Response:
+    if page.view == "overview":
+        return overview_page(page)
+    if page.view == "audit":
+        return audit_page(page, team=None)
     page.me()
-    cursor = page.request.args.get("cursor")
-    listing = page.api("list_teams", query={"limit": str(PAGE_SIZE), "cursor": cursor})
-    if not listing.ok:
+    listing = _listing(page, "teams", "list_teams", TEAM_COLUMNS, items="teams", total="total_teams",
+                       id_column="team_id", noun="teams", base="/console/teams")
+    if isinstance(listing, api.Answer):
         return refused(page, listing, "Teams are for platform admins")
-    return render(page, "teams.html", status=status, title="Teams", listing=listing.body, cursor=cursor,
-                  error=error, form=page.request.form if error else {}, page_size=PAGE_SIZE)
+    return render(page, "teams.html", status=status, title="Teams", listing=listing, error=error,
+                  form=page.request.form if error else {})
 
 
 def _int_or_text(text: str) -> int | str:
@@ -508,24 +606,137 @@ def team_page(page: Page, *, status: int = 200, error: api.Answer | None = None,
     team = page.api("get_team", params={"team_id": team_id})
     if not team.ok:
         return refused(page, team)
-    args = page.request.args
-    members = page.api("list_members", params={"team_id": team_id},
-                       query={"limit": str(PAGE_SIZE), "cursor": args.get("members_cursor")})
-    keys = page.api("list_team_keys", params={"team_id": team_id},
-                    query={"limit": str(PAGE_SIZE), "cursor": args.get("keys_cursor")})
-    window = args.get("window", "24h") if args.get("window") in USAGE_WINDOWS else "24h"
-    usage = page.api("team_usage", params={"team_id": team_id}, query={"window": window})
-    for answer in (members, keys, usage):
-        if not answer.ok:
-            return refused(page, answer)
+    if page.view == "usage":
+        return team_usage_page(page, team.body)
+    if page.view == "audit":
+        return audit_page(page, team=team.body)
+    here = f"/console/teams/{team_id}"
+    members = _listing(page, "members", "list_members", MEMBER_COLUMNS, items="members", total="total_members",
+                       id_column="user_id", noun="members", base=here, params={"team_id": team_id})
+    if isinstance(members, api.Answer):
+        return refused(page, members)
+    keys = _listing(page, "keys", "list_team_keys", TEAM_KEY_COLUMNS, items="keys", total="total_keys",
+                    id_column="secret_name", noun="keys", base=here, params={"team_id": team_id})
+    if isinstance(keys, api.Answer):
+        return refused(page, keys)
     models, models_problem = _models(page)
-    totals = {m["model"]: m["token_usage"] for m in usage.body["model_breakdown"]}
-    return render(page, "team.html", status=status, title=f"Team {team_id}", team=team.body, members=members.body,
-                  keys=keys.body, usage=usage.body, window=window, windows=list(USAGE_WINDOWS),
-                  by_model_chart=charts.tokens_by_model(totals, "Team tokens by model") if totals else None,
-                  platform=me["platform_admin"], models=models, models_problem=models_problem, expiries=EXPIRIES,
-                  graces=GRACES, error=error, error_form=error_form, form=page.request.form if error else {},
-                  args=args)
+    return render(page, "team.html", status=status, title=f"Team {team_id}", team=team.body, members=members,
+                  keys=keys, platform=me["platform_admin"], models=models, models_problem=models_problem,
+                  expiries=EXPIRIES, graces=GRACES, error=error, error_form=error_form,
+                  form=page.request.form if error else {})
+
+
+def team_usage_page(page: Page, team: Mapping[str, Any]) -> flask.Response:
+    """The team's usage over a chosen range: by user over time, by user and by model."""
+    team_id = str(team["team_id"])
+    here = f"/console/teams/{team_id}"
+    rng, range_problem = _usage_range(page)
+    answer = page.api("team_usage", params={"team_id": team_id}, query={**rng.query(), "step": rng.step_query})
+    if _range_refused(page, answer):
+        return refused(page, answer)
+    body = answer.body if answer.ok else None
+    by_user = top_series(team_series(body["series"], rng)) if body else {}
+    totals = {m["model"]: m["token_usage"] for m in body["model_breakdown"]} if body else {}
+    args = page.request.args
+    users = whole_table("users", TEAM_USER_COLUMNS, body["user_breakdown"] if body else [], args=args, base=here,
+                        default_sort="token_usage", default_order="desc")
+    models = whole_table("models", MODEL_USAGE_COLUMNS, body["model_breakdown"] if body else [], args=args,
+                         base=here, default_sort="token_usage", default_order="desc")
+    return render(
+        page, "team_usage.html", title=f"Team {team_id}: usage", team=team, usage=body,
+        error=None if answer.ok else answer, rng=rng, range_problem=range_problem, base=here,
+        hidden={"view": "usage"}, users=users, models=models,
+        over_time=charts.over_time(rng.labels(), by_user, f"Team tokens per {rng.step_words}, by user"),
+        rows=_bucket_rows(rng, by_user), row_names=list(by_user),
+        by_model_chart=charts.totals(totals, "Team tokens by model") if totals else None)
+
+
+OVERVIEW_TEAM_COLUMNS = (Column("team_id", "Team"), Column("team_name", "Name"), *USAGE_COLUMNS,
+                         Column("users", "Users with calls", numeric=True))
+OVERVIEW_USER_COLUMNS = (Column("user_id", "User"), *USAGE_COLUMNS, Column("teams", "Teams", numeric=True))
+
+
+def overview_page(page: Page) -> flask.Response:
+    """The platform over a range: tokens per bucket by team, the top teams, users and models, and
+    the calls refused for a limit. Summed from each team's usage (see OVERVIEW_TEAMS)."""
+    page.me()
+    rng, range_problem = _usage_range(page)
+    answers: list[dict[str, Any]] = []
+    error: api.Answer | None = None
+    total_teams, cursor = 0, None
+    while error is None:
+        listing = page.api("list_teams", query={"limit": str(WHOLE), "cursor": cursor})
+        if not listing.ok:
+            return refused(page, listing, "The overview is for platform admins")
+        total_teams = int(listing.body["total_teams"])
+        for team in listing.body["teams"][: OVERVIEW_TEAMS - len(answers)]:
+            usage = page.api("team_usage", params={"team_id": team["team_id"]},
+                             query={**rng.query(), "step": rng.step_query})
+            if usage.status == 404:
+                continue  # deleted since the listing
+            if not usage.ok:
+                error = usage  # the range, refused: the same for every team
+                break
+            answers.append(usage.body)
+        cursor = listing.body["next_cursor"]
+        if cursor is None or len(answers) >= OVERVIEW_TEAMS:
+            break
+    summed = overview_of(answers, rng)
+    args, base = page.request.args, "/console/teams"
+    by_team = top_series(summed.tokens_by_team)
+    limited = {"refused (429)": summed.limited_by_bucket} if any(summed.limited_by_bucket) else {}
+    return render(
+        page, "overview.html", title="Overview", rng=rng, range_problem=range_problem, error=error, base=base,
+        hidden={"view": "overview"}, summed=summed, counted_teams=len(answers), total_teams=total_teams,
+        cut=total_teams > OVERVIEW_TEAMS,
+        tokens_chart=charts.over_time(rng.labels(), by_team, f"Tokens per {rng.step_words}, by team"),
+        limited_chart=charts.over_time(rng.labels(), limited, f"Calls refused for a limit (429) per {rng.step_words}",
+                                       empty="no refused calls"),
+        rows=_bucket_rows(rng, by_team), row_names=list(by_team),
+        teams=whole_table("teams", OVERVIEW_TEAM_COLUMNS, summed.teams, args=args, base=base,
+                          default_sort="token_usage", default_order="desc"),
+        users=whole_table("users", OVERVIEW_USER_COLUMNS, summed.users, args=args, base=base,
+                          default_sort="token_usage", default_order="desc"),
+        models=whole_table("models", MODEL_USAGE_COLUMNS, summed.models, args=args, base=base,
+                           default_sort="token_usage", default_order="desc"))
+
+
+def _audit_instant(text: str) -> str | None:
+    """A since/until typed into the form, as RFC 3339 for the API; text the console cannot read
+    goes to the API as it is, so that its refusal (and its words) is what the page shows."""
+    if not text:
+        return None
+    try:
+        return rfc3339(parse_instant(text, "since"))
+    except RangeProblem:
+        return text
+
+
+def audit_page(page: Page, *, team: Mapping[str, Any] | None) -> flask.Response:
+    """The audit log (GET /audit), newest first, filtered and paged by the API: the whole log for
+    a platform admin, one team's entries (its page's) for the team's admins."""
+    me = page.me()
+    args = page.request.args
+    filters = {name: args.get(name, "").strip() for name in ("action", "outcome", "since", "until", "team_id")}
+    if team is not None:
+        filters["team_id"] = str(team["team_id"])
+    base = f"/console/teams/{team['team_id']}" if team is not None else "/console/teams"
+    if team is None and not me["platform_admin"]:
+        # The whole log's page is a platform admin's: anyone else is asked for it as the API
+        # would be without a team, so the refusal is the API's (a team admin has their team's page).
+        return refused(page, page.api("list_audit", query={"limit": "1"}), "The audit log is for platform admins")
+    answer = page.api("list_audit", query={
+        "team_id": filters["team_id"], "action": filters["action"], "outcome": filters["outcome"],
+        "since": _audit_instant(filters["since"]), "until": _audit_instant(filters["until"]),
+        "limit": str(PAGE_SIZE), "cursor": args.get("cursor")})
+    if not answer.ok and answer.status in (401, 403):
+        return refused(page, answer, "The audit log is for admins")
+    kept = {"view": "audit", **{k: v for k, v in filters.items() if v and not (team is not None and k == "team_id")}}
+    return render(page, "audit.html", title="Audit log" if team is None else f"Team {team['team_id']}: audit log",
+                  team=team, filters=filters, actions=AUDIT_ACTIONS, outcomes=AUDIT_OUTCOMES,
+                  entries=answer.body["entries"] if answer.ok else [], error=None if answer.ok else answer,
+                  next_cursor=answer.body["next_cursor"] if answer.ok else None, cursor=args.get("cursor"),
+                  base=base, kept=kept, platform=me["platform_admin"])
 
 
 def update_team(page: Page) -> flask.Response:
@@ -646,7 +857,7 @@ VIEWS: dict[tuple[str, str], Callable[[Page], flask.Response]] = {
 
 def _bare(status: int, title: str, message: str, headers: Mapping[str, str] | None = None) -> flask.Response:
     html = _templates.get_template("error.html").render(
-        csrf="", flashes=[], path="", me=None, links=[], title=title, message=message, details=[], back="/")
+        csrf="", flashes=[], path="", current="", back_here="/", me=None, links=[], title=title, message=message, details=[], back="/")
     return flask.Response(html, status=status, mimetype="text/html", headers=dict(headers or {}))
 
 
@@ -702,6 +913,9 @@ def _guarded(page: Page) -> flask.Response:
 
 
 def _finish(response: flask.Response, page: Page | None) -> flask.Response:
+    end_session = _oidc[0].known_end_session() if _oidc else None
+    response.headers.setdefault("Content-Security-Policy",
+                                CSP.format(sign_out=f" {_origin(end_session)}" if end_session else ""))
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if not response.headers.get("Cache-Control"):
@@ -716,8 +930,14 @@ def _finish(response: flask.Response, page: Page | None) -> flask.Response:
     return response
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def query_string(args: Mapping[str, str | None]) -> str:
     return urlencode({k: v for k, v in args.items() if v})
 
 
 _templates.globals["qs"] = query_string
+_templates.globals["page_size"] = PAGE_SIZE

@@ -37,8 +37,9 @@ def _svg(chart: pygal.graph.graph.Graph) -> str:
     return _SCRIPT.sub("", chart.render(is_unicode=True))
 
 
-def tokens_over_time(labels: Sequence[str], by_model: Mapping[str, Sequence[int]], title: str) -> str:
-    """Stacked bars: tokens per time bucket, one colour a model."""
+def over_time(labels: Sequence[str], by_name: Mapping[str, Sequence[int]], title: str, *,
+              empty: str = "no calls") -> str:
+    """Stacked bars: a count per time bucket, one colour a name (a model, a user, a team)."""
     chart = pygal.StackedBar(
         style=_STYLE, js=[], disable_xml_declaration=True, width=900, height=320, explicit_size=False,
         title=title, x_label_rotation=0, show_minor_x_labels=False, truncate_label=-1,
@@ -47,18 +48,19 @@ def tokens_over_time(labels: Sequence[str], by_model: Mapping[str, Sequence[int]
     chart.x_labels = list(labels)
     every = max(1, len(labels) // 8)
     chart.x_labels_major = list(labels)[::every]
-    for model, values in by_model.items():
-        chart.add(model, list(values))
-    if not by_model:
-        chart.add("no calls", [0 for _ in labels])
+    for name, values in by_name.items():
+        chart.add(name, list(values))
+    if not by_name:
+        chart.add(empty, [0 for _ in labels])
     return _svg(chart)
 
 
-def tokens_by_model(totals: Mapping[str, int], title: str) -> str:
+def totals(values: Mapping[str, int], title: str) -> str:
+    """Horizontal bars: one total a name, its number printed on it."""
     chart = pygal.HorizontalBar(
-        style=_STYLE, js=[], disable_xml_declaration=True, width=600, height=max(140, 70 + 34 * len(totals)),
+        style=_STYLE, js=[], disable_xml_declaration=True, width=600, height=max(140, 70 + 34 * len(values)),
         explicit_size=False, title=title, show_legend=False, print_values=True, margin=16,
     )
-    chart.x_labels = list(totals)
-    chart.add("tokens", list(totals.values()))
+    chart.x_labels = list(values)
+    chart.add(title, list(values.values()))
     return _svg(chart)

@@ -6,7 +6,8 @@ client secret. The provider's endpoints come from its discovery document, which 
 configured issuer (OpenID Connect Discovery 4.3). The ID token the code is exchanged for is then
 checked as the API checks a token (shared.signin, shared.oidc: signature, issuer, audience,
 times), and its nonce against the one this browser's session sent; the tokens themselves are
-dropped once the identity is known.
+dropped once the identity is known. Signing out sends the browser on to the provider's
+end_session_endpoint when its discovery document has one (RP-initiated logout).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def _one_line(value: object) -> str:
 class Endpoints:
     authorization: str
     token: str
+    # RP-initiated logout, if the provider offers it; sign-out sends the browser there.
+    end_session: str | None = None
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -85,9 +88,20 @@ class OidcClient:
                 if not isinstance(value, str) or issuer_problem(value) is not None:
                     raise self._unavailable(f"its discovery document has no usable {name}")
                 found[name] = value
-            endpoints = Endpoints(found["authorization_endpoint"], found["token_endpoint"])
+            # Optional: a provider without one (or with one that is no https URL of a host) is
+            # signed out of here only.
+            end_session = document.get("end_session_endpoint")
+            if not isinstance(end_session, str) or issuer_problem(end_session) is not None:
+                end_session = None
+            endpoints = Endpoints(found["authorization_endpoint"], found["token_endpoint"], end_session)
             self._endpoints = (time.monotonic(), endpoints)
             return endpoints
+
+    def known_end_session(self) -> str | None:
+        """The end-session endpoint discovered already, if any, without asking the provider:
+        for the pages' Content-Security-Policy (a sign-out form may be sent on there)."""
+        with self._lock:
+            return self._endpoints[1].end_session if self._endpoints is not None else None
 
     def authorization_url(self, pending: PendingSignIn) -> str:
         endpoint = self.endpoints().authorization
