@@ -36,12 +36,12 @@ class Trust:
                 return ssl.create_default_context(cafile=str(self.ca))
             except (OSError, ssl.SSLError) as exc:
                 raise CliError(f"cannot use {self.ca} as a CA certificate: {exc}", ExitCode.USAGE,
-                               hint="give a PEM file with --ca") from None
+                               hint="give a PEM file with --ca-file") from None
         return True
 
 
 def trust_for(url: str, *, ca: Path | None, insecure: bool, saved: Credential | None = None) -> Trust:
-    """--ca/--insecure first, then what was trusted at login, then make run's certificate for a
+    """--ca-file/--insecure first, then what was trusted at login, then make run's certificate for a
     server on this machine (self-signed: nothing else could vouch for it), else the system's."""
     if insecure:
         return Trust(insecure=True)
@@ -86,7 +86,7 @@ def _transport_error(url: str, exc: httpx.TransportError) -> CliError:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return CliError(f"cannot verify the TLS certificate of {url} ({cause.verify_message})",
                             ExitCode.UNAVAILABLE,
-                            hint="pass --ca FILE (make run's is .maas/tls/cert.pem, trusted by itself when you run "
+                            hint="pass --ca-file FILE (make run's is .maas/tls/cert.pem, trusted by itself when you run "
                                  "maas in the project folder), or --insecure")
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, httpx.TimeoutException):

@@ -37,7 +37,7 @@ EPILOG = f"""Examples:
 
 Environment:
   MAAS_URL         the admin API (default: https://127.0.0.1:8443)
-  MAAS_CA_FILE     a CA certificate to trust, as --ca
+  MAAS_CA_FILE     a private CA's certificate, as --ca-file
   ADMIN_KEY        the admin key, for `maas login --admin-key`
   MAAS_DATA_DIR    make run's data: maas trusts its tls/cert.pem for 127.0.0.1
   XDG_CONFIG_HOME  where maas/credentials.json is kept (default: ~/.config)
@@ -148,9 +148,10 @@ def root(
         help="The admin API. Default: the last server you signed in to, else https://127.0.0.1:8443.",
     )] = None,
     ca: Annotated[Path | None, typer.Option(
-        "--ca", envvar="MAAS_CA_FILE", show_envvar=True, metavar="FILE", exists=True, dir_okay=False,
-        help="A CA certificate (PEM) to trust for the server. For 127.0.0.1, maas trusts "
-             "$MAAS_DATA_DIR/tls/cert.pem (make run's) by itself.",
+        "--ca-file", "--ca", envvar="MAAS_CA_FILE", show_envvar=True, metavar="FILE", exists=True, dir_okay=False,
+        help="A CA certificate (PEM) for a private CA: the one trusted for the admin API, and trusted "
+             "for the identity provider besides the system's. Kept at login. For 127.0.0.1, maas "
+             "trusts $MAAS_DATA_DIR/tls/cert.pem (make run's) by itself.",
     )] = None,
     insecure: Annotated[bool, typer.Option("--insecure", "-k", help="Do not check the server's TLS certificate.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,

@@ -10,6 +10,8 @@ provider.mjs's addition to oauth2-mock-server (which has none), off unless a tes
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import re
 import stat
@@ -20,10 +22,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cli import oidc
 from cli.exitcodes import CliError
-from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.oidc_provider import OidcProvider, oidc_provider, running_provider  # noqa: F401
 from tests.runtime import Runtime, start_runtime
 from tests.test_cli import Maas, signed_in_maas
 
@@ -170,12 +176,13 @@ def device_grant(oidc_provider: OidcProvider) -> Iterator[OidcProvider]:  # noqa
         offer_device_grant(oidc_provider, enabled=False)
 
 
-def device_login(maas: Maas, provider: OidcProvider, *flags: str, answer: str | None = "approve") -> tuple[int, str, str]:
+def device_login(maas: Maas, provider: OidcProvider, *flags: str, answer: str | None = "approve",
+                 env: dict[str, str] | None = None, verify: str | bool = True) -> tuple[int, str, str]:
     """Run `maas login --issuer ...`, open the device page it prints as the person would on
     their phone (approving, or with answer="deny" refusing, or with None never coming), and
     return the login's exit code, stdout and stderr."""
     login = maas.process("login", "--issuer", provider.issuer, "--client-id", "maas", "--no-browser",
-                         "--timeout", "20", *flags)
+                         "--timeout", "20", *flags, env=env)
     assert login.stdout is not None and login.stderr is not None
     with login:  # closes the pipes, and waits
         try:
@@ -189,7 +196,7 @@ def device_login(maas: Maas, provider: OidcProvider, *flags: str, answer: str | 
                 page, complete = links
                 code = printed[0].rstrip().rsplit(" ", 1)[-1].rstrip(":")
                 assert page == f"{provider.issuer}/device" and parse_qs(urlsplit(complete).query)["user_code"] == [code]
-                opened = httpx.get(complete + ("&deny=1" if answer == "deny" else ""), timeout=10)
+                opened = httpx.get(complete + ("&deny=1" if answer == "deny" else ""), timeout=10, verify=verify)
                 assert opened.status_code == 200, opened.text
             # The rest through the same buffered files (communicate() would skip what they hold
             # already); maas stops by itself within its --timeout.
@@ -284,3 +291,82 @@ def test_a_device_sign_in_slows_down_when_the_provider_says_so(device_grant: Oid
         offer_device_grant(device_grant, enabled=True, interval=1, expires_in=3)
         oidc.device_login(provider, "maas", scope="openid", timeout=60, open_browser=False,
                           show=lambda *_: None, sleep=lambda seconds: waits.append(seconds))
+
+
+# A private CA (--ca-file, MAAS_CA_FILE) for both the identity provider and the admin API.
+
+def private_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate it signed for 127.0.0.1: (ca.pem, key.pem, chain.pem),
+    the chain being the server's certificate then the CA's, as servers send them."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "maas test private CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca_path, key_path, chain_path = directory / "ca.pem", directory / "key.pem", directory / "cert.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    chain_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))
+    return ca_path, key_path, chain_path
+
+
+def test_a_provider_and_admin_api_behind_a_private_ca_need_the_ca_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "runtime" / ".maas"
+    # The runtime serves the certificate it finds in its data dir (local/tls.py): one the CA signed.
+    ca, key, chain = private_ca(data_dir / "tls")
+    with running_provider(tls=(key, chain)) as provider:
+        assert provider.issuer.startswith("https://")
+        runtime = start_runtime(data_dir, env={"MAAS_OIDC_ISSUER": provider.issuer, "MAAS_OIDC_AUDIENCE": "maas",
+                                               "MAAS_OIDC_CA_FILE": str(ca), "MAAS_ADMIN_GROUPS": "platform-admins"})
+        try:
+            offer_device_grant(provider, enabled=True, interval=1)
+            provider.login_as(sub="pat", groups=["platform-admins"])
+            # Not the runtime's data dir: nothing trusts its certificate but the CA file.
+            pat = Maas(tmp_path / "pat", runtime.admin_url, tmp_path / "elsewhere")
+            untrusted = pat("login", "--issuer", provider.issuer, "--client-id", "maas")
+            assert untrusted.code == 7 and untrusted.err.count("\n") == 1
+            assert "cannot verify the TLS certificate of the identity provider" in untrusted.err
+            assert "--ca-file" in untrusted.err
+            assert pat("login", "--admin-key", ADMIN_KEY="x").code == 7, "nor the admin API's"
+
+            code, out, err = device_login(pat, provider, "--ca-file", str(ca), verify=str(ca))
+            assert code == 0, err
+            assert "as pat (oidc)" in out
+            # The CA is kept with the sign-in: later commands need no flag, for the API or the provider.
+            assert pat("whoami", "--json").json()["platform_admin"] is True
+            credentials = tmp_path / "pat" / "maas" / "credentials.json"
+            data = json.loads(credentials.read_text())
+            saved = data["servers"][runtime.admin_url]
+            assert saved["ca"] == saved["issuer_ca"] == str(ca.resolve())
+            saved["expires_at"] = 0
+            credentials.write_text(json.dumps(data))
+            renewals = provider.requests("/token")
+            assert pat("team", "list").code == 0
+            assert provider.requests("/token") == renewals + 1, "renewed over TLS, trusting the kept CA"
+
+            # MAAS_CA_FILE does what --ca-file does.
+            sam = Maas(tmp_path / "sam", runtime.admin_url, tmp_path / "elsewhere")
+            provider.login_as(sub="sam")
+            code, out, err = device_login(sam, provider, env={"MAAS_CA_FILE": str(ca)}, verify=str(ca))
+            assert code == 0 and "as sam (oidc)" in out, err
+        finally:
+            assert runtime.stop() == 0
