@@ -249,9 +249,31 @@ class Authorino:
                     return Decision(401, f"{rule_name}: evaluation error {verdict.args[0]}")
                 if not (isinstance(verdict, celpy.celtypes.BoolType) and bool(verdict)):
                     return Decision(401, f"{rule_name}: {verdict!r}")
+        return Decision(200, "ok", self._success_filter(rules, identity, activation))
+
+    def _success_filter(self, rules: JSON, identity: JSON, activation: dict[str, Any]) -> JSON | None:
+        """The `identity` filter the shim gets as `auth.identity`: each property a selector (a
+        gjson path; one that finds nothing is null) or a CEL expression (authorino
+        pkg/evaluators/response/dynamic_json.go, pkg/json/json.go JSONValue.ResolveFor,
+        pkg/expressions/cel/expressions.go Expression.ResolveFor). A property that fails to
+        evaluate fails the whole filter, which is only logged (pkg/service/auth_pipeline.go,
+        evaluateResponseConfigs): the request passes without it, None here."""
         properties = rules["response"]["success"]["filters"]["identity"]["json"]["properties"]
         document = {"auth": {"identity": identity}}
-        return Decision(200, "ok", {name: _gjson(document, prop["selector"]) for name, prop in properties.items()})
+        built: JSON = {}
+        for name, prop in properties.items():
+            if "expression" in prop:
+                try:
+                    program = self._env.program(self._env.compile(prop["expression"]), functions=CEL_EXTENSIONS)
+                    value = program.evaluate(activation)
+                except celpy.CELEvalError:
+                    return None
+                if isinstance(value, celpy.CELEvalError):
+                    return None
+                built[name] = _plain(value)
+            else:
+                built[name] = _gjson(document, prop["selector"])
+        return built
 
     def _authenticate(self, authorization: str | None) -> JSON | None:
         for entry in self.entries:
@@ -262,6 +284,21 @@ class Authorino:
                 if key == value:
                     return secret
         return None
+
+
+def _plain(value: Any) -> Any:
+    """A CEL value as the JSON Authorino makes of it (ValueToJSON, then gjson)."""
+    if isinstance(value, celpy.celtypes.BoolType):
+        return bool(value)
+    if isinstance(value, celpy.celtypes.StringType):
+        return str(value)
+    if isinstance(value, (celpy.celtypes.IntType, celpy.celtypes.UintType, celpy.celtypes.DoubleType)):
+        return float(value)  # gjson reads every JSON number as a float64
+    if isinstance(value, celpy.celtypes.ListType):
+        return [_plain(item) for item in value]
+    if isinstance(value, celpy.celtypes.MapType):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return None
 
 
 def _api_key(secret: JSON) -> str:
