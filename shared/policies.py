@@ -9,19 +9,28 @@ them). The team Secrets are the source of truth; a policy is never read back for
   AuthConfig into Authorino's own namespace, so the keys are found only with `allNamespaces`
   (tests/cluster/SOURCES.md §1); a key must then also live in the keys' namespace, or anyone
   able to label a Secret elsewhere could mint one. Success exposes
-  `auth.identity.{userid,team,groups}` from the Secret's annotations to the rate limiter and the
-  metrics; a key whose `maas/status` is not `active`, or whose `maas/expires-at` has passed, is
+  `auth.identity.{userid,team,groups,tier,keytier}` from the Secret's annotations, and
+  `auth.identity.key` (its name), to the rate limiter and the metrics; a key whose `maas/status` is not `active`, or whose `maas/expires-at` has passed, is
   refused with 401. These checks are `patternMatching` predicates, which deny when they fail to
   evaluate; a `when` condition that fails to evaluate is skipped instead, i.e. fails open (§3).
   A key with a `maas/models-allowed` list may call only the models in it: Authorino never sees
   the body (§7), so the model is the first path segment, `/<model>/v1/...` on the `maas-models`
   route (shared/modelroute.py); on any other path a listed key is refused. `split` is cel-go's
   strings extension, which Authorino's CEL environment has (§7).
-- TokenRateLimitPolicy: one limit per budget tier (shared.tiers), active when
-  `auth.identity.tier` names it, counted per team and user (`limit_scope: user`) or per team
-  (`team`): each team keeps its own counters while the number of limits stays the number of
-  distinct budgets (§10). Omitted when there is no team, because the CRD requires at least one
-  limit: the caller deletes it then (see `managed_policies`).
+- TokenRateLimitPolicy and RateLimitPolicy: a team's rates (shared/rates.py) by tier
+  (shared/tiers.py: teams with the same rates share one), active when `auth.identity.tier`
+  names it. Token rates are limits of the TokenRateLimitPolicy, request rates limits of the
+  RateLimitPolicy; the rates of one tier, unit, scope and model are one limit with several
+  `rates` (one per window). A rate of one model adds a predicate on the path, whose first
+  segment is the model on the `maas-models` route (`/<model>/v1/...`, shared/modelroute.py;
+  the wasm-shim has `request.url_path`, §18). A per-user rate is counted per team and user, a
+  per-team one per team: each team keeps its own counters while the number of limits stays
+  the number of distinct lists of rates (§10). A key's own rates are limits of their own,
+  selected by the key's tier (`auth.identity.keytier`) and counted per key
+  (`auth.identity.key`, its Secret's name). Either policy is omitted when it would have no
+  limit, because the CRDs require at least one: the caller deletes it then (see
+  `managed_policies`). A key's cap on calls in flight has no Kuadrant form (Limitador counts
+  hits in windows, nothing in flight: §18); `policy_warnings` says so.
 - Authorino keeps the key Secret it indexed until it rebuilds the AuthConfig (§8), so the
   values a key carries of its team (policy, tier) and a rotated key's shortened expiry would
   not reach it. The AuthPolicy carries an identity revision that changes with exactly those
@@ -36,19 +45,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.durations import normalize_window
+from shared.durations import MAX_PART
 from shared.errors import Unauthorized, openai_body
+from shared.rates import RateUnit
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team
 from shared.store.kubeshapes import EXPIRES_ANNOTATION, MODELS_ANNOTATION, STATUS_ANNOTATION
-from shared.tiers import TIER_ANNOTATION, tier_of
+from shared.tiers import KEY_TIER_ANNOTATION, TIER_ANNOTATION, RateShape, key_tier_of, shapes_of, tier_of, tier_scope
 
 AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
 TOKEN_RATE_LIMIT_POLICY = ("kuadrant.io/v1alpha1", "TokenRateLimitPolicy", "maas-team-token-limits")
+RATE_LIMIT_POLICY = ("kuadrant.io/v1", "RateLimitPolicy", "maas-team-request-limits")
 TELEMETRY_POLICY = ("extensions.kuadrant.io/v1alpha1", "TelemetryPolicy", "maas-usage-labels")
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "maas-key-manager", "app.kubernetes.io/part-of": "maas"}
@@ -64,6 +76,23 @@ IDENTITY_ANNOTATIONS = {
     "groups": "kuadrant.io/groups",
     "tier": TIER_ANNOTATION,
 }
+# The key's handle (its Secret's name), which a key's own rates are counted by.
+KEY_FIELD = "key"
+# The tier of a key's own rates. A CEL expression rather than a selector: a selector that finds
+# nothing gives null (authorino pkg/json/json.go, JSONValue.ResolveFor), this gives "" for a key
+# without rates, so the predicates comparing it compare two strings whatever the engine makes of
+# null (one that errs would fail the RateLimitPolicy's one merged action, every request limit
+# with it: §18). It cannot err itself: every key that gets this far has annotations (the
+# `key-active` rule read them).
+KEY_TIER_FIELD = "keytier"
+
+# What the counters are keyed by (the identity the AuthPolicy's success filter hands the shim).
+TEAM_COUNTER = "auth.identity.team"
+USER_COUNTER = "auth.identity.userid"
+KEY_COUNTER = f"auth.identity.{KEY_FIELD}"
+# Past this many limits the Gateway's wasm configuration (every limit an action, a token limit
+# two, on every route rule: §10) is worth a look before it reaches the object size limit.
+MANY_LIMITS = 200
 
 # CEL over the request body: Kuadrant's wasm shim parses the JSON body of model calls.
 MODEL_EXPRESSION = 'requestBodyJSON("/model")'
@@ -84,18 +113,24 @@ def managed_policies(settings: Settings) -> list[PolicyRef]:
     """Every policy this module can produce; one absent from `generate_policies` must be deleted."""
     return [
         PolicyRef(api_version, kind, name, settings.policy_namespace)
-        for api_version, kind, name in (AUTH_POLICY, TOKEN_RATE_LIMIT_POLICY, TELEMETRY_POLICY)
+        for api_version, kind, name in (AUTH_POLICY, TOKEN_RATE_LIMIT_POLICY, RATE_LIMIT_POLICY, TELEMETRY_POLICY)
     ]
 
 
-def generate_policies(teams: Iterable[Team], settings: Settings, *,
-                      keys_in_grace: Iterable[ApiKey] = (), models: Iterable[str] = ()) -> list[dict[str, Any]]:
+def generate_policies(teams: Iterable[Team], settings: Settings, *, keys_in_grace: Iterable[ApiKey] = (),
+                      models: Iterable[str] = (), keys: Iterable[ApiKey] = ()) -> list[dict[str, Any]]:
     """All the policies for these teams (and the models served, for the usage labels), in a
-    stable order and with stable content."""
+    stable order and with stable content. `keys`: the keys with rates of their own (others are
+    ignored), whose tiers the rate limits must hold."""
     ordered = sorted(teams, key=lambda team: team.team_id)
+    with_rates = sorted((key for key in keys if key.rates), key=lambda key: key.secret_name)
     policies = [auth_policy(settings, revision=identity_revision(ordered, keys_in_grace))]
-    if ordered:
-        policies.append(token_rate_limit_policy(ordered, settings))
+    tokens = token_rate_limit_policy(ordered, settings, keys=with_rates)
+    if tokens["spec"]["limits"]:
+        policies.append(tokens)
+    requests = rate_limit_policy(ordered, settings, keys=with_rates)
+    if requests["spec"]["limits"]:
+        policies.append(requests)
     policies.append(telemetry_policy(settings, models))
     return policies
 
@@ -161,10 +196,13 @@ def auth_policy(settings: Settings, *, revision: str = "") -> dict[str, Any]:
             }
         },
     }
-    identity = {
+    identity: dict[str, dict[str, str]] = {
         field: {"selector": f"{annotations}.{_escape_selector(annotation)}"}
         for field, annotation in IDENTITY_ANNOTATIONS.items()
     }
+    identity[KEY_FIELD] = {"selector": "auth.identity.metadata.name"}
+    tier = json.dumps(KEY_TIER_ANNOTATION)
+    identity[KEY_TIER_FIELD] = {"expression": f'{tier} in {annotations} ? {annotations}[{tier}] : ""'}
     return _policy(
         AUTH_POLICY,
         settings,
@@ -183,21 +221,146 @@ def auth_policy(settings: Settings, *, revision: str = "") -> dict[str, Any]:
     )
 
 
-def token_rate_limit_policy(teams: Iterable[Team], settings: Settings) -> dict[str, Any]:
-    limits: dict[str, Any] = {}
-    for team in sorted(teams, key=tier_of):
-        tier = tier_of(team)
-        if tier in limits:
-            continue
-        counters = [{"expression": "auth.identity.team"}]
-        if team.limit_scope == "user":
-            counters.append({"expression": "auth.identity.userid"})
-        limits[tier] = {
-            "rates": [{"limit": team.token_limit, "window": normalize_window(team.time_window)}],
-            "when": [{"predicate": f"auth.identity.tier == {json.dumps(tier)}"}],
-            "counters": counters,
-        }
+def token_rate_limit_policy(teams: Iterable[Team], settings: Settings, *,
+                            keys: Iterable[ApiKey] = ()) -> dict[str, Any]:
+    """The token rates of every tier (the teams', and the keys' own); `limits` may be empty,
+    which the CRD refuses: `generate_policies` leaves such a policy out."""
+    limits = _rate_limits(teams, keys, "tokens")
     return _policy(TOKEN_RATE_LIMIT_POLICY, settings, {"targetRef": _gateway_ref(settings), "limits": limits})
+
+
+def rate_limit_policy(teams: Iterable[Team], settings: Settings, *, keys: Iterable[ApiKey] = ()) -> dict[str, Any]:
+    """The request rates of every tier, as `token_rate_limit_policy` the token rates. The same
+    tier predicates and counters: Kuadrant's RateLimitPolicy and TokenRateLimitPolicy share
+    their limit shape (KO api/v1/ratelimitpolicy_types.go `Limit`, api/v1alpha1
+    tokenratelimitpolicy_types.go `TokenLimit`)."""
+    limits = _rate_limits(teams, keys, "requests")
+    return _policy(RATE_LIMIT_POLICY, settings, {"targetRef": _gateway_ref(settings), "limits": limits})
+
+
+def _rate_limits(teams: Iterable[Team], keys: Iterable[ApiKey], unit: RateUnit) -> dict[str, Any]:
+    """The limits of one unit for every distinct tier among these teams and keys, by name."""
+    tiers: dict[str, tuple[str, tuple[RateShape, ...]]] = {}  # tier -> (its head's scope, shapes)
+    for team in teams:
+        tier = tier_of(team)
+        if tier not in tiers:
+            tiers[tier] = (tier_scope(team), shapes_of(team.limits))
+    limits: dict[str, Any] = {}
+    for tier, (scope, shapes) in sorted(tiers.items()):
+        limits.update(_tier_limits(f"auth.identity.tier == {json.dumps(tier)}", tier, scope, shapes, unit))
+    key_tiers: dict[str, tuple[RateShape, ...]] = {}
+    for key in keys:
+        key_tier = key_tier_of(key)
+        if key_tier is not None and key_tier not in key_tiers:
+            key_tiers[key_tier] = shapes_of(key.rates)
+    for key_tier, shapes in sorted(key_tiers.items()):
+        predicate = f"auth.identity.{KEY_TIER_FIELD} == {json.dumps(key_tier)}"
+        limits.update(_tier_limits(predicate, key_tier, "key", shapes, unit))
+    return limits
+
+
+def _tier_limits(predicate: str, tier: str, usual_scope: str, shapes: Iterable[RateShape],
+                 unit: RateUnit) -> dict[str, Any]:
+    """One limit per scope and model of the tier's rates of `unit`, each with one rate per
+    window. A limit holds several rates only when their calls and counters agree: Limitador
+    makes each rate a limit of its own that shares the limit's conditions and variables, told
+    apart by its window (LI limitador/src/limit.rs, `Limit`'s Eq and Hash; §18); two rates of
+    one window cannot both be there, and shapes_of keeps only the lower."""
+    groups: dict[tuple[str, str], list[RateShape]] = {}
+    for shape in shapes:
+        if shape.unit == unit:
+            groups.setdefault((shape.scope, shape.model), []).append(shape)
+    limits: dict[str, Any] = {}
+    for (scope, model), group in sorted(groups.items()):
+        when = [{"predicate": predicate}]
+        if model:
+            when.append({"predicate": model_predicate(model)})
+        limits[_limit_name(tier, unit, scope, usual_scope, model)] = {
+            "rates": [{"limit": shape.limit, "window": kuadrant_window(shape)} for shape in sorted(group, key=_by_window)],
+            "when": when,
+            "counters": [{"expression": expression} for expression in _counters(scope)],
+        }
+    return limits
+
+
+def _by_window(shape: RateShape) -> int:
+    return shape.seconds
+
+
+def _limit_name(tier: str, unit: RateUnit, scope: str, usual_scope: str, model: str) -> str:
+    """`<tier>` for the tier's token rates in its head's scope over every model (the name a
+    team with the short form always had, so its Limitador counters survive: §5), else
+    `<tier>[-requests][-<scope>][-on-<model>]`. Kuadrant makes an identifier of it, sanitised
+    and with a hash of the original name, so any text is safe (§5); a model whose name is long
+    or odd is named by a digest to keep it short."""
+    name = tier
+    if unit == "requests":
+        name += "-requests"
+    if scope != usual_scope:
+        name += f"-{scope}"
+    if model:
+        # `~` is in no plain name, so a digest never reads as one.
+        plain = re.fullmatch(r"[A-Za-z0-9._-]{1,63}", model)
+        tag = model if plain else "~" + hashlib.sha256(model.encode()).hexdigest()[:10]
+        name += f"-on-{tag}"
+    return name
+
+
+def _counters(scope: str) -> list[str]:
+    if scope == "key":
+        return [KEY_COUNTER]
+    if scope == "team":
+        return [TEAM_COUNTER]
+    return [TEAM_COUNTER, USER_COUNTER]
+
+
+def model_predicate(model: str) -> str:
+    """True for calls of `model` through the `maas-models` route, whose paths are
+    `/<model>/v1/...` (shared/modelroute.py): the path as the client sent it, which the
+    wasm-shim has as `request.url_path` (§18), while the body is not read for predicates (§7)."""
+    return f"request.url_path.startsWith({json.dumps('/' + model + '/')})"
+
+
+def kuadrant_window(shape: RateShape) -> str:
+    """The window in hours, minutes and seconds (`1h30m`), one text per length, so teams that
+    wrote `60m` and `1h` render the same limit. Past 99999 hours (the CRD's five digits) the
+    rate's own text, which already fits the CRD's pattern (shared/durations.py)."""
+    hours, rest = divmod(shape.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours > MAX_PART:
+        return shape.window
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{seconds}s" if seconds else "")
+    return text or "1s"  # never 0: windows are at least 1 s (normalize_rate_window)
+
+
+def policy_warnings(teams: Iterable[Team], keys: Iterable[ApiKey] = ()) -> list[str]:
+    """What the admins asked for that these policies cannot do in a cluster, one line each,
+    for `maas policy render` and `maas cluster-check` to show. Nothing here blocks rendering:
+    the rest of the limits are still enforced."""
+    from shared.modelroute import _MODEL_NAME as ROUTABLE  # the route's rule; it imports this module
+
+    teams, keys = list(teams), list(keys)
+    warnings: list[str] = []
+    capped = sorted((key for key in keys if key.max_concurrent is not None), key=lambda key: key.secret_name)
+    if capped:
+        example = capped[0]
+        warnings.append(
+            f"{len(capped)} key(s) have max_concurrent (e.g. '{example.secret_name}' of team '{example.team_id}', "
+            f"{example.max_concurrent}): not enforced in a cluster, Limitador counts hits in windows and has no "
+            "limit on calls in flight; only the local gateway caps them"
+        )
+    owners = [(f"team '{team.team_id}'", rate) for team in teams for rate in team.limits]
+    owners += [(f"key '{key.secret_name}'", rate) for key in keys for rate in key.rates]
+    for owner, rate in owners:
+        if rate.model is not None and not ROUTABLE.match(rate.model):
+            warnings.append(f"{owner}: limit '{rate.name}' is on model '{rate.model}', which the maas-models route "
+                            "cannot serve (not one path segment): it never applies in a cluster")
+    count = len(_rate_limits(teams, keys, "tokens")) + len(_rate_limits(teams, keys, "requests"))
+    if count > MANY_LIMITS:
+        warnings.append(f"the rate limits have {count} limits (one per tier, unit, scope and model): each is an action "
+                        "on every route rule of the Gateway, so fewer distinct lists of rates keep its wasm "
+                        "configuration small (docs/DEPLOY.md, 'Rate limits in a cluster')")
+    return warnings
 
 
 def model_label(models: Iterable[str]) -> str:

@@ -407,11 +407,13 @@ def test_rbac_grants_each_function_what_it_needs(rendered: list[dict[str, Any]])
     assert grants["models"] == {("", "secrets"): {"list"}, ("", "configmaps"): {"create"}} | {m: {"list"} for m in models}
     writes = {"get", "list", "create", "patch", "delete"}
     for account in ("writer", "cleanup", "console"):
-        for policy in ("authpolicies", "tokenratelimitpolicies"):
+        for policy in ("authpolicies", "tokenratelimitpolicies", "ratelimitpolicies"):
             assert {"get", "create", "update"} <= grants[account][("kuadrant.io", policy)]
         assert {"get", "create", "update"} <= grants[account][("extensions.kuadrant.io", "telemetrypolicies")]
-        # Only the policy that zero teams do not produce is ever deleted.
-        assert "delete" in grants[account][("kuadrant.io", "tokenratelimitpolicies")]
+        # Only the policies that teams may not produce are ever deleted: the token limits with
+        # zero teams, the request limits with no request rate (shared/policies.py).
+        for policy in ("tokenratelimitpolicies", "ratelimitpolicies"):
+            assert "delete" in grants[account][("kuadrant.io", policy)]
         assert "delete" not in grants[account][("kuadrant.io", "authpolicies")]
     assert grants["writer"][("", "secrets")] == writes | {"deletecollection"}  # a deleted team's memberships
     assert grants["writer"][("", "configmaps")] == {"create"}

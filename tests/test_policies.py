@@ -11,16 +11,24 @@ import pytest
 
 from shared.policies import (
     AUTH_POLICY,
+    MANY_LIMITS,
+    RATE_LIMIT_POLICY,
     TELEMETRY_POLICY,
     TOKEN_RATE_LIMIT_POLICY,
     PolicyRef,
     auth_policy,
     generate_policies,
+    kuadrant_window,
     managed_policies,
+    policy_warnings,
+    rate_limit_policy,
     token_rate_limit_policy,
 )
+from shared.rates import Rate
 from shared.settings import Settings
-from shared.store.base import LimitScope, Team
+from shared.store.base import ApiKey, LimitScope, Team
+from shared.store.kubeshapes import LABEL_VALUE
+from shared.tiers import RateShape, key_tier_of, tier_of
 from tests import crds
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -29,7 +37,8 @@ ALPHA_TIER = "1000-per-3600s-user"  # team("alpha")'s budget
 GATEWAY_REF = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "maas-gateway"}
 
 
-def team(team_id: str, limit: int = 1000, window: str = "1h", scope: LimitScope = "user") -> Team:
+def team(team_id: str, limit: int = 1000, window: str = "1h", scope: LimitScope = "user",
+         rates: tuple[Rate, ...] = ()) -> Team:
     return Team(
         team_id=team_id,
         team_name=team_id.title(),
@@ -39,7 +48,22 @@ def team(team_id: str, limit: int = 1000, window: str = "1h", scope: LimitScope 
         time_window=window,
         limit_scope=scope,
         created_at=CREATED,
+        rates=rates,
     )
+
+
+# The issue's example: per-minute and per-day tokens, an RPM, a budget on one model.
+ISSUE_RATES = (
+    Rate("per-minute", 20000, "1m"),
+    Rate("per-day", 1000000, "24h"),
+    Rate("rpm", 60, "1m", "requests"),
+    Rate("big-hourly", 10000, "1h", "tokens", "user", "big"),
+)
+
+
+def key(name: str, *rates: Rate, max_concurrent: int | None = None) -> ApiKey:
+    return ApiKey(secret_name=name, key_sha256="", team_id="alpha", user_id="alice", user_email="",
+                  role="member", status="active", created_at=CREATED, rates=rates, max_concurrent=max_concurrent)
 
 
 @pytest.fixture
@@ -95,6 +119,183 @@ def test_ten_thousand_teams_make_as_many_limits_as_budgets(cluster_settings: Set
     assert len(json.dumps(policy)) < 4096  # no team ids: its size does not grow with the teams
 
 
+def test_a_team_with_several_rates_renders_token_and_request_limits(cluster_settings: Settings) -> None:
+    """Token rates of one scope and model are one limit with a rate per window; a model's rate
+    adds a path predicate; request rates are the RateLimitPolicy's. What they do:
+    tests/cluster/test_rate_limits.py."""
+    alpha = team("alpha", 20000, "1m", rates=ISSUE_RATES)
+    tier = tier_of(alpha)
+    assert tier == "20000-per-60s-user-rb91b121dec"  # stable across versions: keys carry it
+    policies = generate_policies([alpha], cluster_settings)
+    assert [p["kind"] for p in policies] == ["AuthPolicy", "TokenRateLimitPolicy", "RateLimitPolicy", "TelemetryPolicy"]
+    on_tier = {"predicate": f'auth.identity.tier == "{tier}"'}
+    per_user = [{"expression": "auth.identity.team"}, {"expression": "auth.identity.userid"}]
+    assert by_kind(policies)["TokenRateLimitPolicy"]["spec"]["limits"] == {
+        tier: {"rates": [{"limit": 20000, "window": "1m"}, {"limit": 1000000, "window": "24h"}],
+               "when": [on_tier], "counters": per_user},
+        f"{tier}-on-big": {"rates": [{"limit": 10000, "window": "1h"}],
+                           "when": [on_tier, {"predicate": 'request.url_path.startsWith("/big/")'}],
+                           "counters": per_user},
+    }
+    assert by_kind(policies)["RateLimitPolicy"] == {
+        "apiVersion": "kuadrant.io/v1",
+        "kind": "RateLimitPolicy",
+        "metadata": {"name": "maas-team-request-limits", "namespace": "llm", "labels": LABELS},
+        "spec": {
+            "targetRef": GATEWAY_REF,
+            "limits": {f"{tier}-requests": {"rates": [{"limit": 60, "window": "1m"}], "when": [on_tier],
+                                            "counters": per_user}},
+        },
+    }
+
+
+def test_the_short_form_keeps_its_limit_and_renders_no_request_limits(cluster_settings: Settings) -> None:
+    """A team given no list keeps the tier and limit name it had, hence its Limitador counters."""
+    policies = generate_policies([team("alpha")], cluster_settings)
+    assert tier_of(team("alpha")) == ALPHA_TIER
+    assert list(by_kind(policies)["TokenRateLimitPolicy"]["spec"]["limits"]) == [ALPHA_TIER]
+    assert "RateLimitPolicy" not in by_kind(policies)
+    assert rate_limit_policy([team("alpha")], cluster_settings)["spec"]["limits"] == {}
+
+
+def test_a_tier_is_the_rates_not_their_names_order_or_spelling() -> None:
+    listed = team("a", 20000, "1m", rates=ISSUE_RATES)
+    renamed = tuple(Rate(f"x{n}", r.limit, r.window, r.unit, r.scope, r.model) for n, r in enumerate(ISSUE_RATES))
+    respelled = tuple(Rate(r.name, r.limit, {"1m": "60s", "24h": "1d", "1h": "60m"}[r.window], r.unit, r.scope,
+                           r.model) for r in ISSUE_RATES)
+    looser = (*ISSUE_RATES, Rate("loose", 50000, "60s"))  # never refuses before per-minute does
+    for rates in (renamed, tuple(reversed(ISSUE_RATES)), respelled, looser):
+        assert tier_of(team("b", 20000, "1m", rates=rates)) == tier_of(listed)
+    # One rate plus a looser twin is the short form's tier.
+    twin = (Rate("tokens", 1000, "1h"), Rate("twin", 2000, "60m"))
+    assert tier_of(team("c", rates=twin)) == ALPHA_TIER
+
+
+@pytest.mark.parametrize("changed", [
+    Rate("per-day", 1000001, "24h"),
+    Rate("per-day", 1000000, "25h"),
+    Rate("per-day", 1000000, "24h", "requests"),
+    Rate("per-day", 1000000, "24h", "tokens", "team"),
+    Rate("per-day", 1000000, "24h", "tokens", "user", "big"),
+], ids=["limit", "window", "unit", "scope", "model"])
+def test_any_change_to_a_rate_is_another_tier(changed: Rate) -> None:
+    before = team("a", 20000, "1m", rates=ISSUE_RATES)
+    after = team("a", 20000, "1m", rates=(ISSUE_RATES[0], changed, *ISSUE_RATES[2:]))
+    assert tier_of(after) != tier_of(before)
+
+
+def test_tiers_fit_a_label_value_at_their_longest() -> None:
+    huge = 2**53  # the largest limit the API takes
+    rates = tuple(Rate(f"r{n}", huge - n, f"{99999 - n}h59m59s", "tokens" if n % 2 else "requests",
+                       "team" if n % 3 else "user", f"model-{n}" if n else None) for n in range(16))
+    rates = (Rate("tokens", huge, "99999h59m59s", "tokens", "team"), *rates[1:])
+    names = [tier_of(team("a", rates=rates)), tier_of(team("a", huge, "99999h59m59s", "team")),
+             key_tier_of(key("k", *rates)), key_tier_of(key("k", Rate("r", huge, "99999h59m59s", "requests")))]
+    for name in names:
+        assert name is not None and len(name) <= 63 and LABEL_VALUE.match(name), name
+
+
+def test_key_tiers() -> None:
+    assert key_tier_of(key("k")) is None
+    assert key_tier_of(key("k", Rate("rpm", 60, "1m", "requests", "key"))) == "key-60-per-60s-requests"
+    several = key_tier_of(key("k", Rate("rpm", 60, "1m", "requests", "key"), Rate("t", 5, "1h", "tokens", "key")))
+    on_model = key_tier_of(key("k", Rate("t", 5, "1h", "tokens", "key", "big")))
+    assert several is not None and several.startswith("key-r") and len(several) == len("key-r") + 10
+    assert on_model is not None and on_model.startswith("key-r") and on_model != several
+
+
+def test_keys_with_the_same_rates_share_limits_counted_per_key(cluster_settings: Settings) -> None:
+    own = (Rate("rpm", 10, "1m", "requests", "key"), Rate("big", 500, "1h", "tokens", "key", "big"))
+    keys = [key("k1", *own), key("k2", *reversed(own)), key("k3"), key("k4", Rate("rpm", 11, "1m", "requests", "key"))]
+    tokens = token_rate_limit_policy([team("alpha")], cluster_settings, keys=keys)["spec"]["limits"]
+    requests = rate_limit_policy([team("alpha")], cluster_settings, keys=keys)["spec"]["limits"]
+    shared_tier = key_tier_of(keys[0])
+    assert shared_tier is not None and shared_tier == key_tier_of(keys[1])
+    on_key = {"predicate": f'auth.identity.keytier == "{shared_tier}"'}
+    assert tokens == {
+        ALPHA_TIER: tokens[ALPHA_TIER],
+        f"{shared_tier}-on-big": {"rates": [{"limit": 500, "window": "1h"}],
+                                  "when": [on_key, {"predicate": 'request.url_path.startsWith("/big/")'}],
+                                  "counters": [{"expression": "auth.identity.key"}]},
+    }
+    assert requests == {
+        f"{shared_tier}-requests": {"rates": [{"limit": 10, "window": "1m"}], "when": [on_key],
+                                    "counters": [{"expression": "auth.identity.key"}]},
+        "key-11-per-60s-requests-requests": {
+            "rates": [{"limit": 11, "window": "1m"}],
+            "when": [{"predicate": 'auth.identity.keytier == "key-11-per-60s-requests"'}],
+            "counters": [{"expression": "auth.identity.key"}]},
+    }
+
+
+def test_ten_thousand_teams_with_a_handful_of_rate_lists_are_a_bounded_number_of_limits(
+        cluster_settings: Settings) -> None:
+    """The size of the rate limits is the number of distinct lists of rates: 10,000 teams over
+    five lists (spelled and named differently by each team) make the limits of five teams."""
+    lists = [
+        (),  # the short form
+        ISSUE_RATES,
+        (Rate("tokens", 1000, "1h"), Rate("rpm", 30, "1m", "requests", "team")),
+        (Rate("tokens", 1000, "1h"), Rate("day", 5000, "24h", "tokens", "team"), Rate("m", 100, "1h", "tokens", "user", "m")),
+        (Rate("tokens", 500, "1m"), Rate("rpm", 10, "1m", "requests"), Rate("rph", 100, "1h", "requests")),
+    ]
+
+    def teams(count: int) -> list[Team]:
+        made = []
+        for n in range(count):
+            rates = tuple(Rate(f"{r.name}-{n}", r.limit, r.window if n % 2 else r.window.replace("1h", "60m"),
+                               r.unit, r.scope, r.model) for r in lists[n % 5])
+            made.append(team(f"t{n:05d}", 20000 if n % 5 == 1 else 1000, "1h", rates=rates))
+        return made
+
+    many, five = generate_policies(teams(10_000), cluster_settings), generate_policies(teams(5), cluster_settings)
+    limits = {p["kind"]: p["spec"]["limits"] for p in many if "limits" in p["spec"]}
+    # Token limits: 1 + 2 + 1 + 3 + 1 (one per scope and model); request limits: 0 + 1 + 1 + 0 + 1.
+    assert [len(limits["TokenRateLimitPolicy"]), len(limits["RateLimitPolicy"])] == [8, 3]
+    # One Limitador limit per rate (per route): 13 rates in all, once each whatever the teams.
+    assert sum(len(limit["rates"]) for kind in limits.values() for limit in kind.values()) == 1 + 4 + 2 + 3 + 3
+    rate_limits = [p for p in many if p["kind"].endswith("RateLimitPolicy")]
+    assert rate_limits == [p for p in five if p["kind"].endswith("RateLimitPolicy")]
+    assert len(json.dumps(rate_limits)) < 8192  # no team ids anywhere in them
+    assert policy_warnings(teams(10_000)) == []
+
+
+def test_many_distinct_lists_are_warned_of() -> None:
+    teams = [team(f"t{n}", 1000 + n) for n in range(MANY_LIMITS + 1)]
+    (warning,) = policy_warnings(teams)
+    assert warning.startswith(f"the rate limits have {MANY_LIMITS + 1} limits")
+    assert policy_warnings(teams[:MANY_LIMITS]) == []
+
+
+def test_a_rate_on_a_model_the_route_cannot_serve_is_warned_of() -> None:
+    odd = team("alpha", rates=(Rate("tokens", 1000, "1h"), Rate("org", 10, "1h", "tokens", "user", "org/model")))
+    (warning,) = policy_warnings([odd])
+    assert warning == ("team 'alpha': limit 'org' is on model 'org/model', which the maas-models route cannot serve "
+                       "(not one path segment): it never applies in a cluster")
+    # Its limit is still rendered (named by a digest), valid for the CRD.
+    policy = token_rate_limit_policy([odd], Settings())
+    assert any(name.endswith("-on-~" + name[-10:]) for name in policy["spec"]["limits"])
+    crds.validate(policy)
+
+
+@pytest.mark.parametrize(("seconds", "window"), [
+    (1, "1s"), (60, "1m"), (90, "1m30s"), (3600, "1h"), (5400, "1h30m"), (86400, "24h"), (604800, "168h"),
+    (359999999, "99999h59m59s"),
+])
+def test_windows_render_in_one_spelling(seconds: int, window: str) -> None:
+    assert kuadrant_window(RateShape("tokens", "user", "", seconds, 1, "ignored")) == window
+
+
+def test_a_window_past_five_digits_of_hours_keeps_its_own_spelling() -> None:
+    """`99999h99999m` is 101665 hours: six digits, which the CRD refuses; the rate's own text
+    fits it (shared/durations.py accepted it) and means the same to Go's ParseDuration."""
+    shape = RateShape("tokens", "user", "", 99999 * 3600 + 99999 * 60, 1, "99999h99999m")
+    assert kuadrant_window(shape) == "99999h99999m"
+    policy = token_rate_limit_policy([team("a", 5, "99999h99999m")], Settings())
+    assert [rate["window"] for limit in policy["spec"]["limits"].values() for rate in limit["rates"]] == ["99999h99999m"]
+    crds.validate(policy)
+
+
 def test_auth_policy_shape(cluster_settings: Settings) -> None:
     policy = auth_policy(cluster_settings)
     selector = {"matchLabels": {"kuadrant.io/auth-secret": "true", "app": "maas-api-key"}}
@@ -117,6 +318,10 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
                         "team": {"selector": "auth.identity.metadata.annotations.maas/team-id"},
                         "groups": {"selector": r"auth.identity.metadata.annotations.kuadrant\.io/groups"},
                         "tier": {"selector": "auth.identity.metadata.annotations.maas/tier"},
+                        "key": {"selector": "auth.identity.metadata.name"},
+                        # What it gives: tests/cluster/test_rate_limits.py.
+                        "keytier": {"expression": '"maas/key-tier" in auth.identity.metadata.annotations ? '
+                                                  'auth.identity.metadata.annotations["maas/key-tier"] : ""'},
                     }
                 }
             }
@@ -186,6 +391,7 @@ def test_zero_teams_omit_the_token_limits_but_manage_them(cluster_settings: Sett
     assert [p["kind"] for p in policies] == ["AuthPolicy", "TelemetryPolicy"]
     managed = managed_policies(cluster_settings)
     assert PolicyRef(*TOKEN_RATE_LIMIT_POLICY, namespace="llm") in managed
+    assert PolicyRef(*RATE_LIMIT_POLICY, namespace="llm") in managed
     produced = {(p["apiVersion"], p["kind"], p["metadata"]["name"]) for p in policies}
     assert produced < {(m.api_version, m.kind, m.name) for m in managed}
 
@@ -215,6 +421,9 @@ SHAPES: dict[str, list[Team]] = {
         team("d", 3, "2d", "team"),
     ],
     "many": [team(f"team-{i}", 100 * i + 1, f"{i + 1}m", "user" if i % 3 else "team") for i in range(40)],
+    "several-rates": [team("issue", 20000, "1m", rates=ISSUE_RATES),
+                      team("requests-only-extra", rates=(Rate("tokens", 1000, "1h"),
+                                                         Rate("rpd", 10**9, "1d", "requests", "team", "m.1")))],
 }
 
 
@@ -222,7 +431,8 @@ SHAPES: dict[str, list[Team]] = {
 @pytest.mark.parametrize("gateway_namespace", [None, "gateways"])
 def test_every_generated_policy_is_strictly_valid(teams: list[Team], gateway_namespace: str | None) -> None:
     settings = Settings(namespace="llm", gateway_namespace=gateway_namespace)
-    policies = generate_policies(teams, settings)
+    own = (Rate("rpm", 5, "1m", "requests", "key"), Rate("t", 50, "1h", "tokens", "key", "big"))
+    policies = generate_policies(teams, settings, keys=[key("k1", *own), key("k2", own[0])])
 
     crds.validate_all(policies)
     for policy in policies:
@@ -237,7 +447,7 @@ def assert_policy_cel_rules(policy: dict[str, Any]) -> None:
     allowed = {"TelemetryPolicy": {"Gateway"}}.get(policy["kind"], {"Gateway", "HTTPRoute"})
     assert target["kind"] in allowed
     assert not ({"defaults", "overrides"} & set(spec)), "we only use implicit defaults"
-    if policy["kind"] == "TokenRateLimitPolicy":
+    if policy["kind"] in ("TokenRateLimitPolicy", "RateLimitPolicy"):
         assert spec["limits"], "the CRD requires at least one limit"
     if policy["kind"] == "AuthPolicy":
         assert spec["rules"]["authentication"], "the CRD requires an authentication rule"

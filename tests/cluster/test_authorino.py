@@ -42,8 +42,10 @@ def test_a_new_key_works_without_an_authconfig_rebuild(cluster) -> None:
         decision = authorino.check(header, now=NOW)
         assert decision.status == 200, decision.reason
         # What the rate limiter and the metrics read as auth.identity (SOURCES.md §10).
+        # `key` is the Secret's name (a key's own rates are counted by it); `keytier` is "" for
+        # a key without rates of its own (a CEL expression, never null: SOURCES.md §18).
         assert decision.identity == {"userid": "alice", "team": "alpha", "groups": "alpha",
-                                     "tier": "1000-per-3600s-user"}
+                                     "tier": "1000-per-3600s-user", "key": key["secret_name"], "keytier": ""}
     assert authorino.check("APIKEY maas_not-a-key", now=NOW).status == 401
     assert authorino.check(None, now=NOW).status == 401
 
