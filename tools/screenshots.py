@@ -2,8 +2,8 @@
 
 Starts its own runtime on free ports with a throwaway data dir and a test identity provider (the
 test harness: tests/runtime.py, tests/oidc_provider.py, tests/browser.py), fills it with a few
-teams, keys and model calls, and photographs the pages at 1280 px wide (and two at a phone's
-width) in Debian's Chromium. The one page that shows a key has it masked: no screenshot shows a
+teams, keys and model calls (a few of them refused for a team's limit), and photographs the
+pages at 1280 px wide (and three at a phone's width) in Debian's Chromium. The one page that shows a key has it masked: no screenshot shows a
 key, even a throwaway one.
 """
 
@@ -37,25 +37,30 @@ def _seed(runtime: Runtime, admin_key: str) -> None:
     with _api(runtime, admin_key) as api:
         for team_id, name, limit, window in (("data-science", "Data Science", 200000, "1h"),
                                              ("platform-eng", "Platform Engineering", 50000, "1h"),
-                                             ("research", "Research", 1000000, "24h")):
+                                             ("research", "Research", 1000000, "24h"),
+                                             ("interns", "Interns", 150, "1h")):
             api.post("/teams", json={"team_id": team_id, "team_name": name, "token_limit": limit,
                                      "time_window": window}).raise_for_status()
         api.post("/teams/data-science/members", json={"user_id": "mona", "user_email": "mona@example.com",
                                                       "role": "member"}).raise_for_status()
         api.post("/teams/data-science/members", json={"user_id": "tara", "role": "admin"}).raise_for_status()
+        # An update, so that the audit log shows what one changed.
+        api.patch("/teams/platform-eng", json={"token_limit": 60000, "max_keys_per_user": 3}).raise_for_status()
         keys = []
         for team_id, user, alias in (("data-science", "mona", "notebook"), ("data-science", "mona", "laptop"),
                                      ("data-science", "omar", "pipeline"), ("platform-eng", "lee", "ci"),
-                                     ("research", "ana", "eval")):
+                                     ("research", "ana", "eval"), ("interns", "ivy", "first-try")):
             answer = api.post(f"/teams/{team_id}/keys", json={"user_id": user, "alias": alias, "expires_in": "90d"})
             answer.raise_for_status()
             keys.append(answer.json()["api_key"])
     with httpx.Client(base_url=runtime.urls["gateway"], timeout=30) as gateway:
-        for n in range(24):
+        for n in range(30):
             key = keys[n % len(keys)]
-            gateway.post("/v1/chat/completions", headers={"Authorization": f"APIKEY {key}"}, json={
+            answer = gateway.post("/v1/chat/completions", headers={"Authorization": f"APIKEY {key}"}, json={
                 "model": MODELS[n % 3 == 0], "max_tokens": 40 + 10 * (n % 5),
-                "messages": [{"role": "user", "content": "Hello " * (1 + n % 7)}]}).raise_for_status()
+                "messages": [{"role": "user", "content": "Hello " * (1 + n % 7)}]})
+            if answer.status_code != 429:  # the interns' small limit refuses some: the overview counts them
+                answer.raise_for_status()
 
 
 def _shot(page: Page, name: str, *, mask: Sequence[str] = ()) -> None:
@@ -80,6 +85,10 @@ def _admin_pages(context: BrowserContext, runtime: Runtime, admin_key: str) -> N
     _sign_in_with_key(page, runtime, admin_key)
     page.goto(runtime.admin_url + "/console/teams")
     _shot(page, "teams")
+    page.goto(runtime.admin_url + "/console/teams?view=overview")
+    _shot(page, "overview")
+    page.goto(runtime.admin_url + "/console/teams?view=audit&outcome=success")
+    _shot(page, "audit")
     page.goto(runtime.admin_url + "/console/teams/data-science")
     _shot(page, "team")
     page.get_by_text("Issue a key").click()
@@ -90,6 +99,10 @@ def _admin_pages(context: BrowserContext, runtime: Runtime, admin_key: str) -> N
     _shot(page, "key-created", mask=["#new-key"])
     page.goto(runtime.admin_url + "/console/teams/data-science/delete")
     _shot(page, "team-delete")
+    page.goto(runtime.admin_url + "/console/teams/data-science?view=usage")
+    _shot(page, "team-usage")
+    page.goto(runtime.admin_url + "/console/teams/data-science?view=audit&action=create_key")
+    _shot(page, "team-audit")
 
 
 def _member_pages(context: BrowserContext, runtime: Runtime, provider: OidcProvider, name: str = "") -> None:
@@ -119,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                 _member_pages(context, runtime, provider)
             with chromium(viewport=PHONE) as context:
                 _member_pages(context, runtime, provider, "-phone")
+            with chromium(viewport=PHONE) as context:
+                page = context.new_page()
+                _sign_in_with_key(page, runtime, admin_key)
+                page.goto(runtime.admin_url + "/console/teams?view=overview")
+                _shot(page, "overview-phone")
         finally:
             runtime.stop()
             provider.stop()
