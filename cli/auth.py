@@ -16,7 +16,15 @@ import typer
 
 from cli import oidc, output
 from cli.client import Api, trust_for
-from cli.config import Credential, Method, credentials_path, is_loopback, local_admin_key_file, normalize_url
+from cli.config import (
+    Credential,
+    Method,
+    credentials_path,
+    is_loopback,
+    local_admin_key_file,
+    normalize_url,
+    profile_name,
+)
 from cli.exitcodes import CliError, ExitCode
 from cli.output import Format, JsonOption, OutputOption
 from cli.prompts import read_secret
@@ -50,7 +58,8 @@ def _admin_key(url: str) -> str:
 
 def login(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option("--url", metavar="URL", help="The admin API to sign in to (else maas --url, MAAS_URL, the default).")] = None,
+    url: Annotated[str | None, typer.Option("--url", metavar="URL", help="The admin API to sign in to (else maas --url, the profile's, MAAS_URL, the default).")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", metavar="NAME", help="Keep this sign-in and its server under a name, for `maas --profile NAME ...` (MAAS_PROFILE) to use; as maas --profile.")] = None,
     ca_file: Annotated[Path | None, typer.Option("--ca-file", metavar="FILE", exists=True, dir_okay=False, help="A private CA's certificate (PEM), as maas --ca-file (MAAS_CA_FILE): for the admin API and the identity provider; kept for the next commands.")] = None,
     admin_key: Annotated[bool, typer.Option("--admin-key", help="Sign in with the admin key: from ADMIN_KEY, a pipe, make run's .maas/admin-key (for 127.0.0.1), or a prompt.")] = False,
     token: Annotated[bool, typer.Option("--token", help="Sign in with a bearer token you have (OIDC or Kubernetes: `kubectl create token`), piped in or typed.")] = False,
@@ -82,10 +91,12 @@ def login(
       maas login --issuer https://sso.example.com/realms/acme --client-id maas --browser
       maas login --url https://keys.corp --ca-file corp-ca.pem --issuer https://sso.corp --client-id maas
       kubectl create token alice | maas login --token
+      maas login --profile prod --url https://keys.example.com --issuer https://sso.example.com --client-id maas
     """
     state = session(ctx)
     store = state.store()
-    target = normalize_url(url) if url else state.url(store)
+    name = profile_name(profile) if profile else state.profile
+    target = normalize_url(url) if url else state.url(store, profile=name, login=True)
     chosen = [name for name, on in (("--admin-key", admin_key), ("--token", token), ("--issuer", issuer is not None)) if on]
     if len(chosen) > 1:
         raise CliError(f"choose one way to sign in, not {' and '.join(chosen)}", ExitCode.USAGE)
@@ -139,25 +150,41 @@ def login(
         credential = Credential(url=target, method=method, secret=secret, ca=ca, insecure=trust.insecure)
     with Api(target, trust, credential=credential) as api:
         me = api.get("/me")  # a credential the server refuses is not kept
-    store.put(credential)
+    store.put(credential, profile=name)
     who = "the admin key" if me.get("signed_in_with") == "admin-key" else f"{me.get('user_id')} ({me.get('signed_in_with')})"
-    print(f"Signed in to {target} as {who}; credentials kept in {credentials_path()}")
+    kept = f"as profile {name} " if name else ""
+    print(f"Signed in to {target} as {who}; credentials kept {kept}in {credentials_path()}")
 
 
 def logout(
     ctx: typer.Context,
     url: Annotated[str | None, typer.Option("--url", metavar="URL", help="The server to sign out of (default: the current one).")] = None,
-    everywhere: Annotated[bool, typer.Option("--all", help="Forget the credentials of every server.")] = False,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", metavar="NAME", help="Forget this profile (as maas --profile).")] = None,
+    everywhere: Annotated[bool, typer.Option("--all", help="Forget the credentials of every server and profile.")] = False,
 ) -> None:
-    """Forget the credentials kept for a server (nothing is revoked on the server).
+    """Forget the credentials kept for a server or a profile (nothing is revoked on the server).
 
     Examples:
       maas logout
+      maas logout --profile staging
       maas logout --all
     """
     state = session(ctx)
     store = state.store()
-    targets = list(store.servers) if everywhere else [normalize_url(url) if url else state.url(store)]
+    name = profile_name(profile) if profile else state.profile
+    if everywhere:
+        for name in list(store.profiles):
+            store.remove_profile(name)
+            print(f"Signed out of profile {name}")
+        targets = list(store.servers)
+    elif name is not None:
+        if store.remove_profile(name):
+            print(f"Signed out of profile {name}")
+        else:
+            output.note(f"no profile {name}")
+        return
+    else:
+        targets = [normalize_url(url) if url else state.url(store)]
     for target in targets:
         if store.remove(target):
             print(f"Signed out of {target}")
@@ -172,13 +199,14 @@ def whoami(ctx: typer.Context, out: OutputOption = Format.table, as_json: JsonOp
       maas whoami
       maas whoami --json
     """
-    with session(ctx).api() as api:
+    state = session(ctx)
+    with state.api() as api:
         me = api.get("/me")
         url = api.url
 
     def show(data: dict[str, Any]) -> None:
-        output.details({**data, "url": url}, [
-            ("server", "url"), ("user", "user_id"), ("email", "user_email"), ("signed in with", "signed_in_with"),
+        output.details({**data, "url": url, "profile": state.profile}, [
+            ("server", "url"), *([("profile", "profile")] if state.profile else []), ("user", "user_id"), ("email", "user_email"), ("signed in with", "signed_in_with"),
             ("platform admin", "platform_admin"), ("groups", "groups"),
         ])
         if data.get("teams"):

@@ -101,6 +101,8 @@ class Api:
     trust: Trust
     credential: Credential | None = None
     store: CredentialStore | None = None
+    profile: str | None = None
+    """The profile the credential is kept under, for a renewed token to be kept there too."""
     last_date: str | None = field(default=None, init=False)
     """The server's Date header of the latest answer: its clock, not ours (cli/keyimport.py)."""
     _client: httpx.Client | None = field(default=None, init=False, repr=False)
@@ -134,7 +136,7 @@ class Api:
         assert self.credential is not None
         refresh(self.credential)
         if self.store is not None:
-            self.store.put(self.credential)
+            self.store.put(self.credential, profile=self.profile)
 
     def send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> httpx.Response:
         headers = self._authorization()

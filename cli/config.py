@@ -4,12 +4,17 @@ Credentials live in `$XDG_CONFIG_HOME/maas/credentials.json` (else `~/.config/ma
 directory 0700, the file 0600, written whole and renamed into place so that a crash never
 leaves half a file. They are kept per server URL and sent only to the URL they were given for:
 pointing MAAS_URL elsewhere never hands one server's admin key to another.
+
+A profile (`--profile NAME`, MAAS_PROFILE) is a named sign-in with its server, kept beside them:
+`prod` as an admin and `prod-me` as a member of the same server, or `staging` and `prod` without
+retyping URLs. A profile's credential, too, goes only to its own URL.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +29,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 _FILE_NAME = "credentials.json"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 Method = Literal["admin-key", "token", "oidc"]
 
@@ -44,6 +50,13 @@ def normalize_url(url: str) -> str:
         raise CliError(f"not a server URL: {url!r}", ExitCode.USAGE,
                        hint="give one like https://keys.example.com or https://127.0.0.1:8443")
     return url
+
+
+def profile_name(name: str) -> str:
+    if not _PROFILE_NAME.match(name):
+        raise CliError(f"not a profile name: {name!r}", ExitCode.USAGE,
+                       hint="letters, digits, '.', '_' and '-', starting with a letter or digit, e.g. prod or staging-admin")
+    return name
 
 
 def is_loopback(url: str) -> bool:
@@ -92,6 +105,7 @@ class Credential:
 class CredentialStore:
     current: str | None = None
     servers: dict[str, Credential] = field(default_factory=dict)
+    profiles: dict[str, Credential] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> CredentialStore:
@@ -106,17 +120,23 @@ class CredentialStore:
         try:
             data = json.loads(raw)
             servers = {url: Credential.from_json(entry) for url, entry in data.get("servers", {}).items()}
+            # Files written before profiles have none.
+            profiles = {name: Credential.from_json(entry) for name, entry in data.get("profiles", {}).items()}
         except (ValueError, TypeError, AttributeError):
             raise CliError(f"{path} is not a credentials file maas wrote", ExitCode.USAGE,
                            hint=f"remove it (rm {path}) and run `maas login` again") from None
-        return cls(current=data.get("current"), servers=servers)
+        return cls(current=data.get("current"), servers=servers, profiles=profiles)
 
     def get(self, url: str) -> Credential | None:
         return self.servers.get(url)
 
-    def put(self, credential: Credential) -> None:
-        self.servers[credential.url] = credential
-        self.current = credential.url
+    def put(self, credential: Credential, *, profile: str | None = None) -> None:
+        """Keep a sign-in: under its profile, or as its server's (then the current server)."""
+        if profile is not None:
+            self.profiles[profile] = credential
+        else:
+            self.servers[credential.url] = credential
+            self.current = credential.url
         self.save()
 
     def remove(self, url: str) -> bool:
@@ -126,8 +146,14 @@ class CredentialStore:
         self.save()
         return found
 
+    def remove_profile(self, name: str) -> bool:
+        found = self.profiles.pop(name, None) is not None
+        self.save()
+        return found
+
     def save(self) -> None:
-        data = {"current": self.current, "servers": {url: asdict(c) for url, c in self.servers.items()}}
+        data = {"current": self.current, "servers": {url: asdict(c) for url, c in self.servers.items()},
+                "profiles": {name: asdict(c) for name, c in self.profiles.items()}}
         write_private(credentials_path(), json.dumps(data, indent=2) + "\n")
 
 

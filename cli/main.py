@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click.core import ParameterSource  # typer vendors click (see MaasGroup.main)
 from typer.core import TyperGroup
 
-from cli import audit, auth, cluster, completion, keys, members, models, policy, serve, teams, usage
+from cli import audit, auth, cluster, completion, keys, members, models, policy, profiles, serve, teams, usage
+from cli.config import profile_name
 from cli.exitcodes import EXIT_CODES_HELP, CliError, ExitCode
 from cli.session import Session
 
@@ -23,8 +25,8 @@ _EXIT_CODES = "\n".join(f"  {int(code)}  {meaning}" for code, meaning in EXIT_CO
 
 HELP = """Manage teams, API keys, members and usage of the MaaS key manager, over its admin API.
 
-Sign in once with `maas login`; every other command uses what it saved (per server, in
-~/.config/maas/credentials.json, 0600). Tables are for people; --json and -o yaml print the
+Sign in once with `maas login`; every other command uses what it saved (per server, or under a
+profile name for --profile, in ~/.config/maas/credentials.json, 0600). Tables are for people; --json and -o yaml print the
 API's answer as is, for scripts. Every command has --help, with examples.
 """
 
@@ -34,9 +36,11 @@ EPILOG = f"""Examples:
   maas team create test-team --token-limit 100000 --time-window 1h
   maas key create test-team test-user --email test-user@test.com
   maas usage team test-team --by model
+  maas --profile prod key list --team team-a  # a sign-in kept by maas login --profile prod
 
 Environment:
   MAAS_URL         the admin API (default: https://127.0.0.1:8443)
+  MAAS_PROFILE     a saved sign-in and its server, as --profile
   MAAS_CA_FILE     a private CA's certificate, as --ca-file
   ADMIN_KEY        the admin key, for `maas login --admin-key`
   MAAS_DATA_DIR    make run's data: maas trusts its tls/cert.pem for 127.0.0.1
@@ -153,15 +157,22 @@ def root(
              "for the identity provider besides the system's. Kept at login. For 127.0.0.1, maas "
              "trusts $MAAS_DATA_DIR/tls/cert.pem (make run's) by itself.",
     )] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", "-p", envvar="MAAS_PROFILE", show_envvar=True, metavar="NAME",
+        help="Act as the sign-in saved under this name by `maas login --profile NAME`, on its server.",
+    )] = None,
     insecure: Annotated[bool, typer.Option("--insecure", "-k", help="Do not check the server's TLS certificate.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    ctx.obj = Session(url_flag=url, ca=ca, insecure=insecure)
+    typed = ctx.get_parameter_source("url") is ParameterSource.COMMANDLINE
+    ctx.obj = Session(url_flag=url, url_typed=typed, profile=profile_name(profile) if profile else None,
+                      ca=ca, insecure=insecure)
 
 
 app.command("serve", rich_help_panel="This machine")(serve.serve)
 auth.register(app)
+app.add_typer(profiles.app, name="profile", rich_help_panel="Sign in")
 app.add_typer(teams.app, name="team", rich_help_panel="Admin")
 app.add_typer(members.app, name="member", rich_help_panel="Admin")
 app.add_typer(keys.app, name="key", rich_help_panel="Admin")

@@ -260,6 +260,42 @@ def test_tls_is_checked_and_make_runs_certificate_trusted_on_loopback(admin: Maa
     assert elsewhere("whoami").code == 0
 
 
+def test_profiles_keep_a_sign_in_with_its_server(runtime: Runtime, tmp_path: Path) -> None:
+    maas = Maas(tmp_path / "config", runtime.admin_url, _data_dir_of(runtime))
+    admin_key = admin_key_of(runtime)
+    signed = maas("login", "--profile", "ops", "--admin-key", input=admin_key)
+    assert signed.code == 0 and "as profile ops" in signed.out, signed.err
+    assert maas("team", "list").code == 3, "a profile is used when named, and is not the current server"
+    assert maas("--profile", "ops", "team", "list").code == 0
+    assert maas("team", "list", MAAS_PROFILE="ops").code == 0
+    assert maas("-p", "ops", "whoami", "--json").json()["signed_in_with"] == "admin-key"
+    assert re.search(r"^profile +ops", maas("-p", "ops", "whoami").out, re.M)
+
+    closed = f"https://127.0.0.1:{free_port()}"
+    # An exported MAAS_URL is another server's: the profile's own URL wins over it ...
+    assert maas("-p", "ops", "team", "list", MAAS_URL=closed).code == 0
+    # ... and a typed --url that differs is refused, never given the profile's credential.
+    typed = maas("--url", closed, "-p", "ops", "team", "list")
+    assert typed.code == 2 and f"profile ops is for {runtime.admin_url}, not {closed}" in typed.err
+
+    assert maas("login", "-p", "ops-2", "--admin-key", input=admin_key).code == 0
+    listed = maas("profile", "list", "--json").json()["profiles"]
+    assert [(p["name"], p["url"], p["method"]) for p in listed] == [
+        ("ops", runtime.admin_url, "admin-key"), ("ops-2", runtime.admin_url, "admin-key")]
+    assert "ops-2 *" in maas("-p", "ops-2", "profile", "list").out
+
+    missing = maas("-p", "nope", "team", "list")
+    assert missing.code == 3 and "maas login --profile nope" in missing.err and missing.err.count("\n") == 1
+    assert maas("-p", "../etc", "team", "list").code == 2
+
+    config_file = tmp_path / "config" / "maas" / "credentials.json"
+    assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
+    assert set(json.loads(config_file.read_text())["profiles"]) == {"ops", "ops-2"}
+    assert maas("logout", "--profile", "ops").code == 0
+    assert maas("-p", "ops", "team", "list").code == 3 and maas("-p", "ops-2", "team", "list").code == 0
+    assert not any(admin_key in text for text in maas.seen)
+
+
 def test_json_and_yaml_are_the_apis_answer(admin: Maas) -> None:
     admin("team", "create", "shapes", "--token-limit", "500")
     as_json = admin("team", "show", "shapes", "--json").json()

@@ -237,6 +237,22 @@ def test_a_device_sign_in_is_used_when_the_provider_offers_it(admin: Maas, devic
     assert device_grant.requests("/token") == renewals + 1
 
 
+def test_a_profiles_renewed_token_is_kept_in_its_profile(admin: Maas, device_grant: OidcProvider,
+                                                        tmp_path: Path) -> None:
+    fay = person(admin, tmp_path / "fay")
+    device_grant.login_as(sub="alice")
+    code, out, err = device_login(fay, device_grant, "--profile", "mine")
+    assert code == 0 and "as profile mine" in out, err
+    credentials = tmp_path / "fay" / "maas" / "credentials.json"
+    data = json.loads(credentials.read_text())
+    assert data["servers"] == {} and data["profiles"]["mine"]["method"] == "oidc"
+    data["profiles"]["mine"]["expires_at"] = 0
+    credentials.write_text(json.dumps(data))
+    assert fay("whoami", "--json", MAAS_PROFILE="mine").json()["user_id"] == "alice"
+    renewed = json.loads(credentials.read_text())
+    assert renewed["profiles"]["mine"]["expires_at"] > 0 and renewed["servers"] == {}
+
+
 def test_browser_chooses_the_browser_sign_in_where_a_device_one_is_offered(admin: Maas, device_grant: OidcProvider,
                                                                          tmp_path: Path) -> None:
     carol = person(admin, tmp_path / "carol")
