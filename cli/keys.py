@@ -18,8 +18,9 @@ from cli.exitcodes import CliError, ExitCode
 from cli.members import Role
 from cli.output import Format, JsonOption, OutputOption
 from cli.paging import AllOption, CursorOption, LimitOption
-from cli.prompts import YesOption, confirm
+from cli.prompts import YesOption, confirm, read_secret
 from cli.session import session
+from shared.keymaterial import KEY_PREFIX  # how every key begins; handles begin with apikey-
 
 app = typer.Typer(help="API keys: issue, list, revoke, rotate, delete, and import many from a CSV file.",
                   no_args_is_help=True)
@@ -204,18 +205,45 @@ def rotate(
 
 @app.command("delete")
 def delete(
-    ctx: typer.Context, handle: Handle, yes: YesOption = False,
-    out: OutputOption = Format.table, as_json: JsonOption = False,
+    ctx: typer.Context,
+    handle: Annotated[str | None, typer.Argument(metavar="KEY", help="The key's handle (secret_name), e.g. apikey-alice-team-a-0119cba6.", show_default=False)] = None,
+    value_stdin: Annotated[bool, typer.Option("--value-stdin", help="Delete the key whose value (maas_...) is read from stdin (piped, or typed hidden), for when you hold a key but not its handle.")] = False,
+    yes: YesOption = False, out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """Delete a key for good (asks first, unless --yes). Revoke keeps it listed; delete does not.
 
+    By its handle, or with --value-stdin by the key itself: a leaked key found in a log, or your
+    own from a password manager. The key is read from stdin, never from the command line (where
+    `ps` and the shell's history would keep it), and never printed.
+
     Examples:
       maas key delete apikey-test-user-test-team-02bcac95 --yes
+      maas key delete --value-stdin --yes < leaked-key.txt
+      pass show maas/laptop | maas key delete --value-stdin --yes
     """
-    confirm(f"Delete key {handle}?", yes=yes)
-    with session(ctx).api() as api:
-        answer = api.call("DELETE", f"/keys/{handle}")
-    output.emit(answer, output.chosen(out, as_json), lambda data: print(f"Deleted {data.get('secret_name')}"))
+    if (handle is None) == (not value_stdin):
+        raise CliError("give the key's handle, or --value-stdin to read the key itself, not both" if handle
+                       else "say which key: its handle, or --value-stdin to read the key itself", ExitCode.USAGE,
+                       hint="maas key delete --help")
+    if value_stdin:
+        value = read_secret("API key")
+        if not value:
+            raise CliError("no key read from stdin", ExitCode.USAGE, hint="pipe it in: maas key delete --value-stdin --yes < key.txt")
+        # A terminal was asked for the key just now; a pipe has been read to its end and cannot answer.
+        confirm("Delete the key you typed?", yes=yes)
+        with session(ctx).api() as api:
+            answer = api.call("DELETE", "/delete_key", json={"key": value})
+    else:
+        assert handle is not None
+        if handle.startswith(KEY_PREFIX):
+            # A key, not a handle: sending it would put it in the API's access log as a path too.
+            raise CliError("that is an API key, not its handle, and it is now in your shell's history",
+                           ExitCode.USAGE, hint="pipe it in instead: maas key delete --value-stdin --yes < key.txt")
+        confirm(f"Delete key {handle}?", yes=yes)
+        with session(ctx).api() as api:
+            answer = api.call("DELETE", f"/keys/{handle}")
+    output.emit(answer, output.chosen(out, as_json), lambda data: print(
+        f"Deleted {data.get('secret_name')} (user {data.get('user_id')}, team {data.get('team_id')})"))
 
 
 app.command("import")(keyimport.import_keys)

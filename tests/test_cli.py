@@ -334,6 +334,59 @@ def test_deletes_ask_and_refuse_without_a_terminal(admin: Maas) -> None:
     assert admin("team", "show", "keep-me").code == 5
 
 
+def typed_on_a_terminal(command: list[str], env: dict[str, str], answers: list[tuple[str, str]]) -> tuple[int, str]:
+    """The installed script on a pseudo-terminal, each answer typed once its prompt is on the
+    screen (typed ahead, the terminal would echo it before maas hides it): (exit code, screen)."""
+    master, slave = os.openpty()
+    process = subprocess.Popen([str(MAAS), *command], env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    screen = b""
+    pending = list(answers)
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+            if pending and pending[0][0].encode() in screen.rsplit(b"\n", 1)[-1]:
+                os.write(master, pending.pop(0)[1].encode())
+    finally:
+        os.close(master)
+    return process.wait(timeout=30), screen.decode(errors="replace")
+
+
+def test_a_key_is_deleted_by_its_value_read_from_stdin_never_argv(admin: Maas) -> None:
+    admin("team", "create", "leaky")
+    first = admin("key", "create", "leaky", "lee", "--json").json()
+    second = admin("key", "create", "leaky", "lou", "--json").json()
+
+    refused = admin("key", "delete", "--value-stdin", input=first["api_key"] + "\n")
+    assert refused.code == 2 and "--yes" in refused.err, "a pipe cannot confirm"
+    deleted = admin("key", "delete", "--value-stdin", "--yes", input=first["api_key"] + "\n")
+    assert deleted.code == 0, deleted.err
+    assert deleted.out.strip() == f"Deleted {first['secret_name']} (user lee, team leaky)"
+    assert admin("key", "show", first["secret_name"], "--team", "leaky").code == 5
+    again = admin("key", "delete", "--value-stdin", "--yes", "--json", input=first["api_key"])
+    assert again.code == 5 and "no key matches" in again.err
+    assert admin("key", "delete", "--value-stdin", "--yes", input="").code == 2
+    assert admin("key", "delete", second["secret_name"], "--value-stdin", "--yes", input=second["api_key"]).code == 2
+    assert admin("key", "delete", "--yes").code == 2
+    in_argv = admin("key", "delete", second["api_key"], "--yes")
+    assert in_argv.code == 2 and "--value-stdin" in in_argv.err, "a key given as a handle is not sent"
+
+    # Typed on a terminal: hidden as it is typed, then confirmed there.
+    code, screen = typed_on_a_terminal(["key", "delete", "--value-stdin"], admin.environment(),
+                                       [("API key:", second["api_key"] + "\n"), ("[y/N]", "y\n")])
+    admin.seen.append(screen)
+    assert code == 0 and f"Deleted {second['secret_name']}" in screen, screen
+    assert admin("key", "show", second["secret_name"], "--team", "leaky").code == 5
+    # Each key was shown once, by the create that made it; no delete printed it.
+    assert [sum(text.count(key["api_key"]) for text in admin.seen) for key in (first, second)] == [1, 1]
+
+
 def test_members_and_key_lifecycle(admin: Maas) -> None:
     admin("team", "create", "crew")
     added = admin("member", "add", "crew", "tara", "--role", "admin", "--email", "tara@example.com", "--json").json()
