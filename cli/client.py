@@ -77,6 +77,8 @@ def _hint(status: int, url: str) -> str:
         return f"sign in again: maas login --url {url}"
     if status == 403:
         return "ask a platform admin, or a team admin for team matters (maas whoami shows your roles)"
+    if status >= 500:
+        return "the server failed, not your request: try again later, or ask its operator (its log says why)"
     return ""
 
 

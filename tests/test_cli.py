@@ -11,6 +11,7 @@ a terminal-less stdin, `maas serve`) runs `.venv/bin/maas`.
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -247,6 +249,48 @@ def test_exit_codes_say_what_went_wrong(admin: Maas, runtime: Runtime, tmp_path:
     assert unreachable.code == 7 and "cannot reach" in unreachable.err
     # No other server gets the credentials kept for this one.
     assert admin("team", "list", MAAS_URL=closed).code == 3
+
+
+class _BadGateway(http.server.BaseHTTPRequestHandler):
+    """A proxy whose backend is gone, as an ingress answers then: 502 and an HTML page."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        page = b"<html><body><h1>502 Bad Gateway</h1>\n<hr>nginx</body></html>\n"
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+        return
+
+
+def test_a_server_failing_is_exit_7_in_one_line(tmp_path: Path) -> None:
+    """Real 5xx answers: the runtime's 503 when its Prometheus is down, and a proxy's HTML 502."""
+    runtime = start_runtime(tmp_path / "runtime" / ".maas", env={
+        "MAAS_USAGE": "prometheus", "PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}", "MAAS_PROMETHEUS_TIMEOUT": "1"})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BadGateway)
+    serving = threading.Thread(target=proxy.serve_forever, daemon=True)
+    serving.start()
+    try:
+        maas = signed_in_maas(runtime, tmp_path / "config")
+        assert maas("team", "create", "failing").code == 0
+        for command in (["usage", "team", "failing"], ["usage", "team", "failing", "--json"]):
+            failed = maas(*command)
+            assert failed.code == 7, failed
+            assert failed.err.count("\n") == 1 and failed.err.startswith("maas: Prometheus at http://127.0.0.1:")
+            assert "(503): the server failed, not your request" in failed.err and failed.out == ""
+
+        behind_proxy = f"http://127.0.0.1:{proxy.server_address[1]}"
+        login = maas("login", "--url", behind_proxy, "--admin-key", ADMIN_KEY=admin_key_of(runtime))
+        assert login.code == 7 and login.err == "maas: Bad Gateway (502): the server failed, not your request: " \
+            "try again later, or ask its operator (its log says why)\n"
+        assert behind_proxy not in json.loads((tmp_path / "config" / "maas" / "credentials.json").read_text())["servers"]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        assert runtime.stop() == 0
 
 
 def test_tls_is_checked_and_make_runs_certificate_trusted_on_loopback(admin: Maas, tmp_path: Path) -> None:
