@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shared.policies import (
     AUTH_POLICY,
@@ -147,6 +150,17 @@ def test_a_team_with_several_rates_renders_token_and_request_limits(cluster_sett
                                             "counters": per_user}},
         },
     }
+
+
+def test_the_deploy_guides_example_is_what_renders(cluster_settings: Settings) -> None:
+    """docs/DEPLOY.md, "Rate limits in a cluster", shows the limits of this team: they must be
+    these, to the character of every name and predicate."""
+    text = (Path(__file__).parent.parent / "docs" / "DEPLOY.md").read_text()
+    section = text[text.index("## Rate limits in a cluster"):text.index("## Token limits in a cluster")]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    shown = {doc["kind"]: doc["spec"]["limits"] for doc in yaml.safe_load_all(block)}
+    policies = by_kind(generate_policies([team("alpha", 20000, "1m", rates=ISSUE_RATES)], cluster_settings))
+    assert shown == {kind: policies[kind]["spec"]["limits"] for kind in ("TokenRateLimitPolicy", "RateLimitPolicy")}
 
 
 def test_the_short_form_keeps_its_limit_and_renders_no_request_limits(cluster_settings: Settings) -> None:

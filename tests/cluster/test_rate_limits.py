@@ -36,8 +36,10 @@ from shared.policies import (
     generate_policies,
     policy_warnings,
 )
+from shared.schemas import TeamCreate
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team
+from shared.teams import team_from_request
 from shared.tiers import KEY_TIER_ANNOTATION, key_tier_annotations, key_tier_of, tier_of
 from tests.admin_client import DirectClient
 from tests.cluster.authorino import Authorino
@@ -361,9 +363,6 @@ def test_ten_thousand_teams_with_four_lists_of_rates_still_limit_each_team(clust
     limits of the four distinct lists, and each team's calls still count apart."""
     _, _, settings = cluster
     lists = [ISSUE_LIMITS, ISSUE_LIMITS[:1], ISSUE_LIMITS[:3], [{**ISSUE_LIMITS[0], "limit": 500}]]
-    from shared.schemas import TeamCreate
-    from shared.teams import team_from_request
-
     teams = [team_from_request(TeamCreate(team_id=f"t{n}", limits=lists[n % 4]), T0) for n in range(10_000)]
     policies = [p for p in generate_policies(teams, settings) if p["kind"].endswith("RateLimitPolicy")]
     # 2 + 1 + 1 + 1 token limits, 2 + 1 request limits; one Limitador limit per rate.
