@@ -18,14 +18,15 @@ them). The team Secrets are the source of truth; a policy is never read back for
   route (shared/modelroute.py); on any other path a listed key is refused. `split` is cel-go's
   strings extension, which Authorino's CEL environment has (§7).
 - TokenRateLimitPolicy and RateLimitPolicy: a team's rates (shared/rates.py) by tier
-  (shared/tiers.py: teams with the same rates share one), active when `auth.identity.tier`
-  names it. Token rates are limits of the TokenRateLimitPolicy, request rates limits of the
-  RateLimitPolicy; the rates of one tier, unit, scope and model are one limit with several
-  `rates` (one per window). A rate of one model adds a predicate on the path, whose first
+  (shared/tiers.py: teams with the same rates share one, which each key carries as
+  `auth.identity.tier`). Token rates are limits of the TokenRateLimitPolicy, request rates
+  limits of the RateLimitPolicy; the rates of one unit, scope and model are one limit with
+  several `rates` (one per window), named by what it counts and active for every tier that
+  has exactly those rates (`auth.identity.tier in [...]`). A rate of one model adds a predicate on the path, whose first
   segment is the model on the `maas-models` route (`/<model>/v1/...`, shared/modelroute.py;
   the wasm-shim has `request.url_path`, §18). A per-user rate is counted per team and user, a
   per-team one per team: each team keeps its own counters while the number of limits stays
-  the number of distinct lists of rates (§10). A key's own rates are limits of their own,
+  the number of distinct groups of rates (§10). A key's own rates are limits of their own,
   selected by the key's tier (`auth.identity.keytier`) and counted per key
   (`auth.identity.key`, its Secret's name). Either policy is omitted when it would have no
   limit, because the CRDs require at least one: the caller deletes it then (see
@@ -56,7 +57,7 @@ from shared.rates import RateUnit
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team
 from shared.store.kubeshapes import EXPIRES_ANNOTATION, MODELS_ANNOTATION, STATUS_ANNOTATION
-from shared.tiers import KEY_TIER_ANNOTATION, TIER_ANNOTATION, RateShape, key_tier_of, shapes_of, tier_of, tier_scope
+from shared.tiers import KEY_TIER_ANNOTATION, TIER_ANNOTATION, RateShape, key_tier_of, shapes_of, tier_of
 
 AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
 TOKEN_RATE_LIMIT_POLICY = ("kuadrant.io/v1alpha1", "TokenRateLimitPolicy", "maas-team-token-limits")
@@ -76,6 +77,7 @@ IDENTITY_ANNOTATIONS = {
     "groups": "kuadrant.io/groups",
     "tier": TIER_ANNOTATION,
 }
+TIER_FIELD = "tier"
 # The key's handle (its Secret's name), which a key's own rates are counted by.
 KEY_FIELD = "key"
 # The tier of a key's own rates. A CEL expression rather than a selector: a selector that finds
@@ -239,64 +241,78 @@ def rate_limit_policy(teams: Iterable[Team], settings: Settings, *, keys: Iterab
 
 
 def _rate_limits(teams: Iterable[Team], keys: Iterable[ApiKey], unit: RateUnit) -> dict[str, Any]:
-    """The limits of one unit for every distinct tier among these teams and keys, by name."""
-    tiers: dict[str, tuple[str, tuple[RateShape, ...]]] = {}  # tier -> (its head's scope, shapes)
+    """The limits of one unit for these teams and keys, by name: one per distinct group of
+    rates (same unit, scope and model), selected by every tier that has that group."""
+    wanted: dict[tuple[str, str, str, tuple[tuple[int, int], ...]], tuple[tuple[RateShape, ...], set[str]]] = {}
+
+    def want(field: str, tier: str, shapes: tuple[RateShape, ...]) -> None:
+        for scope, model, group in _groups(shapes, unit):
+            content = tuple((shape.seconds, shape.limit) for shape in group)
+            wanted.setdefault((field, scope, model, content), (group, set()))[1].add(tier)
+
+    seen: set[str] = set()
     for team in teams:
         tier = tier_of(team)
-        if tier not in tiers:
-            tiers[tier] = (tier_scope(team), shapes_of(team.limits))
-    limits: dict[str, Any] = {}
-    for tier, (scope, shapes) in sorted(tiers.items()):
-        limits.update(_tier_limits(f"auth.identity.tier == {json.dumps(tier)}", tier, scope, shapes, unit))
-    key_tiers: dict[str, tuple[RateShape, ...]] = {}
+        if tier not in seen:
+            seen.add(tier)
+            want(TIER_FIELD, tier, shapes_of(team.limits))
     for key in keys:
         key_tier = key_tier_of(key)
-        if key_tier is not None and key_tier not in key_tiers:
-            key_tiers[key_tier] = shapes_of(key.rates)
-    for key_tier, shapes in sorted(key_tiers.items()):
-        predicate = f"auth.identity.{KEY_TIER_FIELD} == {json.dumps(key_tier)}"
-        limits.update(_tier_limits(predicate, key_tier, "key", shapes, unit))
-    return limits
+        if key_tier is not None and key_tier not in seen:
+            seen.add(key_tier)
+            want(KEY_TIER_FIELD, key_tier, shapes_of(key.rates))
+    limits: dict[str, Any] = {}
+    for (field, scope, model, _), (group, tiers) in wanted.items():
+        when = [{"predicate": _selected_by(field, sorted(tiers))}]
+        if model:
+            when.append({"predicate": model_predicate(model)})
+        limits[_limit_name(field, unit, scope, model, group)] = {
+            "rates": [{"limit": shape.limit, "window": kuadrant_window(shape)} for shape in group],
+            "when": when,
+            "counters": [{"expression": expression} for expression in _counters(scope)],
+        }
+    return dict(sorted(limits.items()))
 
 
-def _tier_limits(predicate: str, tier: str, usual_scope: str, shapes: Iterable[RateShape],
-                 unit: RateUnit) -> dict[str, Any]:
-    """One limit per scope and model of the tier's rates of `unit`, each with one rate per
-    window. A limit holds several rates only when their calls and counters agree: Limitador
-    makes each rate a limit of its own that shares the limit's conditions and variables, told
-    apart by its window (LI limitador/src/limit.rs, `Limit`'s Eq and Hash; §18); two rates of
-    one window cannot both be there, and shapes_of keeps only the lower."""
+def _groups(shapes: Iterable[RateShape], unit: RateUnit) -> list[tuple[str, str, tuple[RateShape, ...]]]:
+    """(scope, model, rates by window) of the rates of `unit`: one policy limit each. A limit
+    holds several rates only when their calls and counters agree: Limitador makes each rate a
+    limit of its own that shares the limit's conditions and variables, told apart by its window
+    (LI limitador/src/limit.rs, `Limit`'s Eq and Hash; §18); two rates of one window cannot both
+    be there, and shapes_of keeps only the lower."""
     groups: dict[tuple[str, str], list[RateShape]] = {}
     for shape in shapes:
         if shape.unit == unit:
             groups.setdefault((shape.scope, shape.model), []).append(shape)
-    limits: dict[str, Any] = {}
-    for (scope, model), group in sorted(groups.items()):
-        when = [{"predicate": predicate}]
-        if model:
-            when.append({"predicate": model_predicate(model)})
-        limits[_limit_name(tier, unit, scope, usual_scope, model)] = {
-            "rates": [{"limit": shape.limit, "window": kuadrant_window(shape)} for shape in sorted(group, key=_by_window)],
-            "when": when,
-            "counters": [{"expression": expression} for expression in _counters(scope)],
-        }
-    return limits
+    return [(scope, model, tuple(sorted(group, key=_by_window))) for (scope, model), group in sorted(groups.items())]
 
 
 def _by_window(shape: RateShape) -> int:
     return shape.seconds
 
 
-def _limit_name(tier: str, unit: RateUnit, scope: str, usual_scope: str, model: str) -> str:
-    """`<tier>` for the tier's token rates in its head's scope over every model (the name a
-    team with the short form always had, so its Limitador counters survive: §5), else
-    `<tier>[-requests][-<scope>][-on-<model>]`. Kuadrant makes an identifier of it, sanitised
-    and with a hash of the original name, so any text is safe (§5); a model whose name is long
-    or odd is named by a digest to keep it short."""
-    name = tier
+def _selected_by(field: str, tiers: list[str]) -> str:
+    if len(tiers) == 1:
+        return f"auth.identity.{field} == {json.dumps(tiers[0])}"
+    return f"auth.identity.{field} in [{', '.join(json.dumps(tier) for tier in tiers)}]"
+
+
+def _limit_name(field: str, unit: RateUnit, scope: str, model: str, group: tuple[RateShape, ...]) -> str:
+    """The name says what the limit counts, e.g. `100000-per-3600s-user` (the name a team with
+    the short form always had, so its Limitador counters survive), `20000-per-60s-1000000-per-86400s-user`,
+    `60-per-60s-requests-team-on-big`, `key-10-per-60s-requests`. Named by its content rather
+    than by a tier, a limit, hence its counters (§5: the identifier is a hash of the name), stays
+    when a team's list changes elsewhere, e.g. when an RPM is added to a token budget. Kuadrant
+    makes an identifier of it, sanitised and with that hash, so any text is safe (§5); many
+    rates, or a model whose name is long or odd, are named by a digest to keep it short."""
+    rates = "-".join(f"{shape.limit}-per-{shape.seconds}s" for shape in group)
+    if len(rates) > 40:
+        # `r` where the plain form has a digit: a digest never reads as rates.
+        rates = "r" + hashlib.sha256(rates.encode()).hexdigest()[:12]
+    name = ("key-" if field == KEY_TIER_FIELD else "") + rates
     if unit == "requests":
         name += "-requests"
-    if scope != usual_scope:
+    if scope != "key":
         name += f"-{scope}"
     if model:
         # `~` is in no plain name, so a digest never reads as one.

@@ -3,9 +3,10 @@
 In a cluster, every limit of a TokenRateLimitPolicy becomes a check and a report action on every
 route rule it covers, each carrying its own predicate, and the whole set is one object
 (tests/cluster/SOURCES.md §10): one limit per team stops fitting at a few hundred teams. So the
-policies have limits per *tier*, selected by the tier each key carries in its identity, with the
-team (and, for a per-user rate, the user) in the counters: each team still has its own counters,
-while the number of limits grows with the number of distinct lists of rates, not of teams.
+policies have a limit per distinct group of rates, selected by the *tiers* that have it, the
+tier each key carries in its identity, with the team (and, for a per-user rate, the user) in the
+counters: each team still has its own counters, while the number of limits grows with the
+number of distinct lists of rates, not of teams (shared/policies.py).
 
 A tier stands for a team's whole list of rates (shared/rates.py) as Limitador sees it: a rate's
 limit, window in whole seconds, unit, scope and model. Names are left out (Limitador never
@@ -93,11 +94,6 @@ def tier_of(team: Team) -> str:
     if len(shapes) == 1:
         return _short_name(head.limit, head.seconds, head.scope)  # the name the short form always had
     return f"{_short_name(head.limit, head.seconds, head.scope)}-r{_digest(shapes)}"
-
-
-def tier_scope(team: Team) -> str:
-    """The scope of the tier's head: its limits in that scope go without a scope in their names."""
-    return _head(shapes_of(team.limits)).scope
 
 
 def _head(shapes: Sequence[RateShape]) -> RateShape:

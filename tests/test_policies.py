@@ -123,9 +123,9 @@ def test_ten_thousand_teams_make_as_many_limits_as_budgets(cluster_settings: Set
 
 
 def test_a_team_with_several_rates_renders_token_and_request_limits(cluster_settings: Settings) -> None:
-    """Token rates of one scope and model are one limit with a rate per window; a model's rate
-    adds a path predicate; request rates are the RateLimitPolicy's. What they do:
-    tests/cluster/test_rate_limits.py."""
+    """Token rates of one scope and model are one limit with a rate per window, named by what it
+    counts; a model's rate adds a path predicate; request rates are the RateLimitPolicy's. What
+    they do: tests/cluster/test_rate_limits.py."""
     alpha = team("alpha", 20000, "1m", rates=ISSUE_RATES)
     tier = tier_of(alpha)
     assert tier == "20000-per-60s-user-rb91b121dec"  # stable across versions: keys carry it
@@ -134,11 +134,12 @@ def test_a_team_with_several_rates_renders_token_and_request_limits(cluster_sett
     on_tier = {"predicate": f'auth.identity.tier == "{tier}"'}
     per_user = [{"expression": "auth.identity.team"}, {"expression": "auth.identity.userid"}]
     assert by_kind(policies)["TokenRateLimitPolicy"]["spec"]["limits"] == {
-        tier: {"rates": [{"limit": 20000, "window": "1m"}, {"limit": 1000000, "window": "24h"}],
-               "when": [on_tier], "counters": per_user},
-        f"{tier}-on-big": {"rates": [{"limit": 10000, "window": "1h"}],
-                           "when": [on_tier, {"predicate": 'request.url_path.startsWith("/big/")'}],
-                           "counters": per_user},
+        "10000-per-3600s-user-on-big": {"rates": [{"limit": 10000, "window": "1h"}],
+                                        "when": [on_tier, {"predicate": 'request.url_path.startsWith("/big/")'}],
+                                        "counters": per_user},
+        "20000-per-60s-1000000-per-86400s-user": {
+            "rates": [{"limit": 20000, "window": "1m"}, {"limit": 1000000, "window": "24h"}],
+            "when": [on_tier], "counters": per_user},
     }
     assert by_kind(policies)["RateLimitPolicy"] == {
         "apiVersion": "kuadrant.io/v1",
@@ -146,10 +147,32 @@ def test_a_team_with_several_rates_renders_token_and_request_limits(cluster_sett
         "metadata": {"name": "maas-team-request-limits", "namespace": "llm", "labels": LABELS},
         "spec": {
             "targetRef": GATEWAY_REF,
-            "limits": {f"{tier}-requests": {"rates": [{"limit": 60, "window": "1m"}], "when": [on_tier],
-                                            "counters": per_user}},
+            "limits": {"60-per-60s-requests-user": {"rates": [{"limit": 60, "window": "1m"}], "when": [on_tier],
+                                                    "counters": per_user}},
         },
     }
+
+
+def test_a_limit_serves_every_tier_with_its_rates(cluster_settings: Settings) -> None:
+    """A limit is named by what it counts and selected by every tier that has it: a team whose
+    list gains an RPM keeps the limit of its token budget, hence its counters (the identifier
+    Kuadrant gives Limitador is a hash of the limit's name: SOURCES.md §5)."""
+    plain = team("plain")  # 1000 tokens an hour per user
+    with_rpm = team("with-rpm", rates=(Rate("tokens", 1000, "1h"), Rate("rpm", 60, "1m", "requests")))
+    tokens = token_rate_limit_policy([plain, with_rpm], cluster_settings)["spec"]["limits"]
+    assert tokens == {ALPHA_TIER: {
+        "rates": [{"limit": 1000, "window": "1h"}],
+        "when": [{"predicate": f'auth.identity.tier in ["{ALPHA_TIER}", "{tier_of(with_rpm)}"]'}],
+        "counters": [{"expression": "auth.identity.team"}, {"expression": "auth.identity.userid"}],
+    }}
+    assert token_rate_limit_policy([plain], cluster_settings)["spec"]["limits"][ALPHA_TIER]["when"] == [
+        {"predicate": f'auth.identity.tier == "{ALPHA_TIER}"'}]
+
+
+def test_a_limit_of_many_rates_is_named_by_a_digest(cluster_settings: Settings) -> None:
+    rates = (Rate("tokens", 123456789, "1m"), Rate("h", 234567890, "1h"), Rate("d", 345678901, "24h"))
+    (name,) = token_rate_limit_policy([team("a", rates=rates)], cluster_settings)["spec"]["limits"]
+    assert re.fullmatch(r"r[0-9a-f]{12}-user", name), name
 
 
 def test_the_deploy_guides_example_is_what_renders(cluster_settings: Settings) -> None:
@@ -228,14 +251,14 @@ def test_keys_with_the_same_rates_share_limits_counted_per_key(cluster_settings:
     on_key = {"predicate": f'auth.identity.keytier == "{shared_tier}"'}
     assert tokens == {
         ALPHA_TIER: tokens[ALPHA_TIER],
-        f"{shared_tier}-on-big": {"rates": [{"limit": 500, "window": "1h"}],
-                                  "when": [on_key, {"predicate": 'request.url_path.startsWith("/big/")'}],
-                                  "counters": [{"expression": "auth.identity.key"}]},
+        "key-500-per-3600s-on-big": {"rates": [{"limit": 500, "window": "1h"}],
+                                     "when": [on_key, {"predicate": 'request.url_path.startsWith("/big/")'}],
+                                     "counters": [{"expression": "auth.identity.key"}]},
     }
     assert requests == {
-        f"{shared_tier}-requests": {"rates": [{"limit": 10, "window": "1m"}], "when": [on_key],
+        "key-10-per-60s-requests": {"rates": [{"limit": 10, "window": "1m"}], "when": [on_key],
                                     "counters": [{"expression": "auth.identity.key"}]},
-        "key-11-per-60s-requests-requests": {
+        "key-11-per-60s-requests": {
             "rates": [{"limit": 11, "window": "1m"}],
             "when": [{"predicate": 'auth.identity.keytier == "key-11-per-60s-requests"'}],
             "counters": [{"expression": "auth.identity.key"}]},
@@ -244,7 +267,7 @@ def test_keys_with_the_same_rates_share_limits_counted_per_key(cluster_settings:
 
 def test_ten_thousand_teams_with_a_handful_of_rate_lists_are_a_bounded_number_of_limits(
         cluster_settings: Settings) -> None:
-    """The size of the rate limits is the number of distinct lists of rates: 10,000 teams over
+    """The size of the rate limits is bounded by the distinct lists of rates: 10,000 teams over
     five lists (spelled and named differently by each team) make the limits of five teams."""
     lists = [
         (),  # the short form
@@ -264,10 +287,11 @@ def test_ten_thousand_teams_with_a_handful_of_rate_lists_are_a_bounded_number_of
 
     many, five = generate_policies(teams(10_000), cluster_settings), generate_policies(teams(5), cluster_settings)
     limits = {p["kind"]: p["spec"]["limits"] for p in many if "limits" in p["spec"]}
-    # Token limits: 1 + 2 + 1 + 3 + 1 (one per scope and model); request limits: 0 + 1 + 1 + 0 + 1.
-    assert [len(limits["TokenRateLimitPolicy"]), len(limits["RateLimitPolicy"])] == [8, 3]
-    # One Limitador limit per rate (per route): 13 rates in all, once each whatever the teams.
-    assert sum(len(limit["rates"]) for kind in limits.values() for limit in kind.values()) == 1 + 4 + 2 + 3 + 3
+    # One limit per distinct group (unit, scope, model, rates): 1000 tokens an hour per user is
+    # in three lists and one limit; the issue's list has two more, the others one each.
+    assert [len(limits["TokenRateLimitPolicy"]), len(limits["RateLimitPolicy"])] == [6, 3]
+    # One Limitador limit per rate (per route): 11 in all, once each whatever the teams.
+    assert sum(len(limit["rates"]) for kind in limits.values() for limit in kind.values()) == 11
     rate_limits = [p for p in many if p["kind"].endswith("RateLimitPolicy")]
     assert rate_limits == [p for p in five if p["kind"].endswith("RateLimitPolicy")]
     assert len(json.dumps(rate_limits)) < 8192  # no team ids anywhere in them

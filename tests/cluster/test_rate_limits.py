@@ -195,16 +195,16 @@ def test_the_rendered_limits_of_the_issues_team(cluster) -> None:
     on_tier = {"predicate": f'auth.identity.tier == "{tier}"'}
     per_user = [{"expression": "auth.identity.team"}, {"expression": "auth.identity.userid"}]
     assert tokens["spec"]["limits"] == {
-        tier: {"rates": [{"limit": 200, "window": "1m"}, {"limit": 1000, "window": "24h"}],
-               "when": [on_tier], "counters": per_user},
-        f"{tier}-on-big": {"rates": [{"limit": 300, "window": "1h"}],
-                           "when": [on_tier, {"predicate": 'request.url_path.startsWith("/big/")'}],
-                           "counters": per_user},
+        "200-per-60s-1000-per-86400s-user": {"rates": [{"limit": 200, "window": "1m"}, {"limit": 1000, "window": "24h"}],
+                                             "when": [on_tier], "counters": per_user},
+        "300-per-3600s-user-on-big": {"rates": [{"limit": 300, "window": "1h"}],
+                                      "when": [on_tier, {"predicate": 'request.url_path.startsWith("/big/")'}],
+                                      "counters": per_user},
     }
     assert requests["spec"]["limits"] == {
-        f"{tier}-requests": {"rates": [{"limit": 4, "window": "1m"}], "when": [on_tier], "counters": per_user},
-        f"{tier}-requests-team": {"rates": [{"limit": 6, "window": "1m"}], "when": [on_tier],
-                                  "counters": [{"expression": "auth.identity.team"}]},
+        "4-per-60s-requests-user": {"rates": [{"limit": 4, "window": "1m"}], "when": [on_tier], "counters": per_user},
+        "6-per-60s-requests-team": {"rates": [{"limit": 6, "window": "1m"}], "when": [on_tier],
+                                    "counters": [{"expression": "auth.identity.team"}]},
     }
 
 
@@ -220,6 +220,31 @@ def test_teams_with_the_same_rates_share_the_limits_and_keep_their_counters(clus
         assert model.call(keys["alice"][0], "small", 10, T0)
     assert not model.call(keys["alice"][0], "small", 10, T0)  # alpha's alice: her RPM is spent
     assert model.call(keys["bea"][0], "small", 10, T0)  # beta's alice: a counter of her own
+
+
+def test_adding_an_rpm_keeps_what_the_token_budget_has_counted(cluster) -> None:
+    """A team's list gains a rate: its tier changes, but the limit of its unchanged token budget
+    is the same limit (named by what it counts), so its counter goes on, as on one machine,
+    where the short form's rate `tokens` keeps its counters' names (shared/limitplan.py)."""
+    double, api, _ = cluster
+    team = make_team(api, "alpha", [{"name": "tokens", "limit": 1000, "window": "1h"}])
+    api_key, key = make_key(api, "alpha", "alice")
+    model, gateway = Cluster(double), Gateway()
+    assert model.call(api_key, "small", 990, T0) and gateway.call(team, key, "small", 990, T0)
+
+    reply = api.call("PATCH", "/teams/alpha", json={"limits": [
+        {"name": "tokens", "limit": 1000, "window": "1h"}, {"name": "rpm", "limit": 60, "window": "1m", "unit": "requests"}]})
+    assert reply.status == 200, reply.text
+    team, key = context().store.get_team(team_id="alpha"), context().store.get_key(secret_name=key.secret_name)
+    for policy in model.applied():
+        model.limitador.policy = policy  # re-read, as Kuadrant would; Limitador keeps its counters
+    later = T0 + timedelta(seconds=10)
+    decision = model.authorino.check(f"APIKEY {api_key}", now=later)
+    assert decision.identity is not None and decision.identity["tier"] == tier_of(team) != "1000-per-3600s-user"
+    # 990 of 1000 spent in both: one more call is admitted (990 < 1000), the one after refused.
+    assert model.call(api_key, "small", 20, later) and gateway.call(team, key, "small", 20, later)
+    assert not model.call(api_key, "small", 1, later) and not gateway.call(team, key, "small", 1, later)
+    assert gateway.refused_by == "tokens"
 
 
 def test_a_per_model_rate_applies_to_its_models_path_only(cluster) -> None:
@@ -301,9 +326,9 @@ def test_a_keys_own_rates_are_counted_for_that_key(cluster) -> None:
     limits = {p["kind"]: p["spec"]["limits"] for p in policies if p["kind"].endswith("RateLimitPolicy")}
     key_tier = key_tier_of(first[1])
     on_key = {"predicate": f'auth.identity.keytier == "{key_tier}"'}
-    assert limits["RateLimitPolicy"][f"{key_tier}-requests"] == {
+    assert limits["RateLimitPolicy"]["key-2-per-60s-requests"] == {
         "rates": [{"limit": 2, "window": "1m"}], "when": [on_key], "counters": [{"expression": KEY_COUNTER}]}
-    assert limits["TokenRateLimitPolicy"][f"{key_tier}-on-big"]["when"] == [
+    assert limits["TokenRateLimitPolicy"]["key-30-per-3600s-on-big"]["when"] == [
         on_key, {"predicate": 'request.url_path.startsWith("/big/")'}]
 
     model = Cluster(double, policies=[p for p in policies if p["kind"].endswith("RateLimitPolicy")])
@@ -365,9 +390,10 @@ def test_ten_thousand_teams_with_four_lists_of_rates_still_limit_each_team(clust
     lists = [ISSUE_LIMITS, ISSUE_LIMITS[:1], ISSUE_LIMITS[:3], [{**ISSUE_LIMITS[0], "limit": 500}]]
     teams = [team_from_request(TeamCreate(team_id=f"t{n}", limits=lists[n % 4]), T0) for n in range(10_000)]
     policies = [p for p in generate_policies(teams, settings) if p["kind"].endswith("RateLimitPolicy")]
-    # 2 + 1 + 1 + 1 token limits, 2 + 1 request limits; one Limitador limit per rate.
-    assert [len(p["spec"]["limits"]) for p in policies] == [5, 3]
-    assert sum(len(limit["rates"]) for p in policies for limit in p["spec"]["limits"].values()) == 10
+    # A limit per distinct group of rates (the third list's are all the issue's): 4 token limits,
+    # 2 request limits; one Limitador limit per rate.
+    assert [len(p["spec"]["limits"]) for p in policies] == [4, 2]
+    assert sum(len(limit["rates"]) for p in policies for limit in p["spec"]["limits"].values()) == 7
     limitador = Limitador(*policies)
     for team in (teams[0], teams[4], teams[9_996]):  # one tier
         who = {"userid": "alice", "team": team.team_id, "tier": tier_of(team), "key": "k", "keytier": ""}
