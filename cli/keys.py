@@ -23,7 +23,12 @@ from cli.session import session
 from shared.keymaterial import KEY_PREFIX  # how every key begins; handles begin with apikey-
 
 app = typer.Typer(help="API keys: issue, list, revoke, rotate, delete, and import many from a CSV file.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, epilog="""Examples:
+  maas key create test-team test-user --email test-user@test.com
+  maas key list --team test-team
+  maas key rotate apikey-test-user-test-team-02bcac95 --grace-period 1h
+  maas key import users.csv --team test-team --out keys.csv
+""")
 
 _HANDLE = re.compile(r"^apikey-(?P<middle>.+)-[0-9a-f]{8}$")
 

@@ -15,7 +15,7 @@ from typer._click.core import ParameterSource  # typer vendors click (see MaasGr
 from typer.core import TyperGroup
 
 from cli import audit, auth, cluster, completion, keys, members, models, policy, profiles, serve, teams, usage
-from cli.config import profile_name
+from cli.config import CredentialStore, profile_name
 from cli.exitcodes import EXIT_CODES_HELP, CliError, ExitCode
 from cli.session import Session
 
@@ -51,25 +51,58 @@ Exit codes:
 """
 
 
-def reflow(text: str) -> str:
+def _indented(paragraph: str) -> bool:
+    return any(line.startswith(" ") for line in paragraph.splitlines())
+
+
+def reflow(text: str, *, docstring: bool = True) -> str:
     """Prose paragraphs as one line each, for the terminal to wrap at its width; a paragraph
-    with indented lines (examples, tables) as it is written."""
-    paragraphs = inspect.cleandoc(text).split("\n\n")
-    return "\n\n".join(
-        paragraph if any(line.startswith(" ") for line in paragraph.splitlines()) else " ".join(paragraph.split())
-        for paragraph in paragraphs
-    )
+    with indented lines (examples, tables) as it is written. A docstring is dedented first; an
+    epilog is written flush already, and dedenting one whose lines after the first are all
+    examples would flatten them."""
+    paragraphs = [
+        paragraph if _indented(paragraph) else " ".join(paragraph.split())
+        for paragraph in (inspect.cleandoc(text) if docstring else text.strip("\n")).split("\n\n")
+    ]
+    # Typer dedents what follows a help's first paragraph (and an epilog) with inspect.cleandoc,
+    # which measures the indent from the second line on: a block that opens the text, "Examples:"
+    # then indented lines only, would lose its indent. A blank line before it makes its header a
+    # second line (cleandoc then drops the blank line).
+    first = 1 if docstring else 0
+    if len(paragraphs) > first and _indented(paragraphs[first]) and not paragraphs[first].startswith(" "):
+        paragraphs[first] = "\n" + paragraphs[first]
+    return "\n\n".join(paragraphs)
+
+
+class _HelpNames:
+    """What click's get_help_option reads of a context (root's context_settings; children inherit them)."""
+
+    help_option_names = ["-h", "--help"]
+
+
+def _no_type(ctx: Any) -> None:
+    return None
 
 
 def _tidy(command: Any) -> None:
-    """Help texts reflowed (`reflow`), and no `<bool>` type shown beside a flag, which takes no value."""
+    """Help texts reflowed (`reflow`); no `<bool>` type shown beside a flag (--help too, which
+    click makes on first use), which takes no value; no `<str>` beside an argument, whose
+    name (TEAM_ID, KEY) says more, nor beside an option, which shows its name as its value's."""
     for attribute in ("help", "epilog"):
         text = getattr(command, attribute, None)
         if text:
-            setattr(command, attribute, reflow(text))
-    for param in getattr(command, "params", []):
+            setattr(command, attribute, reflow(text, docstring=attribute == "help"))
+    help_option = command.get_help_option(_HelpNames()) if hasattr(command, "get_help_option") else None
+    for param in [*getattr(command, "params", []), *([help_option] if help_option is not None else [])]:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        kind, bare = getattr(param, "param_type_name", None), getattr(param, "bare_type", lambda: "")()
+        if kind == "argument" and bare == "str":
+            param.display_type_rich = _no_type
+        elif kind == "option" and not getattr(param, "is_flag", False) and param.metavar is None \
+                and bare in ("str", "list[str]"):
+            # --team TEAM, as kubectl and gh show a value, rather than --team <str>.
+            param.metavar = max(param.opts, key=len).lstrip("-").upper().replace("-", "_")
     for child in getattr(command, "commands", {}).values():
         _tidy(child)
 
@@ -144,6 +177,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _profile_names(incomplete: str) -> list[str]:
+    """Tab after --profile: the profiles kept, none if the file cannot be read (completion never fails)."""
+    try:
+        names = CredentialStore.load().profiles
+    except CliError:
+        return []
+    return [name for name in sorted(names) if name.startswith(incomplete)]
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -158,7 +200,7 @@ def root(
              "trusts $MAAS_DATA_DIR/tls/cert.pem (make run's) by itself.",
     )] = None,
     profile: Annotated[str | None, typer.Option(
-        "--profile", "-p", envvar="MAAS_PROFILE", show_envvar=True, metavar="NAME",
+        "--profile", "-p", envvar="MAAS_PROFILE", show_envvar=True, metavar="NAME", autocompletion=_profile_names,
         help="Act as the sign-in saved under this name by `maas login --profile NAME`, on its server.",
     )] = None,
     insecure: Annotated[bool, typer.Option("--insecure", "-k", help="Do not check the server's TLS certificate.")] = False,

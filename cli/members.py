@@ -15,7 +15,11 @@ from cli.prompts import YesOption, confirm
 from cli.session import session
 
 app = typer.Typer(help="Team members and their roles: member (their own keys) or admin (the team's keys and members).",
-                  no_args_is_help=True)
+                  no_args_is_help=True, epilog="""Examples:
+  maas member add test-team alice --email alice@example.com --role admin
+  maas member list test-team
+  maas member remove test-team alice --yes
+""")
 
 
 class Role(str, Enum):

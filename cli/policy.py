@@ -21,7 +21,10 @@ from cli.client import Api
 from cli.exitcodes import CliError, ExitCode
 from cli.session import session
 
-app = typer.Typer(help="The Kuadrant policies a cluster runs for the teams.", no_args_is_help=True)
+app = typer.Typer(help="The Kuadrant policies a cluster runs for the teams.", no_args_is_help=True,
+                  epilog="""Examples:
+  maas policy render > policies.yaml
+""")
 
 
 def _instant(value: Any) -> datetime | None:

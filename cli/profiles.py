@@ -13,7 +13,11 @@ from cli.output import Format, JsonOption, OutputOption
 from cli.session import session
 
 app = typer.Typer(help="Profiles: sign-ins kept under a name, each with its server (maas --profile NAME).",
-                  no_args_is_help=True)
+                  no_args_is_help=True, epilog="""Examples:
+  maas login --profile staging --url https://keys.staging.example.com --admin-key
+  maas --profile staging team list
+  maas profile list
+""")
 
 
 @app.command("list")

@@ -15,7 +15,12 @@ from cli.prompts import YesOption, confirm
 from cli.session import session
 
 app = typer.Typer(help="Teams: token limits per time window, shared by or given to each member.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, epilog="""Examples:
+  maas team create test-team --token-limit 100000 --time-window 1h
+  maas team list
+  maas team update test-team --token-limit 20 --time-window 1m
+  maas team delete test-team --yes
+""")
 
 
 class Scope(str, Enum):

@@ -17,7 +17,12 @@ from cli.exitcodes import CliError, ExitCode
 from cli.output import Format, JsonOption, OutputOption
 from cli.session import session
 
-app = typer.Typer(help="Token usage per user, per team and per model.", no_args_is_help=True)
+app = typer.Typer(help="Token usage per user, per team and per model.", no_args_is_help=True,
+                  epilog="""Examples:
+  maas usage team test-team --by model
+  maas usage user test-user --window 24h
+  maas usage me --start 2026-01-01T00:00:00Z
+""")
 
 
 class By(str, Enum):

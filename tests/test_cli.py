@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -323,6 +324,9 @@ def test_profiles_keep_a_sign_in_with_its_server(runtime: Runtime, tmp_path: Pat
     assert typed.code == 2 and f"profile ops is for {runtime.admin_url}, not {closed}" in typed.err
 
     assert maas("login", "-p", "ops-2", "--admin-key", input=admin_key).code == 0
+    offered = subprocess.run([str(MAAS)], capture_output=True, text=True, timeout=30, env=maas.environment(
+        _MAAS_COMPLETE="complete_bash", COMP_WORDS="maas --profile o", COMP_CWORD="2"))
+    assert offered.stdout.split() == ["ops", "ops-2"], offered.stderr
     listed = maas("profile", "list", "--json").json()["profiles"]
     assert [(p["name"], p["url"], p["method"]) for p in listed] == [
         ("ops", runtime.admin_url, "admin-key"), ("ops-2", runtime.admin_url, "admin-key")]
@@ -380,14 +384,18 @@ def test_deletes_ask_and_refuse_without_a_terminal(admin: Maas) -> None:
 
 def typed_on_a_terminal(command: list[str], env: dict[str, str], answers: list[tuple[str, str]]) -> tuple[int, str]:
     """The installed script on a pseudo-terminal, each answer typed once its prompt is on the
-    screen (typed ahead, the terminal would echo it before maas hides it): (exit code, screen)."""
+    screen (typed ahead, the terminal would echo it before maas hides it): (exit code, screen).
+    Gives up, saying what was on the screen, after 30 s."""
     master, slave = os.openpty()
     process = subprocess.Popen([str(MAAS), *command], env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     screen = b""
     pending = list(answers)
+    deadline = time.monotonic() + 30
     try:
-        while True:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 0.5)[0]:
+                continue
             try:
                 chunk = os.read(master, 4096)
             except OSError:  # EIO: the other side closed
@@ -397,6 +405,9 @@ def typed_on_a_terminal(command: list[str], env: dict[str, str], answers: list[t
             screen += chunk
             if pending and pending[0][0].encode() in screen.rsplit(b"\n", 1)[-1]:
                 os.write(master, pending.pop(0)[1].encode())
+        else:
+            process.kill()
+            raise AssertionError(f"maas still running after 30s; the screen: {screen.decode(errors='replace')!r}")
     finally:
         os.close(master)
     return process.wait(timeout=30), screen.decode(errors="replace")
@@ -423,7 +434,9 @@ def test_a_key_is_deleted_by_its_value_read_from_stdin_never_argv(admin: Maas) -
 
     # Typed on a terminal: hidden as it is typed, then confirmed there.
     code, screen = typed_on_a_terminal(["key", "delete", "--value-stdin"], admin.environment(),
-                                       [("API key:", second["api_key"] + "\n"), ("[y/N]", "y\n")])
+                                       # The space after the colon is getpass's own prompt,
+                                       # written once it has turned the echo off.
+                                       [("API key: ", second["api_key"] + "\n"), ("[y/N]", "y\n")])
     admin.seen.append(screen)
     assert code == 0 and f"Deleted {second['secret_name']}" in screen, screen
     assert admin("key", "show", second["secret_name"], "--team", "leaky").code == 5
@@ -578,8 +591,12 @@ def test_every_command_has_help_with_an_example() -> None:
             command = command.commands[name]  # type: ignore[attr-defined]
         result = CliRunner().invoke(tree, [*path, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, path
-        if not hasattr(command, "commands"):
-            assert "Examples:" in result.stdout, f"maas {' '.join(path)} --help shows no example"
+        # Groups too (maas team --help), and the examples set off as a block, as written.
+        lines = result.stdout.splitlines()
+        assert " Examples:" in [line.rstrip() for line in lines], f"maas {' '.join(path)} --help shows no example"
+        example = lines[[line.rstrip() for line in lines].index(" Examples:") + 1]
+        assert re.match(r"^ {3}\S", example), f"maas {' '.join(path)} --help: examples not indented: {example!r}"
+        assert "<bool>" not in result.stdout and "<str>" not in result.stdout, path
     top = CliRunner().invoke(tree, ["--help"], env={"COLUMNS": "200"}).stdout
     assert "Exit codes:" in top and all(f"  {code}  " in top for code in range(8))
 
