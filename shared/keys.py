@@ -83,8 +83,10 @@ def _key_public(key: ApiKey, team: Team, now: datetime) -> KeyPublic:
     return KeyPublic(**_public_fields(key, team, now))
 
 
-def _unchecked_models(ctx: Context, models: Sequence[str]) -> list[str]:
-    """Warnings for the response: none when every model is known; a 422 when one is not."""
+def check_models(ctx: Context, models: Sequence[str], field: str = "models") -> list[str]:
+    """Warnings for the response: none when every model is known; a 422 naming `field` when one
+    is not (a key's allowed models, or a rate's model: one on a name the catalog does not know
+    would limit nothing)."""
     if not models:
         return []
     try:
@@ -97,8 +99,8 @@ def _unchecked_models(ctx: Context, models: Sequence[str]) -> list[str]:
     if unknown:
         listed = ", ".join(sorted(known)) or "none"
         message = f"unknown model{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; the known models: {listed}"
-        raise InvalidRequest(f"invalid request: models: {message}",
-                             details=[{"field": "models", "message": message, "type": "invalid"}])
+        raise InvalidRequest(f"invalid request: {field}: {message}",
+                             details=[{"field": field, "message": message, "type": "invalid"}])
     return []
 
 
@@ -125,7 +127,8 @@ def _issue(ctx: Context, team: Team, template: ApiKey, warnings: list[str] | Non
 def create_key(ctx: Context, team_id: str, request: KeyCreate, *, member_only: bool = False) -> KeyCreated:
     """`member_only`: for a stored member only, checked where the key is written (Store.create_key)."""
     team = ctx.store.get_team(team_id=team_id)
-    warnings = _unchecked_models(ctx, request.models)
+    warnings = check_models(ctx, request.models)
+    warnings += check_models(ctx, [rate.model for rate in request.rates if rate.model is not None], "limits")
     now = ctx.clock()
     template = ApiKey(
         secret_name="",

@@ -2,9 +2,10 @@
 
 The gateway (local/gateway/limiter.py) reserves on these counters; the admin API's explain
 (shared/explain.py) reads the same counters by the same names, so what it shows is what the
-next call meets. A team's rates are counted per user or per team (the primary rate under the
-names the short form always had, so a team given a list keeps what it had counted), a key's own
-rates and its concurrency cap per key handle. A counter belongs to one team incarnation: a team
+next call meets. A team's rates are counted per user or per team, each under its name, unit and
+model, so reordering or extending a list never moves a count from one rate to another (the rate
+`tokens` of the short form keeps the names it always had, so a team given a list that keeps it
+keeps what it counted); a key's own rates and its concurrency cap per key handle. A counter belongs to one team incarnation: a team
 deleted and created again under the same id (its `created_at` differs) starts afresh.
 """
 
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from shared.durations import window_ms
-from shared.rates import CONCURRENCY_NAME, Rate, primary_index
+from shared.rates import CONCURRENCY_NAME, PRIMARY_NAME, Rate
 from shared.store.base import ApiKey, Team
 
 # What a limit counts: a call's tokens, the call itself, or the call while it runs.
@@ -67,12 +68,19 @@ class LimitPlanner:
         return prefix
 
     def pair(self, team: Team, user_id: str) -> tuple[str, str]:
-        """(the counter the primary rate's scope enforces, the other scope's counter). Its names
-        are those of the short form's counter from before teams had lists, so a team given a
-        list keeps what its primary rate had counted."""
+        """(the counter the short form's rate `tokens` enforces, the other scope's counter), as
+        a team without a list of rates counts."""
         prefix = self._prefix(team)
         user_key, team_key = prefix + "u/" + user_id, prefix + "team"
         return (team_key, user_key) if team.limit_scope == "team" else (user_key, team_key)
+
+    @staticmethod
+    def _rate_part(rate: Rate) -> str:
+        """A rate's counter is named by what it counts, not where it stands in the list: its
+        name, unit and model (quoted: a model name may hold '/'), so reordering a list, adding a
+        rate before another or changing a rate's unit never hands one rate another's count."""
+        model = "*" if rate.model is None else rate.model.replace("%", "%25").replace("/", "%2F")
+        return f"r/{rate.name}/{rate.unit}/{model}/"
 
     def plan(self, team: Team, key: ApiKey, model: str) -> tuple[Limit, ...]:
         """Every limit a call of `key` to `model` is checked against, in the order they are
@@ -88,23 +96,25 @@ class LimitPlanner:
         return limits
 
     def _limits(self, team: Team, key: ApiKey, model: str) -> tuple[Limit, ...]:
-        rates = team.limits
-        primary = primary_index(rates)
         prefix = self._prefix(team)
         limits: list[Limit] = []
-        for at, rate in enumerate(rates):
+        for rate in team.limits:
             if rate.model is not None and rate.model != model:
                 continue
-            if at == primary:
-                enforced, other = self.pair(team, key.user_id)
+            if rate.name == PRIMARY_NAME and rate.unit == "tokens" and rate.model is None:
+                # The short form's rate, as a team without a list has it: its counters keep
+                # their names from before lists, so a team given one keeps what it counted.
+                user_key, team_key = prefix + "u/" + key.user_id, prefix + "team"
             else:
-                user_key, team_key = f"{prefix}r/{rate.name}/u/{key.user_id}", f"{prefix}r/{rate.name}/team"
-                enforced, other = (team_key, user_key) if rate.scope == "team" else (user_key, team_key)
+                part = prefix + self._rate_part(rate)
+                user_key, team_key = part + "u/" + key.user_id, part + "team"
+            enforced, other = (team_key, user_key) if rate.scope == "team" else (user_key, team_key)
             limits.append(Limit(enforced, other, rate.limit, self.window_s(rate.window), rate,
                                 TOKENS if rate.unit == "tokens" else REQUESTS))
         for rate in key.rates:
             if rate.model is None or rate.model == model:
-                limits.append(Limit(f"k/{key.secret_name}/{rate.name}", None, rate.limit, self.window_s(rate.window),
+                limits.append(Limit(f"k/{key.secret_name}/{self._rate_part(rate)}", None, rate.limit,
+                                    self.window_s(rate.window),
                                     rate, TOKENS if rate.unit == "tokens" else REQUESTS))
         if key.max_concurrent is not None:
             rate = Rate(CONCURRENCY_NAME, key.max_concurrent, f"{_CONCURRENCY_WINDOW_S}s", "requests", "key")

@@ -19,6 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from shared.durations import normalize_rate_window
+from shared.identifiers import DNS_LABEL_RE
+
 RateUnit = Literal["tokens", "requests"]
 RateScope = Literal["user", "team", "key"]
 
@@ -80,8 +83,10 @@ def rates_text(rates: Sequence[Rate]) -> str | None:
 
 
 def rates_from_text(text: str | None, *, scope: RateScope | None = None) -> tuple[Rate, ...]:
-    """What `rates_text` wrote; () for nothing. A value that is not what it wrote raises
-    ValueError: a limit silently dropped would admit more than the admin set."""
+    """What `rates_text` wrote; () for nothing. A value that is not what it wrote (a hand edit)
+    raises ValueError, checked as the API checks what it is given: a limit silently dropped,
+    a window read as 0 s or two rates of one name would admit more than the admin set.
+    `scope="key"`: a key's rates; else a team's, which need their primary rate."""
     if not text:
         return ()
     data = json.loads(text)
@@ -98,6 +103,12 @@ def rates_from_text(text: str | None, *, scope: RateScope | None = None) -> tupl
         if type(limit) is not int or limit < 1:
             raise ValueError(f"a stored limit is not a positive integer: {limit!r}")
         model = item.get("model")
-        rates.append(Rate(str(item["name"]), limit, str(item["window"]), unit, scope or stored_scope,
+        name = item["name"]
+        if not isinstance(name, str) or not DNS_LABEL_RE.match(name):
+            raise ValueError(f"a stored limit's name is not a DNS label: {name!r}")
+        rates.append(Rate(name, limit, normalize_rate_window(str(item["window"])), unit, scope or stored_scope,
                           None if model is None else str(model)))
+    check_names(rates)
+    if scope != "key":
+        primary_index(rates)
     return tuple(rates)

@@ -7,9 +7,11 @@ a call admitted while every limit that applies to it is below its limit (one cal
 nothing is in flight), tokens or the request counted on each of its counters when admitted, and
 the first exhausted limit named as the one that refused.
 
-Within a minute the order of different users' calls is not recorded: they are interleaved by
-that even spread, which a user's own limits never notice and a team-wide one can (which user's
-call it refuses, not how many when calls cost alike). What it cannot know, it says (`notes`):
+Within a minute the order of calls is not recorded: calls of different users, or of one user's
+different models, are interleaved by that even spread. A team-wide rate can notice the first
+(which user's call it refuses, not how many when calls cost alike), a user's rate over every
+model the second (which call it refuses, and so how many tokens): `notes` says when a minute
+held either. What it cannot know, it says (`notes`):
 calls refused when they were made have no recorded cost and are not replayed; where calls are counted without their model (Prometheus over Limitador),
 a per-model rate sees none of them.
 """
@@ -45,9 +47,12 @@ def simulate_limits(ctx: Context, team_id: str, request: SimulateRequest) -> Lim
     # (the call's time in ms, user, model, tokens), in time order
     replayed: list[tuple[int, str, str, int]] = []
     previously_limited = 0
+    models_in_minute: dict[tuple[int, str], set[str]] = {}
     for point in points:
         row = point.row
         previously_limited += row.limited_calls
+        if row.authorized_calls > 0:
+            models_in_minute.setdefault((int(point.start.timestamp()), row.user_id), set()).add(row.model)
         count = row.authorized_calls
         if count <= 0:
             continue
@@ -93,6 +98,17 @@ def simulate_limits(ctx: Context, team_id: str, request: SimulateRequest) -> Lim
     notes = []
     if previously_limited:
         notes.append(f"{previously_limited} call(s) refused when they were made have no recorded cost and are not replayed")
+    mixed = sorted({user for (_, user), models in models_in_minute.items() if len(models) > 1})
+    if mixed and any(rate.model is None for rate in rates):
+        notes.append(f"{len(mixed)} user(s) called several models within one minute ({', '.join(mixed[:5])}"
+                     f"{', ...' if len(mixed) > 5 else ''}): the order of those calls is not recorded, so which of "
+                     "them a limit over every model refuses, and their tokens, may differ from the gateway's")
+    users_in_minute: dict[int, set[str]] = {}
+    for minute, user in models_in_minute:
+        users_in_minute.setdefault(minute, set()).add(user)
+    if any(rate.scope == "team" for rate in rates) and any(len(users) > 1 for users in users_in_minute.values()):
+        notes.append("several users called within one minute: the order of their calls is not recorded, so "
+                     "which user's call a team-wide limit refuses may differ from the gateway's")
     if not usage.calls_by_model and any(rate.model is not None for rate in rates):
         notes.append("the usage source counts calls without their model: per-model rates see no calls")
     return LimitsSimulated(

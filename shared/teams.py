@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from shared.context import Context
+from shared.keys import check_models
 from shared.members import members_of
 from shared.schemas import PageQuery, RatePublic, TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
 from shared.store import ApiKey, Team, TeamChanges
@@ -47,6 +48,7 @@ def team_from_request(request: TeamCreate, created_at: datetime) -> Team:
 
 
 def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
+    check_models(ctx, [rate.model for rate in request.rates if rate.model is not None], "limits")
     created = ctx.store.create_team(team=team_from_request(request, ctx.clock()))
     ctx.teams_changed()
     return _public(created, [])
@@ -86,6 +88,8 @@ def get_team(ctx: Context, team_id: str) -> TeamDetail:
 def update_team(ctx: Context, team_id: str, request: TeamUpdate) -> TeamPublic:
     given = request.model_dump(exclude_unset=True, exclude={"limits"})
     cleared = frozenset(name for name, value in given.items() if value is None)  # only the caps may be null
+    if request.rates:
+        check_models(ctx, [rate.model for rate in request.rates if rate.model is not None], "limits")
     changes = TeamChanges(**{name: value for name, value in given.items() if value is not None}, clear=cleared,
                           rates=request.rates)
     team = ctx.store.update_team(team_id=team_id, changes=changes)

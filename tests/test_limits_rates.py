@@ -267,7 +267,7 @@ RATES = [
     {"name": "per-minute", "limit": 20000, "window": "1m"},
     {"name": "per-day", "limit": 1000000, "window": "1d"},
     {"name": "rpm", "limit": 60, "window": "1m", "unit": "requests"},
-    {"name": "big-model", "limit": 10000, "window": "1h", "model": "big", "scope": "team"},
+    {"name": "big-model", "limit": 10000, "window": "1h", "model": "vllm-simulator", "scope": "team"},
 ]
 
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
 import threading
 import time
@@ -142,6 +143,8 @@ __all__ = ["KubernetesStore", "api_client_from_config", "kube_errors", "retry_on
 
 ATTEMPTS = 5  # read-modify-write attempts before giving up on a resourceVersion conflict
 REQUEST_TIMEOUT = (3.0, 10.0)  # (connect, read) seconds: an unreachable API fails fast
+
+log = logging.getLogger("maas.store")
 
 # -- the adapter boundary: kubernetes errors -> our errors ---------------------------------
 
@@ -867,7 +870,16 @@ class KubernetesStore:
     # -- gateway support -----------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        teams = {t.team_id: t for t in self.list_teams()}
+        teams: dict[str, Team] = {}
+        for secret in self._list(f"{RESOURCE_TYPE}={TEAM_TYPE}", "teams"):
+            try:
+                team = team_from_secret(secret)
+            except BackendUnavailable as exc:
+                # One hand-edited team must not refuse every team's calls: it is left out, so
+                # its own keys are refused (fail closed) and the others are served.
+                log.warning("%s; its keys are refused until then", exc.message)
+                continue
+            teams[team.team_id] = team
         keys = {k.key_sha256: k for k in (key_from_secret(s) for s in self._list(f"{RESOURCE_TYPE}={KEY_TYPE}", "keys"))}
         return Snapshot(teams=teams, keys_by_sha256=keys)
 

@@ -40,6 +40,7 @@ from typing import Any
 from shared.errors import BackendUnavailable
 from shared.identifiers import DNS_LABEL_RE
 from shared.keymaterial import key_sha256 as sha256_of
+from shared.durations import normalize_rate_window
 from shared.rates import rates_from_text, rates_text
 from shared.store.base import (
     ApiKey,
@@ -166,7 +167,8 @@ def team_from_secret(secret: Any) -> Team:
             description=notes.get("maas/description", ""),
             policy=notes.get("maas/policy", ""),
             token_limit=int(notes["maas/token-limit"]),
-            time_window=notes["maas/time-window"],
+            # As the API checks it: a hand edit such as '1d' or '24 hours' must not read as a 1 s window.
+            time_window=normalize_rate_window(notes["maas/time-window"]),
             limit_scope="team" if notes.get("maas/limit-scope") == "team" else "user",
             created_at=parse_timestamp(notes.get("maas/created-at")) or secret.metadata.creation_timestamp,
             max_keys_per_user=None if cap is None else int(cap),

@@ -26,6 +26,7 @@ on open too, NULL in the rows that were there.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Mapping
@@ -52,6 +53,8 @@ from shared.store.base import (
     member_role,
 )
 from shared.store.generation import GenerationFile
+
+log = logging.getLogger("maas.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS teams (
@@ -170,6 +173,23 @@ def _dt(value: str | None) -> datetime | None:
 
 
 def _team(row: sqlite3.Row) -> Team:
+    try:
+        return _team_fields(row)
+    except ValueError as exc:  # a hand-edited row: refused as the API would refuse it
+        raise BackendUnavailable(f"team '{row['team_id']}' in the store is malformed ({exc}); fix or delete it") from exc
+
+
+def _team_or_none(row: sqlite3.Row) -> Team | None:
+    """For the gateway's view: one malformed team is left out (its keys refused), not every
+    team's calls."""
+    try:
+        return _team(row)
+    except BackendUnavailable as exc:
+        log.warning("%s; its keys are refused until then", exc.message)
+        return None
+
+
+def _team_fields(row: sqlite3.Row) -> Team:
     return Team(
         team_id=row["team_id"],
         team_name=row["team_name"],
@@ -765,7 +785,8 @@ class SqliteStore:
 
     def snapshot(self) -> Snapshot:
         with self._read() as conn:
-            teams = {row["team_id"]: _team(row) for row in conn.execute("SELECT * FROM teams")}
+            read = ((row["team_id"], _team_or_none(row)) for row in conn.execute("SELECT * FROM teams"))
+            teams = {team_id: team for team_id, team in read if team is not None}
             keys = {
                 row["key_sha256"]: _key(row)
                 for row in conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys")
@@ -794,7 +815,7 @@ class SqliteStore:
             teams: dict[str, Team | None] = dict.fromkeys(team_ids)
             for team_id in team_ids:
                 row = conn.execute("SELECT * FROM teams WHERE team_id = ?", (team_id,)).fetchone()
-                teams[team_id] = None if row is None else _team(row)
+                teams[team_id] = None if row is None else _team_or_none(row)
             keys: dict[str, ApiKey | None] = dict.fromkeys(shas)
             for sha in shas:
                 row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_sha256 = ?", (sha,)).fetchone()
