@@ -114,6 +114,9 @@ def _issue(ctx: Context, team: Team, template: ApiKey, warnings: list[str] | Non
         key_sha256=key_sha256(api_key),
     )
     stored = ctx.store.create_key(key=key, api_key=api_key, member_only=member_only)
+    if stored.rates:
+        # In a cluster the key's own rates are limits of the policies (its key tier): sync them.
+        ctx.teams_changed()
     fields = _public_fields(stored, team, template.created_at)
     return KeyCreated(
         api_key=api_key,

@@ -223,7 +223,8 @@ def sync_policies(store: Store, api_client: ApiClient, settings: Settings, *, ca
         route = _model_route(catalog, settings)
         outcome[:] = [route]
         desired = generate_policies(store.list_teams(), settings, keys_in_grace=store.list_keys(in_grace=True),
-                                    models=[backend.model for backend in route.backends])
+                                    models=[backend.model for backend in route.backends],
+                                    keys=store.list_keys(with_rates=True))
         deletable = list(managed)
         if route.error is None:
             desired += route.objects

@@ -239,5 +239,35 @@ def test_sync_rereads_the_teams_when_it_loses_a_race(kube: tuple[KubeDouble, Any
     double.inject_conflicts(1)
     sync_policies(store, client, settings)
     lists = sum(1 for m, p in double.requests if m == "GET" and p.endswith("/secrets")) - lists_before
-    assert lists == 4  # the teams (and the keys in grace) were listed again for the second attempt
+    assert lists == 6  # the teams (and the keys in grace, and with rates) were listed again for the second attempt
     assert policies(double)["TokenRateLimitPolicy"]["spec"]["limits"]["3-per-3600s-user"]["rates"][0]["limit"] == 3
+
+
+def test_a_keys_own_rates_reach_the_rate_limit_policies_through_a_real_sync(kube: tuple[KubeDouble, Any]) -> None:
+    """A key with rates of its own is written with its key tier (label and annotation), and the
+    sync lists such keys by that label, so their limits are rendered, selected by the tier."""
+    from dataclasses import replace
+
+    from kubernetes.client import CoreV1Api
+
+    from shared.rates import Rate
+    from shared.tiers import KEY_TIER_ANNOTATION
+    from tests.records import a_key
+
+    double, client = kube
+    settings = Settings(namespace=NS, key_selector="maas-api-key")
+    store = KubernetesStore(client, namespace=NS, key_selector="maas-api-key")
+    store.create_team(team=team("alpha"))
+    record, value = a_key("alpha", "alice")
+    narrow = replace(record, rates=(Rate("key-rpm", 5, "1m", unit="requests", scope="key"),))
+    store.create_key(key=narrow, api_key=value)
+    plain, plain_value = a_key("alpha", "bob")
+    store.create_key(key=plain, api_key=plain_value)
+    secret = CoreV1Api(client).read_namespaced_secret(narrow.secret_name, NS)
+    tier = secret.metadata.annotations[KEY_TIER_ANNOTATION]
+    assert secret.metadata.labels["maas/has-rates"] == "true"
+    assert KEY_TIER_ANNOTATION not in (CoreV1Api(client).read_namespaced_secret(plain.secret_name, NS).metadata.annotations or {})
+    sync_policies(store, client, settings)
+    requests = policies(double)["RateLimitPolicy"]["spec"]["limits"]
+    selecting = [name for name, limit in requests.items() if any(tier in str(w) for w in limit.get("when", []))]
+    assert selecting and all(requests[name]["rates"] == [{"limit": 5, "window": "1m"}] for name in selecting)

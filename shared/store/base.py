@@ -313,9 +313,10 @@ class Store(Protocol):
 
     def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
                   in_grace: bool = False, team_ids: Collection[str] | None = None,
-                  after: str | None = None, limit: int | None = None) -> list[ApiKey]:
+                  after: str | None = None, limit: int | None = None, with_rates: bool = False) -> list[ApiKey]:
         """Keys by secret_name; `in_grace`: only rotated keys still active (in their grace
-        period); `team_ids`: of those teams only; `after`/`limit`: a page."""
+        period); `team_ids`: of those teams only; `after`/`limit`: a page; `with_rates`: only
+        keys with rates of their own (what the cluster's rate limits must name)."""
         ...
 
     def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int: ...

@@ -124,6 +124,7 @@ from shared.store.kubeshapes import (
     derived_members,
     is_kind,
     key_body,
+    RATES_LABEL,
     key_from_secret,
     member_body,
     member_from_secret,
@@ -698,8 +699,9 @@ class KubernetesStore:
 
     def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
                   in_grace: bool = False, team_ids: Collection[str] | None = None,
-                  after: str | None = None, limit: int | None = None) -> list[ApiKey]:
-        selector = f"{RESOURCE_TYPE}={KEY_TYPE}" + (f",{GRACE_LABEL}=true" if in_grace else "")
+                  after: str | None = None, limit: int | None = None, with_rates: bool = False) -> list[ApiKey]:
+        selector = (f"{RESOURCE_TYPE}={KEY_TYPE}" + (f",{GRACE_LABEL}=true" if in_grace else "")
+                    + (f",{RATES_LABEL}=true" if with_rates else ""))
         for label, value in ((TEAM_ID_LABEL, team_id), ("maas/user-id", user_id)):
             if value is None:
                 continue

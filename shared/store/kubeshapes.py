@@ -52,7 +52,7 @@ from shared.store.base import (
     changes_text,
     member_role,
 )
-from shared.tiers import TIER_ANNOTATION, tier_of
+from shared.tiers import TIER_ANNOTATION, key_tier_annotations, tier_of
 
 RESOURCE_TYPE = "maas/resource-type"
 TEAM_TYPE = "team-config"
@@ -72,6 +72,8 @@ OPTIONAL_TEAM_ANNOTATIONS = {
 }
 # A team's or key's list of rates as JSON (shared/rates.py); absent: the short form only / none.
 RATES_ANNOTATION = "maas/rates"
+# On a key with rates of its own: the policy sync lists those keys by it, not every key.
+RATES_LABEL = "maas/has-rates"
 MAX_CONCURRENT_ANNOTATION = "maas/max-concurrent"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
@@ -219,6 +221,7 @@ def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
     rates = rates_text(key.rates)
     if rates is not None:
         notes[RATES_ANNOTATION] = rates
+        notes.update(key_tier_annotations(key))  # the identity the key's own rate limits select by
     if key.max_concurrent is not None:
         notes[MAX_CONCURRENT_ANNOTATION] = str(key.max_concurrent)
     return notes
@@ -239,6 +242,8 @@ def key_body(
         SHA_LABEL: key.key_sha256[:SHA_PREFIX_LEN],
         watch_label[0]: watch_label[1],
     }
+    if key.rates:
+        labels[RATES_LABEL] = "true"
     labels.update({k: v for k, v in selected_labels(key, selector).items() if v is not None})
     return {
         "apiVersion": "v1",

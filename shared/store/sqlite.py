@@ -623,8 +623,10 @@ class SqliteStore:
 
     def list_keys(self, *, team_id: str | None = None, user_id: str | None = None,
                   in_grace: bool = False, team_ids: Collection[str] | None = None,
-                  after: str | None = None, limit: int | None = None) -> list[ApiKey]:
+                  after: str | None = None, limit: int | None = None, with_rates: bool = False) -> list[ApiKey]:
         clauses: list[str] = ["status = 'active' AND replaced_by IS NOT NULL"] if in_grace else []
+        if with_rates:
+            clauses.append("rates IS NOT NULL")
         args: list[object] = []
         for clause, value in (("team_id = ?", team_id), ("user_id = ?", user_id), ("secret_name > ?", after)):
             if value is not None:
