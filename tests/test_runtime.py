@@ -6,6 +6,8 @@ import os
 import signal
 import stat
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -13,7 +15,7 @@ import pytest
 
 from shared.keymaterial import generate_admin_key
 from tests.lenient_backend import LenientBackend
-from tests.runtime import start_runtime
+from tests.runtime import Runtime, start_runtime
 from tests.waiting import eventually
 
 
@@ -22,26 +24,40 @@ def client(url: str, admin_key: str) -> httpx.Client:
                         headers={"Authorization": f"ADMIN {admin_key}"})
 
 
-def test_twenty_racing_creates_of_one_team_have_one_winner(tmp_path: Path) -> None:
-    admin_key = generate_admin_key()
-    runtime = start_runtime(tmp_path, env={"ADMIN_KEY": admin_key})
+@dataclass
+class Shared:
+    runtime: Runtime
+    data_dir: Path
+    admin_key: str
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    """One runtime for the tests that only need one running (a start is 2 to 3 s); those about
+    starting, stopping and restarting start their own."""
+    data_dir, admin_key = tmp_path_factory.mktemp("shared"), generate_admin_key()
+    runtime = start_runtime(data_dir, env={"ADMIN_KEY": admin_key})
     try:
-        statuses: list[int] = []
-        barrier = threading.Barrier(20)
-
-        def create() -> None:
-            with client(runtime.admin_url, admin_key) as http:
-                barrier.wait()
-                statuses.append(http.post("/teams", json={"team_id": "racing"}).status_code)
-
-        threads = [threading.Thread(target=create) for _ in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(statuses) == [201] + [409] * 19
+        yield Shared(runtime, data_dir, admin_key)
     finally:
         assert runtime.stop() == 0
+
+
+def test_twenty_racing_creates_of_one_team_have_one_winner(shared: Shared) -> None:
+    statuses: list[int] = []
+    barrier = threading.Barrier(20)
+
+    def create() -> None:
+        with client(shared.runtime.admin_url, shared.admin_key) as http:
+            barrier.wait()
+            statuses.append(http.post("/teams", json={"team_id": "racing"}).status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201] + [409] * 19
 
 
 def test_a_restart_on_the_same_data_dir_loses_nothing(tmp_path: Path) -> None:
@@ -121,17 +137,13 @@ def test_a_terminal_is_shown_the_generated_admin_key_once(tmp_path: Path) -> Non
     assert seen.decode().count(admin_key) == 1, seen.decode()
 
 
-def test_admin_api_is_tls_with_a_certificate_for_loopback(tmp_path: Path) -> None:
-    runtime = start_runtime(tmp_path, env={"ADMIN_KEY": generate_admin_key()})
-    try:
-        assert runtime.admin_url.startswith("https://127.0.0.1:")
-        cert = tmp_path / "tls" / "cert.pem"
-        with httpx.Client(verify=str(cert)) as http:
-            assert http.get(runtime.admin_url + "/health").status_code == 200
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(runtime.admin_url + "/health")  # default trust store: self-signed refused
-    finally:
-        assert runtime.stop() == 0
+def test_admin_api_is_tls_with_a_certificate_for_loopback(shared: Shared) -> None:
+    assert shared.runtime.admin_url.startswith("https://127.0.0.1:")
+    cert = shared.data_dir / "tls" / "cert.pem"
+    with httpx.Client(verify=str(cert)) as http:
+        assert http.get(shared.runtime.admin_url + "/health").status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(shared.runtime.admin_url + "/health")  # default trust store: self-signed refused
 
 
 def test_bad_configuration_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
