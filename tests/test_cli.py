@@ -61,10 +61,12 @@ class Maas:
     url: str
     data_dir: Path
     seen: list[str] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
+    """Variables every run of this maas gets (MAAS_CA_FILE, say)."""
 
     def env(self, **extra: str) -> dict[str, str]:
         return {"XDG_CONFIG_HOME": str(self.config), "MAAS_URL": self.url, "MAAS_DATA_DIR": str(self.data_dir),
-                "COLUMNS": "200", **extra}
+                "COLUMNS": "200", **self.settings, **extra}
 
     def __call__(self, *args: str, input: str | None = None, **env: str) -> Ran:
         result = CliRunner().invoke(app, list(args), input=input, env=self.env(**env), catch_exceptions=False)

@@ -3,6 +3,10 @@ sign-in (RFC 8628), the browser sign-in (authorization code with PKCE, redirecte
 port), a token given as it is, the renewal of an expired sign-in, and what a member may and may
 not do with it.
 
+The provider and the admin API both serve certificates a private CA signed (one test CA for
+the module), as a company's often are: every sign-in needs that CA (MAAS_CA_FILE, --ca-file),
+and one test checks what happens without it.
+
 The browser is an HTTP client following the provider's /authorize redirect, or opening its
 device page: the provider signs in whoever `login_as` names without a form. The device grant is
 provider.mjs's addition to oauth2-mock-server (which has none), off unless a test turns it on.
@@ -14,8 +18,10 @@ import datetime as dt
 import ipaddress
 import json
 import re
+import ssl
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -29,17 +35,47 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cli import oidc
 from cli.exitcodes import CliError
-from tests.oidc_provider import OidcProvider, oidc_provider, running_provider  # noqa: F401
+from tests.oidc_provider import OidcProvider, running_provider
 from tests.runtime import Runtime, start_runtime
 from tests.test_cli import Maas, signed_in_maas
 
 _URL = re.compile(r"^\s+(http\S+)$")
 
 
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    key: Path
+    chain: Path
+    data_dir: Path
+    """The runtime's data dir, whose tls/ holds the server certificate the CA signed."""
+
+
 @pytest.fixture(scope="module")
-def runtime(oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:  # noqa: F811
-    running = start_runtime(tmp_path_factory.mktemp("runtime") / ".maas", env={
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    data_dir = tmp_path_factory.mktemp("runtime") / ".maas"
+    # The runtime serves the certificate it finds in its data dir (local/tls.py): one the CA signed.
+    return Pki(*private_ca(data_dir / "tls"), data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def oidc_provider(pki: Pki) -> Iterator[OidcProvider]:
+    with running_provider(tls=(pki.key, pki.chain)) as provider:
+        assert provider.issuer.startswith("https://")
+        yield provider
+
+
+def trusting(provider: OidcProvider) -> ssl.SSLContext:
+    """What the test's browser trusts for the provider: the chain it serves, whose CA is ours."""
+    assert provider.tls is not None
+    return ssl.create_default_context(cafile=str(provider.tls[1]))
+
+
+@pytest.fixture(scope="module")
+def runtime(oidc_provider: OidcProvider, pki: Pki) -> Iterator[Runtime]:
+    running = start_runtime(pki.data_dir, env={
         "MAAS_OIDC_ISSUER": oidc_provider.issuer, "MAAS_OIDC_AUDIENCE": "maas", "MAAS_ADMIN_GROUPS": "platform-admins",
+        "MAAS_OIDC_CA_FILE": str(pki.ca),
     })
     try:
         yield running
@@ -48,15 +84,16 @@ def runtime(oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def admin(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Maas:
+def admin(runtime: Runtime, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Maas:
     maas = signed_in_maas(runtime, tmp_path_factory.mktemp("admin"))
+    maas.settings = {"MAAS_CA_FILE": str(pki.ca)}
     assert maas("team", "create", "team-a").code == 0
     assert maas("member", "add", "team-a", "alice", "--email", "alice@example.com").code == 0
     return maas
 
 
 def person(admin: Maas, config: Path) -> Maas:
-    return Maas(config, admin.url, admin.data_dir)
+    return Maas(config, admin.url, admin.data_dir, settings=dict(admin.settings))
 
 
 def browser_login(maas: Maas, provider: OidcProvider, *, follow: bool = True,
@@ -82,14 +119,14 @@ def browser_login(maas: Maas, provider: OidcProvider, *, follow: bool = True,
     if forged_state is not None:
         httpx.get(redirect, params={"code": "stolen", "state": forged_state}, timeout=10)
     elif follow:
-        landed = httpx.get(url, follow_redirects=True, timeout=10)
+        landed = httpx.get(url, follow_redirects=True, timeout=10, verify=trusting(provider))
         assert landed.status_code == 200 and "Signed in" in landed.text, landed.text
     out, err = login.communicate(timeout=30)
     maas.seen += [out, err]
     return login.returncode, out, "".join(printed) + err
 
 
-def test_a_browser_sign_in_lets_a_member_work_as_themselves(admin: Maas, oidc_provider: OidcProvider,  # noqa: F811
+def test_a_browser_sign_in_lets_a_member_work_as_themselves(admin: Maas, oidc_provider: OidcProvider,
                                                             tmp_path: Path) -> None:
     alice = person(admin, tmp_path / "alice")
     oidc_provider.login_as(sub="alice", email="alice@example.com")
@@ -119,7 +156,7 @@ def test_a_browser_sign_in_lets_a_member_work_as_themselves(admin: Maas, oidc_pr
     assert sum(text.count(mine["api_key"]) for text in alice.seen) == 1, "shown once, by key create"
 
 
-def test_an_expired_sign_in_renews_itself_with_its_refresh_token(admin: Maas, oidc_provider: OidcProvider,  # noqa: F811
+def test_an_expired_sign_in_renews_itself_with_its_refresh_token(admin: Maas, oidc_provider: OidcProvider,
                                                                  tmp_path: Path) -> None:
     tara = person(admin, tmp_path / "tara")
     oidc_provider.login_as(sub="tara", groups=["platform-admins"])
@@ -139,7 +176,7 @@ def test_an_expired_sign_in_renews_itself_with_its_refresh_token(admin: Maas, oi
     assert oidc_provider.requests("/token") == asked + 1, "a fresh token is not renewed again"
 
 
-def test_a_redirect_without_the_logins_state_is_refused(admin: Maas, oidc_provider: OidcProvider,  # noqa: F811
+def test_a_redirect_without_the_logins_state_is_refused(admin: Maas, oidc_provider: OidcProvider,
                                                         tmp_path: Path) -> None:
     mallory = person(admin, tmp_path / "mallory")
     code, _, err = browser_login(mallory, oidc_provider, forged_state="not-the-state")
@@ -147,7 +184,7 @@ def test_a_redirect_without_the_logins_state_is_refused(admin: Maas, oidc_provid
     assert not (tmp_path / "mallory" / "maas" / "credentials.json").exists()
 
 
-def test_a_token_from_elsewhere_signs_in_as_it_is(admin: Maas, oidc_provider: OidcProvider,  # noqa: F811
+def test_a_token_from_elsewhere_signs_in_as_it_is(admin: Maas, oidc_provider: OidcProvider,
                                                   tmp_path: Path) -> None:
     bob = person(admin, tmp_path / "bob")
     token = oidc_provider.token(sub="bob", aud="maas", email="bob@example.com")
@@ -168,7 +205,7 @@ def offer_device_grant(provider: OidcProvider, **settings: Any) -> None:
 
 
 @pytest.fixture
-def device_grant(oidc_provider: OidcProvider) -> Iterator[OidcProvider]:  # noqa: F811
+def device_grant(oidc_provider: OidcProvider) -> Iterator[OidcProvider]:
     offer_device_grant(oidc_provider, enabled=True, interval=1)
     try:
         yield oidc_provider
@@ -177,7 +214,7 @@ def device_grant(oidc_provider: OidcProvider) -> Iterator[OidcProvider]:  # noqa
 
 
 def device_login(maas: Maas, provider: OidcProvider, *flags: str, answer: str | None = "approve",
-                 env: dict[str, str] | None = None, verify: str | bool = True) -> tuple[int, str, str]:
+                 env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run `maas login --issuer ...`, open the device page it prints as the person would on
     their phone (approving, or with answer="deny" refusing, or with None never coming), and
     return the login's exit code, stdout and stderr."""
@@ -196,7 +233,8 @@ def device_login(maas: Maas, provider: OidcProvider, *flags: str, answer: str | 
                 page, complete = links
                 code = printed[0].rstrip().rsplit(" ", 1)[-1].rstrip(":")
                 assert page == f"{provider.issuer}/device" and parse_qs(urlsplit(complete).query)["user_code"] == [code]
-                opened = httpx.get(complete + ("&deny=1" if answer == "deny" else ""), timeout=10, verify=verify)
+                opened = httpx.get(complete + ("&deny=1" if answer == "deny" else ""), timeout=10,
+                                   verify=trusting(provider))
                 assert opened.status_code == 200, opened.text
             # The rest through the same buffered files (communicate() would skip what they hold
             # already); maas stops by itself within its --timeout.
@@ -274,7 +312,7 @@ def test_a_refused_or_expired_device_sign_in_keeps_nothing(admin: Maas, device_g
     assert not (tmp_path / "dave" / "maas" / "credentials.json").exists()
 
 
-def test_device_where_the_provider_offers_none_says_to_use_the_browser(admin: Maas, oidc_provider: OidcProvider,  # noqa: F811
+def test_device_where_the_provider_offers_none_says_to_use_the_browser(admin: Maas, oidc_provider: OidcProvider,
                                                                        tmp_path: Path) -> None:
     erin = person(admin, tmp_path / "erin")
     code, _, err = device_login(erin, oidc_provider, "--device")
@@ -290,14 +328,14 @@ def test_a_device_sign_in_slows_down_when_the_provider_says_so(device_grant: Oid
     In this process, with the waits recorded rather than slept."""
     offer_device_grant(device_grant, enabled=True, interval=0, slow_down=1)
     device_grant.login_as(sub="alice")
-    provider = oidc.discover(device_grant.issuer)
+    provider = oidc.discover(device_grant.issuer, ca=str(device_grant.tls[1]) if device_grant.tls else None)
     shown: list[str] = []
     waits: list[float] = []
 
     def wait(seconds: float) -> None:
         waits.append(seconds)
         if len(waits) == 3:  # the person signs in after two polls: one slowed down, one pending
-            assert httpx.get(shown[-1], timeout=10).status_code == 200
+            assert httpx.get(shown[-1], timeout=10, verify=trusting(device_grant)).status_code == 200
 
     answer = oidc.device_login(provider, "maas", scope="openid", timeout=60, open_browser=False,
                                show=lambda page, code, complete: shown.append(complete or page), sleep=wait)
@@ -345,44 +383,34 @@ def private_ca(directory: Path) -> tuple[Path, Path, Path]:
     return ca_path, key_path, chain_path
 
 
-def test_a_provider_and_admin_api_behind_a_private_ca_need_the_ca_file(tmp_path: Path) -> None:
-    data_dir = tmp_path / "runtime" / ".maas"
-    # The runtime serves the certificate it finds in its data dir (local/tls.py): one the CA signed.
-    ca, key, chain = private_ca(data_dir / "tls")
-    with running_provider(tls=(key, chain)) as provider:
-        assert provider.issuer.startswith("https://")
-        runtime = start_runtime(data_dir, env={"MAAS_OIDC_ISSUER": provider.issuer, "MAAS_OIDC_AUDIENCE": "maas",
-                                               "MAAS_OIDC_CA_FILE": str(ca), "MAAS_ADMIN_GROUPS": "platform-admins"})
-        try:
-            offer_device_grant(provider, enabled=True, interval=1)
-            provider.login_as(sub="pat", groups=["platform-admins"])
-            # Not the runtime's data dir: nothing trusts its certificate but the CA file.
-            pat = Maas(tmp_path / "pat", runtime.admin_url, tmp_path / "elsewhere")
-            untrusted = pat("login", "--issuer", provider.issuer, "--client-id", "maas")
-            assert untrusted.code == 7 and untrusted.err.count("\n") == 1
-            assert "cannot verify the TLS certificate of the identity provider" in untrusted.err
-            assert "--ca-file" in untrusted.err
-            assert pat("login", "--admin-key", ADMIN_KEY="x").code == 7, "nor the admin API's"
+def test_a_provider_and_admin_api_behind_a_private_ca_need_the_ca_file(admin: Maas, device_grant: OidcProvider,
+                                                                      pki: Pki, tmp_path: Path) -> None:
+    device_grant.login_as(sub="pat", groups=["platform-admins"])
+    # Neither the runtime's data dir nor MAAS_CA_FILE: nothing trusts either certificate but the CA file.
+    pat = Maas(tmp_path / "pat", admin.url, tmp_path / "elsewhere")
+    untrusted = pat("login", "--issuer", device_grant.issuer, "--client-id", "maas")
+    assert untrusted.code == 7 and untrusted.err.count("\n") == 1
+    assert "cannot verify the TLS certificate of the identity provider" in untrusted.err
+    assert "--ca-file" in untrusted.err
+    assert pat("login", "--admin-key", ADMIN_KEY="x").code == 7, "nor the admin API's"
 
-            code, out, err = device_login(pat, provider, "--ca-file", str(ca), verify=str(ca))
-            assert code == 0, err
-            assert "as pat (oidc)" in out
-            # The CA is kept with the sign-in: later commands need no flag, for the API or the provider.
-            assert pat("whoami", "--json").json()["platform_admin"] is True
-            credentials = tmp_path / "pat" / "maas" / "credentials.json"
-            data = json.loads(credentials.read_text())
-            saved = data["servers"][runtime.admin_url]
-            assert saved["ca"] == saved["issuer_ca"] == str(ca.resolve())
-            saved["expires_at"] = 0
-            credentials.write_text(json.dumps(data))
-            renewals = provider.requests("/token")
-            assert pat("team", "list").code == 0
-            assert provider.requests("/token") == renewals + 1, "renewed over TLS, trusting the kept CA"
+    code, out, err = device_login(pat, device_grant, "--ca-file", str(pki.ca))
+    assert code == 0, err
+    assert "as pat (oidc)" in out
+    # The CA is kept with the sign-in: later commands need no flag, for the API or the provider.
+    assert pat("whoami", "--json").json()["platform_admin"] is True
+    credentials = tmp_path / "pat" / "maas" / "credentials.json"
+    data = json.loads(credentials.read_text())
+    saved = data["servers"][admin.url]
+    assert saved["ca"] == saved["issuer_ca"] == str(pki.ca.resolve())
+    saved["expires_at"] = 0
+    credentials.write_text(json.dumps(data))
+    renewals = device_grant.requests("/token")
+    assert pat("team", "list").code == 0
+    assert device_grant.requests("/token") == renewals + 1, "renewed over TLS, trusting the kept CA"
 
-            # MAAS_CA_FILE does what --ca-file does.
-            sam = Maas(tmp_path / "sam", runtime.admin_url, tmp_path / "elsewhere")
-            provider.login_as(sub="sam")
-            code, out, err = device_login(sam, provider, env={"MAAS_CA_FILE": str(ca)}, verify=str(ca))
-            assert code == 0 and "as sam (oidc)" in out, err
-        finally:
-            assert runtime.stop() == 0
+    # MAAS_CA_FILE does what --ca-file does.
+    sam = Maas(tmp_path / "sam", admin.url, tmp_path / "elsewhere")
+    device_grant.login_as(sub="sam")
+    code, out, err = device_login(sam, device_grant, env={"MAAS_CA_FILE": str(pki.ca)})
+    assert code == 0 and "as sam (oidc)" in out, err
