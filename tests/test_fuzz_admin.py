@@ -348,8 +348,17 @@ def _send(fuzzing: Fuzzing, method: str, path: str, content: bytes | None = None
     headers = {"Authorization": f"ADMIN {ADMIN_KEY}"}
     if content is not None:
         headers["Content-Type"] = "application/json"
-    return fuzzing.session.request(method, fuzzing.runtime.admin_url + path, data=content, headers=headers,
-                                   verify=False, timeout=30)
+    try:
+        return fuzzing.session.request(method, fuzzing.runtime.admin_url + path, data=content, headers=headers,
+                                       verify=False, timeout=30)
+    except requests.exceptions.ConnectionError as exc:
+        # A kept-alive connection the server closed at its idle timeout (MAAS_ADMIN_IDLE_TIMEOUT)
+        # just as this request went out: what every HTTP client retries once, on a new
+        # connection. A server that died fails the retry too.
+        if "RemoteDisconnected" not in str(exc):
+            raise
+        return fuzzing.session.request(method, fuzzing.runtime.admin_url + path, data=content, headers=headers,
+                                       verify=False, timeout=30)
 
 
 def _path(route: Any, fuzzing: Fuzzing) -> str:
