@@ -38,7 +38,7 @@ def explain_limits(ctx: Context, team_id: str, query: ExplainQuery) -> LimitsExp
     team = ctx.store.get_team(team_id=team_id)
     key = _holder(ctx, team_id, query)
     planner = LimitPlanner()
-    limits = planner.plan(team, key, query.model) if query.model is not None else every_limit(planner, team, key)
+    limits = every_limit(planner, team, key, query.model)
     read = ctx.counters
     if read is None:
         states = [LimitState(name=limit.rate.name, unit=limit.rate.unit, limit=limit.rate.limit,

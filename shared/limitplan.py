@@ -167,8 +167,11 @@ def binding(budgets: Sequence[Budget]) -> int:
     return best
 
 
-def every_limit(keys: LimitPlanner, team: Team, key: ApiKey) -> tuple[Limit, ...]:
-    """The limits of calls to any model: those over every model, and each model's own."""
+def every_limit(keys: LimitPlanner, team: Team, key: ApiKey, model: str | None = None) -> tuple[Limit, ...]:
+    """The limits of calls to `model`, or (None) to any model: those over every model, and each
+    model's own."""
+    if model is not None:
+        return keys.plan(team, key, model)
     seen: dict[str, Limit] = {}
     models = {rate.model for rate in (*team.limits, *key.rates) if rate.model is not None}
     for model in ("", *sorted(models)):

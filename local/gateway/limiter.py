@@ -186,12 +186,7 @@ class TokenLimiter:
 
     def budgets(self, *, team: Team, key: ApiKey, model: str | None = None) -> list[Budget]:
         """Every limit of the key's calls (of `model`; None: the limits of every model) now."""
-        return [budget_of(limit, self.counters.peek(limit.key)) for limit in self._every_limit(team, key, model)]
-
-    def _every_limit(self, team: Team, key: ApiKey, model: str | None) -> tuple[Limit, ...]:
-        if model is not None:
-            return self._keys.plan(team, key, model)
-        return every_limit(self._keys, team, key)
+        return [budget_of(limit, self.counters.peek(limit.key)) for limit in every_limit(self._keys, team, key, model)]
 
 
 class RemoteCounters(Protocol):
@@ -274,7 +269,7 @@ class RedisLimiter:
         return await self.counters.state(self._keys.pair(team, user_id)[0])
 
     async def budgets(self, *, team: Team, key: ApiKey, model: str | None = None) -> list[Budget]:
-        limits = self._keys.plan(team, key, model) if model is not None else every_limit(self._keys, team, key)
+        limits = every_limit(self._keys, team, key, model)
         peeked = await asyncio.gather(*(self.counters.peek(limit.key) for limit in limits))
         return [budget_of(limit, seen) for limit, seen in zip(limits, peeked)]
 
