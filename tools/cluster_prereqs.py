@@ -60,6 +60,7 @@ GATEWAY_API_CRDS = "the Gateway API CRDs v1.4.0 or later, standard channel (http
 CRDS = (
     Crd("authpolicies.kuadrant.io", "v1", KUADRANT),
     Crd("tokenratelimitpolicies.kuadrant.io", "v1alpha1", KUADRANT),
+    Crd("ratelimitpolicies.kuadrant.io", "v1", KUADRANT),  # request rates (RPM) render as a RateLimitPolicy
     Crd("telemetrypolicies.extensions.kuadrant.io", "v1alpha1", KUADRANT + ", with its extensions enabled"),
     Crd("httproutes.gateway.networking.k8s.io", "v1", GATEWAY_API_CRDS),
     Crd("services.serving.knative.dev", "v1", KNATIVE_SERVING),

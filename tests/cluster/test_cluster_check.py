@@ -207,7 +207,7 @@ def test_a_healthy_cluster_passes_every_check(tmp_path: Path, double: KubeDouble
     found = lines(text)
     assert code == 0, text
     assert {status for status, _ in found.values()} == {"ok"}, text
-    for crd in ("authpolicies.kuadrant.io", "tokenratelimitpolicies.kuadrant.io",
+    for crd in ("authpolicies.kuadrant.io", "tokenratelimitpolicies.kuadrant.io", "ratelimitpolicies.kuadrant.io",
                 "telemetrypolicies.extensions.kuadrant.io", "httproutes.gateway.networking.k8s.io",
                 "services.serving.knative.dev", "brokers.eventing.knative.dev", "triggers.eventing.knative.dev",
                 "apiserversources.sources.knative.dev", "pingsources.sources.knative.dev",
