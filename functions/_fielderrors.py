@@ -19,7 +19,7 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import ValidationError
 
-from shared.schemas import PATTERN_MESSAGES
+from shared.fields import PATTERN_MESSAGES
 
 FieldErrorType = Literal["missing", "unexpected", "wrong_type", "out_of_range", "invalid"]
 

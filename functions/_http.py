@@ -40,7 +40,7 @@ from shared.errors import (
     admin_body,
 )
 from shared.routes import Route, method_not_allowed, route_for
-from shared.schemas import PATH_PARAMETERS
+from shared.fields import PATH_PARAMETERS
 from shared.settings import ConfigurationError
 from shared.signin import SignedIn
 

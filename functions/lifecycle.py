@@ -5,7 +5,7 @@ from __future__ import annotations
 import functions_framework
 
 from functions._http import Call, endpoint
-from shared import audit, keys
+from shared import audit, auditlog, keys
 from shared.schemas import AuditPage, AuditQuery, KeyCreated, KeyRevoked, KeyRotate
 
 
@@ -30,4 +30,4 @@ def rotate_key(call: Call) -> KeyCreated:
 @functions_framework.http
 @endpoint("list_audit")
 def list_audit(call: Call) -> AuditPage:
-    return audit.list_audit(call.ctx, call.query(AuditQuery))
+    return auditlog.list_audit(call.ctx, call.query(AuditQuery))

@@ -9,7 +9,7 @@ import functions_framework
 from functions._http import Call, endpoint
 from shared.errors import BackendUnavailable
 from shared.openapi import openapi_document
-from shared.schemas import Health
+from shared.health import Health
 from shared.version import VERSION
 
 

@@ -1,4 +1,4 @@
-"""The audit log: one entry per admin action (who, what, when, outcome), and its reading.
+"""The audit log: one entry per admin action (who, what, when, outcome); shared/auditlog.py reads it.
 
 Entries are written by the one HTTP adapter (functions/_http.py) so no endpoint can forget
 them. They name the action (the function target), the path with its parameters, the team and
@@ -40,8 +40,7 @@ from shared.context import Context
 from shared.errors import MaasError
 from shared.logsafety import clean
 from shared.signin import ADMIN_KEY_IDENTITY
-from shared.schemas import AuditChange, AuditEntryPublic, AuditPage, AuditQuery
-from shared.store.base import AuditChanges, AuditEntry, AuditFilter, AuditValue
+from shared.store.base import AuditChanges, AuditEntry, AuditValue
 
 log = logging.getLogger("maas.audit")
 
@@ -247,52 +246,3 @@ def record(ctx: Context, actor: str, action: Action) -> None:
         ctx.store.record_audit(entry=entry)
     except Exception:  # noqa: BLE001 - the action is done; losing its record must not undo it
         log.exception("could not record audit entry for %s %s (%s)", entry.method, entry.path, entry.outcome)
-
-
-def _outcome_range(outcome: str | None) -> tuple[int | None, int | None]:
-    if outcome is None:
-        return None, None
-    if outcome == "success":
-        return 200, 299
-    if outcome == "failure":
-        # Everything but 2xx; 1xx/3xx are never answered by the admin API.
-        return 300, None
-    return int(outcome), int(outcome)
-
-
-def list_audit(ctx: Context, query: AuditQuery) -> AuditPage:
-    low, high = _outcome_range(query.outcome)
-    where = AuditFilter(
-        action=query.action,
-        team_id=query.team_id,
-        outcome_min=low,
-        outcome_max=high,
-        since=query.since,
-        until=query.until,
-        before_id=int(query.cursor) if query.cursor is not None else None,
-        # One more than asked tells whether another page follows.
-        limit=query.limit + 1,
-    )
-    found = ctx.store.list_audit(where=where)
-    page = found[: query.limit]
-    more = len(found) > query.limit
-    return AuditPage(
-        entries=[
-            AuditEntryPublic(
-                id=entry.id or 0,
-                at=entry.at,
-                actor=entry.actor,
-                action=entry.action,
-                method=entry.method,
-                path=entry.path,
-                outcome=entry.outcome,
-                team_id=entry.team_id,
-                secret_name=entry.secret_name,
-                changes=None if entry.changes is None else {
-                    name: AuditChange(before=before, after=after) for name, (before, after) in entry.changes.items()
-                },
-            )
-            for entry in page
-        ],
-        next_cursor=str(page[-1].id) if more and page else None,
-    )

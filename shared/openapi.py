@@ -10,7 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from shared.access import WHO
 from shared.routes import ROUTES, Route
-from shared.schemas import PATH_PARAMETERS
+from shared.fields import PATH_PARAMETERS
 from shared.version import VERSION
 
 _REF = "#/components/schemas/{model}"

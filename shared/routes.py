@@ -63,6 +63,7 @@ class Models:
 
 schemas = Models("shared.schemas")
 usage_schemas = Models("shared.usage.schemas")
+health = Models("shared.health")
 listing = Models("shared.catalog.listing")
 
 Model = type[BaseModel] | ModelRef
@@ -123,7 +124,7 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", "health", "Liveness and store reachability", access="public", auth="none", response=schemas.Health),
+    Route("GET", "/health", "health", "Liveness and store reachability", access="public", auth="none", response=health.Health),
     Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 document", access="public", auth="none"),
     Route("POST", "/teams", "create_team", "Create a team", access="platform", success_status=201,
           request=schemas.TeamCreate, response=schemas.TeamPublic),

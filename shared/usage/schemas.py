@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
-from shared.schemas import Rfc3339
+from shared.fields import Rfc3339
 
 
 def _utc_text(value: datetime) -> str:
