@@ -212,6 +212,7 @@ PAGES: tuple[Route, ...] = tuple(
         ("GET", "/console/teams/{team_id}/delete", "What deleting a team takes with it"),
         ("POST", "/console/teams/{team_id}/delete", "Delete a team"),
         ("POST", "/console/teams/{team_id}/keys", "Issue a key in a team"),
+        ("POST", "/console/teams/{team_id}/limits/simulate", "What-if: proposed rates against the team's recorded calls"),
         ("POST", "/console/teams/{team_id}/members", "Add a member"),
         ("POST", "/console/teams/{team_id}/members/{user_id}", "Change a member's role"),
         ("POST", "/console/teams/{team_id}/members/{user_id}/remove", "Remove a member"),

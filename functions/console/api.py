@@ -17,13 +17,13 @@ from urllib.parse import quote, urlencode
 import flask
 from werkzeug.test import EnvironBuilder
 
-from functions import keys, lifecycle, me, members, teams, usage
+from functions import keys, lifecycle, limits, me, members, teams, usage
 from functions._http import SIGNED_IN_ENVIRON
 from shared.routes import route_for
 from shared.signin import SignedIn
 
 Target = Callable[[flask.Request], flask.Response]
-_MODULES = (keys, lifecycle, me, members, teams, usage)
+_MODULES = (keys, lifecycle, limits, me, members, teams, usage)
 
 
 def _target(name: str) -> Target:

@@ -29,6 +29,7 @@ import jinja2
 
 from functions._context import context
 from functions.console import api, charts
+from functions.console.limitsview import SCOPES, MyBudget, limits_of_lines, my_budget, rate_lines, rate_words, reset_words
 from functions.console.oidcflow import OidcClient, new_request, token_nonce
 from functions.console.ranges import Range, RangeProblem, parse_instant, parse_range, rfc3339
 from functions.console.tables import PAGE_SIZE, WHOLE, Column, Table, api_table, whole_table
@@ -38,7 +39,6 @@ from shared import audit
 from shared.access import Caller, authorize
 from shared.auth import is_admin
 from shared.context import Context
-from shared.durations import window_ms
 from shared.errors import BackendUnavailable, MaasError, MethodNotAllowed, NotFound
 from shared.routes import CONSOLE, PAGES, ROUTES, Route, resolve, route_for
 from shared.signin import ADMIN_KEY_IDENTITY, SignedIn
@@ -98,6 +98,9 @@ def _when(value: str | None) -> str:
 
 
 _templates.filters["when"] = _when
+_templates.filters["resets"] = reset_words
+_templates.filters["rate_words"] = rate_words
+_templates.globals["scopes"] = SCOPES
 _templates.filters["number"] = lambda value: f"{value:,}" if isinstance(value, int) else ("—" if value is None else value)
 
 _oidc: list[OidcClient] = []
@@ -532,11 +535,11 @@ def my_usage(page: Page) -> flask.Response:
         budgets=[b for b in budgets if b])
 
 
-def _budget(page: Page, my_team: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
-    """A team's limit and what the ledger counted in its last window. The gateway's counter (its
-    window opens at a first request, GET /v1/me with the key shows it) lives in the gateway's
-    process, which the console cannot ask; the team is read for a team the API just named the
-    caller a member of, and the same membership check as for minting keys there (Caller.role_in)."""
+def _budget(page: Page, my_team: Mapping[str, Any], now: datetime) -> MyBudget | None:
+    """Every limit of a team the API just named the caller a member of, about the caller alone.
+    Explain's route is a team admin's, so it is not asked: its answer about the caller is what
+    GET /v1/me shows them with a key, read under the same membership check as for minting keys
+    there (Caller.role_in)."""
     caller = page.caller
     if caller.role_in(page.ctx.store, my_team["team_id"]) is None:
         return None
@@ -544,13 +547,7 @@ def _budget(page: Page, my_team: Mapping[str, Any], now: datetime) -> dict[str, 
         team: Team = page.ctx.store.get_team(team_id=my_team["team_id"])
     except NotFound:
         return None
-    length = timedelta(milliseconds=window_ms(team.time_window))
-    who = {"team_id": team.team_id} if team.limit_scope == "team" else {"team_id": team.team_id,
-                                                                        "user_id": caller.user_id}
-    spent = sum(row.tokens for row in page.ctx.usage().totals(start=now - length, end=now, **who))
-    return {"team_id": team.team_id, "team_name": team.team_name, "token_limit": team.token_limit,
-            "time_window": team.time_window, "limit_scope": team.limit_scope, "spent": spent,
-            "remaining": max(0, team.token_limit - spent)}
+    return my_budget(page.ctx, team, caller.user_id, now)
 
 
 # -- teams -------------------------------------------------------------------------------------
@@ -600,7 +597,7 @@ def create_team(page: Page) -> flask.Response:
 
 
 def team_page(page: Page, *, status: int = 200, error: api.Answer | None = None,
-              error_form: str | None = None) -> flask.Response:
+              error_form: str | None = None, simulated: api.Answer | None = None) -> flask.Response:
     team_id = page.params["team_id"]
     me = page.me()
     team = page.api("get_team", params={"team_id": team_id})
@@ -620,10 +617,29 @@ def team_page(page: Page, *, status: int = 200, error: api.Answer | None = None,
     if isinstance(keys, api.Answer):
         return refused(page, keys)
     models, models_problem = _models(page)
+    asked = {"user_id": page.request.args.get("explain_user", "").strip(),
+             "model": page.request.args.get("explain_model", "").strip()}
+    explained = page.api("explain_limits", params={"team_id": team_id}, query=asked) if asked["user_id"] else None
+    # A rate may name a model the catalog no longer lists: explain can still be asked about it.
+    rate_models = {str(rate["model"]) for rate in team.body["limits"] if rate.get("model")}
     return render(page, "team.html", status=status, title=f"Team {team_id}", team=team.body, members=members,
                   keys=keys, platform=me["platform_admin"], models=models, models_problem=models_problem,
                   expiries=EXPIRIES, graces=GRACES, error=error, error_form=error_form,
-                  form=page.request.form if error else {})
+                  form=page.request.form if error or simulated else {}, rate_lines=rate_lines(team.body["limits"]),
+                  asked=asked, explained=explained, explain_models=sorted(set(models) | rate_models),
+                  explain_users=[m["user_id"] for m in members.extra["members"]] if members.whole else None,
+                  simulated=simulated)
+
+
+def simulate_limits(page: Page) -> flask.Response:
+    """What-if: the team's recorded calls against the rates typed, over the range given (the
+    API's default: the last 24 hours). It changes nothing, so its answer is the team's page."""
+    body: dict[str, Any] = {"limits": limits_of_lines(page.request.form.get("limits", ""))}
+    for name in ("start", "end"):
+        if page.form(name):
+            body[name] = _instant_for_api(page.form(name))
+    answer = page.api("simulate_limits", params={"team_id": page.params["team_id"]}, body=body)
+    return team_page(page, status=200 if answer.ok else answer.status, simulated=answer)
 
 
 def team_usage_page(page: Page, team: Mapping[str, Any]) -> flask.Response:
@@ -701,8 +717,8 @@ def overview_page(page: Page) -> flask.Response:
                            default_sort="token_usage", default_order="desc"))
 
 
-def _audit_instant(text: str) -> str | None:
-    """A since/until typed into the form, as RFC 3339 for the API; text the console cannot read
+def _instant_for_api(text: str) -> str | None:
+    """An instant typed into a form, as RFC 3339 for the API; text the console cannot read
     goes to the API as it is, so that its refusal (and its words) is what the page shows."""
     if not text:
         return None
@@ -727,7 +743,7 @@ def audit_page(page: Page, *, team: Mapping[str, Any] | None) -> flask.Response:
         return refused(page, page.api("list_audit", query={"limit": "1"}), "The audit log is for platform admins")
     answer = page.api("list_audit", query={
         "team_id": filters["team_id"], "action": filters["action"], "outcome": filters["outcome"],
-        "since": _audit_instant(filters["since"]), "until": _audit_instant(filters["until"]),
+        "since": _instant_for_api(filters["since"]), "until": _instant_for_api(filters["until"]),
         "limit": str(PAGE_SIZE), "cursor": args.get("cursor")})
     if not answer.ok and answer.status in (401, 403):
         return refused(page, answer, "The audit log is for admins")
@@ -741,9 +757,13 @@ def audit_page(page: Page, *, team: Mapping[str, Any] | None) -> flask.Response:
 
 def update_team(page: Page) -> flask.Response:
     team_id = page.params["team_id"]
-    answer = page.api("update_team", params={"team_id": team_id}, body=_team_fields(page))
+    # Two forms post here: the list of rates, or the short form (which edits the primary rate);
+    # the API takes one or the other, never both in one change.
+    rates = "limits" in page.request.form
+    body = {"limits": limits_of_lines(page.request.form["limits"])} if rates else _team_fields(page)
+    answer = page.api("update_team", params={"team_id": team_id}, body=body)
     if not answer.ok:
-        return team_page(page, status=answer.status, error=answer, error_form="limits")
+        return team_page(page, status=answer.status, error=answer, error_form="rates" if rates else "limits")
     assert page.session is not None
     page.session.flash(f"Team {team_id} updated.")
     return redirect(f"/console/teams/{team_id}")
@@ -845,6 +865,7 @@ VIEWS: dict[tuple[str, str], Callable[[Page], flask.Response]] = {
     ("GET", "/console/teams/{team_id}/delete"): delete_team_confirm,
     ("POST", "/console/teams/{team_id}/delete"): delete_team,
     ("POST", "/console/teams/{team_id}/keys"): create_team_key,
+    ("POST", "/console/teams/{team_id}/limits/simulate"): simulate_limits,
     ("POST", "/console/teams/{team_id}/members"): add_member,
     ("POST", "/console/teams/{team_id}/members/{user_id}"): update_member,
     ("POST", "/console/teams/{team_id}/members/{user_id}/remove"): remove_member,
