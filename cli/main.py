@@ -14,7 +14,7 @@ import typer
 from typer._click.core import ParameterSource  # typer vendors click (see MaasGroup.main)
 from typer.core import TyperGroup
 
-from cli import audit, auth, cluster, completion, keys, members, models, policy, profiles, serve, teams, usage
+from cli import audit, auth, cluster, completion, keys, limits, members, models, policy, profiles, serve, teams, usage
 from cli.config import CredentialStore, profile_name
 from cli.exitcodes import EXIT_CODES_HELP, CliError, ExitCode
 from cli.session import Session
@@ -167,6 +167,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
+    add_completion=False,  # `maas completion SHELL` prints the scripts; typer's own options would be a second way
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
@@ -219,6 +220,7 @@ app.add_typer(teams.app, name="team", rich_help_panel="Admin")
 app.add_typer(members.app, name="member", rich_help_panel="Admin")
 app.add_typer(keys.app, name="key", rich_help_panel="Admin")
 app.add_typer(usage.app, name="usage", rich_help_panel="Admin")
+app.add_typer(limits.app, name="limits", rich_help_panel="Admin")
 app.command("models", rich_help_panel="Admin")(models.list_models)
 app.command("audit", rich_help_panel="Admin")(audit.audit)
 app.add_typer(policy.app, name="policy", rich_help_panel="Cluster")
