@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from cli import keyimport, output
+from cli import limits as rates
 from cli.client import Api
 from cli.exitcodes import CliError, ExitCode
 from cli.members import Role
@@ -35,7 +36,8 @@ _HANDLE = re.compile(r"^apikey-(?P<middle>.+)-[0-9a-f]{8}$")
 KEY_FIELDS: output.Columns = (
     ("key", "secret_name"), ("user", "user_id"), ("email", "user_email"), ("team", "team_id"),
     ("role", "role"), ("status", "status"), ("models", "models_allowed"), ("alias", "alias"),
-    ("created", "created_at"), ("expires", "expires_at"), ("last used", "last_used_at"), ("replaced by", "replaced_by"),
+    ("created", "created_at"), ("expires", "expires_at"), ("limits", "limits"), ("max concurrent", "max_concurrent"),
+    ("last used", "last_used_at"), ("replaced by", "replaced_by"),
 )
 
 Handle = Annotated[str, typer.Argument(metavar="KEY", help="The key's handle (secret_name), e.g. apikey-alice-team-a-0119cba6.")]
@@ -45,10 +47,20 @@ Models = Annotated[list[str] | None, typer.Option("--model", "-m", help="A model
 ExpiresIn = Annotated[str | None, typer.Option("--expires-in", help="Lifetime from now: 30d, 12h.")]
 ExpiresAt = Annotated[str | None, typer.Option("--expires-at", help="Expiry instant, RFC 3339 (2026-12-31T00:00:00Z).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print the new key alone, for API_KEY=$(...).")]
+KeySpecs = Annotated[list[str] | None, typer.Option(
+    "--limit", "-l", metavar="SPEC",
+    help="A rate of the key's own, on top of its team's (repeat it): NAME=[UNIT:]LIMIT/WINDOW, then ,model=M if "
+         "need be; UNIT tokens (default) or requests. E.g. key-rpm=requests:10/1m.")]
+MaxConcurrent = Annotated[int | None, typer.Option("--max-concurrent", metavar="N", help="Calls the key may have in flight at once (the local gateway enforces it; a cluster cannot).")]
+
+
+def _readable(data: dict[str, Any]) -> dict[str, Any]:
+    """A key's answer with its rates as SPECs, the form --limit takes them in."""
+    return {**data, "limits": [rates.spec_text(rate) for rate in data.get("limits") or []]}
 
 
 def show_created(data: dict[str, Any]) -> None:
-    output.details(data, KEY_FIELDS[:10])
+    output.details(_readable(data), KEY_FIELDS[:12])
     for warning in data.get("warnings") or []:
         output.note(f"warning: {warning}")
     print(f"api key: {data['api_key']}")
@@ -70,6 +82,7 @@ def create(
     email: Email = None, alias: Alias = None, models: Models = None, expires_in: ExpiresIn = None,
     expires_at: ExpiresAt = None,
     role: Annotated[Role | None, typer.Option("--role", help="member or admin: the user's role in the team, if this makes them a member.")] = None,
+    specs: KeySpecs = None, max_concurrent: MaxConcurrent = None,
     quiet: Quiet = False, out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """Issue an API key to a user in a team (or to yourself). The key is shown in this answer only.
@@ -78,8 +91,10 @@ def create(
       maas key create test-team test-user --email test-user@test.com
       API_KEY=$(maas key create test-team test-user -q)
       maas key create team-a --alias laptop --expires-in 30d      # my own key, as a member
+      maas key create test-team ci-bot --limit key-rpm=requests:10/1m --max-concurrent 2
     """
-    body: dict[str, Any] = {"alias": alias, "models": models or None, "expires_in": expires_in, "expires_at": expires_at}
+    body: dict[str, Any] = {"alias": alias, "models": models or None, "expires_in": expires_in, "expires_at": expires_at,
+                            "limits": rates.specs(specs, for_key=True), "max_concurrent": max_concurrent}
     if user_id is None:
         if email is not None or role is not None:
             raise CliError("--email and --role are for another user's key", ExitCode.USAGE,
@@ -172,7 +187,7 @@ def show(
     """
     with session(ctx).api() as api:
         key = find_key(api, handle, team_id)
-    output.emit(key, output.chosen(out, as_json), lambda data: output.details(data, KEY_FIELDS))
+    output.emit(key, output.chosen(out, as_json), lambda data: output.details(_readable(data), KEY_FIELDS))
 
 
 @app.command("revoke")

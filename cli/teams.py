@@ -1,4 +1,7 @@
-"""`maas team create|list|show|update|delete`: teams and their token limits (platform admins)."""
+"""`maas team create|list|show|update|delete`: teams and their limits (platform admins).
+
+A team's limits are its short form (--token-limit, --time-window, --scope: one token rate) or a
+list of rates (--limit SPEC, repeated; cli/limits.py reads a SPEC), not both in one command."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import limits as rates
 from cli import output
 from cli.exitcodes import CliError, ExitCode
 from cli.output import Format, JsonOption, OutputOption
@@ -19,6 +23,7 @@ app = typer.Typer(help="Teams: token limits per time window, shared by or given 
   maas team create test-team --token-limit 100000 --time-window 1h
   maas team list
   maas team update test-team --token-limit 20 --time-window 1m
+  maas team update test-team --limit tokens=20000/1m --limit rpm=requests:60/1m
   maas team delete test-team --yes
 """)
 
@@ -65,9 +70,15 @@ def _cap(value: str | None, flag: str, *, number: bool) -> tuple[bool, Any]:
 
 
 def _fields(name: str | None, description: str | None, policy: str | None, limit: int | None, window: str | None,
-            scope: Scope | None, max_keys: str | None, max_lifetime: str | None) -> dict[str, Any]:
+            scope: Scope | None, max_keys: str | None, max_lifetime: str | None,
+            specs: list[str] | None = None) -> dict[str, Any]:
+    if specs and (limit is not None or window is not None or scope is not None):
+        # The API refuses both too; said here, before anything is sent, with the flags' names.
+        raise CliError("--limit or --token-limit/--time-window/--scope, not both", ExitCode.USAGE,
+                       hint="the short form is the first token rate of the --limit list: give it there")
     body: dict[str, Any] = {"team_name": name, "description": description, "policy": policy, "token_limit": limit,
-                            "time_window": window, "limit_scope": scope.value if scope else None}
+                            "time_window": window, "limit_scope": scope.value if scope else None,
+                            "limits": rates.specs(specs)}
     body = {field: value for field, value in body.items() if value is not None}
     for field, flag, value, number in (("max_keys_per_user", "--max-keys-per-user", max_keys, True),
                                        ("max_key_lifetime", "--max-key-lifetime", max_lifetime, False)):
@@ -79,6 +90,9 @@ def _fields(name: str | None, description: str | None, policy: str | None, limit
 
 def show_team(data: dict[str, Any]) -> None:
     output.details(data, TEAM_FIELDS)
+    if len(data.get("limits") or []) > 1:  # one is the short form, shown above
+        print()
+        output.table(data["limits"], rates.LIMIT_COLUMNS)
 
 
 @app.command("create")
@@ -87,15 +101,17 @@ def create(
     team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id: a DNS label (lowercase letters, digits, '-').")],
     name: Name = None, description: Description = None, policy: Policy = None, limit: Limit = None,
     window: Window = None, scope: ScopeOption = None, max_keys: MaxKeys = None, max_lifetime: MaxLifetime = None,
-    out: OutputOption = Format.table, as_json: JsonOption = False,
+    specs: rates.SpecsOption = None, out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
-    """Create a team with a token limit per time window.
+    """Create a team with a token limit per time window, or with several rates (--limit).
 
     Examples:
       maas team create test-team --name "Test Team" --token-limit 100000 --time-window 1h
       maas team create research --token-limit 1000000 --time-window 7d --scope team --max-key-lifetime 90d
+      maas team create team-b --limit tokens=20000/1m --limit rpm=requests:60/1m --limit big=10000/1h,model=vllm-simulator,scope=team
     """
-    body = {"team_id": team_id, **_fields(name, description, policy, limit, window, scope, max_keys, max_lifetime)}
+    body = {"team_id": team_id,
+            **_fields(name, description, policy, limit, window, scope, max_keys, max_lifetime, specs)}
     with session(ctx).api() as api:
         team = api.call("POST", "/teams", json=body)
     output.emit(team, output.chosen(out, as_json), show_team)
@@ -151,17 +167,21 @@ def update(
     ctx: typer.Context, team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")],
     name: Name = None, description: Description = None, policy: Policy = None, limit: Limit = None,
     window: Window = None, scope: ScopeOption = None, max_keys: MaxKeys = None, max_lifetime: MaxLifetime = None,
-    out: OutputOption = Format.table, as_json: JsonOption = False,
+    specs: rates.SpecsOption = None, out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """Change a team: only the fields given, all at once. The gateway applies it from the next request.
 
+    --limit replaces every rate of the team with those given; --token-limit/--time-window/--scope
+    change its first token rate over every model only, and keep the others.
+
     Examples:
       maas team update test-team --token-limit 20 --time-window 1m
+      maas team update test-team --limit tokens=20000/1m --limit rpm=requests:60/1m
       maas team update test-team --max-keys-per-user none
     """
-    body = _fields(name, description, policy, limit, window, scope, max_keys, max_lifetime)
+    body = _fields(name, description, policy, limit, window, scope, max_keys, max_lifetime, specs)
     if not body:
-        raise CliError("nothing to change", ExitCode.USAGE, hint="give at least one of --token-limit, --time-window, --name, ... "
+        raise CliError("nothing to change", ExitCode.USAGE, hint="give at least one of --token-limit, --limit, --name, ... "
                                                                "(maas team update --help)")
     with session(ctx).api() as api:
         team = api.call("PATCH", f"/teams/{team_id}", json=body)
