@@ -93,6 +93,7 @@ def spec_text(rate: dict[str, Any]) -> str:
     return text + (f",model={rate['model']}" if rate.get("model") else "")
 
 
+TeamId = Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")]
 SpecsOption = Annotated[list[str] | None, typer.Option(
     "--limit", "-l", metavar="SPEC",
     help="A rate (repeat it for several): NAME=[UNIT:]LIMIT/WINDOW, then ,scope=team or ,model=M if need be; "
@@ -141,7 +142,7 @@ def _verdict(states: list[dict[str, Any]], admitted: bool | None, model: str | N
 
 @app.command("show")
 def show(
-    ctx: typer.Context, team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")],
+    ctx: typer.Context, team_id: TeamId,
     out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """Show a team's rates: every limit its members' calls meet (--json: the whole team).
@@ -158,7 +159,7 @@ def show(
 
 @app.command("explain")
 def explain(
-    ctx: typer.Context, team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")],
+    ctx: typer.Context, team_id: TeamId,
     user_id: Annotated[str | None, typer.Option("--user", "-u", help="The user whose counters to show.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only the limits a call of this model meets (default: every model's).")] = None,
     key: Annotated[str | None, typer.Option("--key", metavar="HANDLE", help="A key of the team, by its handle: its own limits and cap too (and its user, without --user).")] = None,
@@ -204,7 +205,7 @@ def _by(refused_by: dict[str, int] | None) -> str:
 
 @app.command("simulate")
 def simulate(
-    ctx: typer.Context, team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")],
+    ctx: typer.Context, team_id: TeamId,
     limits: SpecsOption = None,
     window: Annotated[str | None, typer.Option("--window", "-w", help="The last 24h, 7d (up to now or --end); default: the last 24h.")] = None,
     start: Annotated[str | None, typer.Option("--start", help="From this instant, RFC 3339 (2026-01-01T00:00:00Z).")] = None,
