@@ -12,19 +12,18 @@ reads the same limit marked binding in the explain panel.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from html import unescape
 from typing import Any
 
-import httpx
-import pytest
 from playwright.sync_api import Browser, BrowserContext, expect
 
 from shared.rates import Rate, rates_text
-from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.browser import PHONE, fresh_context
+from tests.oidc_provider import oidc_provider  # noqa: F401 - the runtime's identity provider
 from tests.runtime import Runtime
-from tests.test_console_browser import browser, chat, chromium_browser, copy_new_key, runtime, sign_in_with_key  # noqa: F401
+from tests.test_console_browser import (  # noqa: F401
+    audited, browser, chat, chromium_browser, copy_new_key, runtime, sign_in_with_key)
 from tests.test_console_pages import NOW, Console, console, csrf_of, table, text_of  # noqa: F401
 
 MODEL = "vllm-simulator"  # a model of the catalog: the API refuses a rate on any other
@@ -214,3 +213,55 @@ def test_what_if_replays_the_recorded_calls_against_rates_typed_one_a_line(conso
 BROWSER_TEAM = "rates-team"
 BROWSER_MODEL = "qwen3-0-6b-instruct"
 
+BROWSER_RATES = [
+    {"name": "tokens", "limit": 100000, "window": "1h"},
+    {"name": "daily", "limit": 1000000, "window": "1d", "scope": "team"},
+    {"name": "rpm", "limit": 3, "window": "1m", "unit": "requests"},
+]
+
+
+def test_the_explain_panel_marks_the_rate_the_gateway_refused_for(runtime: Runtime, browser: BrowserContext,  # noqa: F811
+                                                                   chromium_browser: Browser) -> None:  # noqa: F811
+    page = browser.new_page()
+    sign_in_with_key(page, runtime)
+    page.goto(runtime.admin_url + "/console/teams")
+    page.get_by_label("Team id").fill(BROWSER_TEAM)
+    page.get_by_role("button", name="Create team").click()
+    expect(page).to_have_url(re.compile(f"/console/teams/{BROWSER_TEAM}$"))
+    page.get_by_text("Edit every rate").click()
+    page.get_by_label("The team's rates, one a line").fill(_lines(BROWSER_RATES))
+    page.get_by_role("button", name="Save rates").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Team {BROWSER_TEAM} updated")
+    rates = page.get_by_role("table", name=re.compile("^3 rate\\(s\\)"))
+    expect(rates.get_by_role("row", name=re.compile("^rpm"))).to_contain_text("requests")
+
+    page.get_by_text("Issue a key").click()
+    form = page.locator(f"form[action='/console/teams/{BROWSER_TEAM}/keys']")
+    form.get_by_label("User id").fill("ria")
+    form.get_by_role("button", name="Issue key").click()
+    key = copy_new_key(page)
+    page.get_by_role("link", name=re.compile("^Done")).click()
+
+    answers = [chat(runtime, key) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429], answers[-1].text
+    refused_by = answers[-1].json()["error"]["limit"]["name"]
+    assert refused_by == "rpm"
+
+    asking = page.get_by_role("form", name="Explain a member's limits")
+    asking.get_by_label("Member").select_option("ria")
+    asking.get_by_label("Model").select_option(BROWSER_MODEL)
+    asking.get_by_role("button", name="Explain").click()
+    explained = page.get_by_role("table", name=re.compile(f"limit\\(s\\) on calls of ria to {BROWSER_MODEL}"))
+    expect(explained.get_by_role("row", name=re.compile(f"^{refused_by} "))).to_contain_text("binding: exhausted")
+    expect(explained.get_by_text(re.compile("^binding"))).to_have_count(1)
+    expect(page.locator(".verdict")).to_contain_text(f"would not be admitted: limit {refused_by} is exhausted")
+
+    # The panel and the what-if form, labelled and within the window at 1280 px and on a phone.
+    here = f"/console/teams/{BROWSER_TEAM}?explain_user=ria"
+    found = [audited(page, here, runtime)]
+    with fresh_context(chromium_browser, viewport=PHONE) as phone_context:
+        phone = phone_context.new_page()
+        sign_in_with_key(phone, runtime)
+        found.append(audited(phone, here, runtime))
+    assert [(f["unlabelled"], f["overflow"] > 0) for f in found] == [([], False), ([], False)]
+    assert key not in page.content()
