@@ -208,8 +208,10 @@ def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> Rotation:
         expires_at = expiry_for(now, expires_in=request.expires_in, expires_at=request.expires_at)
     expires_at = within_lifetime(now, expires_at, team.max_key_lifetime,
                                  "expires_at" if request.expires_at is not None else "expires_in")
+    # The successor counts its own rates where its predecessor did (budget_handle): rotating is
+    # how a leaked key is replaced, never a way to a fresh per-key budget.
     created = _issue(ctx, team, replace(old, status="active", created_at=now, expires_at=expires_at,
-                                        last_used_at=None, replaced_by=None))
+                                        last_used_at=None, replaced_by=None, lineage=old.budget_handle))
     end = grace_end(now, request.grace_period, old.expires_at)
     changes = KeyChanges(replaced_by=created.secret_name, expires_at=end,
                          status="revoked" if end <= now else None)

@@ -113,12 +113,12 @@ class LimitPlanner:
                                 TOKENS if rate.unit == "tokens" else REQUESTS))
         for rate in key.rates:
             if rate.model is None or rate.model == model:
-                limits.append(Limit(f"k/{key.secret_name}/{self._rate_part(rate)}", None, rate.limit,
+                limits.append(Limit(f"k/{key.budget_handle}/{self._rate_part(rate)}", None, rate.limit,
                                     self.window_s(rate.window),
                                     rate, TOKENS if rate.unit == "tokens" else REQUESTS))
         if key.max_concurrent is not None:
             rate = Rate(CONCURRENCY_NAME, key.max_concurrent, f"{_CONCURRENCY_WINDOW_S}s", "requests", "key")
-            limits.append(Limit(f"k/{key.secret_name}/~concurrent", None, key.max_concurrent, _CONCURRENCY_WINDOW_S,
+            limits.append(Limit(f"k/{key.budget_handle}/~concurrent", None, key.max_concurrent, _CONCURRENCY_WINDOW_S,
                                 rate, CONCURRENT))
         return tuple(limits)
 

@@ -56,7 +56,7 @@ from shared.errors import Unauthorized, openai_body
 from shared.rates import RateUnit
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team
-from shared.store.kubeshapes import EXPIRES_ANNOTATION, MODELS_ANNOTATION, STATUS_ANNOTATION
+from shared.store.kubeshapes import EXPIRES_ANNOTATION, LINEAGE_ANNOTATION, MODELS_ANNOTATION, STATUS_ANNOTATION
 from shared.tiers import KEY_TIER_ANNOTATION, TIER_ANNOTATION, RateShape, key_tier_of, shapes_of, tier_of
 
 AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
@@ -78,7 +78,10 @@ IDENTITY_ANNOTATIONS = {
     "tier": TIER_ANNOTATION,
 }
 TIER_FIELD = "tier"
-# The key's handle (its Secret's name), which a key's own rates are counted by.
+# What a key's own rates are counted by: the first handle of its rotation chain (the
+# `maas/lineage` annotation a rotated key carries), else its own Secret's name; so a rotation
+# keeps the key's budgets, as the local gateway does (ApiKey.budget_handle). An expression, as
+# KEY_TIER_FIELD below and for the same reasons.
 KEY_FIELD = "key"
 # The tier of a key's own rates. A CEL expression rather than a selector: a selector that finds
 # nothing gives null (authorino pkg/json/json.go, JSONValue.ResolveFor), this gives "" for a key
@@ -202,7 +205,9 @@ def auth_policy(settings: Settings, *, revision: str = "") -> dict[str, Any]:
         field: {"selector": f"{annotations}.{_escape_selector(annotation)}"}
         for field, annotation in IDENTITY_ANNOTATIONS.items()
     }
-    identity[KEY_FIELD] = {"selector": "auth.identity.metadata.name"}
+    lineage = json.dumps(LINEAGE_ANNOTATION)
+    identity[KEY_FIELD] = {
+        "expression": f"{lineage} in {annotations} ? {annotations}[{lineage}] : auth.identity.metadata.name"}
     tier = json.dumps(KEY_TIER_ANNOTATION)
     identity[KEY_TIER_FIELD] = {"expression": f'{tier} in {annotations} ? {annotations}[{tier}] : ""'}
     return _policy(

@@ -568,6 +568,7 @@ def test_the_kube_store_keeps_team_and_key_rates_through_patch_and_rotate() -> N
             rotated = api.call("POST", f"/keys/{key.body['secret_name']}/rotate", json={}).body
             successor = store.get_key(secret_name=rotated["secret_name"])
             assert (successor.rates, successor.max_concurrent) == (stored.rates, 3)
+            assert (stored.lineage, successor.lineage) == (None, stored.secret_name)  # maas/lineage, read back
             # Back to the short form alone: the list annotation goes.
             api.call("PATCH", "/teams/kube-rates", json={"limits": [{"name": "tokens", "limit": 7, "window": "1h"}]})
             assert store.get_team(team_id="kube-rates").rates == ()
@@ -704,27 +705,30 @@ def _two_rates_of_one_name(setup: Rig) -> None:
 # -- a key's own limits across a rotation, and a gateway that died ------------------------------
 
 
-def test_a_rotated_keys_successor_starts_its_own_limits_afresh_documented(admin: tuple[Rig, Any]) -> None:
-    """Documented (a design gap, arguably a bug): a key's own rates and max_concurrent count per
-    key handle, and a rotation makes a new handle with the same terms. So the holder (who may
-    rotate their own key) finds a spent key-rpm whole again after a rotation, and during a grace
-    period the old and the new key each have the full budget and cap: twice what the admin set,
-    even where max_keys_per_user is 1. (A member may also issue themselves a key with no limits
-    of its own, POST /me/keys, unless max_keys_per_user stops them: a key's own limits bind the
-    holder only together with that cap.) The team's rates still hold across both keys."""
+def test_a_rotated_keys_successor_keeps_its_predecessors_budgets(admin: tuple[Rig, Any]) -> None:
+    """A key's own rates and max_concurrent are counted under the first handle of its rotation
+    chain (ApiKey.budget_handle): a holder who may rotate their own key found a spent key-rpm
+    whole again after a rotation, and during a grace period the old and the new key each had the
+    whole budget and cap, twice what the admin set. Now the chain shares them, a second rotation
+    included, and the team's rates still hold across both keys."""
     setup, api = admin
     api.call("POST", "/teams", json={"team_id": "t1", "max_keys_per_user": 1, "limits": [
         {"name": "tokens", "limit": 1_000_000, "window": "1h"}]})
     issued = api.call("POST", "/teams/t1/keys", json={"user_id": "alice", "max_concurrent": 1, "limits": [
-        {"name": "key-rpm", "limit": 2, "window": "1h", "unit": "requests"}]}).body
+        {"name": "key-rpm", "limit": 3, "window": "1h", "unit": "requests"}]}).body
     old = issued["api_key"]
-    assert _calls(setup, old, 3) == [200, 200, 429]
+    assert _calls(setup, old, 2) == [200, 200]
     rotated = api.call("POST", f"/keys/{issued['secret_name']}/rotate", json={"grace_period": "1h"})
     assert rotated.status == 201, rotated.text
     new = rotated.body["api_key"]
-    assert _calls(setup, new, 3) == [200, 200, 429]  # a spent key-rpm, whole again
-    assert _counters(setup, new)["key-rpm"] == (2, 0) and _counters(setup, old)["key-rpm"] == (2, 0)
-    assert _counters(setup, new)["tokens"][0] == 4 * CALL_TOKENS  # the user's team counter is shared
+    refused = [_calls(setup, new, 2), _calls(setup, old, 1)]
+    assert refused == [[200, 429], [429]], "the successor has what its predecessor left: one call"
+    assert _limit(setup.call(new))["name"] == "key-rpm"
+    assert _counters(setup, new)["key-rpm"] == _counters(setup, old)["key-rpm"] == (3, 0)
+    assert _counters(setup, new)["tokens"][0] == 3 * CALL_TOKENS  # the user's team counter, as before
+    again = api.call("POST", f"/keys/{rotated.body['secret_name']}/rotate", json={}).body
+    assert _calls(setup, again["api_key"], 1) == [429], "a second rotation counts under the first handle too"
+    assert setup.store.get_key(secret_name=again["secret_name"]).lineage == issued["secret_name"]
 
 
 def test_a_gateway_that_died_with_a_call_in_flight_holds_the_keys_slot_until_it_lapses_documented(

@@ -356,8 +356,10 @@ def test_auth_policy_shape(cluster_settings: Settings) -> None:
                         "team": {"selector": "auth.identity.metadata.annotations.maas/team-id"},
                         "groups": {"selector": r"auth.identity.metadata.annotations.kuadrant\.io/groups"},
                         "tier": {"selector": "auth.identity.metadata.annotations.maas/tier"},
-                        "key": {"selector": "auth.identity.metadata.name"},
-                        # What it gives: tests/cluster/test_rate_limits.py.
+                        # What they give: tests/cluster/test_rate_limits.py.
+                        "key": {"expression": '"maas/lineage" in auth.identity.metadata.annotations ? '
+                                              'auth.identity.metadata.annotations["maas/lineage"] : '
+                                              'auth.identity.metadata.name'},
                         "keytier": {"expression": '"maas/key-tier" in auth.identity.metadata.annotations ? '
                                                   'auth.identity.metadata.annotations["maas/key-tier"] : ""'},
                     }

@@ -85,6 +85,14 @@ class ApiKey:
     # flight; neither can widen what the team allows.
     rates: tuple[Rate, ...] = ()
     max_concurrent: int | None = None
+    # The handle of the first key of a rotation chain (None for that first key): the key's own
+    # rates and cap are counted under it, so rotating a key never hands its holder fresh budgets.
+    lineage: str | None = None
+
+    @property
+    def budget_handle(self) -> str:
+        """The name the key's own limits are counted under, the same for every key of a chain."""
+        return self.lineage or self.secret_name
 
 
 @dataclass(frozen=True, slots=True)

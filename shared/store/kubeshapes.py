@@ -75,6 +75,9 @@ RATES_ANNOTATION = "maas/rates"
 # On a key with rates of its own: the policy sync lists those keys by it, not every key.
 RATES_LABEL = "maas/has-rates"
 MAX_CONCURRENT_ANNOTATION = "maas/max-concurrent"
+# On a rotated key: the first key of its chain, whose name its own rates are counted under
+# (in a cluster too: the AuthPolicy's `key` identity field reads it, shared/policies.py).
+LINEAGE_ANNOTATION = "maas/lineage"
 SHA_LABEL = "maas/key-sha256"
 SHA_PREFIX_LEN = 32
 GRACE_LABEL = "maas/in-grace"
@@ -224,6 +227,8 @@ def key_annotations(key: ApiKey, team: Team) -> dict[str, str]:
         notes.update(key_tier_annotations(key))  # the identity the key's own rate limits select by
     if key.max_concurrent is not None:
         notes[MAX_CONCURRENT_ANNOTATION] = str(key.max_concurrent)
+    if key.lineage:
+        notes[LINEAGE_ANNOTATION] = key.lineage
     return notes
 
 
@@ -284,6 +289,7 @@ def key_from_secret(secret: Any) -> ApiKey:
             replaced_by=notes.get("maas/replaced-by") or None,
             rates=rates_from_text(notes.get(RATES_ANNOTATION), scope="key"),
             max_concurrent=None if concurrent is None else int(concurrent),
+            lineage=notes.get(LINEAGE_ANNOTATION) or None,
         )
     except (KeyError, ValueError) as exc:
         raise BackendUnavailable(

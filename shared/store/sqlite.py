@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used_at   TEXT,
     replaced_by    TEXT,
     rates          TEXT,
-    max_concurrent INTEGER
+    max_concurrent INTEGER,
+    lineage        TEXT
 );
 CREATE INDEX IF NOT EXISTS api_keys_team ON api_keys(team_id);
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys(user_id);
@@ -145,7 +146,7 @@ CHANGES_KEPT = 10_000
 
 # Columns added after the first release, for databases created before them.
 _ADDED_COLUMNS = {
-    "api_keys": (("replaced_by", "TEXT"), ("rates", "TEXT"), ("max_concurrent", "INTEGER")),
+    "api_keys": (("replaced_by", "TEXT"), ("rates", "TEXT"), ("max_concurrent", "INTEGER"), ("lineage", "TEXT")),
     # rates: the team's list of rates as JSON (shared/rates.py), NULL for the short form alone.
     "teams": (("max_keys_per_user", "INTEGER"), ("max_key_lifetime", "TEXT"), ("rates", "TEXT")),
     # An update's before and after (base.changes_text); NULL for older entries, as for reads.
@@ -154,7 +155,7 @@ _ADDED_COLUMNS = {
 
 _KEY_COLUMNS = (
     "secret_name, key_sha256, team_id, user_id, user_email, role, status, models_allowed, "
-    "alias, created_at, expires_at, last_used_at, replaced_by, rates, max_concurrent"
+    "alias, created_at, expires_at, last_used_at, replaced_by, rates, max_concurrent, lineage"
 )
 _AUDIT_COLUMNS = "id, at, actor, action, method, path, outcome, team_id, secret_name, changes"
 _TEAM_COLUMNS = (
@@ -233,6 +234,7 @@ def _key(row: sqlite3.Row) -> ApiKey:
         replaced_by=row["replaced_by"],
         rates=rates_from_text(row["rates"], scope="key"),
         max_concurrent=row["max_concurrent"],
+        lineage=row["lineage"],
     )
 
 
@@ -574,7 +576,7 @@ class SqliteStore:
                                                 (key.team_id, key.user_id)).fetchone() is None:
                     raise not_a_member(key.team_id)
                 conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.secret_name,
                         key.key_sha256,
@@ -591,6 +593,7 @@ class SqliteStore:
                         key.replaced_by,
                         rates_text(key.rates),
                         key.max_concurrent,
+                        key.lineage,
                     ),
                 )
                 # An existing member keeps their role (an admin's new key does not demote them)

@@ -345,6 +345,32 @@ def test_a_keys_own_rates_are_counted_for_that_key(cluster) -> None:
     assert [(o[0].at, o[3]) for o in outcomes if not o[1]] == [(2, "key-rpm"), (6, "rpm"), (101, "key-big")]
 
 
+def test_a_rotated_key_counts_its_own_rates_where_its_predecessor_did(cluster) -> None:
+    """The successor carries `maas/lineage` (the chain's first handle) from its creation, which
+    is when Authorino reads a Secret (§8), and the identity's `key` field reads it: both keys of
+    a grace period count on one counter in Limitador, as in the local gateway (ApiKey.budget_handle),
+    so a rotation is never a fresh key budget."""
+    double, api, settings = cluster
+    team = make_team(api, "alpha", [{"name": "tokens", "limit": 10_000, "window": "1h"}])
+    key_limits = [{"name": "key-rpm", "limit": 3, "window": "1m", "unit": "requests"}]
+    old = make_key(api, "alpha", "alice", limits=key_limits)
+    wired_key(double, old[1])
+    rotated = api.call("POST", f"/keys/{old[1].secret_name}/rotate", json={"grace_period": "1h"})
+    assert rotated.status == 201, rotated.text
+    new = rotated.body["api_key"], context().store.get_key(secret_name=rotated.body["secret_name"])
+    wired_key(double, new[1])
+    assert new[1].lineage == old[1].secret_name
+    model = Cluster(double)
+    identity = model.authorino.check(f"APIKEY {new[0]}", now=T0).identity
+    assert identity is not None and identity["key"] == old[1].secret_name
+    assert model.authorino.check(f"APIKEY {old[0]}", now=T0).identity["key"] == old[1].secret_name
+    calls = [Call(0, "old", "small", 1), Call(1, "new", "small", 1), Call(2, "new", "small", 1),
+             Call(3, "new", "small", 1), Call(4, "old", "small", 1)]
+    outcomes = replay(calls, team, {"old": old, "new": new}, model)
+    assert [o[0].at for o in outcomes if o[1] != o[2]] == []
+    assert [(o[0].at, o[3]) for o in outcomes if not o[1]] == [(3, "key-rpm"), (4, "key-rpm")]
+
+
 def test_a_keys_concurrency_cap_renders_nothing_and_is_warned_of(cluster) -> None:
     """Limitador counts hits in windows, never calls in flight, and a hit is never given back
     (§18): `max_concurrent` has no form in a cluster. The policies are those of the same key
