@@ -9,10 +9,11 @@ they type is sent to the API as it is: the API alone judges it, and its 422 name
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from shared.context import Context
 from shared.durations import window_ms
@@ -22,6 +23,8 @@ from shared.limitplan import Budget, budgets_view
 from shared.rates import Rate, rates_text
 from shared.schemas import ExplainQuery
 from shared.store import Team
+
+log = logging.getLogger("maas.console")
 
 SCOPES = {"user": "each user", "team": "the whole team", "key": "this key"}
 
@@ -77,10 +80,9 @@ class MyBudget:
     team_id: str
     team_name: str
     limits: list[dict[str, Any]]
-    source: str  # "live": the gateway's counters; "ledger": the usage ledger over each window's length
+    source: Literal["live", "ledger"]  # the gateway's counters, or the usage ledger over each window's length
     binding: str | None = None
     admitted_now: bool | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def my_budget(ctx: Context, team: Team, user_id: str, now: datetime) -> MyBudget:
@@ -90,7 +92,9 @@ def my_budget(ctx: Context, team: Team, user_id: str, now: datetime) -> MyBudget
     (it opens at a first call) by the calls in flight."""
     try:
         explained = explain_limits(ctx, team.team_id, ExplainQuery(user_id=user_id))
-    except MaasError:
+    except MaasError as exc:
+        # The gateway did not answer for its counters: the ledger's count, said as such, instead.
+        log.warning("my budget in team %s: explain failed, counted from the ledger: %s", team.team_id, exc.message)
         explained = None
     if explained is not None and explained.counters == "live":
         return MyBudget(team.team_id, team.team_name, [state.model_dump() for state in explained.limits], "live",
