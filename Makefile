@@ -33,6 +33,7 @@ test: $(STAMP) ## Run the test suite (installs Debian's prometheus, redis-server
 	@bash tools/ensure_redis.sh
 	@bash tools/ensure_oidc_provider.sh
 	@bash tools/ensure_chromium.sh
+	@bash tools/ensure_shells.sh
 	@command -v jq >/dev/null && command -v curl >/dev/null || \
 		(echo "installing curl and jq (the quickstart test pastes curl | jq) ..." && \
 		 apt-get update -qq && apt-get install -y -qq --no-install-recommends curl jq >/dev/null)
