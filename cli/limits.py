@@ -3,8 +3,8 @@ ones would have refused, and a key holder's own view.
 
 A rate on the command line is a SPEC, `NAME=[UNIT:]LIMIT/WINDOW[,scope=user|team][,model=M]`
 (UNIT tokens, the default, or requests), as `maas team create|update --limit` and
-`maas key create --limit` take it too. It is only split into the API's fields here: the API
-checks them (names, windows, the team's primary rate) and its 422 says what is wrong.
+`maas key create --limit` take it too (shared/ratespec.py, which the console's forms share). It
+is only split into the API's fields here: the API checks them and its 422 says what is wrong.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from cli.exitcodes import CliError, ExitCode
 from cli.output import Format, JsonOption, OutputOption
 from cli.prompts import read_secret
 from cli.session import session
+from shared import ratespec
+from shared.ratespec import KEY_SPEC_SYNTAX, SPEC_SYNTAX
 
 app = typer.Typer(help="A team's rates: show them, explain which binds now, simulate proposed ones.",
                   no_args_is_help=True, epilog="""Examples:
@@ -30,10 +32,6 @@ app = typer.Typer(help="A team's rates: show them, explain which binds now, simu
   API_KEY=... maas limits me
 """)
 
-SPEC_SYNTAX = "NAME=[UNIT:]LIMIT/WINDOW[,scope=user|team][,model=M], e.g. rpm=requests:60/1m,scope=team"
-KEY_SPEC_SYNTAX = "NAME=[UNIT:]LIMIT/WINDOW[,model=M], e.g. key-rpm=requests:10/1m"
-_UNITS = ("tokens", "requests")
-_SCOPES = ("user", "team")
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"  # make run's gateway
 
 LIMIT_COLUMNS: output.Columns = (("NAME", "name"), ("UNIT", "unit"), ("LIMIT", "limit"), ("WINDOW", "window"),
@@ -50,47 +48,15 @@ _USER_COLUMNS: output.Columns = (
 
 
 def parse_spec(text: str, *, for_key: bool = False) -> dict[str, Any]:
-    """One SPEC as the API's rate object (RateSpec; KeyRateSpec for a key, which has no scope)."""
-    syntax = KEY_SPEC_SYNTAX if for_key else SPEC_SYNTAX
-
-    def wrong(why: str) -> CliError:
-        return CliError(f"--limit {text!r}: {why}", ExitCode.USAGE, hint=f"write it as {syntax}")
-
-    name, equals, rest = text.strip().partition("=")
-    if not equals or not name.strip() or not rest:
-        raise wrong("no NAME=")
-    rate, *extras = rest.split(",")  # model names hold no commas (the API refuses them)
-    unit, colon, amount = rate.partition(":")
-    if not colon:
-        unit, amount = "tokens", rate
-    limit, slash, window = amount.partition("/")
-    if unit.strip() not in _UNITS:
-        raise wrong(f"the unit is {' or '.join(_UNITS)}, not {unit.strip()!r}")
-    if not slash or not window.strip():
-        raise wrong("no /WINDOW after the limit")
+    """One --limit SPEC as the API's rate object; a usage error that shows the syntax if it is none."""
     try:
-        count = int(limit.strip())
-    except ValueError:
-        raise wrong(f"the limit is a whole number, not {limit.strip()!r}") from None
-    spec: dict[str, Any] = {"name": name.strip(), "limit": count, "window": window.strip(), "unit": unit.strip()}
-    allowed = ("model",) if for_key else ("scope", "model")
-    for extra in extras:
-        field, equals, value = extra.partition("=")
-        field, value = field.strip(), value.strip()
-        if field not in allowed or not equals or not value or field in spec:
-            raise wrong(f"{extra.strip()!r} is not one of {', '.join(f'{name}=' for name in allowed)} (each once)")
-        if field == "scope" and value not in _SCOPES:
-            raise wrong(f"the scope is {' or '.join(_SCOPES)}, not {value!r}")
-        spec[field] = value
-    return spec
+        return ratespec.parse_spec(text, for_key=for_key)
+    except ratespec.SpecError as exc:
+        raise CliError(f"--limit {text!r}: {exc}", ExitCode.USAGE,
+                       hint=f"write it as {KEY_SPEC_SYNTAX if for_key else SPEC_SYNTAX}") from None
 
 
-def spec_text(rate: dict[str, Any]) -> str:
-    """A rate of the API's answers as the SPEC that sets it, to read or paste back."""
-    text = f"{rate.get('name')}={rate.get('unit', 'tokens')}:{rate.get('limit')}/{rate.get('window')}"
-    if rate.get("scope") not in (None, "user", "key"):
-        text += f",scope={rate['scope']}"
-    return text + (f",model={rate['model']}" if rate.get("model") else "")
+spec_text = ratespec.spec_text
 
 
 TeamId = Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")]

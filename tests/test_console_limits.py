@@ -18,7 +18,7 @@ from typing import Any
 
 from playwright.sync_api import Browser, BrowserContext, expect
 
-from shared.rates import Rate, rates_text
+from shared.ratespec import spec_text
 from tests.browser import PHONE, fresh_context
 from tests.oidc_provider import oidc_provider  # noqa: F401 - the runtime's identity provider
 from tests.runtime import Runtime
@@ -46,8 +46,8 @@ def _team(console: Console, limits: list[dict[str, Any]]) -> None:
 
 
 def _lines(rates: list[dict[str, Any]]) -> str:
-    """What the stores keep, one rate a line: what the edit form shows."""
-    return "\n".join(str(rates_text((Rate(**r),)))[1:-1] for r in rates)
+    """One SPEC a line, as maas shows rates: what the edit form shows and takes."""
+    return "\n".join(spec_text(rate) for rate in rates)
 
 
 def _textarea(html: str, name: str) -> str:
@@ -66,7 +66,8 @@ def test_a_team_page_lists_every_rate_and_a_platform_admin_edits_them_one_a_line
             stored = api.get("/teams/alpha").json()["limits"]
         assert _textarea(page.text, "edit-rates") == _lines(stored)
 
-        edited = _lines(stored) + '\n\n{"name":"rpm","limit":3,"window":"1m","unit":"requests","scope":"user","model":null}\n'
+        assert _textarea(page.text, "edit-rates") == "tokens=tokens:100000/1h\ndaily=tokens:500/24h,scope=team"
+        edited = _lines(stored) + "\n\n  rpm=requests:3/1m  \n"
         saved = admin.post("/console/teams/alpha", data={"csrf": csrf_of(page.text), "limits": edited})
         assert saved.status_code == 303
         after = admin.get("/console/teams/alpha")
@@ -75,11 +76,18 @@ def test_a_team_page_lists_every_rate_and_a_platform_admin_edits_them_one_a_line
         with console.api() as api:
             assert [r["name"] for r in api.get("/teams/alpha").json()["limits"]] == ["tokens", "daily", "rpm"]
 
-        # The API judges what is typed, and its words are shown as they are: a line that is not
-        # JSON, and a list with no token rate over every model.
-        for text, body in (("tokens 100 per hour", ["tokens 100 per hour"]),
-                           ('{"name":"rpm","limit":3,"window":"1m","unit":"requests"}',
-                            [{"name": "rpm", "limit": 3, "window": "1m", "unit": "requests"}])):
+        # A line that is no SPEC is not sent, and the page says which and why.
+        typed = "tokens=100000/1h\ntokens 100 per hour"
+        shown = admin.post("/console/teams/alpha", data={"csrf": csrf_of(after.text), "limits": typed})
+        assert shown.status_code == 422
+        assert ("Not sent: line 2, 'tokens 100 per hour': no NAME=; write each rate as NAME=[UNIT:]LIMIT/WINDOW"
+                in text_of(shown.text))
+        assert _textarea(shown.text, "edit-rates") == typed
+        # The API judges the values, and its words are shown as they are: a window it refuses,
+        # and a list with no token rate over every model.
+        for text, body in (("tokens=100/1fortnight", [{"name": "tokens", "limit": 100, "window": "1fortnight",
+                                                        "unit": "tokens"}]),
+                           ("rpm=requests:3/1m", [{"name": "rpm", "limit": 3, "window": "1m", "unit": "requests"}])):
             with console.api() as api:
                 said = api.patch("/teams/alpha", json={"limits": body})
             assert said.status_code == 422

@@ -20,11 +20,12 @@ RULES: list[tuple[str, tuple[str, ...], set[str]]] = [
     # The command line is a client of the admin API over HTTP, like any other: none of the server
     # is in it, but for `maas serve` (the local runtime), `maas cluster-check` (its tool) and
     # `maas policy render` (shared/policies.py, pure), and the key format's one constant
-    # (shared/keymaterial.py KEY_PREFIX: `maas key delete` tells a key from a handle by it).
+    # (shared/keymaterial.py KEY_PREFIX: `maas key delete` tells a key from a handle by it), and
+    # the SPEC form of a rate that the console's forms take too (shared/ratespec.py, pure).
     ("cli", WEB + ("functions", "main", "kubernetes", "prometheus_api_client"), set()),
     ("cli", ("local",), {"cli/serve.py"}),
     ("cli", ("tools",), {"cli/cluster.py"}),
-    ("cli", ("shared",), {"cli/policy.py", "cli/keys.py"}),
+    ("cli", ("shared",), {"cli/policy.py", "cli/keys.py", "cli/limits.py"}),
 ]
 
 

@@ -38,6 +38,8 @@ def _target(name: str) -> Target:
 class Answer:
     status: int
     body: Any
+    # "console": refused before it was sent (a form the console could not turn into a request).
+    source: str = "API"
 
     @property
     def ok(self) -> bool:

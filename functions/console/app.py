@@ -29,17 +29,39 @@ import jinja2
 
 from functions._context import context
 from functions.console import api, charts
-from functions.console.limitsview import SCOPES, MyBudget, limits_of_lines, my_budget, rate_lines, rate_words, reset_words
+from functions.console.limitsview import (
+    SCOPES,
+    MyBudget,
+    limits_of_lines,
+    my_budget,
+    rate_lines,
+    rate_words,
+    reset_words,
+)
 from functions.console.oidcflow import OidcClient, new_request, token_nonce
-from functions.console.ranges import Range, RangeProblem, parse_instant, parse_range, rfc3339
-from functions.console.tables import PAGE_SIZE, WHOLE, Column, Table, api_table, whole_table
-from functions.console.usagedata import my_series, overview_of, team_series, top_series
+from functions.console.ranges import (
+    Range,
+    RangeProblem,
+    parse_instant,
+    parse_range,
+    rfc3339,
+)
 from functions.console.sessions import COOKIE, SESSIONS, Session
+from functions.console.tables import (
+    PAGE_SIZE,
+    WHOLE,
+    Column,
+    Table,
+    api_table,
+    whole_table,
+)
+from functions.console.usagedata import my_series, overview_of, team_series, top_series
 from shared import audit
 from shared.access import Caller, authorize
 from shared.auth import is_admin
 from shared.context import Context
 from shared.errors import BackendUnavailable, MaasError, MethodNotAllowed, NotFound
+from shared.ratespec import SpecError
 from shared.routes import CONSOLE, PAGES, ROUTES, Route, resolve, route_for
 from shared.signin import ADMIN_KEY_IDENTITY, SignedIn
 from shared.store import Team
@@ -631,10 +653,21 @@ def team_page(page: Page, *, status: int = 200, error: api.Answer | None = None,
                   simulated=simulated)
 
 
+def _form_rates(page: Page) -> list[dict[str, Any]] | api.Answer:
+    """The form's rates as the API's `limits`, or why a line is none (a 422 that was not sent)."""
+    try:
+        return limits_of_lines(page.request.form.get("limits", ""))
+    except SpecError as exc:
+        return api.Answer(422, {"error": str(exc)}, source="console")
+
+
 def simulate_limits(page: Page) -> flask.Response:
     """What-if: the team's recorded calls against the rates typed, over the range given (the
     API's default: the last 24 hours). It changes nothing, so its answer is the team's page."""
-    body: dict[str, Any] = {"limits": limits_of_lines(page.request.form.get("limits", ""))}
+    limits = _form_rates(page)
+    if isinstance(limits, api.Answer):
+        return team_page(page, status=limits.status, simulated=limits)
+    body: dict[str, Any] = {"limits": limits}
     for name in ("start", "end"):
         if page.form(name):
             body[name] = _instant_for_api(page.form(name))
@@ -760,7 +793,10 @@ def update_team(page: Page) -> flask.Response:
     # Two forms post here: the list of rates, or the short form (which edits the primary rate);
     # the API takes one or the other, never both in one change.
     rates = "limits" in page.request.form
-    body = {"limits": limits_of_lines(page.request.form["limits"])} if rates else _team_fields(page)
+    limits = _form_rates(page) if rates else None
+    if isinstance(limits, api.Answer):
+        return team_page(page, status=limits.status, error=limits, error_form="rates")
+    body = {"limits": limits} if rates else _team_fields(page)
     answer = page.api("update_team", params={"team_id": team_id}, body=body)
     if not answer.ok:
         return team_page(page, status=answer.status, error=answer, error_form="rates" if rates else "limits")

@@ -1,14 +1,12 @@
 """A team's limits as the console shows and edits them: its rates, explain, and a member's budget.
 
-The rates are edited one a line, each line exactly one entry of the form the stores keep
-(shared.rates.rates_text), so the text an admin reads on the page is what is stored, and what
-they type is sent to the API as it is: the API alone judges it, and its 422 names the line as
-`limits.N` (N counting from 0).
+The rates are edited one a line, each a SPEC (shared/ratespec.py: `rpm=requests:60/1m,scope=team`),
+as `maas` takes and shows them; a line is only split into the API's fields here, so the API
+alone judges the values, and its 422 names the line as `limits.N` (N counting from 0).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +18,8 @@ from shared.durations import window_ms
 from shared.errors import MaasError
 from shared.explain import explain_limits
 from shared.limitplan import Budget, budgets_view
-from shared.rates import Rate, rates_text
+from shared.rates import Rate
+from shared.ratespec import SPEC_SYNTAX, SpecError, parse_spec, spec_text
 from shared.schemas import ExplainQuery
 from shared.store import Team
 
@@ -30,28 +29,21 @@ SCOPES = {"user": "each user", "team": "the whole team", "key": "this key"}
 
 
 def rate_lines(limits: Sequence[Mapping[str, Any]]) -> str:
-    """A team's rates (its JSON's `limits`), one a line, each as the stores write it."""
-    lines = []
-    for limit in limits:
-        rate = Rate(name=limit["name"], limit=limit["limit"], window=limit["window"], unit=limit["unit"],
-                    scope=limit["scope"], model=limit.get("model"))
-        stored = rates_text((rate,))
-        assert stored is not None  # one rate is never "none"
-        lines.append(stored[1:-1])  # the list's one entry, without the list's brackets
-    return "\n".join(lines)
+    """A team's rates (its JSON's `limits`), one SPEC a line."""
+    return "\n".join(spec_text(rate) for rate in limits)
 
 
-def limits_of_lines(text: str) -> list[Any]:
-    """The form's lines as the API's `limits`. A line that is not JSON goes as its text, so that
-    the API refuses it in its own words, naming it, rather than the console guessing at it."""
-    given: list[Any] = []
-    for line in text.splitlines():
+def limits_of_lines(text: str) -> list[dict[str, Any]]:
+    """The form's lines as the API's `limits`; SpecError naming the line (from 1) that is no SPEC.
+    The values are the API's to judge: its 422 names a line as limits.N, N from 0."""
+    given: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            given.append(json.loads(line))
-        except ValueError:
-            given.append(line.strip())
+            given.append(parse_spec(line))
+        except SpecError as exc:
+            raise SpecError(f"line {number}, {line.strip()!r}: {exc}; write each rate as {SPEC_SYNTAX}") from None
     return given
 
 
