@@ -56,7 +56,13 @@ from shared.errors import Unauthorized, openai_body
 from shared.rates import RateUnit
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team
-from shared.store.kubeshapes import EXPIRES_ANNOTATION, LINEAGE_ANNOTATION, MODELS_ANNOTATION, STATUS_ANNOTATION
+from shared.store.kubeshapes import (
+    EXPIRES_ANNOTATION,
+    LINEAGE_ANNOTATION,
+    MODELS_ANNOTATION,
+    STATUS_ANNOTATION,
+    timestamp,
+)
 from shared.tiers import KEY_TIER_ANNOTATION, TIER_ANNOTATION, RateShape, key_tier_of, shapes_of, tier_of
 
 AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
@@ -146,7 +152,9 @@ def identity_revision(teams: Iterable[Team], keys_in_grace: Iterable[ApiKey]) ->
     for team in sorted(teams, key=lambda t: t.team_id):
         digest.update(json.dumps([team.team_id, team.policy, tier_of(team)]).encode())
     for key in sorted(keys_in_grace, key=lambda k: k.secret_name):
-        expires = key.expires_at.isoformat() if key.expires_at else ""
+        # In whole seconds: Authorino compares whole seconds (`int(timestamp(...))`), and the API
+        # shows no more, so `maas policy render` from a listing digests to the sync's revision.
+        expires = timestamp(key.expires_at.replace(microsecond=0)) if key.expires_at else ""
         digest.update(json.dumps(["grace", key.secret_name, expires]).encode())
     return digest.hexdigest()[:16]
 

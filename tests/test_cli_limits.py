@@ -67,6 +67,11 @@ def test_policy_render_of_several_rates_and_keys_is_the_cluster_syncs(admin: Maa
                                    "--limit", f"key-big=500/1h,model={MODEL}", "--max-concurrent", "2", "--json")))
     assert [spec_text(rate) for rate in created["limits"]] == ["key-rpm=requests:10/1m", f"key-big=tokens:500/1h,model={MODEL}"]
     assert created["max_concurrent"] == 2
+    # A rotated key in its grace period: its expiry is part of the AuthPolicy's revision, which
+    # the render reads from a listing (whole seconds) and the sync from the store (microseconds).
+    plain = json.loads(_ok(admin("key", "create", "rates-b", "carol", "--json")))
+    _ok(admin("key", "rotate", plain["secret_name"], "--grace-period", "1h", "--json"))
+    assert [key.secret_name for key in store.list_keys(in_grace=True)] == [plain["secret_name"]]
 
     ran = admin("policy", "render")
     documents = list(yaml.safe_load_all(_ok(ran)))
