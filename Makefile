@@ -28,7 +28,7 @@ venv: $(STAMP) ## Create the virtualenv from the pinned requirements
 run: $(STAMP) ## Serve every function, the gateway and the model simulator on this machine
 	@$(BIN)/python -m local serve
 
-test: $(STAMP) ## Run the test suite (installs Debian's prometheus, redis-server and chromium for the tests when missing)
+test: $(STAMP) ## Run the test suite (installs Debian's prometheus, redis-server, chromium, zsh and fish for the tests when missing)
 	@bash tools/ensure_prometheus.sh
 	@bash tools/ensure_redis.sh
 	@bash tools/ensure_oidc_provider.sh
