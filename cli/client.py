@@ -10,14 +10,17 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from cli.config import Credential, CredentialStore, is_loopback, local_certificate
 from cli.exitcodes import CliError, ExitCode, for_status
 
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+if TYPE_CHECKING:
+    # httpx is imported where a request is made: a Tab completion or --help makes none, and
+    # importing it was a third of maas's start (tests/test_cli_completion.py).
+    import httpx
+
+TIMEOUT_S, CONNECT_TIMEOUT_S = 30.0, 10.0
 USER_AGENT = "maas-cli/0.1"
 
 
@@ -83,6 +86,8 @@ def _hint(status: int, url: str) -> str:
 
 
 def _transport_error(url: str, exc: httpx.TransportError) -> CliError:
+    import httpx
+
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
@@ -111,7 +116,10 @@ class Api:
 
     def _http(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(base_url=self.url, verify=self.trust.verify(), timeout=TIMEOUT,
+            import httpx
+
+            self._client = httpx.Client(base_url=self.url, verify=self.trust.verify(),
+                                        timeout=httpx.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
                                         headers={"User-Agent": USER_AGENT})
         return self._client
 
@@ -141,6 +149,8 @@ class Api:
             self.store.put(self.credential, profile=self.profile)
 
     def send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> httpx.Response:
+        import httpx
+
         headers = self._authorization()
         query = {name: value for name, value in (params or {}).items() if value is not None}
         try:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cli import output
 from cli.client import Api
@@ -235,6 +234,9 @@ def import_keys(
                         api.call("DELETE", f"/keys/{orphan}")
                         output.note(f"deleted {orphan}: made for {user_id} as an earlier run was cut off, "
                                     "before its key was saved; a new one is made")
+            # Here, not at the top: every maas start (a Tab completion too) imports this module.
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
             console = output.stderr()
             bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                            console=console, disable=not console.is_terminal)

@@ -29,15 +29,18 @@ import time
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
-
-import httpx
 
 from cli.config import Credential
 from cli.exitcodes import CliError, ExitCode
+
+if TYPE_CHECKING:
+    # Imported by the calls that need them, as in cli/client.py: a Tab completion needs neither.
+    from http.server import BaseHTTPRequestHandler
+
+    import httpx
 
 _PAGE = (b"<!doctype html><meta charset=utf-8><title>maas</title>"
          b"<p>%s</p><p>You can close this tab and go back to the terminal.</p>")
@@ -96,6 +99,8 @@ def _unreachable(what: str, exc: httpx.TransportError) -> CliError:
 def discover(issuer: str, *, ca: str | None = None) -> Provider:
     issuer = issuer.rstrip("/")
     where = f"{issuer}/.well-known/openid-configuration"
+    import httpx
+
     try:
         answer = httpx.get(where, timeout=10.0, verify=provider_trust(ca))
     except httpx.TransportError as exc:
@@ -130,6 +135,8 @@ class _Callback:
         self.arrived = threading.Event()
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
+        from http.server import BaseHTTPRequestHandler
+
         callback = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -155,6 +162,8 @@ class _Callback:
 def browser_login(provider: Provider, client_id: str, *, scope: str, port: int, timeout: float,
                   open_browser: bool, show: Callable[[str], None]) -> dict[str, Any]:
     """The provider's token answer after the person signed in at the URL `show` is given."""
+    from http.server import HTTPServer
+
     callback = _Callback()
     try:
         server = HTTPServer(("127.0.0.1", port), callback.handler())
@@ -260,6 +269,8 @@ def _reason(body: dict[str, Any]) -> str:
 
 def _post_form(provider: Provider, endpoint: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """The status and JSON object the provider answered (empty when it was not one)."""
+    import httpx
+
     try:
         answer = httpx.post(endpoint, data=form, timeout=30.0, headers={"Accept": "application/json"},
                             verify=provider.verify())

@@ -7,12 +7,14 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:
+    # rich and yaml are imported when something is printed: a Tab completion prints through
+    # neither, and importing them was a tenth of maas's start.
+    from rich.console import Console
 
 
 class Format(str, Enum):
@@ -35,6 +37,8 @@ def chosen(output: Format, as_json: bool) -> Format:
 
 
 def stdout() -> Console:
+    from rich.console import Console
+
     # No highlighting: ids and numbers are data, and a terminal's colours must not change them.
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:
@@ -44,6 +48,8 @@ def stdout() -> Console:
 
 
 def stderr() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
 
 
@@ -69,6 +75,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Columns, *, title: str | None
     if not rows:
         note(empty)
         return
+    from rich.table import Table
+
     view = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
     for header, _ in columns:
         # Fold, never cut: an id shown with an ellipsis cannot be pasted into the next command.
@@ -79,6 +87,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Columns, *, title: str | None
 
 
 def details(data: dict[str, Any], fields: Columns, *, title: str | None = None) -> None:
+    from rich.table import Table
+
     view = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
     view.add_column(style="bold")
     view.add_column(overflow="fold")
@@ -92,6 +102,8 @@ def emit(data: Any, fmt: Format, show: Callable[[Any], None]) -> None:
     if fmt is Format.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     elif fmt is Format.yaml:
+        import yaml
+
         print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
     else:
         show(data)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 
 from cli import output
 from cli.client import Api
@@ -121,6 +120,8 @@ def render(
     # stderr: the YAML on stdout is applied as it is, and a comment in it would be lost there anyway.
     for warning in policy_warnings(teams, keys):
         output.note(f"warning: {warning}")
+    import yaml
+
     text = yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=120)
     if out is None:
         print(text, end="")

@@ -5,6 +5,7 @@ line editor. tools/ensure_shells.sh installs zsh and fish (make test runs it).""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -236,3 +237,24 @@ def test_the_installed_script_completes_from_the_first_tab(offered: Callable[[st
     installed = offered(shell, "installed")
     assert installed[COMMAND] == ["key"], "the first Tab"
     assert "rotate" in installed[GROUP], "a later Tab"
+
+
+# What a Tab needs: the command tree. The HTTP client, the tables, YAML, the progress bar and the
+# browser sign-in's server are imported by the commands that use them, so a Tab (a whole maas
+# start, every time) does not pay for them: they were about half of its start.
+_TAB_CHILD = """
+import atexit, json, os, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.__stderr__))
+from cli.main import main
+main()
+"""
+
+
+def test_a_tab_imports_no_http_client_tables_or_yaml() -> None:
+    env = {**os.environ, "_MAAS_COMPLETE": "complete_bash", "COMP_WORDS": "maas key ", "COMP_CWORD": "2"}
+    done = subprocess.run([sys.executable, "-c", _TAB_CHILD], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    modules = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    assert "create" in done.stdout and "revoke" in done.stdout, done.stdout  # it did complete
+    assert not modules & {"httpx", "yaml", "rich.table", "rich.progress", "http.server"}, (
+        sorted(modules & {"httpx", "yaml", "rich.table", "rich.progress", "http.server"}))
