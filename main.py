@@ -35,7 +35,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "functions.meta": ("health", "openapi"),
     "functions.models": ("list_models", "list_openai_models"),
     "functions.teams": ("create_team", "delete_team", "get_team", "list_teams", "update_team"),
-    "functions.usage": ("team_usage", "user_usage"),
+    "functions.usage": ("platform_usage", "team_usage", "user_usage"),
 }
 _MODULE_OF: dict[str, str] = {target: module for module, targets in _MODULES.items() for target in targets}
 

@@ -1,4 +1,5 @@
-"""Usage endpoints: a user's usage across teams, a team's usage per user (quickstart 11, 12)."""
+"""Usage endpoints: a user's usage across teams, a team's usage per user (quickstart 11, 12),
+the platform's across teams."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import functions_framework
 
 from functions._http import Call, endpoint
 from shared.usage import service
-from shared.usage.schemas import TeamUsage, TeamUsageQuery, UsageQuery, UserUsage
+from shared.usage.schemas import PlatformUsage, PlatformUsageQuery, TeamUsage, TeamUsageQuery, UsageQuery, UserUsage
 
 
 @functions_framework.http
@@ -31,3 +32,10 @@ def team_usage(call: Call) -> TeamUsage:
         query=call.query(TeamUsageQuery),
         now=call.ctx.clock(),
     )
+
+
+@functions_framework.http
+@endpoint("platform_usage")
+def platform_usage(call: Call) -> PlatformUsage:
+    return service.platform_usage(store=call.ctx.store, source=call.ctx.usage(),
+                                  query=call.query(PlatformUsageQuery), now=call.ctx.clock())

@@ -169,6 +169,8 @@ ROUTES: tuple[Route, ...] = (
           query=usage_schemas.UsageQuery, response=usage_schemas.UserUsage),
     Route("GET", "/teams/{team_id}/usage", "team_usage", "A team's token usage per user (and a series)", access="team",
           query=usage_schemas.TeamUsageQuery, response=usage_schemas.TeamUsage),
+    Route("GET", "/usage", "platform_usage", "The platform's token usage: totals, top teams and users, a series",
+          access="platform", query=usage_schemas.PlatformUsageQuery, response=usage_schemas.PlatformUsage),
     Route("GET", "/teams/{team_id}/limits/explain", "explain_limits",
           "Every limit a user's or key's calls meet, its counter now, and which binds", access="team",
           query=schemas.ExplainQuery, response=schemas.LimitsExplained),

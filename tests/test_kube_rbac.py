@@ -333,6 +333,7 @@ def run_reader(run: Run) -> None:
         run.call("GET", "/audit")
         run.call("GET", "/users/alice/usage")
         run.call("GET", "/teams/alpha/usage")
+        run.call("GET", "/usage")
         run.call("GET", "/teams/alpha/members")
         run.call("GET", "/me")
         run.call("GET", "/me/keys")
@@ -485,7 +486,7 @@ CALLED = {
     "none": {"openapi"},
     "health": {"health"},
     "reader": {"list_teams", "get_team", "list_team_keys", "list_user_keys", "list_audit", "user_usage", "team_usage",
-               "list_members", "whoami", "list_my_keys", "my_usage", "explain_limits", "simulate_limits"},
+               "platform_usage", "list_members", "whoami", "list_my_keys", "my_usage", "explain_limits", "simulate_limits"},
     "models": {"list_models", "list_openai_models"},
     "writer": {"create_key", "revoke_key", "rotate_key", "delete_key", "delete_key_legacy", "create_team", "update_team",
                "delete_team", "add_member", "update_member", "remove_member", "create_my_key"},

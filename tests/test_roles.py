@@ -81,6 +81,7 @@ EXPECTED: dict[str, Example] = {
     "list_audit": Example("team_query", "GET", "/audit?team_id=t1"),
     "user_usage": Example("user", "GET", "/users/alice/usage"),
     "team_usage": Example("team", "GET", "/teams/t1/usage"),
+    "platform_usage": Example("platform", "GET", "/usage"),
     "explain_limits": Example("team", "GET", "/teams/t1/limits/explain?user_id=alice"),
     "simulate_limits": Example("team", "POST", "/teams/t1/limits/simulate",
                                {"limits": [{"name": "tokens", "limit": 10, "window": "1h"}]}),

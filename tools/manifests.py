@@ -334,6 +334,7 @@ FUNCTION_ACCOUNTS: dict[str, str] = {
     "list_audit": "reader",
     "user_usage": "reader",
     "team_usage": "reader",
+    "platform_usage": "reader",
     "explain_limits": "reader",
     "simulate_limits": "reader",
     "list_models": "models",

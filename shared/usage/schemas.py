@@ -1,7 +1,7 @@
 """The usage endpoints' query and response models (the admin ones live in shared/schemas.py).
 
-Field names follow the quickstart (steps 11 and 12); `model_breakdown`, `start`/`end` and the
-team's `series` are additions. Timestamps render as RFC 3339 UTC with microseconds and `Z`.
+Field names follow the quickstart (steps 11 and 12); `model_breakdown`, `start`/`end`, the
+team's `series` and the platform's usage are additions. Timestamps render as RFC 3339 UTC with microseconds and `Z`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ class UsageQuery(BaseModel):
 class TeamUsageQuery(UsageQuery):
     step: Duration | None = Field(
         default=None, description="Adds a time series per user with buckets of this length, e.g. '1h'"
+    )
+
+
+class PlatformUsageQuery(TeamUsageQuery):
+    top: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=10, description="How many teams and users the breakdowns (and the series) list, by tokens"
     )
 
 
@@ -112,4 +118,45 @@ class TeamUsage(_Model):
     end: Instant | None = None
     step_seconds: int | None = None
     series: list[UserSeries] | None = None
+    last_updated: Instant
+
+
+class PlatformTeamUsage(_Model):
+    team_id: str
+    team_name: str = Field(description="'' for a team deleted since its traffic")
+    token_usage: int
+    authorized_calls: int
+    limited_calls: int
+    users: int = Field(description="Users with traffic in the team")
+
+
+class PlatformUserUsage(_Model):
+    user_id: str
+    token_usage: int
+    authorized_calls: int
+    limited_calls: int
+    teams: int = Field(description="Teams the user had traffic in")
+
+
+class TeamSeries(_Model):
+    team_id: str
+    points: list[SeriesPoint]
+
+
+class PlatformUsage(_Model):
+    total_token_usage: int
+    total_authorized_calls: int
+    total_limited_calls: int
+    teams_with_usage: int
+    users_with_usage: int
+    team_breakdown: list[PlatformTeamUsage] = Field(description="The `top` teams by tokens, then by id")
+    user_breakdown: list[PlatformUserUsage] = Field(description="The `top` users by tokens, then by id")
+    model_breakdown: list[ModelUsage]
+    start: Instant | None = None
+    end: Instant | None = None
+    step_seconds: int | None = None
+    series: list[TeamSeries] | None = Field(default=None, description="With `step`: each team of team_breakdown")
+    series_total: list[SeriesPoint] | None = Field(
+        default=None, description="With `step`: every team summed, those past `top` too"
+    )
     last_updated: Instant

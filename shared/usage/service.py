@@ -1,8 +1,9 @@
-"""User and team usage bodies (quickstart steps 11 and 12) from a UsageSource and the Store.
+"""User, team and platform usage bodies (quickstart steps 11 and 12) from a UsageSource and the Store.
 
 Counts come from the UsageSource; names, emails and policies from the Store. A breakdown lists
 what had traffic in the range, sorted by id: a user with no traffic gets zeros and an empty
-breakdown. Traffic of a team deleted since keeps its team_id with an empty name and policy.
+breakdown. The platform's team and user breakdowns are its `top` by tokens instead (ties by
+id): at thousands of teams a page wants the largest. Traffic of a team deleted since keeps its team_id with an empty name and policy.
 A source that cannot count calls per model (Prometheus: Limitador's call counters carry no
 `model`) gives the model breakdown's tokens only, its calls null.
 """
@@ -20,7 +21,12 @@ from shared.store import Store, Team
 from shared.usage.base import UsagePoint, UsageRow, UsageSource
 from shared.usage.schemas import (
     ModelUsage,
+    PlatformTeamUsage,
+    PlatformUsage,
+    PlatformUsageQuery,
+    PlatformUserUsage,
     SeriesPoint,
+    TeamSeries,
     TeamUsage,
     TeamUsageOfUser,
     TeamUsageQuery,
@@ -190,11 +196,11 @@ def team_usage(*, store: Store, source: UsageSource, team_id: str, query: TeamUs
         for user_id, counts in _sum(rows, lambda r: r.user_id).items()
     ]
     series = None
-    if step_s is not None and span.start is not None and span.end is not None:
-        # Buckets start on a whole minute: the ledger's resolution, so both backends cut alike.
-        origin = datetime.fromtimestamp(span.start.timestamp() // MIN_STEP_S * MIN_STEP_S, timezone.utc)
-        points = source.series(start=origin, end=span.end, step_s=step_s, team_id=team_id)
-        series = _user_series(points, origin, span.end, step_s)
+    found = _series_points(source, span, step_s, team_id=team_id)
+    if found is not None:
+        per_user = found.by(lambda r: r.user_id)
+        series = [UserSeries(user_id=user_id, points=_dense(found.buckets, counts))
+                  for user_id, counts in per_user.items()]
     return TeamUsage(
         team_id=team.team_id,
         team_name=team.team_name,
@@ -212,28 +218,107 @@ def team_usage(*, store: Store, source: UsageSource, team_id: str, query: TeamUs
     )
 
 
-def _user_series(points: list[UsagePoint], start: datetime, end: datetime, step_s: int) -> list[UserSeries]:
-    """Dense per-user series (zeros where a bucket had no traffic), models summed."""
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """The buckets of a series asked for, and the source's points in them."""
+
+    buckets: list[datetime]
+    step: timedelta
+    points: list[UsagePoint]
+
+    def by(self, key: Callable[[UsageRow], str]) -> dict[str, dict[int, _Counts]]:
+        """Counts per key and bucket index, models summed; sorted by key."""
+        grouped: dict[str, dict[int, _Counts]] = defaultdict(lambda: defaultdict(_Counts))
+        for point in self.points:
+            index = int((point.start - self.buckets[0]) // self.step) if self.buckets else -1
+            if 0 <= index < len(self.buckets):
+                grouped[key(point.row)][index] += _Counts.of(point.row)
+        return dict(sorted(grouped.items()))
+
+
+def _series_points(source: UsageSource, span: UsageRange, step_s: int | None, *,
+                   team_id: str | None = None) -> _Series | None:
+    """None when no series was asked (no step, or a range with no start)."""
+    if step_s is None or span.start is None or span.end is None:
+        return None
+    # Buckets start on a whole minute: the ledger's resolution, so both backends cut alike.
+    origin = datetime.fromtimestamp(span.start.timestamp() // MIN_STEP_S * MIN_STEP_S, timezone.utc)
+    points = source.series(start=origin, end=span.end, step_s=step_s, team_id=team_id)
     step = timedelta(seconds=step_s)
     buckets: list[datetime] = []
-    at = start
-    while at < end and len(buckets) <= MAX_POINTS:
+    at = origin
+    while at < span.end and len(buckets) <= MAX_POINTS:
         buckets.append(at)
         at += step
-    per_user: dict[str, dict[int, _Counts]] = defaultdict(lambda: defaultdict(_Counts))
-    for point in points:
-        index = int((point.start - start) // step)
-        if 0 <= index < len(buckets):
-            per_user[point.row.user_id][index] += _Counts.of(point.row)
+    return _Series(buckets=buckets, step=step, points=points)
+
+
+def _dense(buckets: list[datetime], counts: dict[int, _Counts]) -> list[SeriesPoint]:
+    """One point per bucket, zeros where it had no traffic."""
     return [
-        UserSeries(
-            user_id=user_id,
-            points=[
-                SeriesPoint(start=bucket, token_usage=c.tokens, authorized_calls=c.authorized_calls,
-                            limited_calls=c.limited_calls)
-                for i, bucket in enumerate(buckets)
-                for c in (per_user[user_id].get(i, _Counts()),)
-            ],
-        )
-        for user_id in sorted(per_user)
+        SeriesPoint(start=bucket, token_usage=c.tokens, authorized_calls=c.authorized_calls,
+                    limited_calls=c.limited_calls)
+        for i, bucket in enumerate(buckets)
+        for c in (counts.get(i, _Counts()),)
     ]
+
+
+def _ranked(counts: dict[str, _Counts], top: int) -> list[tuple[str, _Counts]]:
+    """The `top` entries with the most tokens, ties by id."""
+    return sorted(counts.items(), key=lambda item: (-item[1].tokens, item[0]))[:top]
+
+
+def platform_usage(*, store: Store, source: UsageSource, query: PlatformUsageQuery,
+                   now: datetime) -> PlatformUsage:
+    """Every team's usage from one unfiltered query: totals exact at any number of teams.
+
+    The store is read for the names of the teams shown only, never listed: at 10,000 teams a
+    listing would cost more than the counts.
+    """
+    span = resolve_range(query, now)
+    step_s = resolve_step(query.step, span)
+    rows = [r for r in source.totals(start=span.start, end=span.end) if _Counts.of(r) != _Counts()]
+    total = sum((_Counts.of(r) for r in rows), _Counts())
+    users_of: dict[str, set[str]] = defaultdict(set)
+    teams_of: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        users_of[row.team_id].add(row.user_id)
+        teams_of[row.user_id].add(row.team_id)
+    per_team, per_user = _sum(rows, lambda r: r.team_id), _sum(rows, lambda r: r.user_id)
+    shown = _ranked(per_team, query.top)
+    teams = []
+    for team_id, counts in shown:
+        team = _team_or_none(store, team_id)
+        teams.append(PlatformTeamUsage(
+            team_id=team_id, team_name=team.team_name if team else "", token_usage=counts.tokens,
+            authorized_calls=counts.authorized_calls, limited_calls=counts.limited_calls,
+            users=len(users_of[team_id])))
+    users = [
+        PlatformUserUsage(user_id=user_id, token_usage=counts.tokens, authorized_calls=counts.authorized_calls,
+                          limited_calls=counts.limited_calls, teams=len(teams_of[user_id]))
+        for user_id, counts in _ranked(per_user, query.top)
+    ]
+    series = series_total = None
+    found = _series_points(source, span, step_s)
+    if found is not None:
+        by_team = found.by(lambda r: r.team_id)
+        series = [TeamSeries(team_id=team_id, points=_dense(found.buckets, by_team.get(team_id, {})))
+                  for team_id, _ in shown]
+        # Every team's, not only those shown: a chart's "others" is this minus the teams shown.
+        series_total = _dense(found.buckets, found.by(lambda r: "").get("", {}))
+    return PlatformUsage(
+        total_token_usage=total.tokens,
+        total_authorized_calls=total.authorized_calls,
+        total_limited_calls=total.limited_calls,
+        teams_with_usage=len(per_team),
+        users_with_usage=len(per_user),
+        team_breakdown=teams,
+        user_breakdown=users,
+        model_breakdown=_models(rows, source, span),
+        start=span.start,
+        end=span.end,
+        step_seconds=step_s,
+        series=series,
+        series_total=series_total,
+        last_updated=now,
+    )
