@@ -8,10 +8,15 @@ from shared.context import Context
 from shared.keys import check_models
 from shared.members import members_of
 from shared.schemas import PageQuery, RatePublic, TeamCreate, TeamDeleted, TeamDetail, TeamList, TeamPublic, TeamUpdate
-from shared.store import ApiKey, Team, TeamChanges
+from shared.store import Team, TeamChanges
 
 
-def _public(team: Team, keys: list[ApiKey]) -> TeamPublic:
+def _counts(ctx: Context, team_id: str) -> tuple[int, int]:
+    return ctx.store.key_counts(team_ids=[team_id]).get(team_id, (0, 0))
+
+
+def _public(team: Team, counts: tuple[int, int]) -> TeamPublic:
+    """`counts`: the team's keys and the users with one (Store.key_counts)."""
     return TeamPublic(
         team_id=team.team_id,
         team_name=team.team_name,
@@ -21,8 +26,8 @@ def _public(team: Team, keys: list[ApiKey]) -> TeamPublic:
         time_window=team.time_window,
         limit_scope=team.limit_scope,
         created_at=team.created_at,
-        key_count=len(keys),
-        user_count=len({key.user_id for key in keys}),
+        key_count=counts[0],
+        user_count=counts[1],
         max_keys_per_user=team.max_keys_per_user,
         max_key_lifetime=team.max_key_lifetime,
         limits=[RatePublic.of(rate) for rate in team.limits],
@@ -51,7 +56,7 @@ def create_team(ctx: Context, request: TeamCreate) -> TeamPublic:
     check_models(ctx, [rate.model for rate in request.rates if rate.model is not None], "limits")
     created = ctx.store.create_team(team=team_from_request(request, ctx.clock()))
     ctx.teams_changed()
-    return _public(created, [])
+    return _public(created, (0, 0))
 
 
 def list_teams(ctx: Context, page: PageQuery | None = None) -> TeamList:
@@ -59,12 +64,9 @@ def list_teams(ctx: Context, page: PageQuery | None = None) -> TeamList:
     page = page or PageQuery()
     found = ctx.store.list_teams(after=page.cursor, limit=page.limit + 1)
     shown, more = found[: page.limit], len(found) > page.limit
-    keys_by_team: dict[str, list[ApiKey]] = {}
-    if shown:
-        for key in ctx.store.list_keys(team_ids=[team.team_id for team in shown]):
-            keys_by_team.setdefault(key.team_id, []).append(key)
+    counts = ctx.store.key_counts(team_ids=[team.team_id for team in shown])
     return TeamList(
-        teams=[_public(team, keys_by_team.get(team.team_id, [])) for team in shown],
+        teams=[_public(team, counts.get(team.team_id, (0, 0))) for team in shown],
         total_teams=len(shown) if page.cursor is None and not more else ctx.store.count_teams(),
         next_cursor=shown[-1].team_id if more else None,
     )
@@ -72,15 +74,14 @@ def list_teams(ctx: Context, page: PageQuery | None = None) -> TeamList:
 
 def team_public(ctx: Context, team_id: str) -> TeamPublic:
     """The team as an update answers it: what that update's audit entry compares with."""
-    return _public(ctx.store.get_team(team_id=team_id), ctx.store.list_keys(team_id=team_id))
+    return _public(ctx.store.get_team(team_id=team_id), _counts(ctx, team_id))
 
 
 def get_team(ctx: Context, team_id: str) -> TeamDetail:
     team = ctx.store.get_team(team_id=team_id)
-    keys = ctx.store.list_keys(team_id=team_id)
     return TeamDetail(
-        **_public(team, keys).model_dump(),
-        keys=[key.secret_name for key in keys],
+        **_public(team, _counts(ctx, team_id)).model_dump(),
+        keys=ctx.store.key_names(team_id=team_id),
         users=members_of(ctx.store, team),
     )
 
@@ -94,7 +95,7 @@ def update_team(ctx: Context, team_id: str, request: TeamUpdate) -> TeamPublic:
                           rates=request.rates)
     team = ctx.store.update_team(team_id=team_id, changes=changes)
     ctx.teams_changed()
-    return _public(team, ctx.store.list_keys(team_id=team_id))
+    return _public(team, _counts(ctx, team_id))
 
 
 def delete_team(ctx: Context, team_id: str) -> TeamDeleted:

@@ -350,6 +350,14 @@ def test_teams_and_keys_are_listed_in_pages(store: Store) -> None:
     assert {k.team_id for k in store.list_keys(team_ids=["t-a", "t-c"])} == {"t-a", "t-c"}
     assert [k.user_id for k in store.list_keys(team_id="t-a", limit=1)] == [store.list_keys(team_id="t-a")[0].user_id]
     assert (store.count_keys(), store.count_keys(team_id="t-a"), store.count_keys(user_id="alice")) == (4, 2, 2)
+    # What a team's answer counts, without reading each key: a second key of alice's in t-a is
+    # a key more and no user more; teams without keys are left out.
+    key, value = new_key("t-a", "alice")
+    store.create_key(key=key, api_key=value)
+    assert store.key_counts(team_ids=["t-a", "t-b", "t-d", "nope"]) == {"t-a": (3, 2), "t-b": (1, 1)}
+    assert store.key_counts(team_ids=[]) == {}
+    assert store.key_names(team_id="t-a") == [k.secret_name for k in store.list_keys(team_id="t-a")]
+    assert store.key_names(team_id="t-d") == []
 
 
 # -- memberships and team caps (issue 13) ----------------------------------------------------

@@ -329,6 +329,15 @@ class Store(Protocol):
 
     def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int: ...
 
+    def key_counts(self, *, team_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        """(keys, distinct users with a key) per team of `team_ids` that has any key: what a
+        team's answer counts, without reading each key (a team may have 100,000)."""
+        ...
+
+    def key_names(self, *, team_id: str) -> list[str]:
+        """The team's key handles, sorted: the detail's `keys`, without reading each key."""
+        ...
+
     def count_active_keys(self, *, team_id: str, user_id: str) -> int:
         """The user's keys in the team whose stored status is "active" (what a per-user cap
         counts). An active key past its `expires_at` still counts until the sweep marks it:

@@ -715,6 +715,18 @@ class KubernetesStore:
     def count_keys(self, *, team_id: str | None = None, user_id: str | None = None) -> int:
         return len(self.list_keys(team_id=team_id, user_id=user_id))
 
+    def key_counts(self, *, team_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        # The API server counts nothing: each key Secret is read, as for a listing.
+        users: dict[str, set[str]] = {}
+        keys: dict[str, int] = {}
+        for key in self.list_keys(team_ids=team_ids) if team_ids else ():
+            keys[key.team_id] = keys.get(key.team_id, 0) + 1
+            users.setdefault(key.team_id, set()).add(key.user_id)
+        return {team_id: (count, len(users[team_id])) for team_id, count in keys.items()}
+
+    def key_names(self, *, team_id: str) -> list[str]:
+        return [key.secret_name for key in self.list_keys(team_id=team_id)]
+
     def count_active_keys(self, *, team_id: str, user_id: str) -> int:
         return sum(1 for key in self.list_keys(team_id=team_id, user_id=user_id) if key.status == "active")
 

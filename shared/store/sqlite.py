@@ -657,6 +657,21 @@ class SqliteStore:
         with self._read() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM api_keys {where}", args).fetchone()[0])
 
+    def key_counts(self, *, team_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        if not team_ids:
+            return {}
+        marks = ",".join("?" * len(team_ids))
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT team_id, COUNT(*), COUNT(DISTINCT user_id) FROM api_keys "
+                                f"WHERE team_id IN ({marks}) GROUP BY team_id", list(team_ids)).fetchall()
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+    def key_names(self, *, team_id: str) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT secret_name FROM api_keys WHERE team_id = ? ORDER BY secret_name",
+                                (team_id,)).fetchall()
+        return [row[0] for row in rows]
+
     def count_active_keys(self, *, team_id: str, user_id: str) -> int:
         with self._read() as conn:
             return int(conn.execute(
