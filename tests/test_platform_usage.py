@@ -19,6 +19,8 @@ import pytest
 from pydantic import SecretStr
 
 from functions._context import install_context, reset_context
+from functions.console.ranges import Range
+from functions.console.usagedata import OTHERS, overview_of
 from shared.context import build_context
 from shared.ledger import UsageLedger
 from shared.settings import Settings
@@ -170,6 +172,17 @@ def test_series_total_is_every_team_summed_bucket_by_bucket(world: World) -> Non
     assert sum(p[3] for p in total) == body["total_limited_calls"] == 7
     without_step = _get(world, "/usage?window=24h")
     assert without_step["series"] is None and without_step["series_total"] is None
+
+
+def test_the_consoles_others_counts_the_teams_past_the_breakdown_too(world: World) -> None:
+    rng = Range(start=NOW - timedelta(hours=24), end=NOW, step_s=3600, quick="24h")
+    answer = _get(world, f"/usage?start={rng.query()['start']}&end={rng.query()['end']}&step=1h&top=2")
+    summed = overview_of(answer, rng)
+    assert list(summed.tokens_by_team) == ["alpha", "beta", OTHERS]
+    assert sum(summed.tokens_by_team[OTHERS]) == 100 + 10  # gamma's and gone's, in no breakdown
+    assert [sum(column) for column in zip(*summed.tokens_by_team.values())] == [
+        p["token_usage"] for p in answer["series_total"]]
+    assert sum(summed.limited_by_bucket) == summed.limited == 7
 
 
 @pytest.mark.parametrize(("role", "status"), [("member", 403), ("team_admin", 403), ("platform", 200)])

@@ -49,7 +49,6 @@ from functions.console.ranges import (
 from functions.console.sessions import COOKIE, SESSIONS, Session
 from functions.console.tables import (
     PAGE_SIZE,
-    WHOLE,
     Column,
     Table,
     api_table,
@@ -91,9 +90,9 @@ VIEWS_OF: dict[str, tuple[str, ...]] = {
     "/console/teams": ("overview", "audit"),
     "/console/teams/{team_id}": ("usage", "audit"),
 }
-# The overview sums each team's GET /teams/{team_id}/usage (the API has no platform-wide usage
-# route): one call a team, each an audit entry, so it stops after this many teams and says so.
-OVERVIEW_TEAMS = 200
+# The overview's top teams and users: one table page of each (its chart names the usagedata.TOP
+# largest of these; GET /usage's series_total makes its "others" exact all the same).
+OVERVIEW_TOP = PAGE_SIZE
 # GET /audit's filters, for the form: the function targets (and the console's sign-ins).
 AUDIT_ACTIONS = tuple(sorted({route.target for route in ROUTES} | {CONSOLE}))
 AUDIT_OUTCOMES = (("", "any"), ("success", "success (2xx)"), ("failure", "failure (any other)"),
@@ -707,37 +706,20 @@ OVERVIEW_USER_COLUMNS = (Column("user_id", "User"), *USAGE_COLUMNS, Column("team
 
 def overview_page(page: Page) -> flask.Response:
     """The platform over a range: tokens per bucket by team, the top teams, users and models, and
-    the calls refused for a limit. Summed from each team's usage (see OVERVIEW_TEAMS)."""
+    the calls refused for a limit, from one GET /usage."""
     page.me()
     rng, range_problem = _usage_range(page)
-    answers: list[dict[str, Any]] = []
-    error: api.Answer | None = None
-    total_teams, cursor = 0, None
-    while error is None:
-        listing = page.api("list_teams", query={"limit": str(WHOLE), "cursor": cursor})
-        if not listing.ok:
-            return refused(page, listing, "The overview is for platform admins")
-        total_teams = int(listing.body["total_teams"])
-        for team in listing.body["teams"][: OVERVIEW_TEAMS - len(answers)]:
-            usage = page.api("team_usage", params={"team_id": team["team_id"]},
-                             query={**rng.query(), "step": rng.step_query})
-            if usage.status == 404:
-                continue  # deleted since the listing
-            if not usage.ok:
-                error = usage  # the range, refused: the same for every team
-                break
-            answers.append(usage.body)
-        cursor = listing.body["next_cursor"]
-        if cursor is None or len(answers) >= OVERVIEW_TEAMS:
-            break
-    summed = overview_of(answers, rng)
+    answer = page.api("platform_usage", query={**rng.query(), "step": rng.step_query, "top": str(OVERVIEW_TOP)})
+    if answer.status in (401, 403):
+        return refused(page, answer, "The overview is for platform admins")
+    error = None if answer.ok else answer  # the range, refused: the page shows the API's words
+    summed = overview_of(answer.body if answer.ok else None, rng)
     args, base = page.request.args, "/console/teams"
-    by_team = top_series(summed.tokens_by_team)
+    by_team = summed.tokens_by_team
     limited = {"refused (429)": summed.limited_by_bucket} if any(summed.limited_by_bucket) else {}
     return render(
         page, "overview.html", title="Overview", rng=rng, range_problem=range_problem, error=error, base=base,
-        hidden={"view": "overview"}, summed=summed, counted_teams=len(answers), total_teams=total_teams,
-        cut=total_teams > OVERVIEW_TEAMS,
+        hidden={"view": "overview"}, summed=summed, top=OVERVIEW_TOP,
         tokens_chart=charts.over_time(rng.labels(), by_team, f"Tokens per {rng.step_words}, by team"),
         limited_chart=charts.over_time(rng.labels(), limited, f"Calls refused for a limit (429) per {rng.step_words}",
                                        empty="no refused calls"),

@@ -1,6 +1,6 @@
 """Usage numbers shaped for the console's charts and tables: series cut into a Range's buckets,
-the few largest named and the rest summed as "others", and the platform's overview summed from
-each team's GET /teams/{team_id}/usage answer (the API has no platform-wide usage route).
+the few largest named and the rest summed as "others", and the platform's overview from its
+GET /usage answer.
 
 Pure functions over what the API (or the usage source) answered: nothing here reads or decides
 anything else.
@@ -8,7 +8,6 @@ anything else.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,26 +51,34 @@ def my_series(points: Iterable[UsagePoint], rng: Range) -> tuple[dict[str, list[
     return dict(sorted(tokens.items())), dict(sorted(calls.items()))
 
 
-def team_series(series: Sequence[Mapping[str, Any]] | None, rng: Range,
-                counted: str = "token_usage") -> dict[str, list[int]]:
-    """One count per bucket, by user, from a team usage answer's `series`."""
-    by_user: dict[str, list[int]] = {}
-    for user in series or []:
-        values = by_user.setdefault(str(user["user_id"]), [0] * rng.count)
-        for point in user["points"]:
-            index = bucket_index(rng, _instant(point["start"]))
-            if index is not None:
-                values[index] += int(point[counted])
-    return by_user
+def _points(points: Iterable[Mapping[str, Any]], rng: Range, counted: str) -> list[int]:
+    values = [0] * rng.count
+    for point in points:
+        index = bucket_index(rng, _instant(point["start"]))
+        if index is not None:
+            values[index] += int(point[counted])
+    return values
+
+
+def team_series(series: Sequence[Mapping[str, Any]] | None, rng: Range, counted: str = "token_usage",
+                by: str = "user_id") -> dict[str, list[int]]:
+    """One count per bucket, by user (or `by` another id), from a usage answer's `series`."""
+    named: dict[str, list[int]] = {}
+    for entry in series or []:
+        values = _points(entry["points"], rng, counted)
+        named[str(entry[by])] = [a + b for a, b in zip(named.get(str(entry[by]), [0] * rng.count), values)]
+    return named
 
 
 @dataclass
 class Overview:
-    """The platform in a range, summed over teams."""
+    """The platform in a range: its GET /usage answer, shaped for the page."""
 
     tokens: int = 0
     calls: int = 0
     limited: int = 0
+    teams_with_usage: int = 0
+    users_with_usage: int = 0
     tokens_by_team: dict[str, list[int]] = field(default_factory=dict)
     limited_by_bucket: list[int] = field(default_factory=list)
     teams: list[dict[str, Any]] = field(default_factory=list)
@@ -79,38 +86,21 @@ class Overview:
     models: list[dict[str, Any]] = field(default_factory=list)
 
 
-def overview_of(answers: Sequence[Mapping[str, Any]], rng: Range) -> Overview:
-    """Sum each team's usage answer (with its series) into the platform's."""
-    result = Overview(limited_by_bucket=[0] * rng.count)
-    users: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"token_usage": 0, "authorized_calls": 0, "limited_calls": 0, "teams": 0})
-    models: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"token_usage": 0, "authorized_calls": 0, "limited_calls": 0})
-    for answer in answers:
-        team_id = str(answer["team_id"])
-        result.tokens += int(answer["total_token_usage"])
-        result.calls += int(answer["total_authorized_calls"])
-        result.limited += int(answer["total_limited_calls"])
-        per_user = team_series(answer.get("series"), rng)
-        if per_user:
-            result.tokens_by_team[team_id] = [sum(values) for values in zip(*per_user.values())]
-        for values in team_series(answer.get("series"), rng, "limited_calls").values():
-            result.limited_by_bucket = [a + b for a, b in zip(result.limited_by_bucket, values)]
-        if answer["total_token_usage"] or answer["total_authorized_calls"] or answer["total_limited_calls"]:
-            result.teams.append({
-                "team_id": team_id, "team_name": answer["team_name"], "token_usage": answer["total_token_usage"],
-                "authorized_calls": answer["total_authorized_calls"], "limited_calls": answer["total_limited_calls"],
-                "users": len(answer["user_breakdown"])})
-        for user in answer["user_breakdown"]:
-            entry = users[str(user["user_id"])]
-            for name in ("token_usage", "authorized_calls", "limited_calls"):
-                entry[name] += int(user[name])
-            entry["teams"] += 1
-        for model in answer["model_breakdown"]:
-            entry = models[str(model["model"])]
-            for name in ("token_usage", "authorized_calls", "limited_calls"):
-                # None: a source that cannot count calls by model (shown as "—").
-                entry[name] = None if model[name] is None or entry[name] is None else entry[name] + int(model[name])
-    result.users = [{"user_id": user_id, **counts} for user_id, counts in users.items()]
-    result.models = [{"model": model, **counts} for model, counts in models.items()]
-    return result
+def overview_of(answer: Mapping[str, Any] | None, rng: Range) -> Overview:
+    """The TOP teams' series and "others": every team's (`series_total`) less those named, so
+    that "others" counts the teams past the answer's breakdown too."""
+    if answer is None:
+        return Overview(limited_by_bucket=[0] * rng.count)
+    total = answer.get("series_total") or []
+    by_team = top_series(team_series(answer.get("series"), rng, by="team_id"))
+    by_team.pop(OTHERS, None)
+    rest = [t - sum(values[i] for values in by_team.values())
+            for i, t in enumerate(_points(total, rng, "token_usage"))]
+    if any(rest):
+        by_team[OTHERS] = rest
+    return Overview(
+        tokens=int(answer["total_token_usage"]), calls=int(answer["total_authorized_calls"]),
+        limited=int(answer["total_limited_calls"]), teams_with_usage=int(answer["teams_with_usage"]),
+        users_with_usage=int(answer["users_with_usage"]), tokens_by_team=by_team,
+        limited_by_bucket=_points(total, rng, "limited_calls"), teams=list(answer["team_breakdown"]),
+        users=list(answer["user_breakdown"]), models=list(answer["model_breakdown"]))
