@@ -53,7 +53,7 @@ from typing import Any
 
 from shared.durations import MAX_PART
 from shared.errors import Unauthorized, openai_body
-from shared.rates import RateUnit
+from shared.rates import Rate, RateUnit
 from shared.settings import Settings
 from shared.store.base import ApiKey, Team
 from shared.store.kubeshapes import (
@@ -63,7 +63,7 @@ from shared.store.kubeshapes import (
     STATUS_ANNOTATION,
     timestamp,
 )
-from shared.tiers import KEY_TIER_ANNOTATION, TIER_ANNOTATION, RateShape, key_tier_of, shapes_of, tier_of
+from shared.tiers import KEY_TIER_ANNOTATION, TIER_ANNOTATION, RateShape, key_tier_of, shapes_of, tier_of, window_s
 
 AUTH_POLICY = ("kuadrant.io/v1", "AuthPolicy", "maas-api-keys")
 TOKEN_RATE_LIMIT_POLICY = ("kuadrant.io/v1alpha1", "TokenRateLimitPolicy", "maas-team-token-limits")
@@ -333,6 +333,56 @@ def _limit_name(field: str, unit: RateUnit, scope: str, model: str, group: tuple
         tag = model if plain else "~" + hashlib.sha256(model.encode()).hexdigest()[:10]
         name += f"-on-{tag}"
     return name
+
+
+@dataclass(frozen=True)
+class LimitadorCounter:
+    """Where Limitador counts one of our rates for one key's calls: the counter of the limit
+    this rendering makes of it (tests/cluster/SOURCES.md §5, §10, §18)."""
+
+    namespace: str  # the model route's `<ns>/<name>` (KO LimitsNamespaceFromRoute)
+    identifier: str  # in the limit's condition `descriptors[0]["<identifier>"] == "1"`
+    seconds: int  # a rate of a limit is a Limitador limit of its own, told apart by its window
+    max_value: int
+    variables: tuple[tuple[str, str], ...]  # the counter's `set_variables`, sorted
+
+
+def limitador_identifier(kind: str, settings: Settings, limit_name: str) -> str:
+    """Kuadrant's name for a policy limit in Limitador: `tokenlimit.` or `limit.`, the name with
+    what is not a letter, digit or `_` made `_`, then `__` and 8 hex of sha256 of
+    `<policy ns>/<policy name>/<limit name>` (KO internal/controller/ratelimit_workflow_helpers.go,
+    TokenLimitNameToLimitadorIdentifier, LimitNameToLimitadorIdentifier)."""
+    prefix, policy = (("tokenlimit.", TOKEN_RATE_LIMIT_POLICY[2]) if kind == TOKEN_RATE_LIMIT_POLICY[1]
+                      else ("limit.", RATE_LIMIT_POLICY[2]))
+    digest = hashlib.sha256(f"{settings.policy_namespace}/{policy}/{limit_name}".encode()).hexdigest()[:8]
+    return f"{prefix}{re.sub(r'[^A-Za-z0-9_]', '_', limit_name)}__{digest}"
+
+
+def limitador_counter(team: Team, key: ApiKey, rate: Rate, settings: Settings) -> LimitadorCounter | None:
+    """The counter a cluster keeps for `rate` (the team's, or the key's own) on `key`'s calls;
+    None where the rendering makes none (a model the route cannot serve)."""
+    from shared.modelroute import _MODEL_NAME as ROUTABLE
+    from shared.modelroute import ROUTE_NAME
+
+    model = rate.model or ""
+    if model and not ROUTABLE.match(model):
+        return None
+    field, shapes = (KEY_TIER_FIELD, shapes_of(key.rates)) if rate.scope == "key" else (TIER_FIELD, shapes_of(team.limits))
+    seconds = window_s(rate.window)
+    group = next((group for scope, on, group in _groups(shapes, rate.unit) if (scope, on) == (rate.scope, model)), ())
+    shape = next((shape for shape in group if shape.seconds == seconds), None)
+    if shape is None:
+        return None
+    kind = TOKEN_RATE_LIMIT_POLICY[1] if rate.unit == "tokens" else RATE_LIMIT_POLICY[1]
+    # The identity's fields as the AuthPolicy's success filter gives them (auth_policy).
+    identity = {TEAM_COUNTER: team.team_id, USER_COUNTER: key.user_id, KEY_COUNTER: key.budget_handle}
+    # A counter expression is the Limitador variable `descriptors[0]["<expression>"]` (KO
+    # internal/cel/transformer.go, TransformCounterVariable, as both policies' CountersAsStringList call it).
+    variables = tuple(sorted((f'descriptors[0]["{expression}"]', identity[expression])
+                             for expression in _counters(rate.scope)))
+    return LimitadorCounter(f"{settings.policy_namespace}/{ROUTE_NAME}",
+                            limitador_identifier(kind, settings, _limit_name(field, rate.unit, rate.scope, model, group)),
+                            seconds, shape.limit, variables)
 
 
 def _counters(scope: str) -> list[str]:

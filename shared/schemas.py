@@ -365,8 +365,9 @@ class LimitsExplained(Response):
     secret_name: str | None
     model: str | None
     counters: Literal["live", "unavailable"] = Field(
-        description="'live': the gateway's counters as they are now; 'unavailable': only the limits "
-                    "(in a cluster the counters are Limitador's)")
+        description="'live': the counters as they are now (the gateway's; in a cluster Limitador's, read "
+                    "from MAAS_LIMITADOR_URL, where a limit it does not count has null counters); "
+                    "'unavailable': only the limits")
     limits: list[LimitState]
     binding: str | None = Field(description="Name of the binding limit")
     admitted_now: bool | None = Field(description="Whether a call would be admitted now; null without counters")

@@ -274,6 +274,12 @@ class Settings(BaseModel):
         default=5.0, validation_alias="MAAS_PROMETHEUS_TIMEOUT", gt=0,
         description="Seconds before a Prometheus query gives up with 503.",
     )
+    limitador_url: str | None = Field(
+        default=None, validation_alias="MAAS_LIMITADOR_URL",
+        description="Limitador's HTTP API (port 8080 of its Service, e.g. "
+                    "http://limitador-limitador.kuadrant-system.svc:8080): explain reads a cluster's "
+                    "counters there; unset, a cluster's explain shows the limits without counters.",
+    )
 
     expired_key_retention: str = Field(
         default="168h",

@@ -48,6 +48,10 @@ ADMIN_KEY_SECRET = "maas-admin-key"
 CONFIG_MAP = "maas-config"
 HTTP_ROUTE = "maas-key-manager"
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc.cluster.local:9090"
+# The Limitador Kuadrant makes (kuadrant-operator internal/kuadrant/kuadrant.go LimitadorName) and its
+# Service, `limitador-<name>` (limitador-operator pkg/limitador/k8s_objects.go ServiceName), on its
+# HTTP port (api/v1alpha1/limitador_types.go DefaultServiceHTTPPort): what explain reads counters from.
+DEFAULT_LIMITADOR_URL = "http://limitador-limitador.kuadrant-system.svc.cluster.local:8080"
 # Gateway API caps an HTTPRoute at 16 rules (MAX_RULES_PER_ROUTE); more routes spill into further HTTPRoutes.
 CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 _REGEX_META = re.compile(r"([.^$*+?()\[\]|\\])")
@@ -166,7 +170,7 @@ def _account_uses_the_api(account: str) -> bool:
     return bool(ACCOUNT_RULES[account]) or account in POLICY_WRITERS or account == "health"
 
 
-def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
+def config_map(settings: Settings, prometheus_url: str, limitador_url: str = DEFAULT_LIMITADOR_URL) -> dict[str, Any]:
     """The settings every function shares, so that they apply the policies we render here."""
     data = {
         "MAAS_KEY_SELECTOR": settings.key_selector,
@@ -177,6 +181,8 @@ def config_map(settings: Settings, prometheus_url: str) -> dict[str, Any]:
         "MAAS_KEYS_NAMESPACE": settings.store_namespace,
         "MAAS_USAGE": "prometheus",
         "PROMETHEUS_URL": prometheus_url,
+        # explain's counters in a cluster (shared/limitador.py)
+        "MAAS_LIMITADOR_URL": limitador_url,
         # The policy sync renders the maas-models HTTPRoute with these (shared/modelroute.py).
         "MAAS_ROUTE_RULE_NAMES": "true" if settings.route_rule_names else "false",
     }
@@ -603,6 +609,7 @@ def render(
     *,
     image: str | None = None,
     prometheus_url: str = DEFAULT_PROMETHEUS_URL,
+    limitador_url: str = DEFAULT_LIMITADOR_URL,
     config_dir: Path = CONFIG_DIR,
     skip_admin_key: bool = False,
 ) -> list[dict[str, Any]]:
@@ -615,7 +622,7 @@ def render(
     return [
         *function_rbac(settings),
         *identity_rbac(settings),
-        config_map(settings, prometheus_url),
+        config_map(settings, prometheus_url, limitador_url),
         *static,
         *(knative_service(target, settings, func, image) for target in function_targets()),
         *routes,
@@ -680,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="starting policies for config/examples/teams.yaml instead of no teams, for review")
     parser.add_argument("--image", help="image of every function (default: func.yaml's image)")
     parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS_URL, help="in-cluster Prometheus")
+    parser.add_argument("--limitador-url", default=DEFAULT_LIMITADOR_URL,
+                        help="Limitador's HTTP API, where explain reads a cluster's counters")
     parser.add_argument(
         "--skip-admin-key",
         action="store_true",
@@ -689,7 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = Settings()
     documents = render(
-        settings, image=args.image, prometheus_url=args.prometheus_url, skip_admin_key=args.skip_admin_key
+        settings, image=args.image, prometheus_url=args.prometheus_url, limitador_url=args.limitador_url,
+        skip_admin_key=args.skip_admin_key
     )
     policies = render_policies(settings, teams=load_example_teams() if args.example_teams else ())
     for path, written in ((args.out, documents), (args.policies_out, policies)):

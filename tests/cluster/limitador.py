@@ -152,6 +152,37 @@ class Limitador:
             self.counters[key] = counter
         return counter
 
+    # -- its HTTP API -----------------------------------------------------------------------------
+
+    def http_counters(self, namespace: str, now: datetime) -> list[JSON]:
+        """`GET /counters/{namespace}` as limitador-server answers it (src/http_api/server.rs
+        get_counters; src/http_api/request_types.rs Counter and Limit, whose fields these are):
+        the counters not yet expired (src/storage/in_memory.rs get_counters), `remaining` as
+        `max_value - value` in u64, wrapping when a report took a token counter past its limit,
+        `expires_in_seconds` the whole seconds left (Duration::as_secs). A limit's `conditions`
+        and `variables` are those Kuadrant gives it (limitador_limits_reconciler.go
+        processPolicyRules; the counters' expressions through TransformCounterVariable)."""
+        limits: dict[tuple[str, int], tuple[int, list[str]]] = {}
+        for policy in self.policies:
+            for name, limit in policy["spec"]["limits"].items():
+                variables = [f'descriptors[0]["{counter["expression"]}"]' for counter in limit.get("counters", [])]
+                for rate in limit["rates"]:
+                    limits[(limit_identifier(policy, name), go_duration_seconds(rate["window"]))] = (
+                        int(rate["limit"]), variables)
+        answer = []
+        for (route, identifier, seconds, values), counter in sorted(self.counters.items()):
+            if route != namespace or counter.expires_at is None or counter.expires_at <= now:
+                continue
+            max_value, variables = limits[(identifier, seconds)]
+            answer.append({
+                "limit": {"id": None, "namespace": route, "max_value": max_value, "seconds": seconds, "name": None,
+                          "conditions": [f'descriptors[0]["{identifier}"] == "1"'], "variables": variables},
+                "set_variables": dict(zip(variables, values)),
+                "remaining": (max_value - counter.value) % 2**64,
+                "expires_in_seconds": int((counter.expires_at - now).total_seconds()),
+            })
+        return answer
+
     # -- a request ------------------------------------------------------------------------------
 
     def check(self, identity: JSON | None, *, route: str, now: datetime, path: str = DEFAULT_PATH) -> bool:

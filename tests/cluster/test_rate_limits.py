@@ -18,7 +18,7 @@ the tests after it show each one, so a change upstream or in the gateway shows h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -138,9 +138,10 @@ def make_key(api: DirectClient, team_id: str, user: str, **fields: Any) -> tuple
     return reply.body["api_key"], context().store.get_key(secret_name=reply.body["secret_name"])
 
 
-def replay(calls: list[Call], team: Team, keys: dict[str, tuple[str, ApiKey]],
-           cluster: Cluster) -> list[tuple[Call, bool, bool, str | None]]:
-    """Each call through both; (call, gateway admitted, cluster admitted, the gateway's refusal)."""
+def replay(calls: list[Call], team: Team, keys: dict[str, tuple[str, ApiKey]], cluster: Cluster, *,
+           after: Callable[[Call, Gateway], None] | None = None) -> list[tuple[Call, bool, bool, str | None]]:
+    """Each call through both; (call, gateway admitted, cluster admitted, the gateway's refusal).
+    `after` is handed each call, and the gateway, once both have taken it."""
     gateway = Gateway()
     outcomes = []
     for call in calls:
@@ -148,6 +149,8 @@ def replay(calls: list[Call], team: Team, keys: dict[str, tuple[str, ApiKey]],
         api_key, key = keys[call.user]
         local = gateway.call(team, key, call.model, call.tokens, at)
         outcomes.append((call, local, cluster.call(api_key, call.model, call.tokens, at), gateway.refused_by))
+        if after is not None:
+            after(call, gateway)
     return outcomes
 
 
