@@ -1,4 +1,4 @@
-"""`maas usage user|team|me`: tokens spent and calls allowed or refused, over a range.
+"""`maas usage user|team|me|platform`: tokens spent and calls allowed or refused, over a range.
 
 The range is the API's: --window (the last 24h, 7d) or --start/--end (RFC 3339); all time when
 none is given. --by picks the breakdown shown in the table; --json shows every breakdown.
@@ -22,6 +22,7 @@ app = typer.Typer(help="Token usage per user, per team and per model.", no_args_
   maas usage team test-team --by model
   maas usage user test-user --window 24h
   maas usage me --start 2026-01-01T00:00:00Z
+  maas usage platform --window 24h --by user --top 20
 """)
 
 
@@ -49,11 +50,22 @@ _TOTALS: output.Columns = (("tokens", "total_token_usage"), ("calls", "total_aut
                            ("as of", "last_updated"))
 
 
-def _show(subject: output.Columns, by: By, allowed: tuple[By, ...]) -> Callable[[dict[str, Any]], None]:
+# The platform's breakdowns count where each team's and user's calls were, not who they are.
+_PLATFORM = {
+    By.team: ("team_breakdown", [("TEAM", "team_id"), ("NAME", "team_name"), ("TOKENS", "token_usage"),
+                                 ("CALLS", "authorized_calls"), ("LIMITED", "limited_calls"), ("USERS", "users")]),
+    By.user: ("user_breakdown", [("USER", "user_id"), ("TOKENS", "token_usage"), ("CALLS", "authorized_calls"),
+                                 ("LIMITED", "limited_calls"), ("TEAMS", "teams")]),
+    By.model: _BREAKDOWNS[By.model],
+}
+
+
+def _show(subject: output.Columns, by: By, allowed: tuple[By, ...],
+          breakdowns: dict[By, tuple[str, output.Columns]] = _BREAKDOWNS) -> Callable[[dict[str, Any]], None]:
     if by not in allowed:
         raise CliError(f"--by {by.value} is not a breakdown of this usage", ExitCode.USAGE,
                        hint=f"choose {' or '.join(b.value for b in allowed)}")
-    field, columns = _BREAKDOWNS[by]
+    field, columns = breakdowns[by]
 
     def render(data: dict[str, Any]) -> None:
         output.details(data, [*subject, *_TOTALS])
@@ -118,4 +130,25 @@ def me(
     render = _show([("user", "user_id")], by or By.team, (By.team, By.model))
     with session(ctx).api() as api:
         data = api.get("/me/usage", **_query(window, start, end))
+    output.emit(data, output.chosen(out, as_json), render)
+
+
+@app.command("platform")
+def platform(
+    ctx: typer.Context, window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
+    top: Annotated[int | None, typer.Option("--top", min=1, max=1000, help="How many teams and users to list, by tokens (default 10).")] = None,
+    step: Annotated[str | None, typer.Option("--step", help="Add a series per listed team, and one of all, in steps of this (1h) to the JSON/YAML answer.")] = None,
+    out: OutputOption = Format.table, as_json: JsonOption = False,
+) -> None:
+    """Every team's usage at once, with the top teams and users (--by team, the default, user or model; platform admins).
+
+    Examples:
+      maas usage platform --window 24h
+      maas usage platform --window 7d --by user --top 50
+      maas usage platform --window 24h --step 1h -o yaml
+    """
+    render = _show([("teams with calls", "teams_with_usage"), ("users with calls", "users_with_usage")],
+                   by or By.team, (By.team, By.user, By.model), _PLATFORM)
+    with session(ctx).api() as api:
+        data = api.get("/usage", **_query(window, start, end), step=step, top=top)
     output.emit(data, output.chosen(out, as_json), render)

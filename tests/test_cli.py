@@ -191,6 +191,12 @@ def test_the_quickstart_with_maas_alone(runtime: Runtime, tmp_path: Path) -> Non
     by_model = maas("usage", "team", "test-team", "--by", "model")
     assert by_model.code == 0 and MODEL in by_model.out
     assert maas("usage", "team", "test-team", "--window", "1h", "--json").json()["total_authorized_calls"] == 1
+    platform = maas("usage", "platform", "--top", "1000", "--json").json()
+    (row,) = [team for team in platform["team_breakdown"] if team["team_id"] == "test-team"]
+    assert (row["token_usage"], row["limited_calls"], row["users"]) == (user_usage["total_token_usage"], 1, 1)
+    assert platform["total_token_usage"] >= row["token_usage"]
+    by_user = maas("usage", "platform", "--by", "user", "--window", "1h")
+    assert by_user.code == 0 and "test-user" in by_user.out and "TEAMS" in by_user.out
 
     revoked = maas("key", "revoke", handle, "--json").json()
     assert revoked["status"] == "revoked"
