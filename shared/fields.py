@@ -141,11 +141,13 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=253, strip_whit
 Description = Annotated[str, StringConstraints(max_length=1024)]
 LimitScope = Literal["user", "team"]
 
-# Path parameters are validated like body fields, so a bad id is a 422 naming it.
+# Path parameters are validated like body fields, so a bad id is a 422 naming it. Built on first
+# use, as the models are: the health target has no path parameter.
+_DEFERRED = ConfigDict(defer_build=True)
 PATH_PARAMETERS: dict[str, TypeAdapter[str]] = {
-    "team_id": TypeAdapter(DnsLabel),
-    "user_id": TypeAdapter(UserId),
-    "secret_name": TypeAdapter(SecretName),
+    "team_id": TypeAdapter(DnsLabel, config=_DEFERRED),
+    "user_id": TypeAdapter(UserId, config=_DEFERRED),
+    "secret_name": TypeAdapter(SecretName, config=_DEFERRED),
 }
 
 
