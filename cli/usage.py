@@ -36,6 +36,8 @@ Window = Annotated[str | None, typer.Option("--window", "-w", help="The last 24h
 Start = Annotated[str | None, typer.Option("--start", help="From this instant, RFC 3339 (2026-01-01T00:00:00Z).")]
 End = Annotated[str | None, typer.Option("--end", help="Up to this instant, RFC 3339 (default: now).")]
 ByOption = Annotated[By | None, typer.Option("--by", help="The breakdown to show: team, user or model.")]
+ModelStep = Annotated[str | None, typer.Option(
+    "--step", help="Add a series per model in steps of this (1h) to the JSON/YAML answer (needs --window or --start).")]
 
 _BREAKDOWNS = {
     By.team: ("team_breakdown", [("TEAM", "team_id"), ("NAME", "team_name"), ("TOKENS", "token_usage"),
@@ -82,7 +84,7 @@ def _query(window: str | None, start: str | None, end: str | None) -> dict[str, 
 @app.command("user")
 def user(
     ctx: typer.Context, user_id: Annotated[str, typer.Argument(metavar="USER_ID", help="The user's id.")],
-    window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
+    window: Window = None, start: Start = None, end: End = None, by: ByOption = None, step: ModelStep = None,
     out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """A user's usage across their teams (--by team, the default, or model).
@@ -90,10 +92,11 @@ def user(
     Examples:
       maas usage user test-user
       maas usage user test-user --window 24h --by model
+      maas usage user test-user --window 24h --step 1h --json
     """
     render = _show([("user", "user_id")], by or By.team, (By.team, By.model))
     with session(ctx).api() as api:
-        data = api.get(f"/users/{user_id}/usage", **_query(window, start, end))
+        data = api.get(f"/users/{user_id}/usage", **_query(window, start, end), step=step)
     output.emit(data, output.chosen(out, as_json), render)
 
 
@@ -120,16 +123,17 @@ def team(
 @app.command("me")
 def me(
     ctx: typer.Context, window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
-    out: OutputOption = Format.table, as_json: JsonOption = False,
+    step: ModelStep = None, out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """Your own usage across your teams (--by team, the default, or model).
 
     Examples:
       maas usage me --window 24h
+      maas usage me --window 7d --step 1d -o yaml
     """
     render = _show([("user", "user_id")], by or By.team, (By.team, By.model))
     with session(ctx).api() as api:
-        data = api.get("/me/usage", **_query(window, start, end))
+        data = api.get("/me/usage", **_query(window, start, end), step=step)
     output.emit(data, output.chosen(out, as_json), render)
 
 

@@ -8,7 +8,7 @@ from functions._http import Call, endpoint
 from shared import keys, membership
 from shared.schemas import KeyCreated, Me, MyKeyCreate, PageQuery, UserKeys
 from shared.usage import service
-from shared.usage.schemas import UsageQuery, UserUsage
+from shared.usage.schemas import UserUsage, UserUsageQuery
 
 
 @functions_framework.http
@@ -33,4 +33,4 @@ def create_my_key(call: Call) -> KeyCreated:
 @endpoint("my_usage")
 def my_usage(call: Call) -> UserUsage:
     return service.user_usage(store=call.ctx.store, source=call.ctx.usage(), user_id=call.signed_in().user_id,
-                              query=call.query(UsageQuery), now=call.ctx.clock())
+                              query=call.query(UserUsageQuery), now=call.ctx.clock())

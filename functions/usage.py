@@ -7,7 +7,14 @@ import functions_framework
 
 from functions._http import Call, endpoint
 from shared.usage import service
-from shared.usage.schemas import PlatformUsage, PlatformUsageQuery, TeamUsage, TeamUsageQuery, UsageQuery, UserUsage
+from shared.usage.schemas import (
+    PlatformUsage,
+    PlatformUsageQuery,
+    TeamUsage,
+    TeamUsageQuery,
+    UserUsage,
+    UserUsageQuery,
+)
 
 
 @functions_framework.http
@@ -17,7 +24,7 @@ def user_usage(call: Call) -> UserUsage:
         store=call.ctx.store,
         source=call.ctx.usage(),
         user_id=call.params["user_id"],
-        query=call.query(UsageQuery),
+        query=call.query(UserUsageQuery),
         now=call.ctx.clock(),
     )
 

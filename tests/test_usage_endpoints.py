@@ -219,6 +219,12 @@ def test_usage_from_the_ledger_equals_what_clients_saw(traffic: dict[str, Any], 
     # Buckets start on the minute at or before now - 1h: 6 full ones and the current one.
     assert len(series["series"][0]["points"]) == 7
     assert sum(p["token_usage"] for p in series["series"][1]["points"]) == bodies["team"]["user_breakdown"][1]["token_usage"]
+    # A user's series is per model, across their teams, and sums to their total over the range.
+    mine = admin.get("/users/test.user/usage", params={"window": "1h", "step": "10m"}).json()
+    assert mine["step_seconds"] == 600 and len(mine["series"]) >= 1
+    assert all(len(model["points"]) == 7 for model in mine["series"])
+    assert sum(p["token_usage"] for model in mine["series"] for p in model["points"]) == mine["total_token_usage"]
+    assert admin.get("/users/test.user/usage", params={"step": "10m"}).json()["details"][0]["field"] == "step"
 
 
 def test_usage_errors(traffic: dict[str, Any], admin: httpx.Client, use: Any) -> None:

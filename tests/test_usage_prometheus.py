@@ -25,7 +25,7 @@ from shared.store.sqlite import SqliteStore
 from shared.usage.base import UsageRow, UsageSource
 from shared.usage.embedded import EmbeddedUsage
 from shared.usage.prometheus import PrometheusUsage, label_value, selector
-from shared.usage.schemas import TeamUsageQuery, UsageQuery
+from shared.usage.schemas import TeamUsageQuery, UserUsageQuery
 from shared.usage.service import team_usage, user_usage
 from tests.prometheus_harness import Prometheus, UsageExporter, free_port, prometheus_binary
 
@@ -128,7 +128,7 @@ def _without_model_calls(bodies: dict[str, object], *, calls: type) -> dict[str,
 def _bodies(store: SqliteStore, source: UsageSource, now: datetime) -> dict[str, object]:
     bodies: dict[str, object] = {}
     for user in USERS:
-        bodies[f"user {user}"] = user_usage(store=store, source=source, user_id=user, query=UsageQuery(),
+        bodies[f"user {user}"] = user_usage(store=store, source=source, user_id=user, query=UserUsageQuery(),
                                             now=now).model_dump(mode="json")
     for team in TEAMS:
         bodies[f"team {team}"] = team_usage(store=store, source=source, team_id=team,

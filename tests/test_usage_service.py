@@ -14,7 +14,7 @@ from shared.store.base import ApiKey, Team
 from shared.store.sqlite import SqliteStore
 from shared.usage.base import UsagePoint
 from shared.usage.embedded import EmbeddedUsage
-from shared.usage.schemas import TeamUsageQuery, UsageQuery
+from shared.usage.schemas import TeamUsageQuery, UsageQuery, UserUsageQuery
 from shared.usage.service import resolve_range, team_usage, user_usage
 
 NOW = datetime(2025, 8, 25, 12, 0, tzinfo=timezone.utc)
@@ -66,7 +66,7 @@ def ledger(tmp_path: Path) -> Iterator[UsageLedger]:
 
 def test_user_usage_all_time_has_the_quickstart_shape(store: SqliteStore, ledger: UsageLedger) -> None:
     body = user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser",
-                      query=UsageQuery(), now=NOW).model_dump(mode="json")
+                      query=UserUsageQuery(), now=NOW).model_dump(mode="json")
     assert body["user_id"] == "testuser"
     assert (body["total_token_usage"], body["total_authorized_calls"], body["total_limited_calls"]) == (181, 10, 3)
     assert body["team_breakdown"] == [
@@ -99,14 +99,14 @@ def test_team_usage_has_emails_and_sorted_users(store: SqliteStore, ledger: Usag
 
 def test_window_limits_the_range(store: SqliteStore, ledger: UsageLedger) -> None:
     body = user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser",
-                      query=UsageQuery(window="1h"), now=NOW)
+                      query=UserUsageQuery(window="1h"), now=NOW)
     assert body.total_token_usage == 81
     assert body.start == NOW - timedelta(hours=1) and body.end == NOW
 
 
 def test_user_without_traffic_gets_zeros(store: SqliteStore, ledger: UsageLedger) -> None:
     body = user_usage(store=store, source=EmbeddedUsage(ledger), user_id="nobody",
-                      query=UsageQuery(), now=NOW)
+                      query=UserUsageQuery(), now=NOW)
     assert (body.total_token_usage, body.total_authorized_calls, body.total_limited_calls) == (0, 0, 0)
     assert body.team_breakdown == [] and body.model_breakdown == []
 
@@ -126,6 +126,21 @@ def test_team_series_is_dense_per_user(store: SqliteStore, ledger: UsageLedger) 
     assert [p.token_usage for p in testuser.points] == [0, 100, 50]  # 09-10, 10-11, 11-12
     assert [p.limited_calls for p in testuser.points] == [0, 0, 1]
     assert sum(p.token_usage for p in body.series[0].points) == 7
+
+
+def test_user_series_is_dense_per_model_across_teams(store: SqliteStore, ledger: UsageLedger) -> None:
+    body = user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser",
+                      query=UserUsageQuery(window="3h", step="1h"), now=NOW)
+    assert body.step_seconds == 3600 and body.series is not None
+    assert [s.model for s in body.series] == ["qwen3-0-6b-instruct", "vllm-simulator"]
+    qwen, simulator = body.series
+    assert [p.token_usage for p in qwen.points] == [0, 100, 30]  # test-team's 100, premium's 30
+    assert [p.token_usage for p in simulator.points] == [0, 0, 51]  # test-team's 50, a deleted team's 1
+    assert [p.limited_calls for p in simulator.points] == [0, 0, 1]
+    # The series sums to the totals over the same range, and without a step there is none.
+    assert sum(p.token_usage for s in body.series for p in s.points) == body.total_token_usage
+    assert user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser",
+                      query=UserUsageQuery(window="3h"), now=NOW).series is None
 
 
 @pytest.mark.parametrize(
@@ -183,7 +198,7 @@ def test_a_source_without_calls_per_model_gives_tokens_per_model_and_null_calls(
 ) -> None:
     source = _NoCallsByModel()
     start = NOW - timedelta(hours=1)
-    body = user_usage(store=store, source=source, user_id="testuser", query=UsageQuery(window="1h"), now=NOW)
+    body = user_usage(store=store, source=source, user_id="testuser", query=UserUsageQuery(window="1h"), now=NOW)
     assert (body.total_token_usage, body.total_authorized_calls, body.total_limited_calls) == (80, 5, 3)
     assert [(t.team_id, t.token_usage, t.authorized_calls) for t in body.team_breakdown] == [
         ("premium", 30, 3), ("test-team", 50, 2)]
@@ -197,7 +212,7 @@ def test_a_source_without_calls_per_model_gives_tokens_per_model_and_null_calls(
     assert source.asked == [{"start": start, "end": NOW, "team_id": None, "user_id": "testuser"},
                             {"start": None, "end": None, "team_id": "test-team", "user_id": None}]
     # The ledger knows calls per model: ints there.
-    assert user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser", query=UsageQuery(),
+    assert user_usage(store=store, source=EmbeddedUsage(ledger), user_id="testuser", query=UserUsageQuery(),
                       now=NOW).model_breakdown[0].authorized_calls == 7
 
 

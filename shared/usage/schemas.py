@@ -32,6 +32,12 @@ class UsageQuery(BaseModel):
     window: Duration | None = Field(default=None, description="Range length such as '24h' or '7d'")
 
 
+class UserUsageQuery(UsageQuery):
+    step: Duration | None = Field(
+        default=None, description="Adds a time series per model with buckets of this length, e.g. '1h'"
+    )
+
+
 class TeamUsageQuery(UsageQuery):
     step: Duration | None = Field(
         default=None, description="Adds a time series per user with buckets of this length, e.g. '1h'"
@@ -82,6 +88,9 @@ class UserUsage(_Model):
     model_breakdown: list[ModelUsage]
     start: Instant | None = None
     end: Instant | None = None
+    step_seconds: int | None = None
+    series: list[ModelSeries] | None = Field(
+        default=None, description="With `step`: per model (\"\" where the source counts calls without one)")
     last_updated: Instant
 
 
@@ -98,6 +107,11 @@ class SeriesPoint(_Model):
     token_usage: int
     authorized_calls: int
     limited_calls: int
+
+
+class ModelSeries(_Model):
+    model: str
+    points: list[SeriesPoint]
 
 
 class UserSeries(_Model):

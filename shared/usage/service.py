@@ -20,6 +20,7 @@ from shared.errors import InvalidRequest, NotFound
 from shared.store import Store, Team
 from shared.usage.base import UsagePoint, UsageRow, UsageSource
 from shared.usage.schemas import (
+    ModelSeries,
     ModelUsage,
     PlatformTeamUsage,
     PlatformUsage,
@@ -34,6 +35,7 @@ from shared.usage.schemas import (
     UserSeries,
     UserUsage,
     UserUsageInTeam,
+    UserUsageQuery,
 )
 
 # A dashboard needs a few hundred points; more would only load the backend (Prometheus
@@ -144,9 +146,10 @@ def _team_or_none(store: Store, team_id: str) -> Team | None:
         return None
 
 
-def user_usage(*, store: Store, source: UsageSource, user_id: str, query: UsageQuery,
+def user_usage(*, store: Store, source: UsageSource, user_id: str, query: UserUsageQuery,
                now: datetime) -> UserUsage:
     span = resolve_range(query, now)
+    step_s = resolve_step(query.step, span)
     rows = source.totals(start=span.start, end=span.end, user_id=user_id)
     total = sum((_Counts.of(r) for r in rows), _Counts())
     breakdown = []
@@ -171,8 +174,18 @@ def user_usage(*, store: Store, source: UsageSource, user_id: str, query: UsageQ
         model_breakdown=_models(rows, source, span, user_id=user_id),
         start=span.start,
         end=span.end,
+        step_seconds=step_s,
+        series=_model_series(source, span, step_s, user_id),
         last_updated=now,
     )
+
+
+def _model_series(source: UsageSource, span: UsageRange, step_s: int | None, user_id: str) -> list[ModelSeries] | None:
+    found = _series_points(source, span, step_s, user_id=user_id)
+    if found is None:
+        return None
+    return [ModelSeries(model=model, points=_dense(found.buckets, counts))
+            for model, counts in found.by(lambda r: r.model).items()]
 
 
 def team_usage(*, store: Store, source: UsageSource, team_id: str, query: TeamUsageQuery,
@@ -237,13 +250,13 @@ class _Series:
 
 
 def _series_points(source: UsageSource, span: UsageRange, step_s: int | None, *,
-                   team_id: str | None = None) -> _Series | None:
+                   team_id: str | None = None, user_id: str | None = None) -> _Series | None:
     """None when no series was asked (no step, or a range with no start)."""
     if step_s is None or span.start is None or span.end is None:
         return None
     # Buckets start on a whole minute: the ledger's resolution, so both backends cut alike.
     origin = datetime.fromtimestamp(span.start.timestamp() // MIN_STEP_S * MIN_STEP_S, timezone.utc)
-    points = source.series(start=origin, end=span.end, step_s=step_s, team_id=team_id)
+    points = source.series(start=origin, end=span.end, step_s=step_s, team_id=team_id, user_id=user_id)
     step = timedelta(seconds=step_s)
     buckets: list[datetime] = []
     at = origin
