@@ -55,9 +55,17 @@ SIGNED_IN_ENVIRON = "maas.console.signed_in"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+# A 422 names this many fields at most: a request of thousands of bad fields (or unknown query
+# parameters) gets a short answer that says how many more there were, not one as long as it.
+MAX_DETAILS = 20
+
+
 def _invalid(details: list[FieldError]) -> InvalidRequest:
-    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
-    return InvalidRequest(f"invalid request: {summary}", details=details)
+    shown = details[:MAX_DETAILS]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in shown)
+    if len(details) > len(shown):
+        summary += f"; and {len(details) - len(shown)} more"
+    return InvalidRequest(f"invalid request: {summary}", details=shown)
 
 
 class _NotAJsonNumber(ValueError):

@@ -193,12 +193,22 @@ class Rotation:
     old_after: KeyPublic
 
 
+def _exists(ctx: Context, secret_name: str) -> bool:
+    try:
+        ctx.store.get_key(secret_name=secret_name)
+    except NotFound:
+        return False
+    return True
+
+
 def rotate_key(ctx: Context, secret_name: str, request: KeyRotate) -> Rotation:
     old = ctx.store.get_key(secret_name=secret_name)
     now = ctx.clock()
     if not usable(old, now):
         raise Conflict(f"key '{secret_name}' is {effective_status(old, now)}: issue a new key instead")
-    if old.replaced_by is not None:
+    if old.replaced_by is not None and _exists(ctx, old.replaced_by):
+        # A successor deleted since leaves the key in its grace period with none: it may be
+        # rotated again (else its holder's only way on is a new key, with fresh key budgets).
         raise Conflict(f"key '{secret_name}' was rotated already: rotate its successor '{old.replaced_by}' instead")
     team = ctx.store.get_team(team_id=old.team_id)
     if request.expires_in is None and request.expires_at is None and old.expires_at is not None:

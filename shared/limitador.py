@@ -16,7 +16,9 @@ it stands. A counter that is absent has not been written in its window: 0 spent,
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -43,21 +45,34 @@ def counters_url(base_url: str, namespace: str) -> str:
     return f"{base_url.rstrip('/')}/counters/{quote(namespace, safe='')}"
 
 
+# A namespace's counters for a few hundred thousand users; an answer past this is not read.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
 def read_counters(base_url: str, namespace: str, timeout_s: float) -> list[dict[str, Any]]:
-    """Limitador's answer for the namespace; BackendUnavailable when there is none to read."""
+    """Limitador's answer for the namespace; BackendUnavailable when there is none to read
+    within `timeout_s` in all (httpx's timeouts are per read: a trickle would hold it)."""
     import httpx  # only a cluster's explain reads Limitador
 
+    deadline = time.monotonic() + timeout_s
     url = counters_url(base_url, namespace)
     try:
-        answer = httpx.get(url, timeout=timeout_s)
+        with httpx.stream("GET", url, timeout=timeout_s) as answer:
+            if answer.status_code != 200:
+                raise BackendUnavailable(f"Limitador at {base_url} answered {answer.status_code} for the counters")
+            body = bytearray()
+            for chunk in answer.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise BackendUnavailable(f"Limitador at {base_url} did not answer within {timeout_s:g} s")
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise BackendUnavailable(f"Limitador at {base_url} answered more than {MAX_ANSWER_BYTES} bytes")
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"Limitador at {base_url} did not answer ({type(exc).__name__})") from None
-    if answer.status_code != 200:
-        raise BackendUnavailable(f"Limitador at {base_url} answered {answer.status_code} for the counters")
     try:
-        counters = answer.json()
-    except ValueError:
-        raise BackendUnavailable(f"Limitador at {base_url} answered no JSON for the counters") from None
+        counters = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, or nested past what the reader takes
+        raise BackendUnavailable(f"Limitador at {base_url} answered no JSON list of counters") from None
     if not isinstance(counters, list):
         raise BackendUnavailable(f"Limitador at {base_url} answered no list of counters")
     return [counter for counter in counters if isinstance(counter, dict)]
@@ -67,18 +82,28 @@ def index(counters: Iterable[Mapping[str, Any]]) -> dict[CounterKey, Seen]:
     """The counters by what names one: the limit's identifier and window, and the variables' values."""
     found: dict[CounterKey, Seen] = {}
     for counter in counters:
-        limit = counter.get("limit") or {}
-        remaining, max_value = counter.get("remaining"), limit.get("max_value")
-        if not isinstance(remaining, int) or not isinstance(max_value, int) or not isinstance(limit.get("seconds"), int):
+        # A field of another type than Limitador's (request_types.rs) leaves that counter out:
+        # what is read is an answer from elsewhere, never trusted to hold its shape.
+        limit, variables = counter.get("limit"), counter.get("set_variables")
+        if not isinstance(limit, dict) or not isinstance(variables, dict):
             continue
-        variables = counter.get("set_variables") or {}
+        remaining, max_value, seconds = counter.get("remaining"), limit.get("max_value"), limit.get("seconds")
+        expires, conditions = counter.get("expires_in_seconds"), limit.get("conditions")
+        if expires is None:
+            expires = 0  # Option<u64>: no expiry known, so no window to tell the end of
+        if not (_u64(remaining) and _u64(max_value) and _u64(seconds) and _u64(expires)
+                and isinstance(conditions, list)):
+            continue
         values = tuple(sorted((str(name), str(value)) for name, value in variables.items()))
-        for condition in limit.get("conditions") or []:
+        for condition in conditions:
             matched = _CONDITION.match(str(condition))
             if matched:
-                found[(matched["identifier"], limit["seconds"], values)] = Seen(
-                    (max_value - remaining) % _U64, int(counter.get("expires_in_seconds") or 0))
+                found[(matched["identifier"], seconds, values)] = Seen((max_value - remaining) % _U64, expires)
     return found
+
+
+def _u64(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _U64
 
 
 def seen_by(counters: Mapping[CounterKey, Seen], counter: LimitadorCounter) -> Seen:

@@ -9,6 +9,7 @@ since the command line, a client of the API, imports it too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ SPEC_SYNTAX = "NAME=[UNIT:]LIMIT/WINDOW[,scope=user|team][,model=M], e.g. rpm=re
 KEY_SPEC_SYNTAX = "NAME=[UNIT:]LIMIT/WINDOW[,model=M], e.g. key-rpm=requests:10/1m"
 _UNITS = ("tokens", "requests")
 _SCOPES = ("user", "team")
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
 
 
 class SpecError(ValueError):
@@ -36,10 +38,11 @@ def parse_spec(text: str, *, for_key: bool = False) -> dict[str, Any]:
         raise SpecError(f"the unit is {' or '.join(_UNITS)}, not {unit.strip()!r}")
     if not slash or not window.strip():
         raise SpecError("no /WINDOW after the limit")
-    try:
-        count = int(limit.strip())
-    except ValueError:
-        raise SpecError(f"the limit is a whole number, not {limit.strip()!r}") from None
+    # ASCII digits only: int() would also take "1_000", "+5" and other scripts' digits, which
+    # then read back as other text than was typed.
+    if not _DIGITS.match(limit.strip()):
+        raise SpecError(f"the limit is a whole number, not {limit.strip()!r}")
+    count = int(limit.strip())
     spec: dict[str, Any] = {"name": name.strip(), "limit": count, "window": window.strip(), "unit": unit.strip()}
     allowed = ("model",) if for_key else ("scope", "model")
     for extra in extras:

@@ -10,6 +10,7 @@ A source that cannot count calls per model (Prometheus: Limitador's call counter
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -107,10 +108,16 @@ def resolve_step(step: str | None, span: UsageRange) -> int | None:
         raise invalid("step", f"must be whole seconds, at least {MIN_STEP_S}s (e.g. '1m', '1h')")
     if span.start is None or span.end is None:
         raise invalid("step", "needs a range: give window (e.g. window=24h) or start")
-    points = (span.end - span.start) / length
+    # Counted as the series is cut: from the minute the range starts in (_series_points).
+    points = math.ceil((span.end - _origin(span.start)) / length)
     if points > MAX_POINTS:
-        raise invalid("step", f"gives {int(points)} points over the range; at most {MAX_POINTS}")
+        raise invalid("step", f"gives {points} points over the range; at most {MAX_POINTS}")
     return int(length.total_seconds())
+
+
+def _origin(start: datetime) -> datetime:
+    """Buckets start on a whole minute: the ledger's resolution, so both backends cut alike."""
+    return datetime.fromtimestamp(start.timestamp() // MIN_STEP_S * MIN_STEP_S, timezone.utc)
 
 
 def _sum(rows: Iterable[UsageRow], key: Callable[[UsageRow], str]) -> dict[str, _Counts]:
@@ -254,13 +261,12 @@ def _series_points(source: UsageSource, span: UsageRange, step_s: int | None, *,
     """None when no series was asked (no step, or a range with no start)."""
     if step_s is None or span.start is None or span.end is None:
         return None
-    # Buckets start on a whole minute: the ledger's resolution, so both backends cut alike.
-    origin = datetime.fromtimestamp(span.start.timestamp() // MIN_STEP_S * MIN_STEP_S, timezone.utc)
+    origin = _origin(span.start)
     points = source.series(start=origin, end=span.end, step_s=step_s, team_id=team_id, user_id=user_id)
     step = timedelta(seconds=step_s)
     buckets: list[datetime] = []
     at = origin
-    while at < span.end and len(buckets) <= MAX_POINTS:
+    while at < span.end and len(buckets) < MAX_POINTS:
         buckets.append(at)
         at += step
     return _Series(buckets=buckets, step=step, points=points)
