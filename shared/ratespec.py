@@ -57,8 +57,10 @@ def parse_spec(text: str, *, for_key: bool = False) -> dict[str, Any]:
 
 
 def spec_text(rate: Mapping[str, Any]) -> str:
-    """A rate of the API's answers (RatePublic) as the SPEC that sets it."""
-    text = f"{rate.get('name')}={rate.get('unit', 'tokens')}:{rate.get('limit')}/{rate.get('window')}"
+    """A rate of the API's answers (RatePublic) as the SPEC that sets it; tokens, the default
+    unit, unsaid (`tokens=100000/1h`, `rpm=requests:60/1m`)."""
+    unit = rate.get("unit", "tokens")
+    text = f"{rate.get('name')}={'' if unit == 'tokens' else f'{unit}:'}{rate.get('limit')}/{rate.get('window')}"
     if rate.get("scope") not in (None, "user", "key"):
         text += f",scope={rate['scope']}"
     return text + (f",model={rate['model']}" if rate.get("model") else "")

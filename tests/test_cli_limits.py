@@ -44,8 +44,9 @@ def test_a_spec_is_the_apis_rate_and_reads_back() -> None:
     assert parse_spec("rpm=requests:60/1m,scope=team,model=m") == {
         "name": "rpm", "limit": 60, "window": "1m", "unit": "requests", "scope": "team", "model": "m"}
     assert parse_spec("tokens=20000/1m") == {"name": "tokens", "limit": 20000, "window": "1m", "unit": "tokens"}
-    for text in ("rpm=requests:60/1m,scope=team,model=m", "tokens=tokens:20000/1m"):
+    for text in ("rpm=requests:60/1m,scope=team,model=m", "tokens=20000/1m"):
         assert spec_text(parse_spec(text)) == text
+    assert spec_text(parse_spec("tokens=tokens:20000/1m")) == "tokens=20000/1m"  # the default unit, unsaid
     for wrong in ("rpm", "rpm=requests:60", "rpm=calls:60/1m", "rpm=many/1m", "rpm=60/1m,scope=all",
                   "rpm=60/1m,colour=red", "rpm=60/1m,model=a,model=b"):
         with pytest.raises(CliError) as raised:
@@ -65,7 +66,7 @@ def test_policy_render_of_several_rates_and_keys_is_the_cluster_syncs(admin: Maa
     _ok(admin("team", "create", "rates-c", "--token-limit", "777", "--time-window", "10m"))
     created = json.loads(_ok(admin("key", "create", "rates-a", "bot", "--limit", "key-rpm=requests:10/1m",
                                    "--limit", f"key-big=500/1h,model={MODEL}", "--max-concurrent", "2", "--json")))
-    assert [spec_text(rate) for rate in created["limits"]] == ["key-rpm=requests:10/1m", f"key-big=tokens:500/1h,model={MODEL}"]
+    assert [spec_text(rate) for rate in created["limits"]] == ["key-rpm=requests:10/1m", f"key-big=500/1h,model={MODEL}"]
     assert created["max_concurrent"] == 2
     # A rotated key in its grace period: its expiry is part of the AuthPolicy's revision, which
     # the render reads from a listing (whole seconds) and the sync from the store (microseconds).
@@ -88,13 +89,13 @@ def test_policy_render_of_several_rates_and_keys_is_the_cluster_syncs(admin: Maa
 def test_team_limits_flags_show_and_errors(admin: Maas) -> None:
     team = json.loads(_ok(admin("team", "create", "flags", "--limit", "tokens=1000/1h", "--limit",
                                 "rpm=requests:3/1m", "--json")))
-    assert [spec_text(rate) for rate in team["limits"]] == ["tokens=tokens:1000/1h", "rpm=requests:3/1m"]
+    assert [spec_text(rate) for rate in team["limits"]] == ["tokens=1000/1h", "rpm=requests:3/1m"]
     shown = _ok(admin("limits", "show", "flags"))
     assert "rpm" in shown and "requests" in shown
     assert "rpm" in _ok(admin("team", "show", "flags"))  # several rates: their table under the fields
     # The short form edits the primary rate and keeps the others.
     updated = admin("team", "update", "flags", "--token-limit", "2000", "--json").json()
-    assert [spec_text(rate) for rate in updated["limits"]] == ["tokens=tokens:2000/1h", "rpm=requests:3/1m"]
+    assert [spec_text(rate) for rate in updated["limits"]] == ["tokens=2000/1h", "rpm=requests:3/1m"]
     replaced = admin("team", "update", "flags", "--limit", "tokens=50/1m", "--json").json()
     assert [rate["name"] for rate in replaced["limits"]] == ["tokens"]
     both = admin("team", "update", "flags", "--limit", "tokens=50/1m", "--token-limit", "5")

@@ -66,7 +66,7 @@ def test_a_team_page_lists_every_rate_and_a_platform_admin_edits_them_one_a_line
             stored = api.get("/teams/alpha").json()["limits"]
         assert _textarea(page.text, "edit-rates") == _lines(stored)
 
-        assert _textarea(page.text, "edit-rates") == "tokens=tokens:100000/1h\ndaily=tokens:500/24h,scope=team"
+        assert _textarea(page.text, "edit-rates") == "tokens=100000/1h\ndaily=500/24h,scope=team"
         edited = _lines(stored) + "\n\n  rpm=requests:3/1m  \n"
         saved = admin.post("/console/teams/alpha", data={"csrf": csrf_of(page.text), "limits": edited})
         assert saved.status_code == 303

@@ -44,6 +44,13 @@ def _seed(runtime: Runtime, admin_key: str) -> None:
         api.post("/teams/data-science/members", json={"user_id": "mona", "user_email": "mona@example.com",
                                                       "role": "member"}).raise_for_status()
         api.post("/teams/data-science/members", json={"user_id": "tara", "role": "admin"}).raise_for_status()
+        # Several rates, so that the team page shows a list and explain has limits to compare.
+        api.patch("/teams/data-science", json={"limits": [
+            {"name": "tokens", "limit": 200000, "window": "1h"},
+            {"name": "per-minute", "limit": 20000, "window": "1m"},
+            {"name": "rpm", "limit": 60, "window": "1m", "unit": "requests"},
+            {"name": "team-daily", "limit": 2000000, "window": "24h", "scope": "team"},
+            {"name": "large-model", "limit": 50000, "window": "1h", "model": MODELS[1]}]}).raise_for_status()
         # An update, so that the audit log shows what one changed.
         api.patch("/teams/platform-eng", json={"token_limit": 60000, "max_keys_per_user": 3}).raise_for_status()
         keys = []
@@ -89,7 +96,7 @@ def _admin_pages(context: BrowserContext, runtime: Runtime, admin_key: str) -> N
     _shot(page, "overview")
     page.goto(runtime.admin_url + "/console/teams?view=audit&outcome=success")
     _shot(page, "audit")
-    page.goto(runtime.admin_url + "/console/teams/data-science")
+    page.goto(runtime.admin_url + "/console/teams/data-science?explain_user=mona")
     _shot(page, "team")
     page.get_by_text("Issue a key").click()
     form = page.locator("form[action='/console/teams/data-science/keys']")
