@@ -37,7 +37,10 @@ test: $(STAMP) ## Run the test suite (installs Debian's prometheus, redis-server
 	@command -v jq >/dev/null && command -v curl >/dev/null || \
 		(echo "installing curl and jq (the quickstart test pastes curl | jq) ..." && \
 		 apt-get update -qq && apt-get install -y -qq --no-install-recommends curl jq >/dev/null)
-	@$(BIN)/python -m pytest
+	@# Every core (each file in one worker); the fuzzing file alone after, in one process: its
+	@# items (one per API operation) share one node id, which xdist would run once, not 30 times.
+	@$(BIN)/python -m pytest -n auto --dist loadfile --ignore=tests/test_fuzz_admin.py
+	@$(BIN)/python -m pytest tests/test_fuzz_admin.py
 
 bench: $(STAMP) ## Benchmark the gateway against a direct backend, then the admin side at 100k keys (ARGS="--only admin --quick")
 	@$(BIN)/python -m bench $(ARGS)
