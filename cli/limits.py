@@ -96,7 +96,7 @@ def _verdict(states: list[dict[str, Any]], admitted: bool | None, model: str | N
     call = f"a call to {model}" if model else "a call"
     if admitted is None:
         return (f"whether {call} would be admitted now cannot be told: the counters are not readable here "
-                "(in a cluster they are Limitador's)")
+                "(in a cluster they are Limitador's: the server reads them with MAAS_LIMITADOR_URL set)")
     if admitted:
         return f"{call} would be admitted now"
     if spent is None:

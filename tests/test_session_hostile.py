@@ -489,6 +489,13 @@ def test_a_member_page_survives_a_counter_of_the_wrong_shape(garbage: Any) -> No
 # -- a key's own budgets across rotations ---------------------------------------------------------
 
 
+def _team_t1(admin_key: str) -> DirectClient:
+    """The admin API, with team t1 (1,000 tokens an hour) made."""
+    api = DirectClient(admin_key)
+    assert api.call("POST", "/teams", json={"team_id": "t1", "token_limit": 1000, "time_window": "1h"}).status == 201
+    return api
+
+
 def _issue(api: DirectClient, **body: Any) -> dict[str, Any]:
     made = api.call("POST", "/teams/t1/keys", json={"user_id": "alice", **body})
     assert made.status == 201, made.text
@@ -500,8 +507,7 @@ def _rotate(api: DirectClient, handle: str, **body: Any) -> Any:
 
 
 def test_five_rotations_in_a_row_keep_one_budget_handle(ctx: Any, admin_key: str) -> None:
-    api = DirectClient(admin_key)
-    assert api.call("POST", "/teams", json={"team_id": "t1", "token_limit": 1000, "time_window": "1h"}).status == 201
+    api = _team_t1(admin_key)
     first = _issue(api, limits=[{"name": "key-rpm", "limit": 3, "window": "1m", "unit": "requests"}])
     handle = first["secret_name"]
     chain = [handle]
@@ -521,8 +527,7 @@ def test_five_rotations_in_a_row_keep_one_budget_handle(ctx: Any, admin_key: str
 
 
 def test_a_chain_whose_first_key_is_deleted_still_counts_under_its_handle(ctx: Any, admin_key: str) -> None:
-    api = DirectClient(admin_key)
-    assert api.call("POST", "/teams", json={"team_id": "t1", "token_limit": 1000, "time_window": "1h"}).status == 201
+    api = _team_t1(admin_key)
     first = _issue(api)
     second = _rotate(api, first["secret_name"], grace_period="1h").body
     assert api.call("DELETE", f"/keys/{first['secret_name']}").status == 200
@@ -532,8 +537,7 @@ def test_a_chain_whose_first_key_is_deleted_still_counts_under_its_handle(ctx: A
 
 
 def test_a_key_whose_successor_was_deleted_may_be_rotated_again(ctx: Any, admin_key: str) -> None:
-    api = DirectClient(admin_key)
-    assert api.call("POST", "/teams", json={"team_id": "t1", "token_limit": 1000, "time_window": "1h"}).status == 201
+    api = _team_t1(admin_key)
     first = _issue(api)
     second = _rotate(api, first["secret_name"], grace_period="1h").body
     assert api.call("DELETE", f"/keys/{second['secret_name']}").status == 200
@@ -565,8 +569,7 @@ def _keys_page(api: DirectClient, query: str) -> Any:
 
 
 def test_team_key_pages_hold_when_keys_are_added_and_deleted_between_pages(ctx: Any, admin_key: str) -> None:
-    api = DirectClient(admin_key)
-    assert api.call("POST", "/teams", json={"team_id": "t1", "token_limit": 1000, "time_window": "1h"}).status == 201
+    api = _team_t1(admin_key)
     made = sorted(_issue(api, alias=f"k{i}")["secret_name"] for i in range(7))
     first = _keys_page(api, "limit=3").body
     assert [k["secret_name"] for k in first["keys"]] == made[:3] and first["next_cursor"] == made[2]
