@@ -89,7 +89,7 @@ class AdminProcess:
 
     def __init__(self, settings: Settings, *, ctx: Context, ledger: UsageLedger | None,
                  on_exit: Callable[[], None], simulator_token: SecretStr | None = None,
-                 counters: Callable[[list[str]], list[tuple[int, int, int]]] | None = None) -> None:
+                 counters: Callable[[list[tuple[str, int]]], list[tuple[int, int, int]]] | None = None) -> None:
         self._settings, self._ctx, self._ledger, self._on_exit = settings, ctx, ledger, on_exit
         self._counters = counters
         # The model listing probes each backend's readiness; the simulator answers only its token.
@@ -164,7 +164,8 @@ class AdminProcess:
                     if self._counters is None:
                         ok = False
                     else:
-                        data = json.dumps(self._counters([str(key) for key in json.loads(payload)]))
+                        data = json.dumps(self._counters([(str(key), int(window_s))
+                                                          for key, window_s in json.loads(payload)]))
             except Exception:  # noqa: BLE001 - reported to the child, which answers for it
                 log.exception("the admin API's %s request failed", kind)
                 ok = False
@@ -295,7 +296,7 @@ def _serving(settings: Settings, simulator_token: SecretStr | None, channel: _Ch
         if channel.ask("teams", _TEAMS_WAIT_S) is not True:
             raise BackendUnavailable("the runtime did not take the team change's follow-ups; see its log")
 
-    def counters(keys: list[str]) -> list[tuple[int, int, int]]:
+    def counters(keys: list[tuple[str, int]]) -> list[tuple[int, int, int]]:
         answer = channel.fetch("counters", _FLUSH_WAIT_S, json.dumps(keys))
         if answer is None or not answer[0]:
             raise BackendUnavailable("the gateway did not answer for its token counters; see its log")

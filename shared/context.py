@@ -37,10 +37,10 @@ class Context:
     clock: Callable[[], datetime] = field(default=utc_now)
     # On one machine the gateway's own ledger, so usage includes counts not yet flushed.
     ledger: UsageLedger | None = None
-    # On one machine, the gateway's token counters by name (shared/limitplan.py): (spent,
-    # reserved, ms until the window ends) of each. None where none can be read (a cluster's
-    # counters are Limitador's).
-    counters: Callable[[list[str]], list[tuple[int, int, int]]] | None = None
+    # On one machine, the gateway's token counters by name and window length in seconds
+    # (shared/limitplan.py): (spent, reserved, ms until the window ends) of each. None where none
+    # can be read (a cluster's counters are Limitador's).
+    counters: Callable[[list[tuple[str, int]]], list[tuple[int, int, int]]] | None = None
     _usage: UsageSource | None = field(default=None, init=False, repr=False)
     _catalog: ModelCatalog | None = field(default=None, init=False, repr=False)
     _signin: SignIn | None = field(default=None, init=False, repr=False)

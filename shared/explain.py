@@ -58,7 +58,7 @@ def explain_limits(ctx: Context, team_id: str, query: ExplainQuery) -> LimitsExp
     read = ctx.counters
     budgets: list[Budget | None] | None = None
     if read is not None:
-        peeked = read([limit.key for limit in limits])
+        peeked = read([(limit.key, limit.window_s) for limit in limits])
         budgets = [budget_of(limit, seen) for limit, seen in zip(limits, peeked)]
     elif ctx.settings.limitador_url:
         budgets = _limitador_budgets(ctx, team, key, limits)

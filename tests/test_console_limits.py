@@ -123,8 +123,8 @@ def test_key_rows_show_a_keys_own_limits_and_a_team_admin_reads_the_rates_only(c
 def _gateway_counters(spent: dict[str, tuple[int, int, int]]) -> Any:
     """The gateway's counters as explain reads them (Context.counters): by the rate's name in
     the counter's key; any other counter is untouched."""
-    def read(keys: list[str]) -> list[tuple[int, int, int]]:
-        return [next((v for name, v in spent.items() if f"/r/{name}/" in key), (0, 0, 0)) for key in keys]
+    def read(keys: list[tuple[str, int]]) -> list[tuple[int, int, int]]:
+        return [next((v for name, v in spent.items() if f"/r/{name}/" in key), (0, 0, 0)) for key, _ in keys]
     return read
 
 

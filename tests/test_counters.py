@@ -42,6 +42,8 @@ class Store(Protocol):
 
     def state(self, key: str) -> tuple[int, int]: ...
 
+    def peek(self, key: str, window_s: int | None = None) -> tuple[int, int, int]: ...
+
     def wait_ms(self, ms: int) -> None:
         """Let `ms` of the store's clock pass."""
 
@@ -59,6 +61,9 @@ class MemoryStore:
 
     def state(self, key: str) -> tuple[int, int]:
         return self.counters.state(key)
+
+    def peek(self, key: str, window_s: int | None = None) -> tuple[int, int, int]:
+        return self.counters.peek(key, window_s)
 
     def wait_ms(self, ms: int) -> None:
         self.now += ms
@@ -114,6 +119,9 @@ class RedisStore:
 
     def state(self, key: str) -> tuple[int, int]:
         return self.run(self.counters.state(self.namespace + key))
+
+    def peek(self, key: str, window_s: int | None = None) -> tuple[int, int, int]:
+        return self.run(self.counters.peek(self.namespace + key, window_s))
 
     def wait_ms(self, ms: int) -> None:
         time.sleep(ms / 1000)
@@ -288,9 +296,32 @@ def test_reset_ms_counts_down_to_the_window_end(store: Store) -> None:
     later = store.reserve("k", limit=100, window_s=60, amount=1)
     assert later.window == first.window
     assert 0 < later.reset_ms <= first.reset_ms - 300
-    # The window's length is fixed when it starts: a later call's window_s does not move its end.
+    # A lengthened window keeps its end: a later call's longer window_s does not move it.
     other = store.reserve("k", limit=100, window_s=HOUR, amount=1)
-    assert other.reset_ms <= later.reset_ms
+    assert other.window == first.window and other.reset_ms <= later.reset_ms
+
+
+def test_a_shortened_window_ends_as_its_new_length_says_from_its_start(store: Store) -> None:
+    # An admin changes a team's 1h limit to 1s (the quickstart's step 4, with 1m): the hour's
+    # window, spent past the new limit, ends a second after it started, not an hour after.
+    first = store.reserve("k", limit=100, window_s=HOUR, amount=50)
+    store.settle("k", window_s=HOUR, reserved=50, tokens=53)
+    refused = store.reserve("k", limit=20, window_s=1, amount=1)
+    assert not refused.admitted and refused.window == first.window and refused.spent == 53
+    assert 0 < refused.reset_ms <= 1000
+    assert store.peek("k", 1)[0] == 53 and 0 < store.peek("k", 1)[2] <= 1000
+    store.wait_ms(1100)
+    assert store.peek("k", 1) == (0, 0, 0)  # what the next call meets, before it is made
+    again = store.reserve("k", limit=20, window_s=1, amount=1)
+    assert again.admitted and again.spent == 0 and again.window > first.window
+    assert 0 < again.reset_ms <= 1000
+
+
+def test_a_window_cut_by_a_settlement_is_cut_for_the_next_reserve(store: Store) -> None:
+    store.reserve("k", limit=100, window_s=HOUR, amount=10)
+    store.settle("k", window_s=1, reserved=10, tokens=5)  # settled after the rate became 1s
+    hold = store.reserve("k", limit=100, window_s=HOUR, amount=1)  # an older plan, still an hour
+    assert hold.spent == 5 and 0 < hold.reset_ms <= 1000
 
 
 # -- the Redis store only --------------------------------------------------------------------

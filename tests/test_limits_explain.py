@@ -71,6 +71,27 @@ def test_explain_shows_the_gateways_counters_and_the_limit_that_refuses_next(
     assert _explain(admin, team_id, user_id="bob")["admitted_now"] is True
 
 
+def test_a_shortened_window_is_explained_and_refused_for_what_is_left_of_its_new_length(
+    admin: AdminClient, runtime: Runtime  # noqa: F811
+) -> None:
+    # The quickstart's steps 3 to 5 across the real runtime: spent under an hour's limit, the
+    # team PATCHed to 20 a minute; explain (before any call) and the refusal both count down
+    # the minute that began with the call, not the hour.
+    team_id = _team(admin, [{"name": "tokens", "limit": 100000, "window": "1h"}])
+    key, _ = _key(admin, team_id, "alice")
+    assert _call(runtime, key, max_tokens=50).status_code == 200
+    hour = _explain(admin, team_id, user_id="alice")["limits"][0]
+    assert hour["spent"] > 20 and 3500 < hour["reset_seconds"] <= 3600, hour
+    patched = admin.call("PATCH", f"/teams/{team_id}", json={"token_limit": 20, "time_window": "1m"})
+    assert patched.status == 200, patched.text
+    minute = _explain(admin, team_id, user_id="alice")
+    assert minute["admitted_now"] is False and minute["limits"][0]["spent"] == hour["spent"]
+    assert 0 < minute["limits"][0]["reset_seconds"] <= 60, minute
+    refused = _call(runtime, key)
+    assert refused.status_code == 429, refused.text
+    assert 0 < int(refused.headers["Retry-After"]) <= 60 and 0 < refused.json()["error"]["limit"]["reset_seconds"] <= 60
+
+
 def test_explain_of_a_key_shows_its_own_limits_and_cap(admin: AdminClient, runtime: Runtime) -> None:  # noqa: F811
     team_id = _team(admin, [{"name": "tokens", "limit": 100000, "window": "1h"}])
     key, handle = _key(admin, team_id, "alice", max_concurrent=2,

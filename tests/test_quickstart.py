@@ -118,7 +118,8 @@ def test_the_whole_quickstart_pasted_into_bash(document: Path, tmp_path: Path) -
     ours = document == OURS
 
     # The folder a user runs `make run` in: the admin key and the certificate appear in .maas/.
-    runtime = start_runtime(tmp_path / ".maas")
+    # Keys' last use written within 50 ms, not 5 s: step 9 shows step 3's however fast bash is.
+    runtime = start_runtime(tmp_path / ".maas", env={"MAAS_LAST_USED_INTERVAL": "0.05"})
     try:
         gateway = runtime.urls["gateway"].removeprefix("http://")
         admin = runtime.admin_url.removeprefix("https://")
@@ -176,7 +177,14 @@ def test_the_whole_quickstart_pasted_into_bash(document: Path, tmp_path: Path) -
     assert reply["choices"][0]["message"]["content"] and spent > 20
 
     assert (outputs[4][0]["token_limit"], outputs[4][0]["time_window"]) == (20, "1m")
-    assert outputs[5][0]["error"]["type"] == "rate_limit_error"  # the 20-token limit of step 5
+    refused = outputs[5][0]["error"]
+    assert refused["type"] == "rate_limit_error"  # the 20-token limit of step 5
+    # The window step 3 began is now a minute long: refused for what is left of that minute, not
+    # for the hour it began under.
+    limit = refused["limit"]
+    assert (limit["limit"], limit["window"]) == (20, "1m")
+    assert 0 < limit["reset_seconds"] <= 60 and 0 < limit["retry_after_seconds"] <= 60, limit
+    assert re.search(r"retry in (\d+) s$", refused["message"]) and int(refused["message"].split()[-2]) <= 60
 
     models, openai_models = outputs[6]
     assert {m["name"] for m in models["models"]} == {"qwen3-0-6b-instruct", "vllm-simulator"}
@@ -187,6 +195,7 @@ def test_the_whole_quickstart_pasted_into_bash(document: Path, tmp_path: Path) -
     assert (team["key_count"], team["user_count"]) == (1, 1)
     assert outputs[8][0]["users"][0]["user_id"] == "test-user"
     assert outputs[9][0]["total_keys"] == 1 and outputs[9][0]["keys"][0]["status"] == "active"
+    assert outputs[9][0]["keys"][0]["last_used_at"] is not None  # step 3's call
     assert outputs[10][0]["total_keys"] == 1 and outputs[10][0]["keys"][0]["team_id"] == "test-team"
 
     for usage in (outputs[11][0], outputs[12][0]):

@@ -6,7 +6,11 @@ tests (tests/test_counters.py) check against a model:
 - A counter is a key (str) with a window: it starts at the first `reserve` of a key that has
   none (or whose window has ended) and lasts `window_s` whole seconds, as Limitador's fixed
   windows do (its Redis storage: a key with an expiry set on the first hit). A window counts
-  `spent` tokens.
+  `spent` tokens. A window never outlasts the length its rate has now: a counter is named for its
+  rate, not its window (shared/limitplan.py), so when an admin shortens a rate's window (1h to
+  1m), an open window ends at `started + window_s`, a minute after it started (what it spent
+  still counts until then), not an hour after. A lengthened window keeps its end; the next one
+  has the new length.
 - Reservations belong to the counter, not to a window: a request admitted late in a window that
   is still generating when the window ends holds its reservation in the next one, so that
   window's admissions see it and its tokens (counted when used, as Limitador counts a hit when it
@@ -95,17 +99,21 @@ class MemoryCounters:
         self._changed: set[str] = set()  # since the last `changes()`
 
     def _current(self, key: str, window_s: int, now: int) -> _Window:
+        """The key's open window, cut to `window_s` from its start; started now when it has none."""
         window = self._windows.get(key)
-        if window is None or now >= window.ends:
-            window = self._windows[key] = _Window(started=now, ends=now + window_s * 1000)
+        if window is not None:
+            ends = window.started + window_s * 1000
+            if ends < window.ends:
+                window.ends = ends
+            if now < window.ends:
+                return window
+        window = self._windows[key] = _Window(started=now, ends=now + window_s * 1000)
         return window
 
     def reserve(self, key: str, *, limit: int, window_s: int, amount: int, also: str | None = None,
                 rid: str = "") -> Hold:
         now = self._clock()
-        window = self._windows.get(key)
-        if window is None or now >= window.ends:
-            window = self._windows[key] = _Window(started=now, ends=now + window_s * 1000)
+        window = self._current(key, window_s, now)
         spent, reserved = window.spent, self._reserved.get(key, 0)
         admitted = spent + reserved < limit
         if admitted:
@@ -122,9 +130,12 @@ class MemoryCounters:
         holds: list[Hold] = []
         refused = -1
         for at, check in enumerate(checks):
-            window = windows.get(check.key)
+            window = windows.get(check.key)  # _current, inlined: this is every call's path
+            length = check.window_s * 1000
+            if window is not None and window.started + length < window.ends:
+                window.ends = window.started + length
             if window is None or now >= window.ends:
-                window = windows[check.key] = _Window(started=now, ends=now + check.window_s * 1000)
+                window = windows[check.key] = _Window(started=now, ends=now + length)
             spent, reserved = window.spent, reserved_map.get(check.key, 0)
             admitted = spent + reserved < check.limit
             if not admitted and refused < 0:
@@ -164,15 +175,18 @@ class MemoryCounters:
         spent, reserved, _ = self.peek(key)
         return (spent, reserved)
 
-    def peek(self, key: str) -> tuple[int, int, int]:
+    def peek(self, key: str, window_s: int | None = None) -> tuple[int, int, int]:
         """(spent, reserved, ms until the window ends); spent and the time are 0 when it has no
-        open window."""
+        open window. With `window_s`, the window as the next `reserve` of that length sees it."""
         window = self._windows.get(key)
         now = self._clock()
         reserved = self._reserved.get(key, 0)
         if window is None or now >= window.ends:
             return (0, reserved, 0)
-        return (window.spent, reserved, window.ends - now)
+        ends = window.ends if window_s is None else min(window.ends, window.started + window_s * 1000)
+        if now >= ends:
+            return (0, reserved, 0)
+        return (window.spent, reserved, ends - now)
 
     # -- saving across restarts ----------------------------------------------------------
 

@@ -186,7 +186,8 @@ class TokenLimiter:
 
     def budgets(self, *, team: Team, key: ApiKey, model: str | None = None) -> list[Budget]:
         """Every limit of the key's calls (of `model`; None: the limits of every model) now."""
-        return [budget_of(limit, self.counters.peek(limit.key)) for limit in every_limit(self._keys, team, key, model)]
+        return [budget_of(limit, self.counters.peek(limit.key, limit.window_s))
+                for limit in every_limit(self._keys, team, key, model)]
 
 
 class RemoteCounters(Protocol):
@@ -196,7 +197,7 @@ class RemoteCounters(Protocol):
 
     async def state(self, key: str) -> tuple[int, int]: ...
 
-    async def peek(self, key: str) -> tuple[int, int, int]: ...
+    async def peek(self, key: str, window_s: int | None = None) -> tuple[int, int, int]: ...
 
     async def ping(self) -> None: ...
 
@@ -270,7 +271,7 @@ class RedisLimiter:
 
     async def budgets(self, *, team: Team, key: ApiKey, model: str | None = None) -> list[Budget]:
         limits = every_limit(self._keys, team, key, model)
-        peeked = await asyncio.gather(*(self.counters.peek(limit.key) for limit in limits))
+        peeked = await asyncio.gather(*(self.counters.peek(limit.key, limit.window_s) for limit in limits))
         return [budget_of(limit, seen) for limit, seen in zip(limits, peeked)]
 
     async def drain(self) -> None:

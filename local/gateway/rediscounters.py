@@ -1,10 +1,11 @@
 """Token counters in Redis: the semantics of counters.py, shared by every gateway on one Redis.
 
 A window is a hash `<prefix><key>` (fields started, spent, reserved) whose expiry is its end: it
-is created with PEXPIREAT at `started + window_s * 1000` on the first hit and never extended, so
-Redis drops it when it ends. That is how Limitador's Redis storage keeps fixed windows
-(Kuadrant/limitador at 2981b2bd389d42cf668519f9aa981a53541c4278): limitador/src/storage/redis/
-scripts.rs, SCRIPT_UPDATE_COUNTER (run by `AsyncRedisStorage::update_counter` and
+is created with PEXPIREAT at `started + window_s * 1000` on the first hit and never extended
+(only cut, when its rate's window is shortened: counters.py), so Redis drops it when it ends.
+That is how Limitador's Redis storage keeps fixed windows (Kuadrant/limitador at
+2981b2bd389d42cf668519f9aa981a53541c4278): limitador/src/storage/redis/scripts.rs,
+SCRIPT_UPDATE_COUNTER (run by `AsyncRedisStorage::update_counter` and
 `check_and_update` in redis_async.rs), where an INCRBY whose result equals the delta is the first
 hit and sets the key's EXPIRE, and BATCH_UPDATE_COUNTERS (redis_cached.rs), which reads the
 window's end back with PEXPIRETIME.
@@ -67,10 +68,18 @@ local function live(key)
   return tonumber(started), ends
 end
 
--- The key's open window, started now when there is none.
+-- The key's open window, started now when there is none. It never outlasts window_ms from its
+-- start: a rate whose window was shortened since this one opened has it end sooner (counters.py).
 local function open(key, window_ms)
   local started, ends = live(key)
-  if started then return started, ends end
+  if started then
+    local cut = started + window_ms
+    if cut >= ends then return started, ends end
+    if now < cut then
+      redis.call('PEXPIREAT', key, string.format('%d', cut))
+      return started, cut
+    end
+  end
   ends = now + window_ms
   redis.call('DEL', key)
   redis.call('HSET', key, 'started', string.format('%d', now), 'spent', 0)
@@ -222,12 +231,13 @@ end
 return 0
 """
 
-# KEYS window, held, total -> {spent, reserved, ms until the window ends}; spent and the time
-# are 0 with no open window
+# KEYS window, held, total; ARGV the window's length in ms, or none -> {spent, reserved, ms until
+# the window ends}; spent and the time are 0 with no open window (under that length, when given)
 _STATE = _PRELUDE + """
 local reserved = purge(KEYS[2], KEYS[3])
 local started, ends = live(KEYS[1])
-if not started then return {0, reserved, 0} end
+if started and ARGV[1] then ends = math.min(ends, started + tonumber(ARGV[1])) end
+if not started or now >= ends then return {0, reserved, 0} end
 return {tonumber(redis.call('HGET', KEYS[1], 'spent')), reserved, ends - now}
 """
 
@@ -413,9 +423,10 @@ class RedisCounters:
         spent, reserved, _ = await self.peek(key)
         return (spent, reserved)
 
-    async def peek(self, key: str) -> tuple[int, int, int]:
-        """(spent, reserved, ms until the window ends); spent and the time are 0 with no open window."""
-        reply = await self._eval(self._state, self._keys(key), [])
+    async def peek(self, key: str, window_s: int | None = None) -> tuple[int, int, int]:
+        """(spent, reserved, ms until the window ends); spent and the time are 0 with no open
+        window. With `window_s`, the window as the next reserve of that length sees it."""
+        reply = await self._eval(self._state, self._keys(key), [] if window_s is None else [window_s * 1000])
         assert isinstance(reply, list)
         spent, reserved, reset_ms = (int(value) for value in reply)  # type: ignore[arg-type]
         return (spent, reserved, reset_ms)

@@ -115,16 +115,17 @@ class GatewayService:
         self._port: int | None = None
         self._metrics_port: int | None = None
 
-    def peek_counters(self, keys: Sequence[str], timeout: float = 2.0) -> list[tuple[int, int, int]]:
-        """(spent, reserved, ms until the window ends) of each counter, read on the gateway's
-        loop, where the counters change (the admin API's explain: shared/explain.py)."""
+    def peek_counters(self, counters: Sequence[tuple[str, int]], timeout: float = 2.0) -> list[tuple[int, int, int]]:
+        """(spent, reserved, ms until the window ends) of each counter (its name and window
+        length in seconds), read on the gateway's loop, where the counters change (the admin
+        API's explain: shared/explain.py)."""
         limiter = self.limiter
 
         async def peek() -> list[tuple[int, int, int]]:
             if isinstance(limiter, TokenLimiter):
-                return [limiter.counters.peek(key) for key in keys]
+                return [limiter.counters.peek(key, window_s) for key, window_s in counters]
             assert isinstance(limiter, RedisLimiter)
-            return list(await asyncio.gather(*(limiter.counters.peek(key) for key in keys)))
+            return list(await asyncio.gather(*(limiter.counters.peek(key, window_s) for key, window_s in counters)))
 
         return self._thread.call(peek, timeout=timeout)
 

@@ -112,7 +112,7 @@ def _through_limitador(api: Any, settings: Any, url: str, query: str) -> dict[st
 
 def _through_gateway(api: Any, gateway: Gateway, query: str) -> dict[str, Any]:
     ctx = context()
-    ctx.counters = lambda keys: [gateway.limiter.counters.peek(key) for key in keys]
+    ctx.counters = lambda keys: [gateway.limiter.counters.peek(key, window_s) for key, window_s in keys]
     try:
         return _explain(api, query)
     finally:
