@@ -5,13 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic.fields import FieldInfo
+
 from shared.settings import ConfigurationError, Settings, load_settings
+
+
+def _shown_default(field: FieldInfo) -> str:
+    """' (default: 8443)', as the README's table gives it; nothing for a setting unset by default."""
+    value = field.get_default(call_default_factory=True)
+    if value is None or value == () or value == "":
+        return ""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, (list, tuple)):
+        value = ",".join(str(item) for item in value)
+    return f" (default: {value})"
 
 
 def _parser() -> argparse.ArgumentParser:
     env_help = "\n".join(
         f"  {field.validation_alias if isinstance(field.validation_alias, str) else field.validation_alias.choices[0]:<24}"
-        f" {field.description or ''}"
+        f" {field.description or ''}{_shown_default(field)}"
         for field in Settings.model_fields.values()
     )
     parser = argparse.ArgumentParser(

@@ -16,7 +16,7 @@ from functions._context import install_context, reset_context
 from local.adminprocess import AdminProcess
 from local.adminkey import ensure_admin_key
 from local.events import EventsService
-from local.gateway.limits import DataDirInUse
+from local.gateway.limits import DataDirInUse, DataDirLock
 from local.gateway.service import GatewayService
 from local.simulator import SimulatorService
 from shared import logsafety
@@ -61,6 +61,15 @@ def _open_models_file(settings: Settings, simulator_token: SecretStr | None = No
         ) from None
 
 
+def _check_data_dir_free(settings: Settings) -> None:
+    probe = DataDirLock(settings.data_dir, shared=settings.redis_url is not None)
+    try:
+        probe.acquire()
+    except DataDirInUse as exc:
+        raise CannotStart(str(exc)) from None
+    probe.release()
+
+
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logsafety.safe_handler()])
@@ -102,6 +111,9 @@ def serve(settings: Settings) -> int:
         # A bad models file is the first thing to say, before anything tries to listen: a busy
         # port would otherwise hide it.
         _open_models_file(settings)  # read once and dropped (no watcher started)
+        # So is a data dir another runtime holds (the gateway takes the lock for good when it
+        # starts): the second `make run` would otherwise first be told of a busy port.
+        _check_data_dir_free(settings)
         simulator = SimulatorService(settings)
         launch("simulator", simulator)
         # The default models file points at the simulator: use the port it actually bound.

@@ -487,6 +487,23 @@ def test_a_second_runtime_on_the_same_data_dir_refuses_to_start_in_one_line(tmp_
         first.stop()
 
 
+def test_a_second_make_run_is_told_of_the_data_dir_before_any_busy_port(tmp_path: Path) -> None:
+    # Two `make run`s in one folder take the same ports too: the first thing to say is the data
+    # dir (the advice that works), not a busy port (whose advice, other ports, then fails on it).
+    data_dir, _ = _seeded_data_dir(tmp_path, token_limit=20)
+    first = start_runtime(data_dir)
+    try:
+        ports = {name: first.urls[label].rsplit(":", 1)[1] for name, label in (
+            ("MAAS_SIMULATOR_PORT", "simulator"), ("MAAS_GATEWAY_PORT", "gateway"), ("MAAS_ADMIN_PORT", "admin API"))}
+        with pytest.raises(RuntimeError) as refused:
+            start_runtime(data_dir, env=ports)
+        errors = [line for line in str(refused.value).splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "another maas runtime is using" in errors[0], errors
+        assert "cannot listen" not in str(refused.value)
+    finally:
+        first.stop()
+
+
 # -- GET /v1/me: a key holder sees why they were refused ------------------------------------------
 
 

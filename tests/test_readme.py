@@ -99,3 +99,25 @@ def test_every_models_file_field_is_documented() -> None:
     table = text[text.index("### The models file"):text.index("## Errors")]
     documented = re.findall(r"^\| `(\w+)` \|", table, re.M)
     assert sorted(documented) == sorted(ModelBackend.model_fields), "README's models file table is not complete"
+
+
+def test_the_settings_defaults_in_the_readme_are_those_python_m_local_help_shows() -> None:
+    # Each row of the README's settings table that gives one backticked default per variable
+    # is checked against the settings themselves, as `python -m local --help` shows them.
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "local", "--help"], capture_output=True, text=True, timeout=60,
+                           cwd=ROOT, check=True).stdout
+    helped = dict(re.findall(r"^  ([A-Z][A-Z0-9_]+) .*?(?:\(default: ([^)]*)\))?$", shown, re.MULTILINE))
+    checked = 0
+    for row in re.findall(r"^\| (`[A-Z][^|]*) \| ([^|]*) \|", README.read_text(), re.MULTILINE):
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0])
+        defaults = re.findall(r"`([^`]*)`", row[1])
+        if len(names) != len(defaults) or not names:
+            continue
+        for name, default in zip(names, defaults):
+            if name in helped and helped[name]:
+                assert helped[name] == default, f"{name}: README says {default!r}, the settings {helped[name]!r}"
+                checked += 1
+    assert checked >= 15, checked
