@@ -53,6 +53,10 @@ _WRONG_TYPE = {
 }
 
 
+def _count(number: object, noun: str) -> str:
+    """'1 character', '3 characters'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
 def _kind(error_type: str) -> FieldErrorType:
     if error_type == "missing":
         return "missing"
@@ -77,13 +81,13 @@ def _message(error: Any) -> str:
     if kind == "string_pattern_mismatch":
         return PATTERN_MESSAGES.get(str(ctx.get("pattern")), "has the wrong format")
     if kind == "string_too_short":
-        return f"must be at least {ctx.get('min_length')} characters"
+        return "may not be empty" if ctx.get("min_length") == 1 else f"must be at least {_count(ctx.get('min_length'), 'character')}"
     if kind == "string_too_long":
-        return f"may be at most {ctx.get('max_length')} characters"
+        return f"may be at most {_count(ctx.get('max_length'), 'character')}"
     if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} items"
+        return f"must have at least {_count(ctx.get('min_length'), 'item')}"
     if kind == "too_long":
-        return f"may have at most {ctx.get('max_length')} items"
+        return f"may have at most {_count(ctx.get('max_length'), 'item')}"
     bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
               "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
     if kind in bounds:

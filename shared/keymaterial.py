@@ -8,6 +8,7 @@ import re
 import secrets as _secrets
 
 KEY_PREFIX = "maas_"
+ADMIN_KEY_PREFIX = "maas_admin_"
 # 32 random bytes = 256 bits, url-safe so it survives shells, headers and grep.
 _KEY_BYTES = 32
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
@@ -15,6 +16,11 @@ _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 def generate_api_key() -> str:
     return KEY_PREFIX + _secrets.token_urlsafe(_KEY_BYTES)
+
+
+def looks_like_api_key(token: str) -> bool:
+    """Shaped as `generate_api_key` makes them (an admin key is not), for error messages only."""
+    return token.startswith(KEY_PREFIX) and not token.startswith(ADMIN_KEY_PREFIX)
 
 
 def key_sha256(api_key: str) -> str:
@@ -32,4 +38,4 @@ def same_secret(given: str, expected: str) -> bool:
 
 
 def generate_admin_key() -> str:
-    return "maas_admin_" + _secrets.token_urlsafe(_KEY_BYTES)
+    return ADMIN_KEY_PREFIX + _secrets.token_urlsafe(_KEY_BYTES)

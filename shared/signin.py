@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 
 from shared.auth import ADMIN_SCHEMES, credential, is_admin
+from shared.keymaterial import looks_like_api_key
 from shared.errors import Unauthorized
 from shared.identity import Identity
 from shared.settings import Settings
@@ -28,6 +29,10 @@ from shared.store import Store
 # A subject no identity provider's user can share as a user id (it is none: shared.identifiers),
 # so nothing made for a person named `admin` is the admin key's, nor the other way round.
 ADMIN_KEY_IDENTITY = Identity(subject="<admin-key>", method="admin-key")
+
+# What a person who sent their API key to the admin API is told (never the key itself).
+_API_KEY_ELSEWHERE = ("an API key is for model calls through the gateway (Authorization: APIKEY <key>), "
+                      "not for the admin API")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class SignIn:
         if not methods:
             raise Unauthorized("admin access is disabled: no admin key is configured (set ADMIN_KEY) "
                                "and no identity provider (MAAS_OIDC_ISSUER)")
+        if (header or "").strip().partition(" ")[0].lower() == "apikey":
+            raise Unauthorized(f"{_API_KEY_ELSEWHERE}: sign in with " + " or ".join(methods))
         token = credential(header, ADMIN_SCHEMES, "admin key or token")
         if is_admin(self._settings, token):
             return SignedIn(ADMIN_KEY_IDENTITY, platform_admin=True)
@@ -102,4 +109,5 @@ class SignIn:
         if reviewer is not None:
             identity = reviewer.review(token)
             return SignedIn(identity, platform_admin=reviewer.is_platform_admin(identity))
-        raise Unauthorized("invalid admin credentials: sign in with " + " or ".join(methods))
+        wrong = _API_KEY_ELSEWHERE if looks_like_api_key(token) else "invalid admin credentials"
+        raise Unauthorized(f"{wrong}: sign in with " + " or ".join(methods))

@@ -556,3 +556,27 @@ def test_the_request_log_is_clean_in_caplog_too(caplog: pytest.LogCaptureFixture
     assert "/keys/maas_[redacted]" in text and "/teams/\\x1b[31m\\x07" in text
     assert key not in text and not KEY_SHAPED.search(text) and not RAW_CONTROL.search(text)
     assert caplog.text and not KEY_SHAPED.search(caplog.text) and not RAW_CONTROL.search(caplog.text)
+
+
+# -- a new user's mistakes get answers that say what to do ----------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["APIKEY", "Bearer"])
+def test_an_api_key_sent_to_the_admin_api_is_told_where_it_belongs(ctx: Context, scheme: str) -> None:
+    api_key = generate_api_key()
+    reply = DirectClient("unused").call("GET", "/teams", auth=f"{scheme} {api_key}")
+    assert reply.status == 401
+    message = reply.body["error"]
+    assert "API key is for model calls through the gateway" in message and "sign in with" in message, message
+    assert api_key not in reply.text and api_key[5:] not in reply.text
+
+
+def test_a_wrong_admin_key_is_not_taken_for_an_api_key(ctx: Context) -> None:
+    reply = DirectClient("unused").call("GET", "/teams", auth=f"ADMIN {generate_admin_key()}")
+    assert reply.status == 401 and reply.body["error"].startswith("invalid admin credentials"), reply.text
+
+
+def test_an_empty_string_is_said_to_be_empty_not_under_1_characters(api: DirectClient) -> None:
+    reply = api.call("DELETE", "/delete_key", json={"key": ""})
+    assert reply.status == 422, reply.text
+    assert [(d["field"], d["message"]) for d in reply.body["details"]] == [("key", "may not be empty")], reply.body
