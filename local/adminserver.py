@@ -461,8 +461,21 @@ class AdminWorker(ThreadWorker):  # type: ignore[misc]
             self.poller.modify(sock, selectors.EVENT_WRITE, partial(self._advance, conn))
         except BlockingIOError:
             pass  # nothing more now; still registered for reading
-        except (OSError, ValueError):  # ssl.SSLError is an OSError: a bad handshake, a reset
+        except ssl.SSLError as exc:
+            if conn.handshaking and exc.reason == "HTTP_REQUEST":
+                self._plain_http(conn)
+            else:
+                self._close(conn)  # a bad handshake
+        except (OSError, ValueError):  # a reset
             self._close(conn)
+
+    def _plain_http(self, conn: _Conn) -> None:
+        """A plain-HTTP request on the TLS port (OpenSSL saw its first bytes) is answered in plain
+        HTTP, as nginx answers it, so that `curl http://...` says what to do, not "reset"."""
+        self._leave_poller(conn)
+        conn.sock = _PlainSocket(fileno=conn.sock.detach())
+        conn.handshaking = False
+        self._refuse(conn, "400 Bad Request", "the admin API speaks HTTPS only: call it with https://, not http://")
 
     def _request_whole(self, conn: _Conn) -> bool:
         """Whether the request is here as far as its thread will read it: the head, and the

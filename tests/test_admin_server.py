@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import json
 import socket
 import ssl
 import time
@@ -145,6 +146,27 @@ def test_idle_connections_and_half_handshakes_block_no_one_and_are_closed(runtim
     finally:
         for sock in idle + half:
             sock.close()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /teams HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /teams HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}",
+])
+def test_plain_http_on_the_tls_port_is_told_to_use_https(runtime: Runtime, admin_key: str,
+                                                           request_bytes: bytes) -> None:
+    # `curl http://127.0.0.1:8443/...`, a new user's first mistake: a plain-HTTP answer saying
+    # what to do (as nginx's), not a reset; and the port still serves TLS to everyone else.
+    with socket.create_connection(_address(runtime), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+            if len(answer) > 65536:
+                break
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert "https://" in json.loads(body)["error"]
+    assert _get_teams(runtime, admin_key)[0] == 200
 
 
 def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(runtime: Runtime, admin_key: str) -> None:
