@@ -150,8 +150,10 @@ def login(
         credential = Credential(url=target, method=method, secret=secret, ca=ca, insecure=trust.insecure)
     with Api(target, trust, credential=credential) as api:
         me = api.get("/me")  # a credential the server refuses is not kept
+    if me.get("signed_in_with") == "admin-key":
+        credential.method = "admin-key"  # the admin key given as --token is the admin key still
     store.put(credential, profile=name)
-    who = "the admin key" if me.get("signed_in_with") == "admin-key" else f"{me.get('user_id')} ({me.get('signed_in_with')})"
+    who = "the admin key" if credential.method == "admin-key" else f"{me.get('user_id')} ({me.get('signed_in_with')})"
     kept = f"as profile {name} " if name else ""
     print(f"Signed in to {target} as {who}; credentials kept {kept}in {credentials_path()}")
 

@@ -75,10 +75,12 @@ def _message(response: httpx.Response) -> str:
     return response.reason_phrase or "error"
 
 
-def _hint(status: int, url: str) -> str:
+def _hint(status: int, url: str, *, admin_key: bool) -> str:
     if status == 401:
         return f"sign in again: maas login --url {url}"
-    if status == 403:
+    if status == 403 and not admin_key:
+        # The admin key may do anything an admin may: its 403 is not about roles, and the API's
+        # message says what it is about.
         return "ask a platform admin, or a team admin for team matters (maas whoami shows your roles)"
     if status >= 500:
         return "the server failed, not your request: try again later, or ask its operator (its log says why)"
@@ -133,6 +135,9 @@ class Api:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def signed_in_with_admin_key(self) -> bool:
+        return self.credential is not None and self.credential.method == "admin-key"
+
     def _authorization(self) -> dict[str, str]:
         if self.credential is None:
             return {}
@@ -160,7 +165,7 @@ class Api:
         self.last_date = response.headers.get("Date") or self.last_date
         if response.status_code >= 400:
             status = response.status_code
-            raise CliError(f"{_message(response)} ({status})", for_status(status), hint=_hint(status, self.url))
+            raise CliError(f"{_message(response)} ({status})", for_status(status), hint=_hint(status, self.url, admin_key=self.signed_in_with_admin_key()))
         return response
 
     def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:

@@ -78,7 +78,7 @@ def _emit_created(data: dict[str, Any], out: Format, as_json: bool, quiet: bool)
 def create(
     ctx: typer.Context,
     team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team the key draws its budget from.")],
-    user_id: Annotated[str | None, typer.Argument(metavar="USER_ID", help="Whose key it is; left out: your own (you must be a member).")] = None,
+    user_id: Annotated[str | None, typer.Argument(metavar="USER_ID", help="Whose key it is; left out: your own (you must be a member; the admin key must name one).")] = None,
     email: Email = None, alias: Alias = None, models: Models = None, expires_in: ExpiresIn = None,
     expires_at: ExpiresAt = None,
     role: Annotated[Role | None, typer.Option("--role", help="member or admin: the user's role in the team, if this makes them a member.")] = None,
@@ -104,6 +104,10 @@ def create(
         path = f"/teams/{team_id}/keys"
         body.update(user_id=user_id, user_email=email, role=role.value if role else None)
     with session(ctx).api() as api:
+        if user_id is None and api.signed_in_with_admin_key():
+            # /me/keys would refuse it (403), in the API's words: a CLI user gives USER_ID.
+            raise CliError("signed in with the admin key, which is no user", ExitCode.USAGE,
+                           hint=f"name who the key is for: maas key create {team_id} USER_ID")
         created = api.call("POST", path, json={name: value for name, value in body.items() if value is not None})
     _emit_created(created, out, as_json, quiet)
 
@@ -127,6 +131,10 @@ def list_keys(
         raise CliError("--team or --user, not both", ExitCode.USAGE)
     path = f"/teams/{team_id}/keys" if team_id else f"/users/{user_id}/keys" if user_id else "/me/keys"
     with session(ctx).api() as api:
+        if path == "/me/keys" and api.signed_in_with_admin_key():
+            # /me/keys would answer none: the admin key is no user, with no keys of its own.
+            raise CliError("signed in with the admin key, which has no keys of its own", ExitCode.USAGE,
+                           hint="list a team's or a user's: maas key list --team TEAM, or --user USER")
         page = api.listing(path, "keys", limit=limit, cursor=cursor, every=every)
     columns = [("KEY", "secret_name"), ("USER", "user_id"), ("TEAM", "team_id"), ("STATUS", "status"),
                ("ALIAS", "alias"), ("MODELS", "models_allowed"), ("EXPIRES", "expires_at"), ("LAST USED", "last_used_at")]

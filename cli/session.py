@@ -19,7 +19,10 @@ from cli.client import Api, trust_for
 from cli.config import DEFAULT_URL, Credential, CredentialStore, normalize_url
 from cli.exitcodes import CliError, ExitCode
 
-_SIGN_IN_HOW = "--admin-key (or --issuer/--client-id, or --token)"
+
+def _sign_in(command: str) -> str:
+    """A hint to sign in: `command --admin-key` whole, to paste; the other ways after it."""
+    return f"`{command} --admin-key` (or sign in with --issuer/--client-id, or --token)"
 
 
 @dataclass
@@ -56,12 +59,12 @@ class Session:
             credential = store.profiles.get(self.profile)
             if credential is None:
                 raise CliError(f"no profile {self.profile}", ExitCode.NOT_SIGNED_IN,
-                               hint=f"sign in under it: maas login --profile {self.profile} --url URL {_SIGN_IN_HOW}")
+                               hint=f"sign in under it: {_sign_in(f'maas login --profile {self.profile} --url URL')}")
             return credential
         credential = store.get(target)
         if credential is None:
             raise CliError(f"not signed in to {target}", ExitCode.NOT_SIGNED_IN,
-                           hint=f"run `maas login --url {target} {_SIGN_IN_HOW}`")
+                           hint=f"run {_sign_in(f'maas login --url {target}')}")
         return credential
 
     def api(self) -> Api:

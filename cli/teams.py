@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from cli import limits as rates
-from cli import output
+from cli import members, output
 from cli.exitcodes import CliError, ExitCode
 from cli.output import Format, JsonOption, OutputOption
 from cli.paging import AllOption, CursorOption, LimitOption
@@ -45,12 +45,19 @@ TEAM_FIELDS: output.Columns = (
     ("keys", "key_count"), ("users", "user_count"), ("created", "created_at"),
 )
 
+# On create, with the defaults a team is made with.
 Name = Annotated[str | None, typer.Option("--name", help="Display name (default: the team id).")]
 Description = Annotated[str | None, typer.Option("--description", help="Free text.")]
 Policy = Annotated[str | None, typer.Option("--policy", help="Policy name the keys carry (default: the team id).")]
 Limit = Annotated[int | None, typer.Option("--token-limit", help="Tokens per window (default 100000).")]
 Window = Annotated[str | None, typer.Option("--time-window", help="Window length: 1h, 30m, 7d (default 1h).")]
 ScopeOption = Annotated[Scope | None, typer.Option("--scope", help="user: each member has the budget (default); team: one shared budget.")]
+# On update, without: an option left out keeps the team's value, it does not reset it.
+NewName = Annotated[str | None, typer.Option("--name", help="Display name.")]
+NewPolicy = Annotated[str | None, typer.Option("--policy", help="Policy name the keys carry.")]
+NewLimit = Annotated[int | None, typer.Option("--token-limit", help="Tokens per window.")]
+NewWindow = Annotated[str | None, typer.Option("--time-window", help="Window length: 1h, 30m, 7d.")]
+NewScope = Annotated[Scope | None, typer.Option("--scope", help="user: each member has the budget; team: one shared budget.")]
 MaxKeys = Annotated[str | None, typer.Option("--max-keys-per-user", metavar="N|none", help="Active keys a user may hold in the team; none: no cap.")]
 MaxLifetime = Annotated[str | None, typer.Option("--max-key-lifetime", metavar="DURATION|none", help="Longest a key may live (90d), and the expiry of keys asked for without one; none: no cap.")]
 
@@ -93,6 +100,21 @@ def show_team(data: dict[str, Any]) -> None:
     if len(data.get("limits") or []) > 1:  # one is the short form, shown above
         print()
         output.table(data["limits"], rates.LIMIT_COLUMNS)
+
+
+def show_team_detail(data: dict[str, Any]) -> None:
+    """GET /teams/{id}: the team, then every limit, its keys' handles and its members, a table each."""
+    output.details(data, TEAM_FIELDS)
+    team_id = data.get("team_id")
+    _section(data.get("limits") or [], rates.LIMIT_COLUMNS, empty="no limits")
+    _section([{"secret_name": handle} for handle in data.get("keys") or []], [("KEY", "secret_name")],
+             empty=f"no keys yet: maas key create {team_id} USER_ID")
+    _section(data.get("users") or [], members.MEMBER_COLUMNS, empty=f"no members yet: maas member add {team_id} USER")
+
+
+def _section(rows: list[dict[str, Any]], columns: output.Columns, *, empty: str) -> None:
+    print()
+    output.table(rows, columns, empty=empty)
 
 
 @app.command("create")
@@ -151,25 +173,19 @@ def show(
     """
     with session(ctx).api() as api:
         team = api.get(f"/teams/{team_id}")
-
-    def render(data: dict[str, Any]) -> None:
-        show_team(data)
-        if data.get("users"):
-            print()
-            output.table(data["users"], [("MEMBER", "user_id"), ("EMAIL", "user_email"), ("ROLE", "role"),
-                                         ("JOINED", "joined_at")])
-
-    output.emit(team, output.chosen(out, as_json), render)
+    output.emit(team, output.chosen(out, as_json), show_team_detail)
 
 
 @app.command("update")
 def update(
     ctx: typer.Context, team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")],
-    name: Name = None, description: Description = None, policy: Policy = None, limit: Limit = None,
-    window: Window = None, scope: ScopeOption = None, max_keys: MaxKeys = None, max_lifetime: MaxLifetime = None,
+    name: NewName = None, description: Description = None, policy: NewPolicy = None, limit: NewLimit = None,
+    window: NewWindow = None, scope: NewScope = None, max_keys: MaxKeys = None, max_lifetime: MaxLifetime = None,
     specs: rates.SpecsOption = None, out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """Change a team: only the fields given, all at once. The gateway applies it from the next request.
+
+    An option left out keeps the team's current value: nothing is reset to a default.
 
     --limit replaces every rate of the team with those given; --token-limit/--time-window/--scope
     change its first token rate over every model only, and keep the others.

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 
 from cli import output
-from cli.exitcodes import CliError, ExitCode
 from cli.output import Format, JsonOption, OutputOption
 from cli.session import session
 
@@ -26,8 +25,25 @@ app = typer.Typer(help="Token usage per user, per team and per model.", no_args_
 """)
 
 
+# Each usage has its own breakdowns: --by offers (in --help and on Tab) only its own.
 class By(str, Enum):
+    """The platform's breakdowns."""
+
     team = "team"
+    user = "user"
+    model = "model"
+
+
+class ByTeamOrModel(str, Enum):
+    """A user's breakdowns (their own too): across their teams, or their models."""
+
+    team = "team"
+    model = "model"
+
+
+class ByUserOrModel(str, Enum):
+    """A team's breakdowns: its members, or its models."""
+
     user = "user"
     model = "model"
 
@@ -35,16 +51,21 @@ class By(str, Enum):
 Window = Annotated[str | None, typer.Option("--window", "-w", help="The last 24h, 7d, 30m (up to now or --end).")]
 Start = Annotated[str | None, typer.Option("--start", help="From this instant, RFC 3339 (2026-01-01T00:00:00Z).")]
 End = Annotated[str | None, typer.Option("--end", help="Up to this instant, RFC 3339 (default: now).")]
-ByOption = Annotated[By | None, typer.Option("--by", help="The breakdown to show: team, user or model.")]
+ByOption = Annotated[By | None, typer.Option("--by", help="The breakdown to show: team (default), user or model.")]
+UserByOption = Annotated[ByTeamOrModel | None, typer.Option("--by", help="The breakdown to show: team (default) or model.")]
+TeamByOption = Annotated[ByUserOrModel | None, typer.Option("--by", help="The breakdown to show: user (default) or model.")]
 ModelStep = Annotated[str | None, typer.Option(
     "--step", help="Add a series per model in steps of this (1h) to the JSON/YAML answer (needs --window or --start).")]
 
-_BREAKDOWNS = {
-    By.team: ("team_breakdown", [("TEAM", "team_id"), ("NAME", "team_name"), ("TOKENS", "token_usage"),
+Breakdowns = dict[str, tuple[str, output.Columns]]
+"""The answer's field and the table's columns, by the --by value that shows them."""
+
+_BREAKDOWNS: Breakdowns = {
+    "team": ("team_breakdown", [("TEAM", "team_id"), ("NAME", "team_name"), ("TOKENS", "token_usage"),
                                  ("CALLS", "authorized_calls"), ("LIMITED", "limited_calls")]),
-    By.user: ("user_breakdown", [("USER", "user_id"), ("EMAIL", "user_email"), ("TOKENS", "token_usage"),
+    "user": ("user_breakdown", [("USER", "user_id"), ("EMAIL", "user_email"), ("TOKENS", "token_usage"),
                                  ("CALLS", "authorized_calls"), ("LIMITED", "limited_calls")]),
-    By.model: ("model_breakdown", [("MODEL", "model"), ("TOKENS", "token_usage"), ("CALLS", "authorized_calls"),
+    "model": ("model_breakdown", [("MODEL", "model"), ("TOKENS", "token_usage"), ("CALLS", "authorized_calls"),
                                    ("LIMITED", "limited_calls")]),
 }
 _TOTALS: output.Columns = (("tokens", "total_token_usage"), ("calls", "total_authorized_calls"),
@@ -53,26 +74,24 @@ _TOTALS: output.Columns = (("tokens", "total_token_usage"), ("calls", "total_aut
 
 
 # The platform's breakdowns count where each team's and user's calls were, not who they are.
-_PLATFORM = {
-    By.team: ("team_breakdown", [("TEAM", "team_id"), ("NAME", "team_name"), ("TOKENS", "token_usage"),
+_PLATFORM: Breakdowns = {
+    "team": ("team_breakdown", [("TEAM", "team_id"), ("NAME", "team_name"), ("TOKENS", "token_usage"),
                                  ("CALLS", "authorized_calls"), ("LIMITED", "limited_calls"), ("USERS", "users")]),
-    By.user: ("user_breakdown", [("USER", "user_id"), ("TOKENS", "token_usage"), ("CALLS", "authorized_calls"),
+    "user": ("user_breakdown", [("USER", "user_id"), ("TOKENS", "token_usage"), ("CALLS", "authorized_calls"),
                                  ("LIMITED", "limited_calls"), ("TEAMS", "teams")]),
-    By.model: _BREAKDOWNS[By.model],
+    "model": _BREAKDOWNS["model"],
 }
 
 
-def _show(subject: output.Columns, by: By, allowed: tuple[By, ...],
-          breakdowns: dict[By, tuple[str, output.Columns]] = _BREAKDOWNS) -> Callable[[dict[str, Any]], None]:
-    if by not in allowed:
-        raise CliError(f"--by {by.value} is not a breakdown of this usage", ExitCode.USAGE,
-                       hint=f"choose {' or '.join(b.value for b in allowed)}")
+def _show(subject: output.Columns, by: str,
+          breakdowns: Breakdowns = _BREAKDOWNS) -> Callable[[dict[str, Any]], None]:
+    """`by` is one of the command's own --by choices, which the option has checked."""
     field, columns = breakdowns[by]
 
     def render(data: dict[str, Any]) -> None:
         output.details(data, [*subject, *_TOTALS])
         print()
-        output.table(data.get(field) or [], columns, empty=f"no usage by {by.value} in this range")
+        output.table(data.get(field) or [], columns, empty=f"no usage by {by} in this range")
 
     return render
 
@@ -84,7 +103,7 @@ def _query(window: str | None, start: str | None, end: str | None) -> dict[str, 
 @app.command("user")
 def user(
     ctx: typer.Context, user_id: Annotated[str, typer.Argument(metavar="USER_ID", help="The user's id.")],
-    window: Window = None, start: Start = None, end: End = None, by: ByOption = None, step: ModelStep = None,
+    window: Window = None, start: Start = None, end: End = None, by: UserByOption = None, step: ModelStep = None,
     out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """A user's usage across their teams (--by team, the default, or model).
@@ -94,7 +113,7 @@ def user(
       maas usage user test-user --window 24h --by model
       maas usage user test-user --window 24h --step 1h --json
     """
-    render = _show([("user", "user_id")], by or By.team, (By.team, By.model))
+    render = _show([("user", "user_id")], (by or ByTeamOrModel.team).value)
     with session(ctx).api() as api:
         data = api.get(f"/users/{user_id}/usage", **_query(window, start, end), step=step)
     output.emit(data, output.chosen(out, as_json), render)
@@ -103,7 +122,7 @@ def user(
 @app.command("team")
 def team(
     ctx: typer.Context, team_id: Annotated[str, typer.Argument(metavar="TEAM_ID", help="The team's id.")],
-    window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
+    window: Window = None, start: Start = None, end: End = None, by: TeamByOption = None,
     step: Annotated[str | None, typer.Option("--step", help="Add a series per user in steps of this (1h) to the JSON/YAML answer.")] = None,
     out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
@@ -114,7 +133,7 @@ def team(
       maas usage team test-team --window 7d --by model
       maas usage team test-team --window 24h --step 1h -o yaml
     """
-    render = _show([("team", "team_id"), ("name", "team_name")], by or By.user, (By.user, By.model))
+    render = _show([("team", "team_id"), ("name", "team_name")], (by or ByUserOrModel.user).value)
     with session(ctx).api() as api:
         data = api.get(f"/teams/{team_id}/usage", **_query(window, start, end), step=step)
     output.emit(data, output.chosen(out, as_json), render)
@@ -122,7 +141,7 @@ def team(
 
 @app.command("me")
 def me(
-    ctx: typer.Context, window: Window = None, start: Start = None, end: End = None, by: ByOption = None,
+    ctx: typer.Context, window: Window = None, start: Start = None, end: End = None, by: UserByOption = None,
     step: ModelStep = None, out: OutputOption = Format.table, as_json: JsonOption = False,
 ) -> None:
     """Your own usage across your teams (--by team, the default, or model).
@@ -131,7 +150,7 @@ def me(
       maas usage me --window 24h
       maas usage me --window 7d --step 1d -o yaml
     """
-    render = _show([("user", "user_id")], by or By.team, (By.team, By.model))
+    render = _show([("user", "user_id")], (by or ByTeamOrModel.team).value)
     with session(ctx).api() as api:
         data = api.get("/me/usage", **_query(window, start, end), step=step)
     output.emit(data, output.chosen(out, as_json), render)
@@ -152,7 +171,7 @@ def platform(
       maas usage platform --window 24h --step 1h -o yaml
     """
     render = _show([("teams with calls", "teams_with_usage"), ("users with calls", "users_with_usage")],
-                   by or By.team, (By.team, By.user, By.model), _PLATFORM)
+                   (by or By.team).value, _PLATFORM)
     with session(ctx).api() as api:
         data = api.get("/usage", **_query(window, start, end), step=step, top=top)
     output.emit(data, output.chosen(out, as_json), render)
