@@ -109,6 +109,14 @@ class Simulator:
             return await handler(request)
         except MaasError as exc:
             return web.json_response(openai_body(exc), status=exc.status)
+        except web.HTTPNotFound:
+            # Through the gateway, which passes a backend's answer on: in the OpenAI shape, and
+            # saying what the simulator serves, not aiohttp's text/plain "404: Not Found".
+            path = json.dumps(request.path[:200])
+            missing = NotFound(f"the built-in simulator does not serve {path}: it serves /v1/chat/completions, "
+                               "/v1/completions and /v1/models; for other endpoints, add a backend that serves them "
+                               "to the models file (MAAS_MODELS_FILE)")
+            return web.json_response(openai_body(missing), status=404)
 
     @web.middleware
     async def _authorized(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -84,6 +84,21 @@ def test_errors_in_openai_shape(client: httpx.Client) -> None:
     assert client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0}).status_code == 422
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/responses", "/v1/nothing"])
+def test_an_endpoint_it_does_not_serve_is_a_404_in_openai_shape_naming_what_it_serves(
+        client: httpx.Client, service: SimulatorService, path: str) -> None:
+    # The gateway passes a backend's answer on: a README reader calling /v1/embeddings on the
+    # simulator's models must learn why, not get aiohttp's text/plain "404: Not Found".
+    missing = client.post(path, json={"model": "vllm-simulator", "input": "Hi"})
+    assert missing.status_code == 404 and missing.headers["Content-Type"].startswith("application/json")
+    error = missing.json()["error"]
+    assert error["type"] == "invalid_request_error" and path in error["message"], error
+    assert "/v1/chat/completions" in error["message"] and "MAAS_MODELS_FILE" in error["message"]
+    # Without the internal token: still refused first, and not told what exists.
+    with httpx.Client(base_url=service.url, timeout=10) as anyone:
+        assert anyone.post(path, json={}).status_code == 401
+
+
 def test_requests_beyond_the_context_length_are_refused_like_vllm(client: httpx.Client) -> None:
     from local.simulator import MAX_MODEL_LEN
 
