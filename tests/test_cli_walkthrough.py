@@ -3,29 +3,13 @@ that says what to do, and each command's help says what it does."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.runtime import Runtime, start_runtime
-from tests.test_cli import Maas, signed_in_maas
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    running = start_runtime(tmp_path_factory.mktemp("runtime") / ".maas")
-    try:
-        yield running
-    finally:
-        assert running.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def admin(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Maas:
-    return signed_in_maas(runtime, tmp_path_factory.mktemp("config"))
+from tests.test_cli import Maas, admin, runtime  # noqa: F401 (the fixtures, a runtime per module)
 
 
 def _help(*command: str) -> str:
@@ -34,19 +18,19 @@ def _help(*command: str) -> str:
     return result.stdout
 
 
-def test_the_admin_key_creating_a_key_for_no_one_is_told_to_name_the_user(admin: Maas) -> None:
+def test_the_admin_key_creating_a_key_for_no_one_is_told_to_name_the_user(admin: Maas) -> None:  # noqa: F811
     admin("team", "create", "walk-a")
     ran = admin("key", "create", "walk-a")
     assert ran.code == 2, (ran.out, ran.err)
     assert "maas key create walk-a USER_ID" in ran.err and "ask a platform admin" not in ran.err, ran.err
 
 
-def test_the_admin_key_listing_its_own_keys_is_pointed_at_team_and_user(admin: Maas) -> None:
+def test_the_admin_key_listing_its_own_keys_is_pointed_at_team_and_user(admin: Maas) -> None:  # noqa: F811
     ran = admin("key", "list")
     assert ran.code == 2 and "--team" in ran.err and "--user" in ran.err, (ran.out, ran.err)
 
 
-def test_team_show_lists_every_limit_and_the_keys_handles(admin: Maas) -> None:
+def test_team_show_lists_every_limit_and_the_keys_handles(admin: Maas) -> None:  # noqa: F811
     admin("team", "create", "walk-b", "--limit", "tokens=5000/1h", "--limit", "rpm=requests:60/1m")
     handle = admin("key", "create", "walk-b", "alice", "--json").json()["secret_name"]
     shown = admin("team", "show", "walk-b")
