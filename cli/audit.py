@@ -30,7 +30,8 @@ def audit(
 
     Examples:
       maas audit --team test-team
-      maas audit --action delete_key --outcome failure --since 2026-01-01T00:00:00Z
+      maas audit --action delete_key --outcome failure
+      maas audit --since 2026-01-01T00:00:00Z --until 2026-02-01T00:00:00Z
     """
     filters = {"action": action, "team_id": team_id, "outcome": outcome, "since": since, "until": until}
     with session(ctx).api() as api:

@@ -88,10 +88,12 @@ def login(
       maas login --admin-key < .maas/admin-key
       ADMIN_KEY=... maas login --url https://keys.example.com --admin-key
       maas login --issuer https://sso.example.com/realms/acme --client-id maas
-      maas login --issuer https://sso.example.com/realms/acme --client-id maas --browser
-      maas login --url https://keys.corp --ca-file corp-ca.pem --issuer https://sso.corp --client-id maas
+      maas login --issuer https://sso.example.com --client-id maas --browser
+      maas login --url https://keys.corp --ca-file corp-ca.pem \\
+          --issuer https://sso.corp --client-id maas
       kubectl create token alice | maas login --token
-      maas login --profile prod --url https://keys.example.com --issuer https://sso.example.com --client-id maas
+      maas login --profile prod --url https://keys.example.com \\
+          --issuer https://sso.example.com --client-id maas
     """
     state = session(ctx)
     store = state.store()

@@ -62,7 +62,7 @@ def completion(shell: Annotated[Shell, typer.Argument(metavar="SHELL", help="bas
     """Print the completion script for a shell: commands, options and their values complete on Tab.
 
     Examples:
-      source <(maas completion bash)                                   # this bash session
+      source <(maas completion bash)    # this bash session
       maas completion bash > ~/.local/share/bash-completion/completions/maas
       maas completion zsh > "${fpath[1]}/_maas"
       maas completion fish > ~/.config/fish/completions/maas.fish

@@ -90,8 +90,9 @@ def create(
     Examples:
       maas key create test-team test-user --email test-user@test.com
       API_KEY=$(maas key create test-team test-user -q)
-      maas key create team-a --alias laptop --expires-in 30d      # my own key, as a member
-      maas key create test-team ci-bot --limit key-rpm=requests:10/1m --max-concurrent 2
+      maas key create team-a --alias laptop --expires-in 30d  # mine, as a member
+      maas key create test-team ci-bot --limit key-rpm=requests:10/1m
+      maas key create test-team ci-bot --max-concurrent 2
     """
     body: dict[str, Any] = {"alias": alias, "models": models or None, "expires_in": expires_in, "expires_at": expires_at,
                             "limits": rates.specs(specs, for_key=True), "max_concurrent": max_concurrent}

@@ -28,7 +28,7 @@ app = typer.Typer(help="A team's rates: show them, explain which binds now, simu
                   no_args_is_help=True, epilog="""Examples:
   maas limits show test-team
   maas limits explain test-team --user test-user
-  maas limits simulate test-team -l tokens=20000/1m -l rpm=requests:60/1m -w 7d
+  maas limits simulate test-team -l tokens=20000/1m -l rpm=requests:60/1m
   API_KEY=... maas limits me
 """)
 
@@ -137,7 +137,7 @@ def explain(
     Examples:
       maas limits explain test-team --user test-user
       maas limits explain test-team --user test-user --model qwen3-0-6b-instruct
-      maas limits explain test-team --key apikey-test-user-test-team-02bcac95 --json
+      maas limits explain test-team --key apikey-test-user-test-team-02bcac95
     """
     if user_id is None and key is None:
         raise CliError("whose limits? give --user (or --key)", ExitCode.USAGE,
@@ -184,7 +184,7 @@ def simulate(
     Examples:
       maas limits simulate test-team -l tokens=20000/1m -l rpm=requests:60/1m
       maas limits simulate test-team -l tokens=100000/1h,scope=team --window 7d
-      maas limits simulate test-team -l tokens=5000/1m -l big=2000/1h,model=vllm-simulator --json
+      maas limits simulate test-team -l big=2000/1h,model=vllm-simulator --json
     """
     proposed = specs(limits)
     if proposed is None:

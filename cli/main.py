@@ -36,7 +36,7 @@ EPILOG = f"""Examples:
   maas team create test-team --token-limit 100000 --time-window 1h
   maas key create test-team test-user --email test-user@test.com
   maas usage team test-team --by model
-  maas --profile prod key list --team team-a  # a sign-in kept by maas login --profile prod
+  maas --profile prod key list --team team-a  # as maas login --profile prod
 
 Environment:
   MAAS_URL         the admin API (default: https://127.0.0.1:8443)

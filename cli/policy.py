@@ -103,7 +103,8 @@ def render(
 
     Examples:
       maas policy render
-      MAAS_NAMESPACE=llm maas policy render --out policies.yaml && kubectl diff -f policies.yaml
+      MAAS_NAMESPACE=llm maas policy render --out policies.yaml
+      kubectl diff -f policies.yaml
     """
     from shared.policies import generate_policies, policy_warnings
     from shared.settings import ConfigurationError, load_settings

@@ -14,7 +14,7 @@ from cli.session import session
 
 app = typer.Typer(help="Profiles: sign-ins kept under a name, each with its server (maas --profile NAME).",
                   no_args_is_help=True, epilog="""Examples:
-  maas login --profile staging --url https://keys.staging.example.com --admin-key
+  maas login --profile staging --url https://keys.staging.corp --admin-key
   maas --profile staging team list
   maas profile list
 """)
@@ -25,7 +25,7 @@ def list_profiles(ctx: typer.Context, out: OutputOption = Format.table, as_json:
     """List the profiles kept, with their servers and how each signed in (the one in use marked).
 
     Examples:
-      maas login --profile staging --url https://keys.staging.example.com --admin-key
+      maas login --profile staging --url https://keys.staging.corp --admin-key
       maas profile list
       maas --profile staging team list
       MAAS_PROFILE=staging maas key list --team team-a

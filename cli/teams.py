@@ -23,7 +23,7 @@ app = typer.Typer(help="Teams: token limits per time window, shared by or given 
   maas team create test-team --token-limit 100000 --time-window 1h
   maas team list
   maas team update test-team --token-limit 20 --time-window 1m
-  maas team update test-team --limit tokens=20000/1m --limit rpm=requests:60/1m
+  maas team update team-b --limit tokens=20000/1m --limit rpm=requests:60/1m
   maas team delete test-team --yes
 """)
 
@@ -128,9 +128,11 @@ def create(
     """Create a team with a token limit per time window, or with several rates (--limit).
 
     Examples:
-      maas team create test-team --name "Test Team" --token-limit 100000 --time-window 1h
-      maas team create research --token-limit 1000000 --time-window 7d --scope team --max-key-lifetime 90d
-      maas team create team-b --limit tokens=20000/1m --limit rpm=requests:60/1m --limit big=10000/1h,model=vllm-simulator,scope=team
+      maas team create test-team --token-limit 100000 --time-window 1h
+      maas team create research --name "Research" --time-window 7d --scope team
+      maas team create interns --max-keys-per-user 1 --max-key-lifetime 90d
+      maas team create team-b --limit tokens=20000/1m --limit rpm=requests:60/1m
+      maas team create team-c --limit big=10000/1h,model=vllm-simulator,scope=team
     """
     body = {"team_id": team_id,
             **_fields(name, description, policy, limit, window, scope, max_keys, max_lifetime, specs)}
@@ -192,7 +194,7 @@ def update(
 
     Examples:
       maas team update test-team --token-limit 20 --time-window 1m
-      maas team update test-team --limit tokens=20000/1m --limit rpm=requests:60/1m
+      maas team update team-b --limit tokens=20000/1m --limit rpm=requests:60/1m
       maas team update test-team --max-keys-per-user none
     """
     body = _fields(name, description, policy, limit, window, scope, max_keys, max_lifetime, specs)
