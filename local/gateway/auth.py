@@ -21,6 +21,13 @@ from shared.keymaterial import key_sha256
 from shared.store.base import ApiKey, Snapshot, Store, StoreChanges, Team
 
 
+# What the admin key's scheme gets on the gateway (it never reads the key that follows).
+ADMIN_ON_GATEWAY = (
+    "the admin key is for the admin API (https, port 8443 under make run), not the gateway: "
+    "model calls take an API key, as 'Authorization: APIKEY <key>' or 'Authorization: Bearer <key>'"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     key: ApiKey
@@ -83,7 +90,12 @@ class KeyCache:
         return self.snapshot().teams.get(team_id)
 
     def authenticate(self, authorization: str | None) -> Caller:
-        token = credential(authorization, KEY_SCHEMES, "API key")
+        try:
+            token = credential(authorization, KEY_SCHEMES, "API key")
+        except Unauthorized:
+            if authorization and authorization.strip().partition(" ")[0].lower() == "admin":
+                raise Unauthorized(ADMIN_ON_GATEWAY) from None
+            raise
         snapshot = self.snapshot()
         digest = key_sha256(token)
         caller = self._callers.get(digest)

@@ -86,6 +86,8 @@ _PATHS = {
 # Responses API's stream always ends with it, in `response.completed`).
 _USAGE_OPTION_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions"})
 _GET_PATHS = (b"/health", b"/v1/models", b"/v1/me")
+# The most names of the models a key may call that the 404 of an unknown model lists.
+_MODELS_SHOWN = 20
 
 
 def model_path(path: bytes) -> tuple[bytes, str] | None:
@@ -797,11 +799,14 @@ class Gateway:
             self._log(request, 500)
         return None
 
-    def _log(self, request: Request, status: int, model: str = "") -> None:
-        """The access line of an answer that is not a model call's (those log at settlement)."""
+    def _log(self, request: Request, status: int) -> None:
+        """The access line of an answer that is not a settled model call's (those log at
+        settlement): with the model once the body named a served one (a 429, a 403 for a model
+        the key may not use), as the usage ledger attributes a refusal. A name that is not
+        served stays out: it is the client's text, not a model."""
         caller = request.caller
         team, user = ("", "") if caller is None else (caller.team.team_id, caller.key.user_id)
-        self.access.record(request.method, request.path, status, model, team, user, 0, time.monotonic())
+        self.access.record(request.method, request.path, status, request.model, team, user, 0, time.monotonic())
 
     def check_head(self, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> Caller | None:
         """Before a model call's body is read: the caller its key names (raises Unauthorized,
@@ -922,7 +927,8 @@ class Gateway:
             raise InvalidRequest("'model' is required and must be a string")
         route = self._routes.get(model)
         if route is None:
-            raise NotFound(f"model '{model}' not found")
+            raise NotFound(f"model '{model}' not found; {self._callable(caller)}")
+        request.model = model  # (a served name: what the access line of a refusal names)
         if caller.key.models_allowed:
             caller.check_model(model)
         stream = body.get("stream")
@@ -958,6 +964,17 @@ class Gateway:
         reservation = self._admit(caller, model, estimate)
         call = _Call(self, caller, model, route, path, payload, stream, reservation, prompt_estimate, strip_usage)
         return self._launch(call, responder)
+
+    def _callable(self, caller: Caller) -> str:
+        """The models this key may call, for the 404 of a model it named wrong (an error path:
+        the listing is made here, not kept). At most _MODELS_SHOWN names, never one the key may
+        not call."""
+        names = [model.name for model in visible(self._models, caller.key)]
+        if not names:
+            return "this key may call none of the models served here"
+        shown = ", ".join(names[:_MODELS_SHOWN])
+        more = len(names) - _MODELS_SHOWN
+        return f"this key may call: {shown}" + (f" and {more} more (GET /v1/models lists them)" if more > 0 else "")
 
     def _launch(self, call: _Call, responder: Responder) -> Coroutine[Any, Any, None] | None:
         try:

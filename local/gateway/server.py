@@ -89,6 +89,8 @@ class Request:
     body: bytes
     # Set by the handler's head check (the gateway's authenticated caller), read by the handler.
     caller: Any = None
+    # The served model the body names, once the handler knows it (for the access line).
+    model: str = ""
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
