@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,8 +15,11 @@ ADMIN_SCHEMES = ("admin", "bearer")
 KEY_SCHEMES = ("apikey", "bearer")
 
 
-def credential(header: str | None, schemes: tuple[str, ...], what: str = "key") -> str:
-    """The token of an `Authorization: <scheme> <token>` header, for one of `schemes`."""
+def credential(header: str | None, schemes: tuple[str, ...], what: str = "key",
+               elsewhere: Mapping[str, str] | None = None) -> str:
+    """The token of an `Authorization: <scheme> <token>` header, for one of `schemes`.
+    `elsewhere`: what a scheme meant for another server is told (the admin key on the gateway,
+    an API key on the admin API), by scheme; the token that follows is never read."""
     how = "use " + " or ".join(
         f"'Authorization: {'Bearer' if s == 'bearer' else s.upper()} <{what}>'" for s in schemes
     )
@@ -24,6 +28,8 @@ def credential(header: str | None, schemes: tuple[str, ...], what: str = "key") 
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() not in schemes:
+        if elsewhere and scheme.lower() in elsewhere:
+            raise Unauthorized(elsewhere[scheme.lower()])
         raise Unauthorized(f"unsupported authorization scheme: {how}")
     if not token:
         raise Unauthorized(f"missing {what}: {how}")

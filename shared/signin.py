@@ -90,9 +90,9 @@ class SignIn:
         if not methods:
             raise Unauthorized("admin access is disabled: no admin key is configured (set ADMIN_KEY) "
                                "and no identity provider (MAAS_OIDC_ISSUER)")
-        if (header or "").strip().partition(" ")[0].lower() == "apikey":
-            raise Unauthorized(f"{_API_KEY_ELSEWHERE}: sign in with " + " or ".join(methods))
-        token = credential(header, ADMIN_SCHEMES, "admin key or token")
+        sign_in_with = "sign in with " + " or ".join(methods)
+        token = credential(header, ADMIN_SCHEMES, "admin key or token",
+                           {"apikey": f"{_API_KEY_ELSEWHERE}: {sign_in_with}"})
         if is_admin(self._settings, token):
             return SignedIn(ADMIN_KEY_IDENTITY, platform_admin=True)
         verifier = self._oidc_verifier()
@@ -110,4 +110,4 @@ class SignIn:
             identity = reviewer.review(token)
             return SignedIn(identity, platform_admin=reviewer.is_platform_admin(identity))
         wrong = _API_KEY_ELSEWHERE if looks_like_api_key(token) else "invalid admin credentials"
-        raise Unauthorized(f"{wrong}: sign in with " + " or ".join(methods))
+        raise Unauthorized(f"{wrong}: {sign_in_with}")

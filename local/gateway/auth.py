@@ -26,6 +26,7 @@ ADMIN_ON_GATEWAY = (
     "the admin key is for the admin API (https, port 8443 under make run), not the gateway: "
     "model calls take an API key, as 'Authorization: APIKEY <key>' or 'Authorization: Bearer <key>'"
 )
+_ELSEWHERE = {"admin": ADMIN_ON_GATEWAY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +91,7 @@ class KeyCache:
         return self.snapshot().teams.get(team_id)
 
     def authenticate(self, authorization: str | None) -> Caller:
-        try:
-            token = credential(authorization, KEY_SCHEMES, "API key")
-        except Unauthorized:
-            if authorization and authorization.strip().partition(" ")[0].lower() == "admin":
-                raise Unauthorized(ADMIN_ON_GATEWAY) from None
-            raise
+        token = credential(authorization, KEY_SCHEMES, "API key", _ELSEWHERE)
         snapshot = self.snapshot()
         digest = key_sha256(token)
         caller = self._callers.get(digest)
