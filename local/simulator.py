@@ -80,16 +80,9 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-class BadRequest(InvalidRequest):
-    """What vLLM answers a request its schema refuses (a required member missing or of the
-    wrong type): 400."""
-
-    status = 400
-
-
 def _required(body: dict[str, Any], name: str) -> Any:
     if body.get(name) is None:
-        raise BadRequest(f"'{name}' is required")
+        raise MalformedRequest(f"'{name}' is required")
     return body[name]
 
 
@@ -109,7 +102,7 @@ def prompt_list(value: Any, name: str) -> list[str | list[int]]:
         isinstance(item, str) or _is_tokens(item) for item in value
     ):
         return list(value)
-    raise BadRequest(
+    raise MalformedRequest(
         f"'{name}' must be a string, a list of strings, a list of token ids or a list of such lists "
         f"(at most {MAX_INPUTS})"
     )
@@ -131,21 +124,21 @@ def _response_items(body: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"role": "user", "content": given}]
     if isinstance(given, list) and given and len(given) <= MAX_INPUTS and all(isinstance(i, dict) for i in given):
         return given
-    raise BadRequest("'input' must be a string or a non-empty list of input items")
+    raise MalformedRequest("'input' must be a string or a non-empty list of input items")
 
 
 def prompt_tokens(body: dict[str, Any], path: str = "/v1/chat/completions") -> int:
-    """The prompt's tokens of a request to `path` (raises BadRequest when it has none)."""
+    """The prompt's tokens of a request to `path` (raises MalformedRequest, a 400 as vLLM's, when it has none)."""
     if path == "/v1/chat/completions":
         messages = _required(body, "messages")
         if not isinstance(messages, list) or not messages or len(messages) > MAX_INPUTS:
-            raise BadRequest("'messages' must be a non-empty list")
+            raise MalformedRequest("'messages' must be a non-empty list")
         return _messages_tokens(messages)
     if path == "/v1/responses":
         items = [{**item, "content": item.get("content", item.get("output"))} for item in _response_items(body)]
         instructions = body.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
-            raise BadRequest("'instructions' must be a string")
+            raise MalformedRequest("'instructions' must be a string")
         return _messages_tokens(items) + (count_tokens(instructions) + 2 if instructions else 0)
     name = "input" if path == "/v1/embeddings" else "prompt"
     return sum(_tokens_of(p) for p in prompt_list(_required(body, name), name))
@@ -342,7 +335,7 @@ class Simulator:
         inputs = prompt_list(_required(body, "input"), "input")
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
-            raise BadRequest("'encoding_format' must be 'float' or 'base64'")
+            raise MalformedRequest("'encoding_format' must be 'float' or 'base64'")
         tokens = 0
         data = []
         for index, given in enumerate(inputs):
